@@ -1,0 +1,173 @@
+"""Turns request inputs into token ids the way the model was trained to see them.
+
+Text pairs and chats go through the tokenizer's chat template when it has one (and the
+spec allows), otherwise through its pair encoding. Process inputs get their step markers
+inserted here. Every input is checked against the model's length limit: too long is an
+error unless the caller asked for truncation.
+"""
+
+from __future__ import annotations
+
+from models.errors import InputError
+from models.inputs import Chat, Encoded, ScoreInput, StepsInput, TextPair, TokenIds, Truncate
+from models.spec import ModelKind, RewardSpec
+
+CHAT_ROLES = frozenset({"system", "user", "assistant", "tool"})
+
+
+class Encoder:
+    def __init__(self, tokenizer, spec: RewardSpec, max_length: int, vocab_size: int):
+        self.tokenizer = tokenizer
+        self.spec = spec
+        self.max_length = max_length
+        self.vocab_size = vocab_size
+        self.use_template = bool(spec.use_chat_template and getattr(tokenizer, "chat_template", None))
+        self.special_ids = frozenset(tokenizer.all_special_ids)
+        self.marker_id = self._marker_id() if spec.process else None
+        self.gates_on_prompt = bool(spec.multi_objective and spec.multi_objective.aggregate == "gating")
+
+    def _marker_id(self) -> int:
+        marker = self.spec.process.marker
+        ids = self.tokenizer.encode(marker, add_special_tokens=False)
+        if len(ids) != 1:
+            raise InputError("process.marker", f"marker {marker!r} is not a single token for this tokenizer")
+        return ids[0]
+
+    def token_id(self, token: str) -> int:
+        """The id of a token that must exist as one vocabulary entry (step-tag candidates)."""
+        ids = self.tokenizer.encode(token, add_special_tokens=False)
+        if len(ids) != 1:
+            raise InputError(None, f"{token!r} is not a single token for this tokenizer")
+        return ids[0]
+
+    # ---- public ------------------------------------------------------------------
+
+    def encode(self, item: ScoreInput, truncate: Truncate | None = None) -> Encoded:
+        is_process = self.spec.kind == ModelKind.process
+        if isinstance(item, StepsInput):
+            if not is_process:
+                raise InputError("steps", "steps are for process reward models; send prompt and response")
+            if not item.steps:
+                raise InputError("steps", "steps must not be empty")
+            encoded = self._encode_pair(item.prompt, self._render_steps(item.steps))
+        elif is_process and not isinstance(item, TokenIds):
+            raise InputError("steps", "this is a process reward model: send prompt and steps (or input_ids)")
+        elif isinstance(item, TextPair):
+            encoded = self._encode_pair(item.prompt, item.response)
+        elif isinstance(item, Chat):
+            encoded = self._encode_chat(item.messages)
+        else:
+            encoded = self._check_ids(item)
+        encoded = self._fit(encoded, truncate)
+        if self.gates_on_prompt and not encoded.prompt_length:
+            raise InputError("prompt_length", "this model gates on the prompt: give prompt_length with input_ids")
+        if is_process:
+            encoded.marker_positions = self._markers(encoded, expected=None if isinstance(item, TokenIds) else len(item.steps))
+        return encoded
+
+    # ---- rendering ---------------------------------------------------------------
+
+    def _render_steps(self, steps: tuple[str, ...]) -> str:
+        p = self.spec.process
+        for i, step in enumerate(steps):
+            if p.marker in step:
+                raise InputError(f"steps[{i}]", f"step text must not contain the step marker {p.marker!r}")
+        return "".join(f"{p.step_prefix}{s}{p.step_suffix}{p.marker}{p.after_marker}" for s in steps)
+
+    def _encode_pair(self, prompt: str, response: str) -> Encoded:
+        if self.use_template:
+            return self._encode_chat((("user", prompt), ("assistant", response)))
+        enc = self.tokenizer(prompt, response, add_special_tokens=True)
+        ids = list(enc["input_ids"])
+        types = enc.get("token_type_ids")
+        if types is not None and any(types):
+            return Encoded(ids, list(types), prompt_length=types.index(1))
+        prompt_ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        return Encoded(ids, None, prompt_length=_common_prefix(ids, prompt_ids))
+
+    def _encode_chat(self, messages: tuple[tuple[str, str], ...]) -> Encoded:
+        for i, (role, _) in enumerate(messages):
+            if role not in CHAT_ROLES:
+                raise InputError(f"messages[{i}].role", f"unknown role {role!r}; use one of {sorted(CHAT_ROLES)}")
+        if len(messages) < 2 or messages[-1][0] != "assistant":
+            raise InputError("messages", "messages must end with the assistant response to score, after at least one prompt turn")
+        if not self.use_template:
+            prompt = "\n".join(f"{role}: {content}" for role, content in messages[:-1])
+            return self._encode_pair(prompt, messages[-1][1])
+        as_dicts = [{"role": r, "content": c} for r, c in messages]
+        full = self.tokenizer.apply_chat_template(as_dicts, tokenize=False)
+        prompt = self.tokenizer.apply_chat_template(as_dicts[:-1], tokenize=False, add_generation_prompt=True)
+        ids = self.tokenizer.encode(full, add_special_tokens=False)
+        prompt_ids = self.tokenizer.encode(prompt, add_special_tokens=False)
+        return Encoded(ids, None, prompt_length=_common_prefix(ids, prompt_ids))
+
+    def _check_ids(self, item: TokenIds) -> Encoded:
+        ids = list(item.input_ids)
+        if not ids:
+            raise InputError("input_ids", "input_ids must not be empty")
+        for j, t in enumerate(ids):
+            if not 0 <= t < self.vocab_size:
+                raise InputError(f"input_ids[{j}]", f"token id {t} is outside the vocabulary [0, {self.vocab_size})")
+        if item.prompt_length is not None and not 0 < item.prompt_length <= len(ids):
+            raise InputError("prompt_length", f"prompt_length must be in [1, {len(ids)}]")
+        return Encoded(ids, None, prompt_length=item.prompt_length)
+
+    # ---- length and markers --------------------------------------------------------
+
+    def _fit(self, enc: Encoded, truncate: Truncate | None) -> Encoded:
+        n = enc.num_tokens
+        if n <= self.max_length:
+            return enc
+        if truncate is None:
+            raise InputError(
+                None,
+                f"input is {n} tokens, longer than the model's max_length {self.max_length}; "
+                "send truncate='left' or 'right' to cut it",
+                code="input_too_long",
+            )
+        ids = enc.input_ids
+        head = 1 if ids[0] in self.special_ids else 0
+        tail = 1 if ids[-1] in self.special_ids else 0
+        keep = self.max_length - head - tail
+        start, stop = (n - tail - keep, n - tail) if truncate == "left" else (head, head + keep)
+        kept = list(range(head)) + list(range(start, stop)) + list(range(n - tail, n))
+        prompt_length = None
+        if enc.prompt_length is not None:
+            prompt_length = max(1, sum(1 for i in kept if i < enc.prompt_length))
+        types = [enc.token_type_ids[i] for i in kept] if enc.token_type_ids else None
+        return Encoded([ids[i] for i in kept], types, prompt_length, truncated=True)
+
+    def _markers(self, enc: Encoded, expected: int | None) -> list[int]:
+        start = enc.prompt_length or 0
+        positions = [i for i in range(start, enc.num_tokens) if enc.input_ids[i] == self.marker_id]
+        if expected is not None and not enc.truncated and len(positions) != expected:
+            raise InputError(
+                "steps",
+                f"found {len(positions)} step markers for {expected} steps: the marker "
+                f"{self.spec.process.marker!r} merged with neighbouring text when tokenized",
+            )
+        if not positions:
+            field = "input_ids" if expected is None else "steps"
+            why = "truncation removed every step marker" if enc.truncated else f"no step marker {self.spec.process.marker!r} found"
+            raise InputError(field, why)
+        return positions
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def max_length_for(spec: RewardSpec, config, tokenizer) -> int:
+    """The spec's limit, else the smaller of the model's positions and the tokenizer's."""
+    if spec.max_length:
+        return spec.max_length
+    limits = [getattr(config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+    usable = [x for x in limits if isinstance(x, int) and 0 < x < 10_000_000]
+    if not usable:
+        raise ValueError("the model states no length limit: set max_length in its reward spec")
+    return min(usable)

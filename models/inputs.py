@@ -1,0 +1,58 @@
+"""What can be scored, before and after tokenization."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Union
+
+Truncate = Literal["left", "right"]
+
+
+@dataclass(frozen=True)
+class TextPair:
+    """A prompt and one response to it."""
+
+    prompt: str
+    response: str
+
+
+@dataclass(frozen=True)
+class Chat:
+    """A conversation whose last message is the assistant response being scored."""
+
+    messages: tuple[tuple[str, str], ...]  # (role, content)
+
+
+@dataclass(frozen=True)
+class TokenIds:
+    """Pre-tokenized input, as RL trainers already hold it. `prompt_length` says how many
+    leading tokens are the prompt (needed by models that gate on the prompt)."""
+
+    input_ids: tuple[int, ...]
+    prompt_length: int | None = None
+
+
+@dataclass(frozen=True)
+class StepsInput:
+    """A problem and a solution given as reasoning steps, for process reward models."""
+
+    prompt: str
+    steps: tuple[str, ...]
+
+
+ScoreInput = Union[TextPair, Chat, TokenIds, StepsInput]
+
+
+@dataclass
+class Encoded:
+    """One tokenized item, unpadded; the runner pads a batch of these itself."""
+
+    input_ids: list[int]
+    token_type_ids: list[int] | None = None
+    prompt_length: int | None = None
+    truncated: bool = False
+    marker_positions: list[int] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.input_ids)

@@ -1,0 +1,159 @@
+"""The reward spec: the small file that says what kind of reward model a directory holds
+and how to read a score out of it.
+
+A model directory in Hugging Face format (config.json, safetensors, tokenizer) becomes a
+reward model once it has a `reward_spec.yaml` beside it, or a spec given inline in the
+server config. Without either, a single-label `*ForSequenceClassification` is taken as
+a scalar reward model, which is what most published reward models are.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+SPEC_FILENAME = "reward_spec.yaml"
+
+
+class ModelKind(str, Enum):
+    scalar = "scalar"
+    multi_objective = "multi_objective"
+    process = "process"
+
+
+class StepAggregate(str, Enum):
+    min = "min"
+    product = "product"
+    last = "last"
+    mean = "mean"
+
+
+class Pooling(str, Enum):
+    """Where a sequence-level score is read: the last real token (decoders), the first
+    token (encoders' [CLS]) or the mean over real tokens (sentence encoders)."""
+
+    last = "last"
+    cls = "cls"
+    mean = "mean"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Affine(_Strict):
+    scale: float = 1.0
+    shift: float = 0.0
+
+
+class ProcessSpec(_Strict):
+    """How step rewards are read.
+
+    `separator`: a token placed after each step; a [bad, good] classifier is read at it
+    (Qwen2.5-Math-PRM: `<extra_0>`). `step_tag`: a causal LM is read at a tag token,
+    restricted to a good and a bad candidate token (Math-Shepherd: `ки`, `+`, `-`).
+    """
+
+    convention: Literal["separator", "step_tag"]
+    marker: str = Field(description="token inserted after each step: the separator or the step tag")
+    good_token: str | None = None
+    bad_token: str | None = None
+    step_prefix: str = Field("", description="text put before each step's text")
+    step_suffix: str = Field("", description="text put between a step's text and its marker")
+    after_marker: str = Field("", description="text put after each marker, e.g. a newline")
+    aggregate: StepAggregate = StepAggregate.min
+
+    @model_validator(mode="after")
+    def _tokens_for_step_tag(self) -> ProcessSpec:
+        if self.convention == "step_tag" and not (self.good_token and self.bad_token):
+            raise ValueError("process.convention 'step_tag' needs good_token and bad_token")
+        return self
+
+
+class MultiObjectiveSpec(_Strict):
+    """Named dimensions, an optional affine transform per dimension, and how they are
+    combined: fixed `weights`, or `gating` (ArmoRM style, weights from the prompt)."""
+
+    dimensions: list[str] = Field(min_length=1)
+    transform: dict[str, Affine] = Field(default_factory=dict)
+    aggregate: Literal["weights", "gating"] = "weights"
+    weights: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _names_known(self) -> MultiObjectiveSpec:
+        if len(set(self.dimensions)) != len(self.dimensions):
+            raise ValueError("multi_objective.dimensions must be unique")
+        for field, names in (("transform", self.transform), ("weights", self.weights)):
+            unknown = set(names) - set(self.dimensions)
+            if unknown:
+                raise ValueError(f"multi_objective.{field} names unknown dimensions: {sorted(unknown)}")
+        if self.aggregate == "weights" and not self.weights:
+            raise ValueError("multi_objective.aggregate 'weights' needs multi_objective.weights")
+        return self
+
+    def affine(self, name: str) -> Affine:
+        return self.transform.get(name, Affine())
+
+
+class RewardSpec(_Strict):
+    """Everything about a reward model that is not in its Hugging Face files."""
+
+    kind: ModelKind
+    backbone: str | None = Field(
+        None,
+        description="where config/weights/tokenizer live when not beside the spec: a path "
+        "(relative to the spec) or 'package:<python package>/<subdir>'",
+    )
+    head_file: str | None = Field(
+        None, description="safetensors file with our own head on the backbone's hidden states"
+    )
+    pooling: Pooling | None = Field(None, description="default: cls for encoders, last for decoders")
+    max_length: int | None = Field(None, gt=0, description="default: the model's own limit")
+    use_chat_template: bool = True
+    trust_remote_code: bool = False
+    multi_objective: MultiObjectiveSpec | None = None
+    process: ProcessSpec | None = None
+
+    @model_validator(mode="after")
+    def _kind_section(self) -> RewardSpec:
+        if self.kind == ModelKind.multi_objective and self.multi_objective is None:
+            raise ValueError("kind 'multi_objective' needs a multi_objective section")
+        if self.kind == ModelKind.process and self.process is None:
+            raise ValueError("kind 'process' needs a process section")
+        if self.multi_objective and self.multi_objective.aggregate == "gating" and not self.head_file:
+            raise ValueError("multi_objective gating needs a head_file holding the gating network")
+        return self
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+
+def load_spec(model_dir: Path, inline: dict | None = None) -> RewardSpec:
+    """The spec for `model_dir`: inline (from the server config) wins over the file,
+    which wins over what config.json implies."""
+    if inline is not None:
+        return RewardSpec.model_validate(inline)
+    spec_file = model_dir / SPEC_FILENAME
+    if spec_file.is_file():
+        return RewardSpec.model_validate(yaml.safe_load(spec_file.read_text()) or {})
+    return _infer_from_config(model_dir)
+
+
+def _infer_from_config(model_dir: Path) -> RewardSpec:
+    config_file = model_dir / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{model_dir} has neither {SPEC_FILENAME} nor config.json")
+    config = json.loads(config_file.read_text())
+    architectures = config.get("architectures") or []
+    num_labels = len(config.get("id2label") or {}) or config.get("num_labels", 2)
+    if any(a.endswith("ForSequenceClassification") for a in architectures) and num_labels == 1:
+        return RewardSpec(kind=ModelKind.scalar)
+    raise ValueError(
+        f"{model_dir}: cannot tell what kind of reward model this is from config.json "
+        f"(architectures={architectures}, num_labels={num_labels}); add a {SPEC_FILENAME}"
+    )
