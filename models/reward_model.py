@@ -162,7 +162,23 @@ class RewardModel:
             gating = (weights.float(), self.head.gated_score(values, weights).float())
         return self._sequence_outputs(batch, values.float(), gating)
 
+    @torch.inference_mode()
+    def head_features(self, batch: list[Encoded]) -> torch.Tensor:
+        """What a head file's reward MLP reads: pooled sequence states, or, for process
+        models, the states at every step marker (rows in batch order). Training a head
+        on these guarantees it sees exactly what serving feeds it."""
+        ids, mask, types = self._pad(batch)
+        hidden = self._hidden(ids, mask, types)
+        if self.spec.kind == ModelKind.process:
+            return hidden[self._marker_index(batch)]
+        return self._pool(hidden, mask)
+
     # ---- forward pieces ----------------------------------------------------------
+
+    def _marker_index(self, batch: list[Encoded]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = torch.tensor([r for r, enc in enumerate(batch) for _ in enc.marker_positions], device=self.device)
+        cols = torch.tensor([p for enc in batch for p in enc.marker_positions], device=self.device)
+        return rows, cols
 
     def _pad(self, batch: list[Encoded]):
         width = max(enc.num_tokens for enc in batch)
@@ -205,19 +221,18 @@ class RewardModel:
         return self.model.score(self._pool(hidden, mask))
 
     def _step_logits(self, batch, ids, mask, types) -> list[torch.Tensor]:
-        rows = torch.tensor([r for r, enc in enumerate(batch) for _ in enc.marker_positions], device=self.device)
-        cols = torch.tensor([p for enc in batch for p in enc.marker_positions], device=self.device)
+        at_markers = self._marker_index(batch)
         if self.head is not None:
-            logits = self.head.reward(self._hidden(ids, mask, types)[rows, cols])
+            logits = self.head.reward(self._hidden(ids, mask, types)[at_markers])
         elif self.step_tag_ids is not None:
-            hidden = self._hidden(ids, mask, types)[rows, cols]
+            hidden = self._hidden(ids, mask, types)[at_markers]
             lm_head = self.model.get_output_embeddings()
             candidates = lm_head.weight[self.step_tag_ids]
             logits = hidden @ candidates.T
             if getattr(lm_head, "bias", None) is not None:
                 logits = logits + lm_head.bias[self.step_tag_ids]
         else:
-            logits = self.model(input_ids=ids, attention_mask=mask, **types).logits[rows, cols]
+            logits = self.model(input_ids=ids, attention_mask=mask, **types).logits[at_markers]
         return list(logits.float().split([len(enc.marker_positions) for enc in batch]))
 
     # ---- outputs -----------------------------------------------------------------
