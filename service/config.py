@@ -1,0 +1,94 @@
+"""Server configuration: a YAML file (path in REWARDSERVE_CONFIG or `--config`) overlaid
+by REWARDSERVE_* environment variables. With no models configured the server serves the
+embedded default models, so it starts with no arguments on real models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, YamlConfigSettingsSource
+
+BUILTIN_DIR = Path(__file__).resolve().parent.parent / "models" / "builtin"
+CONFIG_ENV = "REWARDSERVE_CONFIG"
+
+
+class ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    path: str = Field(description="model directory, or 'builtin:<name>' for an embedded model")
+    spec: dict | None = Field(None, description="inline reward spec; overrides the directory's reward_spec.yaml")
+    device: str = Field("auto", description="'auto' (cuda when present), 'cpu', 'cuda', 'cuda:1', ...")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+    def resolved_path(self) -> Path:
+        if self.path.startswith("builtin:"):
+            return BUILTIN_DIR / self.path.removeprefix("builtin:")
+        return Path(self.path).expanduser()
+
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def resolved_dtype(self) -> str:
+        if self.dtype != "auto":
+            return self.dtype
+        return "bfloat16" if self.resolved_device().startswith("cuda") else "float32"
+
+
+DEFAULT_MODELS = [
+    ModelConfig(name="minilm-harmless", path="builtin:minilm-harmless"),
+    ModelConfig(name="minilm-prm", path="builtin:minilm-prm"),
+]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="REWARDSERVE_", extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    models: list[ModelConfig] = Field(default_factory=lambda: list(DEFAULT_MODELS))
+    default_model: str | None = Field(None, description="model used when a request names none; default: the first")
+    max_batch_size: int = Field(32, ge=1, description="items per forward")
+    max_batch_tokens: int = Field(16384, ge=1, description="padded tokens (longest x items) per forward")
+    max_items_per_request: int = Field(4096, ge=1)
+    log_level: str = "info"
+
+    @field_validator("models")
+    @classmethod
+    def _unique_names(cls, models: list[ModelConfig]) -> list[ModelConfig]:
+        names = [m.name for m in models]
+        if not names:
+            raise ValueError("configure at least one model")
+        if len(set(names)) != len(names):
+            raise ValueError(f"model names must be unique: {names}")
+        return models
+
+    @model_validator(mode="after")
+    def _default_is_served(self) -> Settings:
+        if self.default_model and self.default_model not in {m.name for m in self.models}:
+            raise ValueError(f"default_model {self.default_model!r} is not among the configured models")
+        return self
+
+    @property
+    def default_model_name(self) -> str:
+        return self.default_model or self.models[0].name
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+        yaml_file = os.environ.get(CONFIG_ENV)
+        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
+
+
+def load_settings(config_file: str | Path | None = None, **overrides) -> Settings:
+    if config_file is not None:
+        if not Path(config_file).is_file():
+            raise FileNotFoundError(f"config file {config_file} does not exist")
+        os.environ[CONFIG_ENV] = str(config_file)
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,67 @@
+"""Every error leaves the server as JSON `{"error": {"code", "message", "field"}}` with
+the status that says whose fault it is."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from models.errors import InputError
+from service.schemas import ITEM_FORMS
+
+log = logging.getLogger("rewardserve")
+
+
+class APIError(Exception):
+    def __init__(self, status: int, code: str, message: str, field: str | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.field = status, code, message, field
+
+    @classmethod
+    def from_input_error(cls, err: InputError, prefix: str) -> APIError:
+        field = f"{prefix}.{err.field}" if err.field else prefix
+        return cls(422, err.code, err.message, field)
+
+
+def error_response(status: int, code: str, message: str, field: str | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": {"code": code, "message": message, "field": field}})
+
+
+def field_path(loc: tuple) -> str | None:
+    """('body', 'items', 0, 'tokens', 'input_ids', 3) -> 'items[0].input_ids[3]'."""
+    parts: list[str] = []
+    for part in loc[1:] if loc and loc[0] == "body" else loc:
+        if isinstance(part, int):
+            parts.append(f"[{part}]")
+        elif part not in ITEM_FORMS:
+            parts.append(f".{part}" if parts else str(part))
+    return "".join(parts) or None
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, err: APIError):
+        return error_response(err.status, err.code, err.message, err.field)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, err: RequestValidationError):
+        first = err.errors()[0]
+        if first.get("type") == "json_invalid":
+            return error_response(400, "invalid_json", f"request body is not valid JSON: {first.get('msg')}")
+        field = field_path(tuple(first.get("loc", ())))
+        message = first.get("msg", "invalid request")
+        return error_response(422, "invalid_request", f"{field}: {message}" if field else message, field)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, err: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code, "http_error")
+        return error_response(err.status_code, code, str(err.detail))
+
+    @app.exception_handler(Exception)
+    async def _internal(_: Request, err: Exception):
+        log.exception("unhandled error")
+        return error_response(500, "internal_error", f"{type(err).__name__}: {err}")

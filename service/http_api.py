@@ -1,0 +1,102 @@
+"""The HTTP transport: FastAPI routes that validate, hand items to a model runner and
+shape its outputs into responses. Models load in the background after start-up, so
+liveness answers at once and readiness turns true when every model has warmed up."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from models.spec import ModelKind
+from service.config import Settings
+from service.errors import APIError, install_error_handlers
+from service.registry import ModelRegistry
+from service.runner import ItemInputError
+from service.schemas import ErrorBody, Health, ItemResult, ModelCard, ModelList, ScoreRequest, ScoreResponse, Usage
+
+ERRORS = {status: {"model": ErrorBody} for status in (400, 404, 422, 503)}
+router = APIRouter()
+
+
+def _registry(request: Request) -> ModelRegistry:
+    return request.app.state.registry
+
+
+@router.post("/v1/score", response_model=ScoreResponse, response_model_exclude_none=True, responses=ERRORS)
+async def score(body: ScoreRequest, request: Request) -> ScoreResponse:
+    """Score a batch of items with one model: a score per item, per-dimension scores for
+    multi-objective models, step rewards for process models."""
+    limit = request.app.state.settings.max_items_per_request
+    if len(body.items) > limit:
+        raise APIError(422, "too_many_items", f"{len(body.items)} items; at most {limit} per request", "items")
+    runner = _registry(request).get(body.model)
+    model = runner.model
+    if body.aggregate is not None and model.spec.kind != ModelKind.process:
+        raise APIError(422, "invalid_request", "aggregate applies to process models only", "aggregate")
+    try:
+        outputs = await runner.score([item.to_input() for item in body.items], body.truncate)
+    except ItemInputError as err:
+        raise APIError.from_input_error(err.error, f"items[{err.index}]") from err
+    if body.aggregate is not None:
+        outputs = [out.with_step_aggregate(body.aggregate) for out in outputs]
+    return ScoreResponse(
+        model=runner.name,
+        revision=model.revision,
+        kind=model.spec.kind,
+        results=[ItemResult.from_output(i, out) for i, out in enumerate(outputs)],
+        usage=Usage(total_tokens=sum(out.num_tokens for out in outputs)),
+    )
+
+
+@router.get("/v1/models", response_model=ModelList, response_model_exclude_none=True)
+async def list_models(request: Request) -> ModelList:
+    runners = _registry(request).runners.values()
+    return ModelList(models=[ModelCard.build(r.name, r.status, r.info) for r in runners])
+
+
+@router.get("/v1/models/{name}", response_model=ModelCard, response_model_exclude_none=True, responses=ERRORS)
+async def get_model(name: str, request: Request) -> ModelCard:
+    runner = _registry(request).runners.get(name)
+    if runner is None:
+        raise APIError(404, "model_not_found", f"no model named {name!r}", "name")
+    return ModelCard.build(runner.name, runner.status, runner.info)
+
+
+@router.get("/health/live", response_model=Health)
+async def live() -> Health:
+    return Health(status="live")
+
+
+@router.get("/health/ready", response_model=Health, responses={503: {"model": Health}})
+async def ready(request: Request):
+    registry = _registry(request)
+    statuses = registry.statuses
+    if registry.ready:
+        return Health(status="ready", models=statuses)
+    state = "failed" if "failed" in statuses.values() else "loading"
+    return JSONResponse(status_code=503, content=Health(status=state, models=statuses).model_dump())
+
+
+def create_app(settings: Settings) -> FastAPI:
+    registry = ModelRegistry(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.loading = asyncio.get_running_loop().run_in_executor(None, registry.load_all)
+        yield
+        registry.close()
+
+    app = FastAPI(
+        title="rewardserve",
+        version="0.1.0",
+        summary="Scalar, multi-objective and process reward models behind one HTTP API.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.registry = registry
+    install_error_handlers(app)
+    app.include_router(router)
+    return app
