@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from itertools import islice
 from pathlib import Path
@@ -127,6 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(run=list_models)
 
     args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models are served from local disk, never fetched
     args.run(args)
 
 

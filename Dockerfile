@@ -1,0 +1,14 @@
+FROM python:3.11-slim
+WORKDIR /app
+# Pick the torch build for the target (CPU wheel by default; a CUDA wheel for GPU hosts).
+ARG TORCH=torch==2.13.0
+RUN pip install --no-cache-dir "${TORCH}"
+COPY pyproject.toml README.md ./
+COPY models ./models
+COPY service ./service
+RUN pip install --no-cache-dir .
+ENV REWARDSERVE_HOST=0.0.0.0 \
+    HF_HUB_OFFLINE=1
+EXPOSE 8000
+HEALTHCHECK --interval=10s --start-period=60s CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health/ready')"
+CMD ["rewardserve", "serve"]
