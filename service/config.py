@@ -5,6 +5,7 @@ embedded default models, so it starts with no arguments on real models."""
 from __future__ import annotations
 
 import os
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Literal
 
@@ -13,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, YamlConfigSettin
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "models" / "builtin"
 CONFIG_ENV = "REWARDSERVE_CONFIG"
+_config_file: ContextVar[str | None] = ContextVar("config_file", default=None)
 
 
 class ModelConfig(BaseModel):
@@ -82,13 +84,17 @@ class Settings(BaseSettings):
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
-        yaml_file = os.environ.get(CONFIG_ENV)
+        yaml_file = _config_file.get() or os.environ.get(CONFIG_ENV)
         return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
 
 
 def load_settings(config_file: str | Path | None = None, **overrides) -> Settings:
-    if config_file is not None:
-        if not Path(config_file).is_file():
-            raise FileNotFoundError(f"config file {config_file} does not exist")
-        os.environ[CONFIG_ENV] = str(config_file)
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    """Settings from `config_file` (else REWARDSERVE_CONFIG), env vars, and `overrides`."""
+    config_file = config_file or os.environ.get(CONFIG_ENV)
+    if config_file is not None and not Path(config_file).is_file():
+        raise FileNotFoundError(f"config file {config_file} does not exist")
+    token = _config_file.set(str(config_file) if config_file else None)
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    finally:
+        _config_file.reset(token)
