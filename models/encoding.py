@@ -8,7 +8,7 @@ error unless the caller asked for truncation.
 
 from __future__ import annotations
 
-from models.errors import InputError
+from models.errors import InputError, ModelLoadError
 from models.inputs import Chat, Encoded, ScoreInput, StepsInput, TextPair, TokenIds, Truncate
 from models.spec import ModelKind, RewardSpec
 
@@ -23,6 +23,10 @@ class Encoder:
         self.vocab_size = vocab_size
         self.use_template = bool(spec.use_chat_template and getattr(tokenizer, "chat_template", None))
         self.special_ids = frozenset(tokenizer.all_special_ids)
+        # Pair encodings with segment ids ([CLS] a [SEP] b [SEP], b typed 1): input_ids get
+        # the same token_type_ids, the second segment starting after the first separator.
+        uses_types = "token_type_ids" in tokenizer.model_input_names
+        self.segment_sep_id = tokenizer.sep_token_id if uses_types else None
         self.marker_id = self._marker_id() if spec.process else None
         self.gates_on_prompt = bool(spec.multi_objective and spec.multi_objective.aggregate == "gating")
 
@@ -30,14 +34,14 @@ class Encoder:
         marker = self.spec.process.marker
         ids = self.tokenizer.encode(marker, add_special_tokens=False)
         if len(ids) != 1:
-            raise InputError("process.marker", f"marker {marker!r} is not a single token for this tokenizer")
+            raise ModelLoadError(f"process.marker {marker!r} is not a single token for this tokenizer")
         return ids[0]
 
     def token_id(self, token: str) -> int:
         """The id of a token that must exist as one vocabulary entry (step-tag candidates)."""
         ids = self.tokenizer.encode(token, add_special_tokens=False)
         if len(ids) != 1:
-            raise InputError(None, f"{token!r} is not a single token for this tokenizer")
+            raise ModelLoadError(f"{token!r} is not a single token for this tokenizer")
         return ids[0]
 
     # ---- public ------------------------------------------------------------------
@@ -110,7 +114,11 @@ class Encoder:
                 raise InputError(f"input_ids[{j}]", f"token id {t} is outside the vocabulary [0, {self.vocab_size})")
         if item.prompt_length is not None and not 0 < item.prompt_length <= len(ids):
             raise InputError("prompt_length", f"prompt_length must be in [1, {len(ids)}]")
-        return Encoded(ids, None, prompt_length=item.prompt_length)
+        types = None
+        if self.segment_sep_id is not None and self.segment_sep_id in ids[:-1]:
+            second = ids.index(self.segment_sep_id) + 1
+            types = [0] * second + [1] * (len(ids) - second)
+        return Encoded(ids, types, prompt_length=item.prompt_length)
 
     # ---- length and markers --------------------------------------------------------
 
