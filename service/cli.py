@@ -13,7 +13,7 @@ from pathlib import Path
 from pydantic import TypeAdapter, ValidationError
 
 from models.errors import InputError
-from models.spec import StepAggregate
+from models.spec import ModelKind, StepAggregate
 from service.config import Settings, load_settings
 from service.errors import field_path
 from service.runner import ModelRunner
@@ -55,6 +55,8 @@ def score_file(args) -> None:
 
     settings = _settings(args)
     runner = _runner(settings, args.model or settings.default_model_name)
+    if args.aggregate and runner.model.spec.kind != ModelKind.process:
+        sys.exit(f"--aggregate applies to process models only; {runner.name} is {runner.model.spec.kind.value}")
     source = Path(args.file)
     total = sum(1 for _ in source.open())
     out = open(args.output, "w") if args.output else sys.stdout
@@ -79,7 +81,8 @@ def _score_chunk(runner: ModelRunner, lines: list[str], first: int, args) -> lis
             good.append(offset)
         except ValidationError as err:
             first_error = err.errors()[0]
-            records[offset] = _error(index, "invalid_request", first_error["msg"], field_path(tuple(first_error["loc"])))
+            code = "invalid_json" if first_error["type"] == "json_invalid" else "invalid_request"
+            records[offset] = _error(index, code, first_error["msg"], field_path(tuple(first_error["loc"])))
         except InputError as err:
             records[offset] = _error(index, err.code, err.message, err.field)
     for offset, output in zip(good, runner.forward_all(encoded)):

@@ -32,12 +32,16 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
 
 
 def field_path(loc: tuple) -> str | None:
-    """('body', 'items', 0, 'tokens', 'input_ids', 3) -> 'items[0].input_ids[3]'."""
+    """('body', 'items', 0, 'tokens', 'input_ids', 3) -> 'items[0].input_ids[3]'. The item
+    form tag pydantic puts at the start of an item's location is dropped, but not a field
+    of the same name: ('items', 0, 'steps', 'steps') -> 'items[0].steps'."""
+    loc = loc[1:] if loc and loc[0] == "body" else loc
     parts: list[str] = []
-    for part in loc[1:] if loc and loc[0] == "body" else loc:
+    for i, part in enumerate(loc):
+        item_start = i == 0 or (i >= 2 and loc[i - 2] == "items" and isinstance(loc[i - 1], int))
         if isinstance(part, int):
             parts.append(f"[{part}]")
-        elif part not in ITEM_FORMS:
+        elif not (item_start and part in ITEM_FORMS):
             parts.append(f".{part}" if parts else str(part))
     return "".join(parts) or None
 

@@ -63,8 +63,13 @@ class StepsItem(_Body):
         return StepsInput(self.prompt, tuple(self.steps))
 
 
-def _item_form(value: Any) -> str:
-    keys = value if isinstance(value, dict) else value.__dict__
+def _item_form(value: Any) -> str | None:
+    if isinstance(value, BaseModel):
+        keys = value.__dict__
+    elif isinstance(value, dict):
+        keys = value
+    else:  # not an object: no form fits, and validation reports it on the item
+        return None
     for key, form in (("messages", "chat"), ("input_ids", "tokens"), ("steps", "steps")):
         if key in keys:
             return form
@@ -78,7 +83,12 @@ ScoreItem = Annotated[
         Annotated[TokensItem, Tag("tokens")],
         Annotated[StepsItem, Tag("steps")],
     ],
-    Discriminator(_item_form),
+    Discriminator(
+        _item_form,
+        custom_error_type="invalid_item",
+        custom_error_message="an item must be an object: {prompt, response}, {messages}, {input_ids} "
+        "or {prompt, steps}",
+    ),
 ]
 ITEM_FORMS = ("text", "chat", "tokens", "steps")
 

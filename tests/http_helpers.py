@@ -1,0 +1,146 @@
+"""Helpers shared by the HTTP, CLI and config tests: a real uvicorn server on a free
+loopback port, bounded polling, YAML configs, sample items per model and the comparison
+of a JSON result with the unbatched reference `RewardModel.score([item])`."""
+
+from __future__ import annotations
+
+import math
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+import yaml
+from pydantic import TypeAdapter
+
+from models.heads import RewardOutput
+from models.reward_model import RewardModel
+from models.spec import ModelKind
+from service.schemas import ScoreItem
+
+TOL = 1e-5
+_parse_item = TypeAdapter(ScoreItem).validate_python
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago (for servers we cannot hand a socket)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def live_server(app, startup_timeout: float = 30.0) -> Iterator[str]:
+    """Serve `app` with uvicorn on a real loopback socket in a background thread; yields
+    the base URL. The socket is bound before the server starts, so there is no port race."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + startup_timeout
+        while not server.started:
+            assert thread.is_alive(), "uvicorn exited during start-up"
+            assert time.monotonic() < deadline, "uvicorn did not start in time"
+            time.sleep(0.02)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        sock.close()
+        assert not thread.is_alive(), "uvicorn did not shut down"
+
+
+def poll(fetch: Callable[[], httpx.Response], done: Callable[[httpx.Response], bool],
+         timeout: float = 60.0, interval: float = 0.05) -> httpx.Response:
+    """Call `fetch` until `done(response)`, at most `timeout` seconds; the last response.
+    Connection errors count as not done (a server still starting)."""
+    deadline = time.monotonic() + timeout
+    last: httpx.Response | None = None
+    for _ in range(int(timeout / interval) + 1):
+        try:
+            last = fetch()
+            if done(last):
+                return last
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            break
+        time.sleep(interval)
+    pytest.fail(f"gave up after {timeout}s; last response: {last and (last.status_code, last.text)}")
+
+
+def wait_until_loaded(client, timeout: float = 60.0) -> httpx.Response:
+    """Poll /health/ready until no model is loading any more; the final response."""
+    return poll(lambda: client.get("/health/ready"), lambda r: r.json()["status"] != "loading", timeout)
+
+
+def write_config(path: Path, model_dirs: dict[str, Path], **settings) -> Path:
+    """A YAML server config serving `model_dirs` ({name: directory}) plus `settings`."""
+    body = {"models": [{"name": name, "path": str(d)} for name, d in model_dirs.items()], **settings}
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    return path
+
+
+# ---- items and references ------------------------------------------------------------
+
+LONG_TEXT = " ".join(["The quick brown fox jumps over the lazy dog."] * 4)
+
+
+def sample_items(model: RewardModel) -> list[dict]:
+    """Request items in every form `model` accepts, of quite different lengths, in an order
+    that is not sorted by length (so batching must restore it)."""
+    def encode(item: dict):
+        return model.encode(_parse_item(item).to_input())
+
+    if model.spec.kind == ModelKind.process:
+        short = {"prompt": "What is 3 + 4?", "steps": ["3 + 4 = 7", "The answer is 7."]}
+        long = {"prompt": f"Explain, then compute. {LONG_TEXT}", "steps": ["Add 3 and 4 to get 7.", LONG_TEXT,
+                                                                          "Multiply 7 by 2 to get 14.", "14"]}
+        return [long, {"input_ids": encode(short).input_ids}, short,
+                {"prompt": "Natalia sold clips.", "steps": ["She sold 48.", "Then 24.", "72 in all."]},
+                {"input_ids": encode(long).input_ids}]
+    pair = {"prompt": "Please answer the question clearly.", "response": "A helpful assistant answers politely."}
+    enc = encode(pair)
+    return [
+        {"prompt": f"Tell me a story. {LONG_TEXT}", "response": LONG_TEXT},
+        {"prompt": "Hi", "response": "Hello!"},
+        {"input_ids": enc.input_ids, "prompt_length": enc.prompt_length},
+        {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 + 2?"},
+                      {"role": "assistant", "content": "4"}]},
+        pair,
+        {"messages": [{"role": "user", "content": LONG_TEXT}, {"role": "assistant", "content": "I cannot help."}]},
+    ]
+
+
+def reference(model: RewardModel, item: dict, truncate: str | None = None) -> RewardOutput:
+    """The unbatched reference: `item` scored alone, straight through RewardModel."""
+    return model.score([_parse_item(item).to_input()], truncate)[0]
+
+
+def assert_result_matches(result: dict, expected: RewardOutput, tol: float = TOL) -> None:
+    """A JSON result (HTTP or CLI) carries the reference's numbers: score, dimensions,
+    gating weights and step rewards within `tol`, token count and truncation exactly, and
+    no field the reference does not have."""
+    assert result["num_tokens"] == expected.num_tokens
+    assert result["truncated"] is expected.truncated
+    assert math.isclose(result["score"], expected.score, rel_tol=0, abs_tol=tol), (result["score"], expected.score)
+    if expected.dimensions is None:
+        assert "dimensions" not in result
+    else:
+        assert list(result["dimensions"]) == list(expected.dimensions)
+        assert result["dimensions"] == pytest.approx(expected.dimensions, abs=tol, rel=0)
+    for field in ("gating_weights", "step_rewards"):
+        want = getattr(expected, field)
+        if want is None:
+            assert field not in result, field
+        else:
+            assert len(result[field]) == len(want), field
+            assert result[field] == pytest.approx(want, abs=tol, rel=0), field

@@ -1,0 +1,161 @@
+"""Server configuration: a YAML file, REWARDSERVE_* environment variables over it, and
+explicit overrides (CLI flags) over both; model entries validated and resolved."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import yaml
+from http_helpers import write_config
+from pydantic import ValidationError
+
+from models.inputs import StepsInput
+from service.config import BUILTIN_DIR, CONFIG_ENV, DEFAULT_MODELS, ModelConfig, Settings, load_settings
+from service.runner import ModelRunner
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    """No REWARDSERVE_* variable from the outer environment; whatever a test sets is undone."""
+    for name in [n for n in os.environ if n.startswith("REWARDSERVE_")]:
+        monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def config_file(tmp_path, tiny_model_dirs):
+    return write_config(tmp_path / "config.yaml", {"scalar": tiny_model_dirs["llama-scalar"]},
+                        port=9000, max_batch_size=8, max_batch_tokens=1024, log_level="warning")
+
+
+def test_values_come_from_the_yaml_file(config_file, tiny_model_dirs):
+    settings = load_settings(config_file)
+    assert (settings.port, settings.max_batch_size, settings.max_batch_tokens) == (9000, 8, 1024)
+    assert settings.log_level == "warning"
+    assert [(m.name, m.path) for m in settings.models] == [("scalar", str(tiny_model_dirs["llama-scalar"]))]
+    assert settings.host == "127.0.0.1" and settings.max_items_per_request == 4096  # defaults kept
+
+
+def test_environment_beats_file(config_file, monkeypatch):
+    monkeypatch.setenv("REWARDSERVE_PORT", "9100")
+    monkeypatch.setenv("REWARDSERVE_MAX_BATCH_SIZE", "3")
+    settings = load_settings(config_file)
+    assert (settings.port, settings.max_batch_size) == (9100, 3)
+    assert settings.max_batch_tokens == 1024  # not overridden: still the file's
+
+
+def test_explicit_overrides_beat_environment_and_file(config_file, monkeypatch):
+    monkeypatch.setenv("REWARDSERVE_PORT", "9100")
+    settings = load_settings(config_file, port=9200, host="0.0.0.0")
+    assert (settings.port, settings.host) == (9200, "0.0.0.0")
+    assert load_settings(config_file, port=None).port == 9100  # an unset flag overrides nothing
+
+
+def test_config_env_var_names_the_file(config_file, monkeypatch):
+    monkeypatch.setenv(CONFIG_ENV, str(config_file))
+    assert load_settings().port == 9000
+
+
+def test_loading_a_file_leaves_environment_and_later_settings_alone(config_file):
+    load_settings(config_file)
+    assert CONFIG_ENV not in os.environ
+    assert Settings().port == 8000
+    assert [m.name for m in load_settings().models] == [m.name for m in DEFAULT_MODELS]
+
+
+def test_invalid_environment_value_is_rejected(config_file, monkeypatch):
+    monkeypatch.setenv("REWARDSERVE_MAX_BATCH_SIZE", "0")
+    with pytest.raises(ValidationError, match="max_batch_size"):
+        load_settings(config_file)
+
+
+@pytest.mark.parametrize("how", ["argument", "env"])
+def test_missing_config_file_raises(how, tmp_path, monkeypatch):
+    missing = tmp_path / "nope.yaml"
+    if how == "env":
+        monkeypatch.setenv(CONFIG_ENV, str(missing))
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        load_settings(missing if how == "argument" else None)
+
+
+def test_unknown_setting_in_file_is_rejected(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"port": 9000, "max_batchsize": 4}))
+    with pytest.raises(ValidationError, match="max_batchsize"):
+        load_settings(path)
+
+
+def test_without_models_the_builtin_defaults_are_served(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("port: 9000\n")
+    settings = load_settings(path)
+    assert [m.path for m in settings.models] == ["builtin:minilm-harmless", "builtin:minilm-prm"]
+    assert settings.default_model_name == "minilm-harmless"
+
+
+def test_builtin_paths_resolve_to_the_embedded_models(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"models": [{"name": "prm", "path": "builtin:minilm-prm"}]}))
+    resolved = load_settings(path).models[0].resolved_path()
+    assert resolved == BUILTIN_DIR / "minilm-prm"
+    assert (resolved / "reward_spec.yaml").is_file()
+    assert ModelConfig(name="m", path="~/models/rm").resolved_path().is_absolute()
+
+
+def test_duplicate_model_names_are_rejected(tmp_path, tiny_model_dirs):
+    path = tmp_path / "config.yaml"
+    directory = str(tiny_model_dirs["llama-scalar"])
+    path.write_text(yaml.safe_dump({"models": [{"name": "rm", "path": directory}, {"name": "rm", "path": directory}]}))
+    with pytest.raises(ValidationError, match="unique"):
+        load_settings(path)
+
+
+def test_empty_model_list_is_rejected(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("models: []\n")
+    with pytest.raises(ValidationError, match="at least one model"):
+        load_settings(path)
+
+
+def test_default_model(config_file, tmp_path, tiny_model_dirs):
+    assert load_settings(config_file).default_model_name == "scalar"
+    dirs = {"a": tiny_model_dirs["llama-scalar"], "b": tiny_model_dirs["qwen2-scalar"]}
+    assert load_settings(write_config(tmp_path / "b.yaml", dirs, default_model="b")).default_model_name == "b"
+    with pytest.raises(ValidationError, match="default_model 'c'"):
+        load_settings(write_config(tmp_path / "c.yaml", dirs, default_model="c"))
+
+
+@pytest.mark.parametrize("entry", [
+    {"name": "bad name", "path": "/x"},
+    {"name": "rm", "path": "/x", "dtype": "int8"},
+    {"name": "rm", "path": "/x", "revision": "main"},
+])
+def test_invalid_model_entries_are_rejected(entry, tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"models": [entry]}))
+    with pytest.raises(ValidationError):
+        load_settings(path)
+
+
+def test_inline_spec_overrides_the_directory_spec(tmp_path, tiny_model_dirs, load_tiny):
+    """qwen2-prm's reward_spec.yaml aggregates steps by min over 256 tokens; an inline
+    spec in the config makes it aggregate by last with max_length 64."""
+    directory = tiny_model_dirs["qwen2-prm"]
+    spec = yaml.safe_load((directory / "reward_spec.yaml").read_text())
+    spec["process"]["aggregate"] = "last"
+    spec["max_length"] = 64
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"models": [{"name": "prm", "path": str(directory), "spec": spec}]}))
+    settings = load_settings(path)
+
+    runner = ModelRunner(settings.models[0], settings.max_batch_size, settings.max_batch_tokens)
+    runner.load()
+
+    assert runner.status == "ready", runner.error
+    info, from_dir = runner.info, load_tiny("qwen2-prm").info
+    assert (from_dir.step_aggregate, from_dir.max_length) == ("min", 256)
+    assert (info.step_aggregate, info.max_length) == ("last", 64)
+    assert info.revision != from_dir.revision  # the spec is part of the revision
+    out = runner.model.score([StepsInput("What is 3 + 4?", ("3 + 4 = 7", "So 7.", "The answer is 7."))])[0]
+    assert len(out.step_rewards) == 3 and out.score == out.step_rewards[-1]
+    runner.close()
