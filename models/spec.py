@@ -17,6 +17,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from models.errors import ModelLoadError
+
 SPEC_FILENAME = "reward_spec.yaml"
 
 
@@ -147,13 +149,13 @@ def load_spec(model_dir: Path, inline: dict | None = None) -> RewardSpec:
 def _infer_from_config(model_dir: Path) -> RewardSpec:
     config_file = model_dir / "config.json"
     if not config_file.is_file():
-        raise FileNotFoundError(f"{model_dir} has neither {SPEC_FILENAME} nor config.json")
+        raise ModelLoadError(f"{model_dir} has neither {SPEC_FILENAME} nor config.json")
     config = json.loads(config_file.read_text())
     architectures = config.get("architectures") or []
     num_labels = len(config.get("id2label") or {}) or config.get("num_labels", 2)
     if any(a.endswith("ForSequenceClassification") for a in architectures) and num_labels == 1:
         return RewardSpec(kind=ModelKind.scalar)
-    raise ValueError(
+    raise ModelLoadError(
         f"{model_dir}: cannot tell what kind of reward model this is from config.json "
         f"(architectures={architectures}, num_labels={num_labels}); add a {SPEC_FILENAME}"
     )

@@ -76,7 +76,7 @@ def test_single_label_sequence_classifier_without_spec_is_scalar(load_tiny, tiny
 def test_two_label_classifier_without_spec_is_not_guessed(copy_model):
     model_dir = copy_model("llama-scalar")
     edit_json(model_dir / "config.json", id2label={"0": "bad", "1": "good"}, label2id={"bad": 0, "good": 1})
-    with pytest.raises(ValueError, match=SPEC_FILENAME):
+    with pytest.raises(ModelLoadError, match=SPEC_FILENAME):
         load_spec(model_dir)
 
 
