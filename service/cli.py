@@ -31,7 +31,7 @@ def _runner(settings: Settings, name: str) -> ModelRunner:
     config = next((m for m in settings.models if m.name == name), None)
     if config is None:
         sys.exit(f"no model named {name!r}; configured: {[m.name for m in settings.models]}")
-    runner = ModelRunner(config, settings.max_batch_size, settings.max_batch_tokens)
+    runner = ModelRunner(config, settings)
     runner.load()
     if runner.status != "ready":
         sys.exit(f"model {name} failed to load: {runner.error}")

@@ -4,6 +4,7 @@ the status that says whose fault it is."""
 from __future__ import annotations
 
 import logging
+import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -11,24 +12,40 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.errors import InputError
+from service.runner import ItemError
+from service.scheduler import ItemTimeout, QueueFull
 from service.schemas import ITEM_FORMS
 
 log = logging.getLogger("rewardserve")
 
 
 class APIError(Exception):
-    def __init__(self, status: int, code: str, message: str, field: str | None = None):
+    def __init__(self, status: int, code: str, message: str, field: str | None = None,
+                 headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.code, self.message, self.field = status, code, message, field
+        self.headers = headers
 
     @classmethod
-    def from_input_error(cls, err: InputError, prefix: str) -> APIError:
-        field = f"{prefix}.{err.field}" if err.field else prefix
-        return cls(422, err.code, err.message, field)
+    def from_item_error(cls, err: ItemError) -> APIError:
+        item = f"items[{err.index}]"
+        cause = err.error
+        if isinstance(cause, InputError):
+            return cls(422, cause.code, cause.message, f"{item}.{cause.field}" if cause.field else item)
+        if isinstance(cause, ItemTimeout):
+            return cls(504, "deadline_exceeded", f"{item}: {cause}", "timeout_ms")
+        return cls(500, "inference_failed", f"{item}: {cause}", item)
+
+    @classmethod
+    def from_queue_full(cls, err: QueueFull) -> APIError:
+        retry = max(1, math.ceil(err.retry_after_s))
+        return cls(429, "queue_full", f"{err}; retry after {retry}s", headers={"Retry-After": str(retry)})
 
 
-def error_response(status: int, code: str, message: str, field: str | None = None) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": {"code": code, "message": message, "field": field}})
+def error_response(status: int, code: str, message: str, field: str | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {"error": {"code": code, "message": message, "field": field}}
+    return JSONResponse(status_code=status, content=body, headers=headers)
 
 
 def field_path(loc: tuple) -> str | None:
@@ -49,7 +66,7 @@ def field_path(loc: tuple) -> str | None:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_: Request, err: APIError):
-        return error_response(err.status, err.code, err.message, err.field)
+        return error_response(err.status, err.code, err.message, err.field, err.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, err: RequestValidationError):

@@ -5,6 +5,7 @@ liveness answers at once and readiness turns true when every model has warmed up
 from __future__ import annotations
 
 import asyncio
+import time
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI, Request
@@ -14,10 +15,11 @@ from models.spec import ModelKind
 from service.config import Settings
 from service.errors import APIError, install_error_handlers
 from service.registry import ModelRegistry
-from service.runner import ItemInputError
+from service.runner import ItemError
+from service.scheduler import Priority, QueueFull
 from service.schemas import ErrorBody, Health, ItemResult, ModelCard, ModelList, ScoreRequest, ScoreResponse, Usage
 
-ERRORS = {status: {"model": ErrorBody} for status in (400, 404, 422, 503)}
+ERRORS = {status: {"model": ErrorBody} for status in (400, 404, 422, 429, 500, 503, 504)}
 router = APIRouter()
 
 
@@ -36,10 +38,16 @@ async def score(body: ScoreRequest, request: Request) -> ScoreResponse:
     model = runner.model
     if body.aggregate is not None and model.spec.kind != ModelKind.process:
         raise APIError(422, "invalid_request", "aggregate applies to process models only", "aggregate")
+    settings = request.app.state.settings
+    priority = body.priority or Priority(settings.default_priority)
+    deadline = None if body.timeout_ms is None else time.monotonic() + body.timeout_ms / 1000
+    scoring = runner.score([item.to_input() for item in body.items], body.truncate, priority, deadline)
     try:
-        outputs = await runner.score([item.to_input() for item in body.items], body.truncate)
-    except ItemInputError as err:
-        raise APIError.from_input_error(err.error, f"items[{err.index}]") from err
+        outputs = await _unless_disconnected(request, scoring)
+    except ItemError as err:
+        raise APIError.from_item_error(err) from err
+    except QueueFull as err:
+        raise APIError.from_queue_full(err) from err
     if body.aggregate is not None:
         outputs = [out.with_step_aggregate(body.aggregate) for out in outputs]
     return ScoreResponse(
@@ -49,6 +57,25 @@ async def score(body: ScoreRequest, request: Request) -> ScoreResponse:
         results=[ItemResult.from_output(i, out) for i, out in enumerate(outputs)],
         usage=Usage(total_tokens=sum(out.num_tokens for out in outputs)),
     )
+
+
+async def _unless_disconnected(request: Request, work):
+    """Run `work`, cancelling it (and so dropping its queued items) if the client goes away."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task not in done:
+        task.cancel()
+        raise APIError(499, "client_closed_request", "client disconnected before the result was ready")
+    return task.result()
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 @router.get("/v1/models", response_model=ModelList, response_model_exclude_none=True)

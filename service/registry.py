@@ -11,7 +11,7 @@ class ModelRegistry:
     def __init__(self, settings: Settings):
         self.default_name = settings.default_model_name
         self.runners = {
-            m.name: ModelRunner(m, settings.max_batch_size, settings.max_batch_tokens) for m in settings.models
+            m.name: ModelRunner(m, settings) for m in settings.models
         }
 
     def load_all(self) -> None:

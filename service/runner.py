@@ -1,9 +1,9 @@
-"""One served model: its load and warm-up, and the thread its forwards run on.
+"""One served model: its load and warm-up, its scheduler, and the thread its forwards run on.
 
 Tokenization runs in the shared thread pool and forwards on the model's own thread, so the
 event loop stays responsive and tokenizing one request never waits behind another's
-forward. Items are length-sorted and cut into batches under an item and a padded-token
-budget; results come back in request order.
+forward. The scheduler batches items across requests; offline scoring (`forward_all`),
+which holds every item up front, cuts length-sorted batches directly.
 """
 
 from __future__ import annotations
@@ -18,16 +18,18 @@ from models.heads import RewardOutput
 from models.inputs import Encoded, ScoreInput, StepsInput, TextPair, Truncate
 from models.reward_model import ModelInfo, RewardModel
 from models.spec import ModelKind
-from service.config import ModelConfig
+from service.config import ModelConfig, Settings
+from service.scheduler import Priority, Scheduler
 
 log = logging.getLogger("rewardserve")
 
 
-class ItemInputError(Exception):
-    """An InputError tagged with the index of the item that caused it."""
+class ItemError(Exception):
+    """Why one item of a request could not be scored, tagged with its index: an
+    InputError from encoding, or the scheduler's ItemTimeout / ItemFailed."""
 
-    def __init__(self, index: int, error: InputError):
-        super().__init__(error.message)
+    def __init__(self, index: int, error: Exception):
+        super().__init__(str(error))
         self.index, self.error = index, error
 
 
@@ -47,14 +49,24 @@ def plan_batches(lengths: list[int], max_items: int, max_tokens: int) -> list[li
 
 
 class ModelRunner:
-    def __init__(self, config: ModelConfig, max_batch_size: int, max_batch_tokens: int):
+    def __init__(self, config: ModelConfig, settings: Settings):
         self.config = config
-        self.max_batch_size = max_batch_size
-        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_size = settings.max_batch_size
+        self.max_batch_tokens = settings.max_batch_tokens
         self.status = "loading"
         self.error: str | None = None
         self.model: RewardModel | None = None
         self._forward_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"forward-{config.name}")
+        self.scheduler = Scheduler(
+            lambda batch: self.model.forward(batch),
+            self._forward_thread,
+            max_batch_size=settings.max_batch_size,
+            max_batch_tokens=settings.max_batch_tokens,
+            max_wait_ms=settings.max_wait_ms,
+            bulk_max_delay_ms=settings.bulk_max_delay_ms,
+            max_queue_items=settings.max_queue_items,
+            max_queue_tokens=settings.max_queue_tokens,
+        )
 
     @property
     def name(self) -> str:
@@ -85,7 +97,7 @@ class ModelRunner:
             try:
                 encoded.append(self.model.encode(item, truncate))
             except InputError as err:
-                raise ItemInputError(index, err) from err
+                raise ItemError(index, err) from err
         return encoded
 
     def forward_all(self, encoded: list[Encoded]) -> list[RewardOutput]:
@@ -96,10 +108,18 @@ class ModelRunner:
                 outputs[index] = output
         return outputs
 
-    async def score(self, inputs: list[ScoreInput], truncate: Truncate | None) -> list[RewardOutput]:
+    async def score(self, inputs: list[ScoreInput], truncate: Truncate | None,
+                    priority: Priority = Priority.interactive, deadline: float | None = None) -> list[RewardOutput]:
+        """Every item scored through the scheduler, in request order. `deadline` is a
+        time.monotonic() instant; raises ItemError for the first item that failed."""
         encoded = await asyncio.to_thread(self.encode_all, inputs, truncate)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._forward_thread, self.forward_all, encoded)
+        timeout_s = None if deadline is None else deadline - time.monotonic()
+        results = await self.scheduler.submit(encoded, priority, timeout_s)
+        for index, result in enumerate(results):
+            if isinstance(result, BaseException):
+                raise ItemError(index, result)
+        return results
 
     def close(self) -> None:
+        self.scheduler.close()
         self._forward_thread.shutdown(wait=False, cancel_futures=True)

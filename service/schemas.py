@@ -10,6 +10,7 @@ from models.heads import RewardOutput
 from models.inputs import Chat, ScoreInput, StepsInput, TextPair, TokenIds
 from models.reward_model import ModelInfo
 from models.spec import ModelKind, StepAggregate
+from service.scheduler import Priority
 
 
 class _Body(BaseModel):
@@ -100,6 +101,10 @@ class ScoreRequest(_Body):
         None, description="cut inputs longer than the model's max_length; default: reject them"
     )
     aggregate: StepAggregate | None = Field(None, description="process models: how step rewards make the score")
+    priority: Priority | None = Field(
+        None, description="'interactive' (latency first) or 'bulk' (throughput first); default: the server's"
+    )
+    timeout_ms: float | None = Field(None, gt=0, description="give up on items not scored within this time")
 
 
 class ItemResult(BaseModel):

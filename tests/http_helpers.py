@@ -19,6 +19,7 @@ import yaml
 from pydantic import TypeAdapter
 
 from models.heads import RewardOutput
+from models.inputs import ScoreInput
 from models.reward_model import RewardModel
 from models.spec import ModelKind
 from service.schemas import ScoreItem
@@ -120,9 +121,14 @@ def sample_items(model: RewardModel) -> list[dict]:
     ]
 
 
+def served_input(item: dict) -> ScoreInput:
+    """A JSON item as the model layer receives it."""
+    return _parse_item(item).to_input()
+
+
 def reference(model: RewardModel, item: dict, truncate: str | None = None) -> RewardOutput:
     """The unbatched reference: `item` scored alone, straight through RewardModel."""
-    return model.score([_parse_item(item).to_input()], truncate)[0]
+    return model.score([served_input(item)], truncate)[0]
 
 
 def assert_result_matches(result: dict, expected: RewardOutput, tol: float = TOL) -> None:

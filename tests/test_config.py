@@ -148,7 +148,7 @@ def test_inline_spec_overrides_the_directory_spec(tmp_path, tiny_model_dirs, loa
     path.write_text(yaml.safe_dump({"models": [{"name": "prm", "path": str(directory), "spec": spec}]}))
     settings = load_settings(path)
 
-    runner = ModelRunner(settings.models[0], settings.max_batch_size, settings.max_batch_tokens)
+    runner = ModelRunner(settings.models[0], settings)
     runner.load()
 
     assert runner.status == "ready", runner.error

@@ -1,0 +1,308 @@
+"""Dynamic batching for one model: the queue between the transport and the model runner.
+
+Requests are split into items and queued by priority class. Whenever the model's forward
+thread is free, the scheduler forms the next batch:
+
+- class: `interactive` first, unless the oldest `bulk` item has waited past
+  `bulk_max_delay_ms` (so bulk is never starved forever);
+- members: the oldest item of that class anchors the batch (FIFO progress), then the
+  queued items closest to it in length join while the padded-token budget
+  (longest x count) and the item budget allow, so padding stays low;
+- fill: when the model is idle and the batch is not full, wait at most `max_wait_ms`
+  (from the anchor's arrival) for more items.
+
+Expired items are answered with a timeout before they reach the model; cancelled ones are
+dropped. The queue is bounded in items and tokens: past it, `submit` raises `QueueFull`
+with a retry hint, and nothing already admitted is lost. Identical items in flight are
+computed once. A failing batch is split in halves and retried so only the offending item
+fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from enum import Enum
+
+from models.heads import RewardOutput
+from models.inputs import Encoded
+
+log = logging.getLogger("rewardserve")
+
+
+class Priority(str, Enum):
+    interactive = "interactive"
+    bulk = "bulk"
+
+
+class QueueFull(Exception):
+    def __init__(self, message: str, retry_after_s: float):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class ItemTimeout(Exception):
+    """The item's deadline passed before the model got to it."""
+
+
+class ItemFailed(Exception):
+    """The model raised on this item alone (after its batch was split down to it)."""
+
+
+@dataclass
+class BatchRecord:
+    """What one forward looked like, for metrics and tests."""
+
+    size: int
+    padded_tokens: int
+    real_tokens: int
+    priority: Priority
+
+    @property
+    def padding_ratio(self) -> float:
+        return 1.0 - self.real_tokens / self.padded_tokens
+
+
+@dataclass(eq=False)
+class _Work:
+    encoded: Encoded
+    priority: Priority
+    deadline: float | None
+    enqueued: float
+    future: asyncio.Future
+    key: tuple
+    waiters: int = 1
+    queued: bool = field(default=True)
+
+    @property
+    def tokens(self) -> int:
+        return self.encoded.num_tokens
+
+
+def dedup_key(enc: Encoded) -> tuple:
+    types = tuple(enc.token_type_ids) if enc.token_type_ids else None
+    return (tuple(enc.input_ids), types, enc.prompt_length, enc.truncated, tuple(enc.marker_positions))
+
+
+class Scheduler:
+    def __init__(
+        self,
+        forward: Callable[[list[Encoded]], list[RewardOutput]],
+        executor: Executor,
+        *,
+        max_batch_size: int = 32,
+        max_batch_tokens: int = 16384,
+        max_wait_ms: float = 2.0,
+        bulk_max_delay_ms: float = 500.0,
+        max_queue_items: int = 65536,
+        max_queue_tokens: int = 16_777_216,
+        on_batch: Callable[[BatchRecord], None] | None = None,
+    ):
+        self._forward = forward
+        self._executor = executor
+        self.max_batch_size = max_batch_size
+        self.max_batch_tokens = max_batch_tokens
+        self.max_wait_s = max_wait_ms / 1000
+        self.bulk_max_delay_s = bulk_max_delay_ms / 1000
+        self.max_queue_items = max_queue_items
+        self.max_queue_tokens = max_queue_tokens
+        self._on_batch = on_batch
+        self._queues: dict[Priority, list[_Work]] = {p: [] for p in Priority}
+        self._in_flight: dict[tuple, _Work] = {}
+        self._queued_items = 0
+        self._queued_tokens = 0
+        self._wakeup = asyncio.Event()
+        self._loop_task: asyncio.Task | None = None
+        self._recent_forward_s = 0.05
+
+    # ---- admission ---------------------------------------------------------------
+
+    @property
+    def queued_items(self) -> int:
+        return self._queued_items
+
+    @property
+    def queued_tokens(self) -> int:
+        return self._queued_tokens
+
+    async def submit(self, encoded: list[Encoded], priority: Priority = Priority.bulk,
+                     timeout_s: float | None = None) -> list[RewardOutput | Exception]:
+        """Queue every item and wait for all of them; per item, an output or the exception
+        that stopped it (ItemTimeout, ItemFailed). Cancelling the caller drops its items."""
+        self._ensure_running()
+        now = time.monotonic()
+        deadline = now + timeout_s if timeout_s is not None else None
+        fresh = {}
+        for enc in encoded:
+            key = dedup_key(enc)
+            if key not in self._in_flight and key not in fresh:
+                fresh[key] = enc
+        new_tokens = sum(e.num_tokens for e in fresh.values())
+        if (self._queued_items + len(fresh) > self.max_queue_items
+                or self._queued_tokens + new_tokens > self.max_queue_tokens):
+            raise QueueFull(
+                f"queue full ({self._queued_items} items, {self._queued_tokens} tokens queued)",
+                retry_after_s=self._retry_hint(),
+            )
+        works: list[_Work] = []
+        for enc in encoded:
+            key = dedup_key(enc)
+            work = self._in_flight.get(key)
+            if work is None:
+                work = _Work(enc, priority, deadline, now, asyncio.get_running_loop().create_future(), key, waiters=0)
+                self._in_flight[key] = work
+                self._queues[priority].append(work)
+                self._queued_items += 1
+                self._queued_tokens += work.tokens
+            else:
+                self._merge(work, priority, deadline)
+            work.waiters += 1
+            works.append(work)
+        self._wakeup.set()
+        try:
+            return await asyncio.gather(*(asyncio.shield(w.future) for w in works), return_exceptions=True)
+        except asyncio.CancelledError:
+            for work in works:
+                self._release(work)
+            raise
+
+    def _merge(self, work: _Work, priority: Priority, deadline: float | None) -> None:
+        """A duplicate joins queued work: the stricter class and the later deadline win, so
+        no waiter gets a worse deal than it asked for."""
+        if not work.queued:
+            return
+        if priority == Priority.interactive and work.priority == Priority.bulk:
+            self._queues[Priority.bulk].remove(work)
+            self._queues[Priority.interactive].append(work)
+            work.priority = priority
+        if work.deadline is not None:
+            work.deadline = None if deadline is None else max(work.deadline, deadline)
+
+    def _release(self, work: _Work) -> None:
+        work.waiters -= 1
+        if work.waiters == 0 and work.queued:
+            self._dequeue(work)
+            self._finish(work, asyncio.CancelledError())
+
+    def _dequeue(self, work: _Work) -> None:
+        self._queues[work.priority].remove(work)
+        work.queued = False
+        self._queued_items -= 1
+        self._queued_tokens -= work.tokens
+
+    def _finish(self, work: _Work, result: RewardOutput | BaseException) -> None:
+        self._in_flight.pop(work.key, None)
+        if work.future.done():
+            return
+        if isinstance(result, BaseException):
+            if isinstance(result, asyncio.CancelledError):
+                work.future.cancel()
+            else:
+                work.future.set_exception(result)
+        else:
+            work.future.set_result(result)
+
+    def _retry_hint(self) -> float:
+        batches_ahead = max(1, self._queued_tokens // self.max_batch_tokens + 1)
+        return round(max(0.05, batches_ahead * self._recent_forward_s), 3)
+
+    # ---- batch formation ---------------------------------------------------------
+
+    def _ensure_running(self) -> None:
+        if self._loop_task is None or self._loop_task.done():
+            self._loop_task = asyncio.get_running_loop().create_task(self._run(), name="scheduler")
+
+    def _expire(self, now: float) -> None:
+        for queue in self._queues.values():
+            for work in [w for w in queue if w.deadline is not None and w.deadline <= now]:
+                self._dequeue(work)
+                self._finish(work, ItemTimeout("deadline passed while queued"))
+
+    def _pick_class(self, now: float) -> Priority | None:
+        bulk, interactive = self._queues[Priority.bulk], self._queues[Priority.interactive]
+        if bulk and (not interactive or now - bulk[0].enqueued >= self.bulk_max_delay_s):
+            return Priority.bulk
+        return Priority.interactive if interactive else None
+
+    def _form(self, priority: Priority) -> tuple[list[_Work], bool]:
+        """The anchor plus its nearest-length neighbours within budget; and whether the
+        batch is full (nothing more could join)."""
+        queue = self._queues[priority]
+        anchor = queue[0]
+        batch, longest = [anchor], anchor.tokens
+        for work in sorted(queue[1:], key=lambda w: abs(w.tokens - anchor.tokens)):
+            if len(batch) >= self.max_batch_size:
+                break
+            width = max(longest, work.tokens)
+            if width * (len(batch) + 1) > self.max_batch_tokens:
+                continue
+            batch.append(work)
+            longest = width
+        full = len(batch) >= self.max_batch_size or longest * (len(batch) + 1) > self.max_batch_tokens
+        return batch, full
+
+    async def _next_batch(self) -> list[_Work]:
+        while True:
+            now = time.monotonic()
+            self._expire(now)
+            priority = self._pick_class(now)
+            if priority is None:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            batch, full = self._form(priority)
+            wait = batch[0].enqueued + self.max_wait_s - now
+            if full or wait <= 0:
+                for work in batch:
+                    self._dequeue(work)
+                return batch
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), timeout=wait)
+            except TimeoutError:
+                pass
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._next_batch()
+            started = time.perf_counter()
+            results = await loop.run_in_executor(self._executor, self._forward_isolating, [w.encoded for w in batch])
+            self._recent_forward_s = 0.8 * self._recent_forward_s + 0.2 * (time.perf_counter() - started)
+            for work, result in zip(batch, results):
+                self._finish(work, result)
+            if self._on_batch:
+                longest = max(w.tokens for w in batch)
+                self._on_batch(BatchRecord(len(batch), longest * len(batch), sum(w.tokens for w in batch), batch[0].priority))
+
+    def _forward_isolating(self, batch: list[Encoded]) -> list[RewardOutput | Exception]:
+        """Runs on the forward thread. A failing batch is halved until the failure is
+        pinned on single items; the rest still get their scores."""
+        try:
+            return self._forward(batch)
+        except Exception as err:  # noqa: BLE001 - any model failure is isolated, then reported per item
+            if len(batch) == 1:
+                log.warning("item failed in forward: %s: %s", type(err).__name__, err)
+                return [ItemFailed(f"{type(err).__name__}: {err}")]
+            _free_device_cache()
+            middle = len(batch) // 2
+            return self._forward_isolating(batch[:middle]) + self._forward_isolating(batch[middle:])
+
+    def close(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+        for queue in self._queues.values():
+            for work in list(queue):
+                self._dequeue(work)
+                self._finish(work, asyncio.CancelledError())
+
+
+def _free_device_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
