@@ -81,12 +81,12 @@ class Encoder:
     def _encode_pair(self, prompt: str, response: str) -> Encoded:
         if self.use_template:
             return self._encode_chat((("user", prompt), ("assistant", response)))
-        enc = self.tokenizer(prompt, response, add_special_tokens=True)
+        enc = self.tokenizer(prompt, response, add_special_tokens=True, verbose=False)
         ids = list(enc["input_ids"])
         types = enc.get("token_type_ids")
         if types is not None and any(types):
             return Encoded(ids, list(types), prompt_length=types.index(1))
-        prompt_ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        prompt_ids = self.tokenizer(prompt, add_special_tokens=True, verbose=False)["input_ids"]
         return Encoded(ids, None, prompt_length=_common_prefix(ids, prompt_ids))
 
     def _encode_chat(self, messages: tuple[tuple[str, str], ...]) -> Encoded:
@@ -101,8 +101,8 @@ class Encoder:
         as_dicts = [{"role": r, "content": c} for r, c in messages]
         full = self.tokenizer.apply_chat_template(as_dicts, tokenize=False)
         prompt = self.tokenizer.apply_chat_template(as_dicts[:-1], tokenize=False, add_generation_prompt=True)
-        ids = self.tokenizer.encode(full, add_special_tokens=False)
-        prompt_ids = self.tokenizer.encode(prompt, add_special_tokens=False)
+        ids = self.tokenizer.encode(full, add_special_tokens=False, verbose=False)
+        prompt_ids = self.tokenizer.encode(prompt, add_special_tokens=False, verbose=False)
         return Encoded(ids, None, prompt_length=_common_prefix(ids, prompt_ids))
 
     def _check_ids(self, item: TokenIds) -> Encoded:
