@@ -77,6 +77,7 @@ class _Work:
     key: tuple
     waiters: int = 1
     queued: bool = field(default=True)
+    timer: asyncio.TimerHandle | None = None
 
     @property
     def tokens(self) -> int:
@@ -158,6 +159,8 @@ class Scheduler:
                 self._queues[priority].append(work)
                 self._queued_items += 1
                 self._queued_tokens += work.tokens
+                if timeout_s is not None:
+                    work.timer = asyncio.get_running_loop().call_later(timeout_s, self._deadline_passed, work)
             else:
                 self._merge(work, priority, deadline)
             work.waiters += 1
@@ -188,9 +191,26 @@ class Scheduler:
             self._dequeue(work)
             self._finish(work, asyncio.CancelledError())
 
+    def _deadline_passed(self, work: _Work) -> None:
+        """Timer: a still-queued item is answered at its deadline, even while the model is
+        busy with another batch (not only when the next batch forms)."""
+        work.timer = None
+        if not work.queued or work.deadline is None:
+            return
+        remaining = work.deadline - time.monotonic()
+        if remaining > 0:  # a later waiter extended the deadline
+            work.timer = asyncio.get_running_loop().call_later(remaining, self._deadline_passed, work)
+            return
+        self._dequeue(work)
+        self._finish(work, ItemTimeout("deadline passed while queued"))
+        self._wakeup.set()
+
     def _dequeue(self, work: _Work) -> None:
         self._queues[work.priority].remove(work)
         work.queued = False
+        if work.timer is not None:
+            work.timer.cancel()
+            work.timer = None
         self._queued_items -= 1
         self._queued_tokens -= work.tokens
 

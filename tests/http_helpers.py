@@ -1,6 +1,7 @@
 """Helpers shared by the HTTP, CLI and config tests: a real uvicorn server on a free
 loopback port, bounded polling, YAML configs, sample items per model and the comparison
-of a JSON result with the unbatched reference `RewardModel.score([item])`."""
+of a JSON result with the unbatched reference `RewardModel.score([item])`, and the shape
+of JSON errors."""
 
 from __future__ import annotations
 
@@ -88,6 +89,21 @@ def write_config(path: Path, model_dirs: dict[str, Path], **settings) -> Path:
     body = {"models": [{"name": name, "path": str(d)} for name, d in model_dirs.items()], **settings}
     path.write_text(yaml.safe_dump(body, sort_keys=False))
     return path
+
+
+def assert_error(response: httpx.Response, status: int, code: str | None = None, field: str | None = None) -> dict:
+    """The response is `{"error": {"code", "message", "field"}}` with this status."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"error"}
+    error = body["error"]
+    assert set(error) == {"code", "message", "field"}
+    assert isinstance(error["message"], str) and error["message"]
+    if code is not None:
+        assert error["code"] == code, error
+    assert error["field"] == field, error
+    return error
 
 
 # ---- items and references ------------------------------------------------------------

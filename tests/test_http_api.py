@@ -14,6 +14,7 @@ import pytest
 from http_helpers import (
     served_input,
     LONG_TEXT,
+    assert_error,
     assert_result_matches,
     live_server,
     poll,
@@ -59,21 +60,6 @@ def base_url(app):
 def client(base_url):
     with httpx.Client(base_url=base_url, timeout=60) as client:
         yield client
-
-
-def assert_error(response: httpx.Response, status: int, code: str | None = None, field: str | None = None) -> dict:
-    """The response is `{"error": {"code", "message", "field"}}` with this status."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    assert set(body) == {"error"}
-    error = body["error"]
-    assert set(error) == {"code", "message", "field"}
-    assert isinstance(error["message"], str) and error["message"]
-    if code is not None:
-        assert error["code"] == code, error
-    assert error["field"] == field, error
-    return error
 
 
 # ---- lifecycle ------------------------------------------------------------------------
