@@ -1,0 +1,515 @@
+"""The dynamic batching scheduler around a real tiny model: batch composition under the
+token and item budgets, priority classes, deadlines, the bounded queue, cancellation,
+failure isolation and in-flight dedup. The model is held busy with a gate around its real
+forward so the tests decide what is queued when a batch forms; no test asserts a duration,
+and every wait is bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+
+import pytest
+import torch
+from sched_helpers import GatedForward, ids, until
+
+from models.inputs import Chat, Encoded, TextPair, TokenIds
+from service.scheduler import BatchRecord, ItemFailed, ItemTimeout, Priority, QueueFull, Scheduler
+
+TEST_LIMIT_S = 60
+
+
+def run(coro):
+    """Run one test's coroutine, bounded as a whole."""
+    return asyncio.run(asyncio.wait_for(coro, TEST_LIMIT_S))
+
+
+@pytest.fixture(scope="module")
+def model(load_tiny):
+    return load_tiny("llama-scalar")
+
+
+@pytest.fixture
+def make_tokens(model):
+    """n -> a distinct pre-tokenized item of n tokens (never the same ids twice)."""
+    rng = random.Random(1234)
+    seen: set[tuple[int, ...]] = set()
+
+    def make(n: int) -> Encoded:
+        while True:
+            candidate = tuple(rng.randrange(10, 400) for _ in range(n))
+            if candidate not in seen:
+                seen.add(candidate)
+                return model.encode(TokenIds(candidate))
+
+    return make
+
+
+@pytest.fixture
+def check(model, assert_outputs_match):
+    """check(results, encodings): each result is the unbatched reference of its item."""
+    def check(results: list, encodings: list[Encoded]) -> None:
+        assert not [r for r in results if isinstance(r, BaseException)], results
+        assert_outputs_match(results, [model.forward([enc])[0] for enc in encodings])
+
+    return check
+
+
+@asynccontextmanager
+async def serving(gate: GatedForward, **options):
+    """A scheduler feeding `gate` on its own forward thread, with no fill wait unless asked
+    (so a lone plug item goes to the model at once); records every batch."""
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-forward")
+    records: list[BatchRecord] = []
+    scheduler = Scheduler(gate, executor, on_batch=records.append, **{"max_wait_ms": 0, **options})
+    scheduler.records = records
+    try:
+        yield scheduler
+    finally:
+        gate.open()
+        scheduler.close()
+        await asyncio.to_thread(executor.shutdown, True)
+        await asyncio.sleep(0)
+        assert not gate.stuck, "a forward waited on the gate past its limit"
+
+
+async def hold(scheduler: Scheduler, gate: GatedForward, plug: Encoded,
+               priority: Priority = Priority.interactive) -> asyncio.Task:
+    """Occupy the model: `plug` goes to the forward and blocks on the gate there."""
+    task = asyncio.create_task(scheduler.submit([plug], priority))
+    await gate.until_entered(1)
+    assert scheduler.queued_items == 0
+    return task
+
+
+async def queued(scheduler: Scheduler, count: int) -> None:
+    await until(lambda: scheduler.queued_items == count, f"{count} queued items (have {scheduler.queued_items})")
+
+
+def fifo_padded(lengths: list[int], max_size: int, max_tokens: int) -> int:
+    """Padded tokens if the same arrivals were cut into batches in order, under the same
+    budgets, with no regard for length."""
+    padded, batch = 0, []
+    for n in lengths:
+        if batch and (len(batch) >= max_size or max(batch + [n]) * (len(batch) + 1) > max_tokens):
+            padded += max(batch) * len(batch)
+            batch = []
+        batch.append(n)
+    return padded + max(batch) * len(batch)
+
+
+# ---- batch composition ---------------------------------------------------------------
+
+
+def test_batches_respect_budgets_and_group_lengths(model, make_tokens, check):
+    """64 mixed-length items from 16 requests queued behind a busy model: every batch is
+    within both budgets (an item over the token budget goes alone), every item is forwarded
+    exactly once with its reference score, batches group items of similar length around
+    the oldest one, and so pad less than cutting the same arrivals into batches in order."""
+    max_size, max_tokens = 8, 240
+    rng = random.Random(7)
+    lengths = [rng.choice([rng.randrange(3, 20), rng.randrange(20, 60), rng.randrange(60, 120)]) for _ in range(62)]
+    requests = [[make_tokens(n) for n in lengths[i:i + 4]] for i in range(0, 60, 4)]
+    requests.append([make_tokens(250), make_tokens(5),  # one item alone exceeds the token budget
+                     model.encode(TextPair("Hi", "Hello!")), model.encode(Chat((("user", "2+2?"), ("assistant", "4"))))])
+    arrivals = [enc for request in requests for enc in request]
+
+    async def main():
+        gate = GatedForward(model.forward)
+        async with serving(gate, max_batch_size=max_size, max_batch_tokens=max_tokens) as scheduler:
+            plug = await hold(scheduler, gate, make_tokens(4))
+            tasks = [asyncio.create_task(scheduler.submit(request)) for request in requests]
+            await queued(scheduler, len(arrivals))
+            assert scheduler.queued_tokens == sum(e.num_tokens for e in arrivals)
+            gate.open()
+            results = await asyncio.gather(*tasks)
+            await plug
+            return results, gate.forwarded[1:], scheduler.records[1:]
+
+    results, batches, records = run(main())
+    for request, result in zip(requests, results, strict=True):
+        check(result, request)
+    assert Counter(ids(e) for batch in batches for e in batch) == Counter(ids(e) for e in arrivals)
+    assert [r.size for r in records] == [len(b) for b in batches]
+    for batch, record in zip(batches, records):
+        longest = max(e.num_tokens for e in batch)
+        assert len(batch) <= max_size
+        assert len(batch) == 1 or longest * len(batch) <= max_tokens, [e.num_tokens for e in batch]
+        assert (record.padded_tokens, record.real_tokens) == (longest * len(batch), sum(e.num_tokens for e in batch))
+    assert [len(b) for b in batches if max(e.num_tokens for e in b) > max_tokens] == [1]
+
+    # each batch is the oldest queued item plus its nearest neighbours in length: nothing
+    # left in the queue when it formed lies strictly inside its length range
+    remaining = [ids(e) for e in arrivals]  # queue order: the submits ran in creation order
+    length = {ids(e): e.num_tokens for e in arrivals}
+    for batch in batches:
+        members = {ids(e) for e in batch}
+        assert remaining[0] in members
+        low, high = min(e.num_tokens for e in batch), max(e.num_tokens for e in batch)
+        assert not [length[k] for k in remaining if k not in members and low < length[k] < high], (low, high)
+        remaining = [k for k in remaining if k not in members]
+    assert not remaining
+
+    real = sum(r.real_tokens for r in records)
+    scheduled_ratio = 1 - real / sum(r.padded_tokens for r in records)
+    fifo_ratio = 1 - real / fifo_padded([e.num_tokens for e in arrivals], max_size, max_tokens)
+    assert scheduled_ratio < fifo_ratio, (scheduled_ratio, fifo_ratio)
+
+
+def test_lone_item_goes_without_waiting_for_company_once_max_wait_passes(model, make_tokens, check):
+    """An idle model with room in the batch still serves a lone item (the fill wait is
+    bounded by max_wait_ms, not by the batch filling up)."""
+    async def main():
+        gate = GatedForward(model.forward, held=False)
+        async with serving(gate, max_wait_ms=5, max_batch_size=32) as scheduler:
+            item = make_tokens(6)
+            result = await scheduler.submit([item])
+            return item, result, gate.forwarded
+
+    item, result, batches = run(main())
+    check(result, [item])
+    assert [[ids(e) for e in b] for b in batches] == [[ids(item)]]
+
+
+# ---- priorities ------------------------------------------------------------------------
+
+
+def test_interactive_goes_before_queued_bulk(model, make_tokens, check):
+    async def main():
+        gate = GatedForward(model.forward)
+        async with serving(gate, max_batch_size=3, bulk_max_delay_ms=60_000) as scheduler:
+            plug = await hold(scheduler, gate, make_tokens(5), Priority.bulk)
+            bulk = [[make_tokens(n) for n in (8, 9, 10)], [make_tokens(n) for n in (8, 11, 9)]]
+            interactive = [[make_tokens(9), make_tokens(10)], [make_tokens(8)]]
+            tasks = [asyncio.create_task(scheduler.submit(r, Priority.bulk)) for r in bulk]
+            await queued(scheduler, 6)
+            tasks += [asyncio.create_task(scheduler.submit(r, Priority.interactive)) for r in interactive]
+            await queued(scheduler, 9)
+            gate.open()
+            results = await asyncio.gather(*tasks)
+            await plug
+            return bulk, interactive, results, gate.forwarded[1:], scheduler.records[1:]
+
+    bulk, interactive, results, batches, records = run(main())
+    for request, result in zip(bulk + interactive, results, strict=True):
+        check(result, request)
+    assert {ids(e) for e in batches[0]} == {ids(e) for r in interactive for e in r}
+    assert records[0].priority == Priority.interactive
+    assert {ids(e) for b in batches[1:] for e in b} == {ids(e) for r in bulk for e in r}
+    assert all(r.priority == Priority.bulk for r in records[1:])
+
+
+@pytest.mark.parametrize("bulk_delay_ms", [0, 20])
+def test_bulk_is_not_starved_by_a_continuous_interactive_stream(bulk_delay_ms, model, make_tokens, check):
+    """The model runs one batch at a time and, before each, the test tops the interactive
+    queue up so it is never empty; the bulk item still gets its turn (within a bounded number
+    of batches), taken while interactive items were waiting."""
+    max_steps = 400
+
+    async def main():
+        gate = GatedForward(model.forward)
+        async with serving(gate, max_batch_size=2, bulk_max_delay_ms=bulk_delay_ms) as scheduler:
+            plug = await hold(scheduler, gate, make_tokens(5))
+            target = make_tokens(7)
+            bulk = asyncio.create_task(scheduler.submit([target], Priority.bulk))
+            stream = [asyncio.create_task(scheduler.submit([make_tokens(7), make_tokens(7)], Priority.interactive))]
+            await queued(scheduler, 3)
+            waiting_interactive = None
+            for step in range(2, max_steps):
+                before = scheduler.queued_items
+                stream.append(asyncio.create_task(scheduler.submit([make_tokens(6), make_tokens(8)],
+                                                                   Priority.interactive)))
+                await queued(scheduler, before + 2)
+                gate.step()
+                await gate.until_entered(step)
+                if any(ids(e) == ids(target) for e in gate.entered[-1]):
+                    waiting_interactive = scheduler.queued_items
+                    break
+            gate.open()
+            result = await bulk
+            await asyncio.gather(plug, *stream)
+            return target, result, waiting_interactive
+
+    target, result, waiting_interactive = run(main())
+    assert waiting_interactive is not None, f"bulk item not served within {max_steps} batches"
+    assert waiting_interactive >= 2  # it went ahead of interactive work that was waiting
+    check(result, [target])
+
+
+# ---- deadlines -------------------------------------------------------------------------
+
+
+def test_expired_items_time_out_while_queued_and_never_reach_the_model(model, make_tokens, check):
+    """Items whose deadline passes while the model is busy are answered with ItemTimeout at
+    their deadline (the model still held), leave the queue, and are never forwarded; other
+    queued items are untouched and still scored."""
+    async def main():
+        gate = GatedForward(model.forward)
+        async with serving(gate) as scheduler:
+            plug = await hold(scheduler, gate, make_tokens(5))
+            doomed = [make_tokens(6), make_tokens(9)]
+            patient = [make_tokens(7)]
+            generous = [make_tokens(8)]
+            late = asyncio.create_task(scheduler.submit(doomed, timeout_s=0.05))
+            others = [asyncio.create_task(scheduler.submit(patient)),
+                      asyncio.create_task(scheduler.submit(generous, timeout_s=60))]
+            await queued(scheduler, 4)
+            timed_out = await asyncio.wait_for(late, timeout=10)  # answered with the model still busy
+            assert len(gate.entered) == 1 and not plug.done()
+            assert scheduler.queued_items == 2
+            assert scheduler.queued_tokens == patient[0].num_tokens + generous[0].num_tokens
+            gate.open()
+            results = await asyncio.gather(*others)
+            await plug
+            return doomed, timed_out, patient + generous, [r[0] for r in results], gate.forwarded_ids()
+
+    doomed, timed_out, kept, results, forwarded = run(main())
+    assert [type(r) for r in timed_out] == [ItemTimeout, ItemTimeout]
+    check(results, kept)
+    assert not {ids(e) for e in doomed} & set(forwarded)
+
+
+def test_a_later_duplicate_extends_the_deadline_of_shared_work(model, make_tokens, check):
+    """Two waiters on one item: the earlier deadline passing does not drop it while the
+    other waiter still has time, and both get the score."""
+    async def main():
+        gate = GatedForward(model.forward)
+        async with serving(gate) as scheduler:
+            plug = await hold(scheduler, gate, make_tokens(5))
+            shared, marker = make_tokens(9), make_tokens(6)
+            short = asyncio.create_task(scheduler.submit([shared], timeout_s=0.05))
+            await queued(scheduler, 1)
+            long = asyncio.create_task(scheduler.submit([shared], timeout_s=60))
+            # queued after `short`'s item with the same timeout: once it has expired, so has
+            # the short waiter's own deadline
+            expired = await asyncio.wait_for(scheduler.submit([marker], timeout_s=0.05), timeout=10)
+            assert isinstance(expired[0], ItemTimeout)
+            assert (scheduler.queued_items, scheduler.queued_tokens) == (1, shared.num_tokens)
+            gate.open()
+            results = await asyncio.gather(short, long)
+            await plug
+            return shared, results, gate.forwarded_ids()
+
+    shared, (first, second), forwarded = run(main())
+    check(first, [shared])
+    assert first == second
+    assert forwarded.count(ids(shared)) == 1
+
+
+# ---- backpressure ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bound", ["items", "tokens"])
+def test_full_queue_refuses_new_work_and_loses_nothing_admitted(bound, model, make_tokens, check):
+    admitted = [[make_tokens(6), make_tokens(9)], [make_tokens(12), make_tokens(7)]]
+    queued_tokens = sum(e.num_tokens for r in admitted for e in r)
+    limits = {"max_queue_items": 4} if bound == "items" else {"max_queue_tokens": queued_tokens + 5}
+    refused = [make_tokens(3)] if bound == "items" else [make_tokens(3), make_tokens(6)]
+
+    async def main():
+        gate = GatedForward(model.forward)
+        async with serving(gate, **limits) as scheduler:
+            plug = await hold(scheduler, gate, make_tokens(5))
+            tasks = [asyncio.create_task(scheduler.submit(r)) for r in admitted]
+            await queued(scheduler, 4)
+            with pytest.raises(QueueFull) as full:
+                await scheduler.submit(refused)
+            assert full.value.retry_after_s > 0
+            assert (scheduler.queued_items, scheduler.queued_tokens) == (4, queued_tokens)  # refusal took nothing
+            # a duplicate of queued work adds nothing to the queue, so it is still admitted
+            tasks.append(asyncio.create_task(scheduler.submit([admitted[0][1]])))
+            await asyncio.sleep(0)
+            assert scheduler.queued_items == 4
+            gate.open()
+            results = await asyncio.gather(*tasks)
+            await plug
+            retried = await scheduler.submit(refused)  # room again once the queue drained
+            return results, retried
+
+    results, retried = run(main())
+    for request, result in zip(admitted + [[admitted[0][1]]], results, strict=True):
+        check(result, request)
+    check(retried, refused)
+
+
+# ---- cancellation ----------------------------------------------------------------------
+
+
+def test_cancelled_submit_drops_its_queued_items(model, make_tokens, check):
+    async def main():
+        gate = GatedForward(model.forward)
+        async with serving(gate) as scheduler:
+            plug = await hold(scheduler, gate, make_tokens(5))
+            gone = [make_tokens(6), make_tokens(11)]
+            kept = [make_tokens(8)]
+            leaving = asyncio.create_task(scheduler.submit(gone))
+            staying = asyncio.create_task(scheduler.submit(kept))
+            await queued(scheduler, 3)
+            leaving.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await leaving
+            assert (scheduler.queued_items, scheduler.queued_tokens) == (1, kept[0].num_tokens)
+            gate.open()
+            result = await staying
+            await plug
+            forwarded = gate.forwarded_ids()
+            again = await scheduler.submit(gone)  # a cancelled item leaves nothing stale behind
+            return gone, kept, result, forwarded, again
+
+    gone, kept, result, forwarded, again = run(main())
+    check(result, kept)
+    assert not {ids(e) for e in gone} & set(forwarded)
+    check(again, gone)
+
+
+# ---- failure isolation -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("error", [RuntimeError, torch.cuda.OutOfMemoryError], ids=["runtime", "oom"])
+def test_poisoned_item_fails_alone(error, model, make_tokens, check):
+    """One item that makes the forward raise, in a batch with five good ones from three
+    requests: it alone gets ItemFailed; its batch-mates get their reference scores, each
+    computed once."""
+    poison_id = 3
+    async def main():
+        gate = GatedForward(model.forward, poison=lambda enc: poison_id in enc.input_ids, error=error)
+        async with serving(gate, max_batch_size=8) as scheduler:
+            plug = await hold(scheduler, gate, make_tokens(5))
+            bad = model.encode(TokenIds((50, 60, poison_id, 70, 80)))
+            requests = [[make_tokens(6), bad, make_tokens(9)], [make_tokens(7), make_tokens(4)], [make_tokens(8)]]
+            assert sum(poison_id in e.input_ids for r in requests for e in r) == 1
+            tasks = [asyncio.create_task(scheduler.submit(r)) for r in requests]
+            await queued(scheduler, 6)
+            gate.open()
+            results = await asyncio.gather(*tasks)
+            await plug
+            return requests, results, gate.entered[1], gate.forwarded_ids()
+
+    requests, results, first_batch, forwarded = run(main())
+    assert len(first_batch) == 6  # they really shared one batch
+    failed = results[0][1]
+    assert isinstance(failed, ItemFailed) and error.__name__ in str(failed)
+    good = [(r, e) for req, res in zip(requests, results) for r, e in zip(res, req) if e is not requests[0][1]]
+    check([r for r, _ in good], [e for _, e in good])
+    # past the plug, the model ran each good item exactly once and the poisoned one never
+    assert Counter(forwarded[1:]) == Counter(ids(e) for _, e in good)
+    assert ids(requests[0][1]) not in forwarded
+
+
+# ---- dedup -----------------------------------------------------------------------------
+
+
+def test_identical_items_in_flight_are_forwarded_once(model, make_tokens, check):
+    async def main():
+        gate = GatedForward(model.forward)
+        async with serving(gate) as scheduler:
+            plug = await hold(scheduler, gate, make_tokens(5))
+            shared = make_tokens(9)
+            first = [shared, make_tokens(6)]
+            second = [make_tokens(12), Encoded(list(shared.input_ids)), shared]  # also twice in one request
+            tasks = [asyncio.create_task(scheduler.submit(first)),
+                     asyncio.create_task(scheduler.submit(second, Priority.interactive))]
+            await queued(scheduler, 3)
+            gate.open()
+            results = await asyncio.gather(*tasks)
+            await plug
+            return shared, first, second, results, gate.forwarded_ids()
+
+    shared, first, second, (one, two), forwarded = run(main())
+    check(one, first)
+    check(two, second)
+    assert one[0] == two[1] == two[2]
+    assert forwarded.count(ids(shared)) == 1
+
+
+def test_an_interactive_duplicate_promotes_queued_bulk_work(model, make_tokens, check):
+    """Sharing a queued bulk item with an interactive request gives it the interactive
+    class: it goes in the next batch, ahead of the bulk item queued beside it."""
+    async def main():
+        gate = GatedForward(model.forward)
+        async with serving(gate, bulk_max_delay_ms=60_000) as scheduler:
+            plug = await hold(scheduler, gate, make_tokens(5))
+            shared, other = make_tokens(9), make_tokens(9)
+            bulk = asyncio.create_task(scheduler.submit([other, shared], Priority.bulk))
+            await queued(scheduler, 2)
+            urgent = asyncio.create_task(scheduler.submit([shared], Priority.interactive))
+            await asyncio.sleep(0)
+            assert scheduler.queued_items == 2
+            gate.open()
+            results = await asyncio.gather(bulk, urgent)
+            await plug
+            return shared, other, results, gate.forwarded[1:], scheduler.records[1:]
+
+    shared, other, (both, alone), batches, records = run(main())
+    check(both, [other, shared])
+    assert alone == both[1:]
+    assert [[ids(e) for e in b] for b in batches] == [[ids(shared)], [ids(other)]]
+    assert [r.priority for r in records] == [Priority.interactive, Priority.bulk]
+
+
+def test_joining_work_already_in_the_forward(model, make_tokens, check):
+    """A request for an item that is in the running batch waits for that forward instead
+    of queueing a second one."""
+    async def main():
+        gate = GatedForward(model.forward)
+        async with serving(gate) as scheduler:
+            item = make_tokens(9)
+            running = await hold(scheduler, gate, item)
+            joiner = asyncio.create_task(scheduler.submit([item]))
+            await asyncio.sleep(0)
+            assert scheduler.queued_items == 0
+            gate.open()
+            return item, await running, await joiner, gate.forwarded_ids()
+
+    item, first, second, forwarded = run(main())
+    check(first, [item])
+    assert first == second
+    assert forwarded == [ids(item)]
+
+
+def test_cancelling_one_waiter_keeps_the_shared_item_for_the_other(model, make_tokens, check):
+    async def main():
+        gate = GatedForward(model.forward)
+        async with serving(gate) as scheduler:
+            plug = await hold(scheduler, gate, make_tokens(5))
+            shared = make_tokens(9)
+            leaving = asyncio.create_task(scheduler.submit([shared]))
+            staying = asyncio.create_task(scheduler.submit([shared], Priority.bulk))
+            await queued(scheduler, 1)
+            await asyncio.sleep(0)
+            leaving.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await leaving
+            assert (scheduler.queued_items, scheduler.queued_tokens) == (1, shared.num_tokens)
+            gate.open()
+            result = await asyncio.wait_for(staying, timeout=30)
+            await plug
+            return shared, result, gate.forwarded_ids()
+
+    shared, result, forwarded = run(main())
+    check(result, [shared])
+    assert forwarded.count(ids(shared)) == 1
+
+
+def test_cancelling_every_waiter_drops_the_shared_item(model, make_tokens):
+    async def main():
+        gate = GatedForward(model.forward)
+        async with serving(gate) as scheduler:
+            plug = await hold(scheduler, gate, make_tokens(5))
+            shared = make_tokens(9)
+            waiters = [asyncio.create_task(scheduler.submit([shared])) for _ in range(2)]
+            await queued(scheduler, 1)
+            await asyncio.sleep(0)
+            for task in waiters:
+                task.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
+            assert (scheduler.queued_items, scheduler.queued_tokens) == (0, 0)
+            gate.open()
+            await plug
+            return shared, gate.forwarded_ids()
+
+    shared, forwarded = run(main())
+    assert ids(shared) not in forwarded
