@@ -5,18 +5,15 @@ liveness answers at once and readiness turns true when every model has warmed up
 from __future__ import annotations
 
 import asyncio
-import time
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from models.spec import ModelKind
 from service.config import Settings
 from service.errors import APIError, install_error_handlers
 from service.registry import ModelRegistry
-from service.runner import ItemError
-from service.scheduler import Priority, QueueFull
+from service.scoring import ScoreJob, Scorer
 from service.schemas import ErrorBody, Health, ItemResult, ModelCard, ModelList, ScoreRequest, ScoreResponse, Usage
 
 ERRORS = {status: {"model": ErrorBody} for status in (400, 404, 422, 429, 500, 503, 504)}
@@ -31,31 +28,21 @@ def _registry(request: Request) -> ModelRegistry:
 async def score(body: ScoreRequest, request: Request) -> ScoreResponse:
     """Score a batch of items with one model: a score per item, per-dimension scores for
     multi-objective models, step rewards for process models."""
-    limit = request.app.state.settings.max_items_per_request
-    if len(body.items) > limit:
-        raise APIError(422, "too_many_items", f"{len(body.items)} items; at most {limit} per request", "items")
-    runner = _registry(request).get(body.model)
-    model = runner.model
-    if body.aggregate is not None and model.spec.kind != ModelKind.process:
-        raise APIError(422, "invalid_request", "aggregate applies to process models only", "aggregate")
-    settings = request.app.state.settings
-    priority = body.priority or Priority(settings.default_priority)
-    deadline = None if body.timeout_ms is None else time.monotonic() + body.timeout_ms / 1000
-    scoring = runner.score([item.to_input() for item in body.items], body.truncate, priority, deadline)
-    try:
-        outputs = await _unless_disconnected(request, scoring)
-    except ItemError as err:
-        raise APIError.from_item_error(err) from err
-    except QueueFull as err:
-        raise APIError.from_queue_full(err) from err
-    if body.aggregate is not None:
-        outputs = [out.with_step_aggregate(body.aggregate) for out in outputs]
+    job = ScoreJob(
+        inputs=[item.to_input() for item in body.items],
+        model=body.model,
+        truncate=body.truncate,
+        aggregate=body.aggregate,
+        priority=body.priority,
+        timeout_ms=body.timeout_ms,
+    )
+    scored = await _unless_disconnected(request, request.app.state.scorer.score(job))
     return ScoreResponse(
-        model=runner.name,
-        revision=model.revision,
-        kind=model.spec.kind,
-        results=[ItemResult.from_output(i, out) for i, out in enumerate(outputs)],
-        usage=Usage(total_tokens=sum(out.num_tokens for out in outputs)),
+        model=scored.model,
+        revision=scored.revision,
+        kind=scored.kind,
+        results=[ItemResult.from_output(i, out) for i, out in enumerate(scored.outputs)],
+        usage=Usage(total_tokens=scored.total_tokens),
     )
 
 
@@ -124,6 +111,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.registry = registry
+    app.state.scorer = Scorer(registry, settings)
     install_error_handlers(app)
     app.include_router(router)
     return app
