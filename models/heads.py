@@ -35,6 +35,7 @@ class RewardOutput:
     step_rewards: list[float] | None = None
     num_tokens: int = 0
     truncated: bool = False
+    cached: bool = False
 
     def with_step_aggregate(self, how: StepAggregate) -> RewardOutput:
         return replace(self, score=aggregate_steps(self.step_rewards, how))

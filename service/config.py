@@ -25,6 +25,8 @@ class ModelConfig(BaseModel):
     spec: dict | None = Field(None, description="inline reward spec; overrides the directory's reward_spec.yaml")
     device: str = Field("auto", description="'auto' (cuda when present), 'cpu', 'cuda', 'cuda:1', ...")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    cache: bool = Field(True, description="serve repeated inputs from the result cache")
+    cache_ttl_s: float = Field(3600.0, gt=0, description="how long cached results live")
 
     def resolved_path(self) -> Path:
         if self.path.startswith("builtin:"):
@@ -65,6 +67,9 @@ class Settings(BaseSettings):
     max_queue_tokens: int = Field(8_388_608, ge=1, description="queued tokens per model before 429")
     default_priority: Literal["interactive", "bulk"] = "interactive"
     max_items_per_request: int = Field(4096, ge=1)
+    cache_max_bytes: int = Field(256 * 2**20, ge=0, description="in-process LRU size; 0 turns it off")
+    redis_url: str | None = Field(None, description="shared Redis result cache, e.g. redis://127.0.0.1:6379/0")
+    redis_timeout_ms: float = Field(50.0, gt=0, description="Redis socket timeout; slower counts as a miss")
     log_level: str = "info"
 
     @field_validator("models")

@@ -35,6 +35,7 @@ async def score(body: ScoreRequest, request: Request) -> ScoreResponse:
         aggregate=body.aggregate,
         priority=body.priority,
         timeout_ms=body.timeout_ms,
+        cache=body.cache,
     )
     scored = await _unless_disconnected(request, request.app.state.scorer.score(job))
     return ScoreResponse(
@@ -101,7 +102,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI):
         app.state.loading = asyncio.get_running_loop().run_in_executor(None, registry.load_all)
         yield
-        registry.close()
+        await registry.close()
 
     app = FastAPI(
         title="rewardserve",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from service.cache import LRUCache, RedisTier, ResultCache
 from service.config import Settings
 from service.errors import APIError
 from service.runner import ModelRunner
@@ -10,9 +11,8 @@ from service.runner import ModelRunner
 class ModelRegistry:
     def __init__(self, settings: Settings):
         self.default_name = settings.default_model_name
-        self.runners = {
-            m.name: ModelRunner(m, settings) for m in settings.models
-        }
+        self.cache = build_cache(settings)
+        self.runners = {m.name: ModelRunner(m, settings, self.cache) for m in settings.models}
 
     def load_all(self) -> None:
         for runner in self.runners.values():
@@ -36,6 +36,14 @@ class ModelRegistry:
             raise APIError(503, f"model_{runner.status}", f"model {runner.name!r} is {runner.status}{detail}", "model")
         return runner
 
-    def close(self) -> None:
+    async def close(self) -> None:
         for runner in self.runners.values():
             runner.close()
+        if self.cache is not None:
+            await self.cache.close()
+
+
+def build_cache(settings: Settings) -> ResultCache | None:
+    lru = LRUCache(settings.cache_max_bytes) if settings.cache_max_bytes > 0 else None
+    redis = RedisTier(settings.redis_url, timeout_s=settings.redis_timeout_ms / 1000) if settings.redis_url else None
+    return ResultCache(lru, redis) if lru is not None or redis is not None else None

@@ -18,6 +18,7 @@ from models.heads import RewardOutput
 from models.inputs import Encoded, ScoreInput, StepsInput, TextPair, Truncate
 from models.reward_model import ModelInfo, RewardModel
 from models.spec import ModelKind
+from service.cache import CacheMode, ResultCache, cache_key, decode_output, encode_output
 from service.config import ModelConfig, Settings
 from service.scheduler import Priority, Scheduler
 
@@ -49,8 +50,9 @@ def plan_batches(lengths: list[int], max_items: int, max_tokens: int) -> list[li
 
 
 class ModelRunner:
-    def __init__(self, config: ModelConfig, settings: Settings):
+    def __init__(self, config: ModelConfig, settings: Settings, cache: ResultCache | None = None):
         self.config = config
+        self.cache = cache if config.cache else None
         self.max_batch_size = settings.max_batch_size
         self.max_batch_tokens = settings.max_batch_tokens
         self.status = "loading"
@@ -109,16 +111,30 @@ class ModelRunner:
         return outputs
 
     async def score(self, inputs: list[ScoreInput], truncate: Truncate | None,
-                    priority: Priority = Priority.interactive, deadline: float | None = None) -> list[RewardOutput]:
-        """Every item scored through the scheduler, in request order. `deadline` is a
-        time.monotonic() instant; raises ItemError for the first item that failed."""
+                    priority: Priority = Priority.interactive, deadline: float | None = None,
+                    cache_mode: CacheMode = CacheMode.use) -> list[RewardOutput]:
+        """Every item scored, in request order: cache hits answered at once, the rest
+        through the scheduler. `deadline` is a time.monotonic() instant; raises ItemError
+        for the first item that failed."""
         encoded = await asyncio.to_thread(self.encode_all, inputs, truncate)
+        outputs: list[RewardOutput | None] = [None] * len(encoded)
+        keys = None
+        if self.cache is not None and cache_mode != CacheMode.bypass:
+            keys = [cache_key(self.name, self.model.revision, enc) for enc in encoded]
+            if cache_mode == CacheMode.use:
+                dimensions = self.model.info.dimensions
+                for index, (blob, _) in enumerate(await self.cache.get_many(keys, self.config.cache_ttl_s)):
+                    outputs[index] = decode_output(blob, dimensions) if blob is not None else None
+        misses = [i for i, out in enumerate(outputs) if out is None]
         timeout_s = None if deadline is None else deadline - time.monotonic()
-        results = await self.scheduler.submit(encoded, priority, timeout_s)
-        for index, result in enumerate(results):
+        results = await self.scheduler.submit([encoded[i] for i in misses], priority, timeout_s) if misses else []
+        for index, result in zip(misses, results):
             if isinstance(result, BaseException):
                 raise ItemError(index, result)
-        return results
+            outputs[index] = result
+        if keys is not None:
+            self.cache.put_many([(keys[i], encode_output(outputs[i])) for i in misses], self.config.cache_ttl_s)
+        return outputs
 
     def close(self) -> None:
         self.scheduler.close()

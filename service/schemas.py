@@ -10,6 +10,7 @@ from models.heads import RewardOutput
 from models.inputs import Chat, ScoreInput, StepsInput, TextPair, TokenIds
 from models.reward_model import ModelInfo
 from models.spec import ModelKind, StepAggregate
+from service.cache import CacheMode
 from service.scheduler import Priority
 
 
@@ -105,6 +106,7 @@ class ScoreRequest(_Body):
         None, description="'interactive' (latency first) or 'bulk' (throughput first); default: the server's"
     )
     timeout_ms: float | None = Field(None, gt=0, description="give up on items not scored within this time")
+    cache: CacheMode = Field(CacheMode.use, description="'use', 'refresh' (recompute and overwrite) or 'bypass'")
 
 
 class ItemResult(BaseModel):
@@ -115,11 +117,13 @@ class ItemResult(BaseModel):
     step_rewards: list[float] | None = Field(None, description="process: P(step is good) per step")
     num_tokens: int
     truncated: bool
+    cached: bool | None = Field(None, description="true when served from the result cache (else absent)")
 
     @classmethod
     def from_output(cls, index: int, out: RewardOutput) -> ItemResult:
         return cls(index=index, score=out.score, dimensions=out.dimensions, gating_weights=out.gating_weights,
-                   step_rewards=out.step_rewards, num_tokens=out.num_tokens, truncated=out.truncated)
+                   step_rewards=out.step_rewards, num_tokens=out.num_tokens, truncated=out.truncated,
+                   cached=out.cached or None)
 
 
 class Usage(BaseModel):

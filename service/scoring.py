@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from models.heads import RewardOutput
 from models.inputs import ScoreInput, Truncate
 from models.spec import ModelKind, StepAggregate
+from service.cache import CacheMode
 from service.config import Settings
 from service.errors import APIError
 from service.registry import ModelRegistry
@@ -25,6 +26,7 @@ class ScoreJob:
     aggregate: StepAggregate | None = None
     priority: Priority | None = None
     timeout_ms: float | None = None
+    cache: CacheMode = CacheMode.use
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ class Scorer:
         priority = job.priority or Priority(self.settings.default_priority)
         deadline = None if job.timeout_ms is None else time.monotonic() + job.timeout_ms / 1000
         try:
-            outputs = await runner.score(job.inputs, job.truncate, priority, deadline)
+            outputs = await runner.score(job.inputs, job.truncate, priority, deadline, job.cache)
         except ItemError as err:
             raise APIError.from_item_error(err) from err
         except QueueFull as err:
