@@ -31,18 +31,7 @@ class Encoder:
         self.gates_on_prompt = bool(spec.multi_objective and spec.multi_objective.aggregate == "gating")
 
     def _marker_id(self) -> int:
-        marker = self.spec.process.marker
-        ids = self.tokenizer.encode(marker, add_special_tokens=False)
-        if len(ids) != 1:
-            raise ModelLoadError(f"process.marker {marker!r} is not a single token for this tokenizer")
-        return ids[0]
-
-    def token_id(self, token: str) -> int:
-        """The id of a token that must exist as one vocabulary entry (step-tag candidates)."""
-        ids = self.tokenizer.encode(token, add_special_tokens=False)
-        if len(ids) != 1:
-            raise ModelLoadError(f"{token!r} is not a single token for this tokenizer")
-        return ids[0]
+        return single_token_id(self.tokenizer, self.spec.process.marker, "process.marker")
 
     # ---- public ------------------------------------------------------------------
 
@@ -159,6 +148,14 @@ class Encoder:
             why = "truncation removed every step marker" if enc.truncated else f"no step marker {self.spec.process.marker!r} found"
             raise InputError(field, why)
         return positions
+
+
+def single_token_id(tokenizer, token: str, what: str) -> int:
+    """The id of a token that must be one vocabulary entry (step markers, step-tag candidates)."""
+    ids = tokenizer.encode(token, add_special_tokens=False)
+    if len(ids) != 1:
+        raise ModelLoadError(f"{what} {token!r} is not a single token for this tokenizer")
+    return ids[0]
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

@@ -9,17 +9,18 @@ from pathlib import Path
 FINGERPRINTED_SUFFIXES = (".safetensors", ".json", ".txt", ".model", ".jinja", ".tiktoken", ".yaml")
 
 
-def fingerprint(dirs: list[Path], spec_json: str) -> str:
+def fingerprint(dirs: list[Path], spec_json: str, extra_files: list[Path] = ()) -> str:
+    """`extra_files` are hashed whatever their suffix (an engine's artifact, say)."""
     digest = hashlib.sha256()
     digest.update(spec_json.encode())
     seen = set()
-    for directory in dirs:
-        for path in sorted(directory.iterdir()):
-            if not path.is_file() or path.suffix not in FINGERPRINTED_SUFFIXES or path.resolve() in seen:
-                continue
-            seen.add(path.resolve())
-            digest.update(path.name.encode())
-            with path.open("rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(chunk)
+    candidates = [p for d in dirs for p in sorted(d.iterdir()) if p.suffix in FINGERPRINTED_SUFFIXES]
+    for path in [*candidates, *extra_files]:
+        if not path.is_file() or path.resolve() in seen:
+            continue
+        seen.add(path.resolve())
+        digest.update(path.name.encode())
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
     return "sha256:" + digest.hexdigest()

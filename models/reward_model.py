@@ -19,7 +19,9 @@ from transformers import (
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 from transformers.utils import logging as hf_logging
 
-from models.encoding import Encoder, max_length_for
+from models.encoding import Encoder, max_length_for, single_token_id
+from models.engines import ONNX_FILENAME, Engine, OnnxEngine, TorchEngine
+from models.graph import RewardGraph
 from models.errors import ModelLoadError
 from models.heads import (
     HeadFile,
@@ -29,7 +31,7 @@ from models.heads import (
     step_probabilities,
     weighted_score,
 )
-from models.inputs import Encoded, ScoreInput, Truncate
+from models.inputs import Encoded, ScoreInput, StepsInput, TextPair, Truncate
 from models.revision import fingerprint
 from models.spec import ModelKind, Pooling, RewardSpec, load_spec
 
@@ -64,30 +66,30 @@ def resolve_dir(reference: str, base: Path) -> Path:
 
 
 class RewardModel:
-    def __init__(self, name: str, spec: RewardSpec, model, tokenizer, head: HeadFile | None,
-                 revision: str, device: str, dtype: str):
+    """Tokenization, padding and the reading of outputs around an engine: the torch graph
+    itself, or the same graph exported to ONNX (see models.engines)."""
+
+    def __init__(self, name: str, spec: RewardSpec, config, tokenizer, engine: Engine, revision: str,
+                 device: str, dtype: str):
         self.name = name
         self.spec = spec
-        self.model = model
-        self.head = head
+        self.config = config
+        self.engine = engine
         self.revision = revision
         self.device = torch.device(device)
         self.dtype = dtype
-        config = model.config
-        self.is_encoder = config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
-        self.pooling = spec.pooling or (Pooling.cls if self.is_encoder else Pooling.last)
+        self.is_encoder = is_encoder_config(config)
         self.encoder = Encoder(tokenizer, spec, max_length_for(spec, config, tokenizer), config.vocab_size)
         self.pad_id = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
-        self.step_tag_ids = None
-        if spec.process and spec.process.convention == "step_tag" and head is None:
-            self.step_tag_ids = [self.encoder.token_id(spec.process.bad_token), self.encoder.token_id(spec.process.good_token)]
         self._check_head_width()
 
     # ---- loading -----------------------------------------------------------------
 
     @classmethod
     def load(cls, name: str, path: str | Path, spec: dict | None = None, device: str = "cpu",
-             dtype: str = "float32") -> RewardModel:
+             dtype: str = "float32", backend: str = "torch", onnx_file: str | Path | None = None) -> RewardModel:
+        """`backend` 'torch' loads the safetensors weights; 'onnxruntime' runs `onnx_file`
+        (default: reward.onnx in the model directory, written by `rewardserve export-onnx`)."""
         model_dir = Path(path).resolve()
         reward_spec = load_spec(model_dir, spec)
         backbone_dir = resolve_dir(reward_spec.backbone, model_dir) if reward_spec.backbone else model_dir
@@ -99,15 +101,24 @@ class RewardModel:
             raise ModelLoadError(f"dtype must be one of {sorted(DTYPES)}, not {dtype!r}")
         remote = reward_spec.trust_remote_code
         tokenizer = AutoTokenizer.from_pretrained(backbone_dir, trust_remote_code=remote)
-        model = _load_backbone(backbone_dir, reward_spec, DTYPES[dtype], remote).to(device).eval()
-        head = None
-        if reward_spec.head_file:
-            head = HeadFile.load(model_dir / reward_spec.head_file).to(device=device, dtype=DTYPES[dtype]).eval()
-        revision = fingerprint([backbone_dir, model_dir], reward_spec.canonical_json())
-        return cls(name, reward_spec, model, tokenizer, head, revision, device, dtype)
+        config = AutoConfig.from_pretrained(backbone_dir, trust_remote_code=remote)
+        extra_spec, extra_files = "", []
+        if backend == "torch":
+            engine = TorchEngine(build_graph(backbone_dir, model_dir, reward_spec, config, tokenizer, device, dtype))
+        elif backend == "onnxruntime":
+            onnx_path = Path(onnx_file) if onnx_file else model_dir / ONNX_FILENAME
+            if not onnx_path.is_file():
+                raise ModelLoadError(f"{onnx_path} does not exist: run `rewardserve export-onnx` first")
+            engine = OnnxEngine(onnx_path, device)
+            extra_spec, extra_files = f"onnx:{onnx_path.name}", [onnx_path]
+        else:
+            raise ModelLoadError(f"backend must be 'torch' or 'onnxruntime', not {backend!r}")
+        revision = fingerprint([backbone_dir, model_dir], reward_spec.canonical_json() + extra_spec, extra_files)
+        return cls(name, reward_spec, config, tokenizer, engine, revision, device, dtype)
 
     def _check_head_width(self) -> None:
-        if self.step_tag_ids is not None:  # read from the LM head's candidate tokens
+        width = self.engine.output_width
+        if width is None:  # a step-tag LM, read at its good/bad candidate tokens
             return
         spec = self.spec
         allowed = {
@@ -115,7 +126,6 @@ class RewardModel:
             ModelKind.process: (1, 2),
             ModelKind.multi_objective: (len(spec.multi_objective.dimensions),) if spec.multi_objective else (),
         }[spec.kind]
-        width = self.head.reward.out_features if self.head else self.model.config.num_labels
         if width not in allowed:
             raise ModelLoadError(f"{self.name}: head has {width} outputs; a {spec.kind.value} model needs {allowed}")
 
@@ -129,7 +139,7 @@ class RewardModel:
             kind=spec.kind,
             revision=self.revision,
             max_length=self.encoder.max_length,
-            architecture=type(self.model).__name__,
+            architecture=self.engine.architecture,
             dimensions=list(spec.multi_objective.dimensions) if spec.multi_objective else None,
             step_aggregate=spec.process.aggregate.value if spec.process else None,
             device=str(self.device),
@@ -143,99 +153,57 @@ class RewardModel:
         """Encode and score in one batch: the unbatched reference when given one item."""
         return self.forward([self.encode(item, truncate) for item in items])
 
-    @torch.inference_mode()
     def forward(self, batch: list[Encoded]) -> list[RewardOutput]:
-        ids, mask, types = self._pad(batch)
-        kind = self.spec.kind
-        if kind == ModelKind.process:
-            step_logits = self._step_logits(batch, ids, mask, types)
-            return [self._process_output(enc, logits) for enc, logits in zip(batch, step_logits)]
-        if self.head is not None:
-            hidden = self._hidden(ids, mask, types)
-            values = self.head.reward(self._pool(hidden, mask))
-        else:
-            values = self._sequence_logits(ids, mask, types)
+        tensors = self.engine(self.model_inputs(batch))
+        if self.spec.kind == ModelKind.process:
+            logits = tensors["step_logits"][self._marker_index(batch)].float()
+            per_item = logits.split([len(enc.marker_positions) for enc in batch])
+            return [self._process_output(enc, item_logits) for enc, item_logits in zip(batch, per_item)]
         gating = None
-        if self.head is not None and self.head.gating is not None:
-            prompt_end = torch.tensor([enc.prompt_length - 1 for enc in batch], device=self.device)
-            weights = self.head.gate(hidden[torch.arange(len(batch), device=self.device), prompt_end])
-            gating = (weights.float(), self.head.gated_score(values, weights).float())
-        return self._sequence_outputs(batch, values.float(), gating)
+        if "gating_weights" in tensors:
+            gating = (tensors["gating_weights"].float(), tensors["gated_score"].float())
+        return self._sequence_outputs(batch, tensors["values"].float(), gating)
+
+    def model_inputs(self, batch: list[Encoded]) -> dict[str, torch.Tensor]:
+        """The padded batch as the engine's named inputs: right padding (real tokens never
+        attend to padding, and every row's positions start at 0), segment ids for encoders,
+        the last prompt position for gating heads."""
+        width = max(enc.num_tokens for enc in batch)
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        types = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, enc in enumerate(batch):
+            n = enc.num_tokens
+            ids[row, :n] = torch.tensor(enc.input_ids)
+            mask[row, :n] = 1
+            if enc.token_type_ids:
+                types[row, :n] = torch.tensor(enc.token_type_ids)
+        named = {"input_ids": ids, "attention_mask": mask}
+        if self.is_encoder:
+            named["token_type_ids"] = types
+        if self.encoder.gates_on_prompt:
+            named["prompt_end"] = torch.tensor([enc.prompt_length - 1 for enc in batch], dtype=torch.long)
+        return named
 
     @torch.inference_mode()
     def head_features(self, batch: list[Encoded]) -> torch.Tensor:
         """What a head file's reward MLP reads: pooled sequence states, or, for process
         models, the states at every step marker (rows in batch order). Training a head
-        on these guarantees it sees exactly what serving feeds it."""
-        ids, mask, types = self._pad(batch)
-        hidden = self._hidden(ids, mask, types)
+        on these guarantees it sees exactly what serving feeds it. Torch engine only."""
+        graph = self.engine.graph
+        inputs = {k: v.to(self.device) for k, v in self.model_inputs(batch).items()}
+        types = {"token_type_ids": inputs["token_type_ids"]} if "token_type_ids" in inputs else {}
+        hidden = graph.hidden(inputs["input_ids"], inputs["attention_mask"], types)
         if self.spec.kind == ModelKind.process:
             return hidden[self._marker_index(batch)]
-        return self._pool(hidden, mask)
-
-    # ---- forward pieces ----------------------------------------------------------
-
-    def _marker_index(self, batch: list[Encoded]) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = torch.tensor([r for r, enc in enumerate(batch) for _ in enc.marker_positions], device=self.device)
-        cols = torch.tensor([p for enc in batch for p in enc.marker_positions], device=self.device)
-        return rows, cols
-
-    def _pad(self, batch: list[Encoded]):
-        width = max(enc.num_tokens for enc in batch)
-        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        types = torch.zeros((len(batch), width), dtype=torch.long) if self.is_encoder else None
-        for row, enc in enumerate(batch):
-            n = enc.num_tokens
-            ids[row, :n] = torch.tensor(enc.input_ids)
-            mask[row, :n] = 1
-            if types is not None and enc.token_type_ids:
-                types[row, :n] = torch.tensor(enc.token_type_ids)
-        extra = {"token_type_ids": types.to(self.device)} if types is not None else {}
-        return ids.to(self.device), mask.to(self.device), extra
-
-    def _base(self):
-        return self.model if self.head is not None else self.model.base_model
-
-    def _hidden(self, ids, mask, types) -> torch.Tensor:
-        return self._base()(input_ids=ids, attention_mask=mask, **types).last_hidden_state
-
-    def _last_index(self, mask) -> torch.Tensor:
-        return mask.sum(dim=1) - 1
-
-    def _pool(self, hidden, mask) -> torch.Tensor:
-        if self.pooling == Pooling.cls:
-            return hidden[:, 0]
-        if self.pooling == Pooling.mean:
-            weights = mask.unsqueeze(-1).to(hidden.dtype)
-            return (hidden * weights).sum(1) / weights.sum(1)
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), self._last_index(mask)]
-
-    def _sequence_logits(self, ids, mask, types) -> torch.Tensor:
-        """A checkpoint's own classification head. Encoders pool [CLS] through their own
-        pooler; decoders are read at the last real token, found from the mask rather than
-        from pad ids (a pad id that equals EOS would otherwise move the read position)."""
-        if self.is_encoder:
-            return self.model(input_ids=ids, attention_mask=mask, **types).logits
-        hidden = self._hidden(ids, mask, types)
-        return self.model.score(self._pool(hidden, mask))
-
-    def _step_logits(self, batch, ids, mask, types) -> list[torch.Tensor]:
-        at_markers = self._marker_index(batch)
-        if self.head is not None:
-            logits = self.head.reward(self._hidden(ids, mask, types)[at_markers])
-        elif self.step_tag_ids is not None:
-            hidden = self._hidden(ids, mask, types)[at_markers]
-            lm_head = self.model.get_output_embeddings()
-            candidates = lm_head.weight[self.step_tag_ids]
-            logits = hidden @ candidates.T
-            if getattr(lm_head, "bias", None) is not None:
-                logits = logits + lm_head.bias[self.step_tag_ids]
-        else:
-            logits = self.model(input_ids=ids, attention_mask=mask, **types).logits[at_markers]
-        return list(logits.float().split([len(enc.marker_positions) for enc in batch]))
+        return graph.pool(hidden, inputs["attention_mask"])
 
     # ---- outputs -----------------------------------------------------------------
+
+    def _marker_index(self, batch: list[Encoded]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = torch.tensor([r for r, enc in enumerate(batch) for _ in enc.marker_positions], dtype=torch.long)
+        cols = torch.tensor([p for enc in batch for p in enc.marker_positions], dtype=torch.long)
+        return rows, cols
 
     def _process_output(self, enc: Encoded, logits: torch.Tensor) -> RewardOutput:
         rewards = step_probabilities(logits).tolist()
@@ -262,7 +230,36 @@ class RewardModel:
         return outputs
 
 
-def _load_backbone(directory: Path, spec: RewardSpec, dtype: torch.dtype, remote: bool):
+def warmup_inputs(kind: ModelKind) -> list[ScoreInput]:
+    """Two small inputs of unequal lengths: for warm-up forwards and export tracing."""
+    if kind == ModelKind.process:
+        return [StepsInput("1 + 1 = ?", ("2",)), StepsInput("What is 3 + 4?", ("3 + 4 = 7.", "The answer is 7."))]
+    return [TextPair("Hi", "Hello!"), TextPair("What is the capital of France?", "Paris is the capital of France.")]
+
+
+def is_encoder_config(config) -> bool:
+    return config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+def build_graph(backbone_dir: Path, model_dir: Path, spec: RewardSpec, config, tokenizer, device: str,
+                dtype: str) -> RewardGraph:
+    """The torch graph of a model directory: backbone weights, our head file if any."""
+    model = _load_backbone(backbone_dir, spec, config, DTYPES[dtype]).to(device).eval()
+    head = None
+    if spec.head_file:
+        head = HeadFile.load(model_dir / spec.head_file).to(device=device, dtype=DTYPES[dtype]).eval()
+    step_tag_ids = None
+    if spec.process and spec.process.convention == "step_tag" and head is None:
+        p = spec.process
+        step_tag_ids = [single_token_id(tokenizer, p.bad_token, "process.bad_token"),
+                        single_token_id(tokenizer, p.good_token, "process.good_token")]
+    encoder = is_encoder_config(config)
+    pooling = spec.pooling or (Pooling.cls if encoder else Pooling.last)
+    return RewardGraph(model, head, spec, encoder, pooling, step_tag_ids).eval()
+
+
+def _load_backbone(directory: Path, spec: RewardSpec, config, dtype: torch.dtype):
+    remote = spec.trust_remote_code
     kwargs = dict(dtype=dtype, use_safetensors=True, trust_remote_code=remote)
     if spec.head_file:
         auto = AutoModel
@@ -270,7 +267,6 @@ def _load_backbone(directory: Path, spec: RewardSpec, dtype: torch.dtype, remote
         auto = AutoModelForCausalLM if spec.process.convention == "step_tag" else AutoModelForTokenClassification
     else:
         auto = AutoModelForSequenceClassification
-    config = AutoConfig.from_pretrained(directory, trust_remote_code=remote)
     try:
         return auto.from_pretrained(directory, config=config, **kwargs)
     except ValueError as err:

@@ -106,6 +106,22 @@ def list_models(args) -> None:
         print(f"{info.name}\t{info.kind.value}\tmax_length={info.max_length}\t{info.architecture}\t{info.revision}{extra}")
 
 
+def export_onnx(args) -> None:
+    """Export a configured model's graph to ONNX for `backend: onnxruntime`."""
+    from models.engines import ONNX_FILENAME
+    from models.onnx_export import export_onnx as export
+    from models.reward_model import RewardModel
+
+    settings = _settings(args)
+    name = args.model or settings.default_model_name
+    config = next((m for m in settings.models if m.name == name), None)
+    if config is None:
+        sys.exit(f"no model named {name!r}; configured: {[m.name for m in settings.models]}")
+    model = RewardModel.load(name, config.resolved_path(), config.spec)  # the torch reference, fp32 on CPU
+    target = Path(args.output) if args.output else config.resolved_path() / ONNX_FILENAME
+    print(export(model, target))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="rewardserve", description="Reward-model inference server.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -125,6 +141,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--aggregate", choices=["min", "product", "last", "mean"])
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=score_file)
+
+    p = sub.add_parser("export-onnx", help="export a model (backbone and reward head) to ONNX")
+    p.add_argument("--config")
+    p.add_argument("--model", help="model name (default: the default model)")
+    p.add_argument("--output", "-o", help="the .onnx file (default: reward.onnx in the model directory)")
+    p.set_defaults(run=export_onnx)
 
     p = sub.add_parser("models", help="load and describe the configured models")
     p.add_argument("--config")

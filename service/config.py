@@ -25,6 +25,8 @@ class ModelConfig(BaseModel):
     spec: dict | None = Field(None, description="inline reward spec; overrides the directory's reward_spec.yaml")
     device: str = Field("auto", description="'auto' (cuda when present), 'cpu', 'cuda', 'cuda:1', ...")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    backend: Literal["torch", "onnxruntime"] = Field("torch", description="engine running the model's graph")
+    onnx_file: str | None = Field(None, description="onnxruntime: the exported graph; default <path>/reward.onnx")
     cache: bool = Field(True, description="serve repeated inputs from the result cache")
     cache_ttl_s: float = Field(3600.0, gt=0, description="how long cached results live")
 

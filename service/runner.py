@@ -15,9 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from models.errors import InputError
 from models.heads import RewardOutput
-from models.inputs import Encoded, ScoreInput, StepsInput, TextPair, Truncate
-from models.reward_model import ModelInfo, RewardModel
-from models.spec import ModelKind
+from models.inputs import Encoded, ScoreInput, Truncate
+from models.reward_model import ModelInfo, RewardModel, warmup_inputs
 from service.cache import CacheMode, ResultCache, cache_key, decode_output, encode_output
 from service.config import ModelConfig, Settings
 from service.scheduler import Priority, Scheduler
@@ -82,10 +81,10 @@ class ModelRunner:
         """Blocking: load from disk, then one warm-up forward before declaring ready."""
         started = time.perf_counter()
         try:
-            model = RewardModel.load(self.name, self.config.resolved_path(), self.config.spec,
-                                     device=self.config.resolved_device(), dtype=self.config.resolved_dtype())
-            warmup = StepsInput("1 + 1 = ?", ("2",)) if model.spec.kind == ModelKind.process else TextPair("Hi", "Hello!")
-            model.score([warmup], truncate="right")
+            config = self.config
+            model = RewardModel.load(self.name, config.resolved_path(), config.spec, device=config.resolved_device(),
+                                     dtype=config.resolved_dtype(), backend=config.backend, onnx_file=config.onnx_file)
+            model.score(warmup_inputs(model.spec.kind), truncate="right")
         except Exception as err:  # a model that fails to load must not take the others down
             self.status, self.error = "failed", f"{type(err).__name__}: {err}"
             log.error("model %s failed to load: %s", self.name, self.error)

@@ -1,0 +1,92 @@
+"""The tensor part of a reward model as one module: a right-padded batch in, the tensors the
+heads read out. The torch engine runs it as it is; `export-onnx` exports exactly this module,
+so every engine computes the same function.
+
+Outputs, by kind:
+    scalar / multi-objective    values [B, K]
+      + gating                  gating_weights [B, G], gated_score [B]
+    process                     step_logits [B, T, C]: [bad, good] (or one) logits per position
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from models.heads import HeadFile
+from models.spec import ModelKind, Pooling, RewardSpec
+
+
+def output_names(spec: RewardSpec, gated: bool) -> tuple[str, ...]:
+    if spec.kind == ModelKind.process:
+        return ("step_logits",)
+    return ("values", "gating_weights", "gated_score") if gated else ("values",)
+
+
+def input_names(is_encoder: bool, gated: bool) -> tuple[str, ...]:
+    return ("input_ids", "attention_mask") + (("token_type_ids",) if is_encoder else ()) + (
+        ("prompt_end",) if gated else ())
+
+
+class RewardGraph(nn.Module):
+    def __init__(self, model: nn.Module, head: HeadFile | None, spec: RewardSpec, is_encoder: bool,
+                 pooling: Pooling, step_tag_ids: list[int] | None):
+        super().__init__()
+        self.model = model
+        self.head = head
+        self.kind = spec.kind
+        self.is_encoder = is_encoder
+        self.pooling = pooling
+        self.gated = head is not None and head.gating is not None
+        self.step_tag_ids = step_tag_ids
+        self.call_options = {} if is_encoder else {"use_cache": False}  # scoring never decodes further
+        self.output_names = output_names(spec, self.gated)
+        self.input_names = input_names(is_encoder, self.gated)
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None, prompt_end=None) -> tuple[torch.Tensor, ...]:
+        types = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        if self.kind == ModelKind.process:
+            return (self._step_logits(input_ids, attention_mask, types),)
+        if self.head is None:
+            return (self._sequence_logits(input_ids, attention_mask, types),)
+        hidden = self.hidden(input_ids, attention_mask, types)
+        values = self.head.reward(self.pool(hidden, attention_mask))
+        if not self.gated:
+            return (values,)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        weights = self.head.gate(hidden[rows, prompt_end])
+        return values, weights, self.head.gated_score(values, weights)
+
+    def hidden(self, ids, mask, types: dict) -> torch.Tensor:
+        base = self.model if self.head is not None else self.model.base_model
+        return base(input_ids=ids, attention_mask=mask, **types, **self.call_options).last_hidden_state
+
+    def pool(self, hidden, mask) -> torch.Tensor:
+        if self.pooling == Pooling.cls:
+            return hidden[:, 0]
+        if self.pooling == Pooling.mean:
+            weights = mask.unsqueeze(-1).to(hidden.dtype)
+            return (hidden * weights).sum(1) / weights.sum(1)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        return hidden[rows, mask.sum(dim=1) - 1]
+
+    def _sequence_logits(self, ids, mask, types) -> torch.Tensor:
+        """A checkpoint's own classification head. Encoders pool [CLS] through their own
+        pooler; decoders are read at the last real token, found from the mask rather than
+        from pad ids (a pad id that equals EOS would otherwise move the read position)."""
+        if self.is_encoder:
+            return self.model(input_ids=ids, attention_mask=mask, **types, **self.call_options).logits
+        return self.model.score(self.pool(self.hidden(ids, mask, types), mask))
+
+    def _step_logits(self, ids, mask, types) -> torch.Tensor:
+        """Per-position logits; the runner keeps those at step markers. For a step-tag LM
+        only the good/bad rows of the LM head are computed, not the vocabulary."""
+        if self.head is not None:
+            return self.head.reward(self.hidden(ids, mask, types))
+        if self.step_tag_ids is not None:
+            lm_head = self.model.get_output_embeddings()
+            logits = self.hidden(ids, mask, types) @ lm_head.weight[self.step_tag_ids].T
+            if getattr(lm_head, "bias", None) is not None:
+                logits = logits + lm_head.bias[self.step_tag_ids]
+            return logits
+        return self.model(input_ids=ids, attention_mask=mask, **types, **self.call_options).logits
