@@ -1,0 +1,163 @@
+"""The load generator: sends prepared `/v1/score` requests over loopback HTTP with asyncio
+and httpx, closed-loop (a fixed number in flight, as RL trainers do) or open-loop (Poisson
+arrivals, as online traffic does), and summarizes throughput and request latency.
+
+Every run is bounded twice: by its request list (each request is sent at most once) and by
+a wall-clock limit, after which requests still in flight are cancelled and counted as
+unfinished. Open-loop latency is measured from the scheduled arrival, so a client that falls
+behind does not hide queueing (no coordinated omission).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from dataclasses import dataclass, field
+
+import httpx
+
+
+@dataclass(frozen=True)
+class Request:
+    """One prepared request: the JSON body, already encoded, and what it carries."""
+
+    body: bytes
+    items: int
+    tokens: int
+
+
+def make_request(items: list[dict], tokens: int, model: str, priority: str, timeout_ms: int | None = None) -> Request:
+    body = {"model": model, "items": items, "priority": priority}
+    if timeout_ms is not None:
+        body["timeout_ms"] = timeout_ms
+    return Request(json.dumps(body, separators=(",", ":")).encode(), len(items), tokens)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated q-th percentile (0..100); NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+@dataclass
+class Summary:
+    """What a run achieved: only completed (200, all results present) requests count
+    towards items, tokens and latencies."""
+
+    sent: int = 0
+    ok: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    unfinished: int = 0
+    items: int = 0
+    tokens: int = 0
+    wall_s: float = 0.0
+    latencies_s: list[float] = field(default_factory=list)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.wall_s if self.wall_s else 0.0
+
+    @property
+    def items_per_s(self) -> float:
+        return self.items / self.wall_s if self.wall_s else 0.0
+
+    def latency_ms(self, q: float) -> float:
+        return percentile(self.latencies_s, q) * 1000
+
+    def add_error(self, kind: str) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+
+
+def client(base_url: str, max_connections: int) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        base_url=base_url,
+        timeout=httpx.Timeout(None, connect=10.0),
+        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        headers={"content-type": "application/json"},
+    )
+
+
+async def _send(http: httpx.AsyncClient, request: Request, started: float, summary: Summary) -> None:
+    summary.sent += 1
+    try:
+        reply = await http.post("/v1/score", content=request.body)
+    except httpx.HTTPError as err:
+        summary.add_error(type(err).__name__)
+        return
+    latency = time.perf_counter() - started
+    if reply.status_code != 200:
+        summary.add_error(f"http {reply.status_code}")
+        return
+    if len(reply.json()["results"]) != request.items:
+        summary.add_error("missing results")
+        return
+    summary.ok += 1
+    summary.items += request.items
+    summary.tokens += request.tokens
+    summary.latencies_s.append(latency)
+
+
+async def _bounded(tasks: list[asyncio.Task], summary: Summary, deadline: float) -> None:
+    """Wait for `tasks` until `deadline`; cancel and count what is left."""
+    if tasks:
+        _, pending = await asyncio.wait(tasks, timeout=max(0.0, deadline - time.perf_counter()))
+        for task in pending:
+            task.cancel()
+        summary.unfinished += len(pending)
+        if pending:
+            await asyncio.wait(pending)
+
+
+async def closed_loop(http: httpx.AsyncClient, requests: list[Request], concurrency: int, time_limit_s: float,
+                      stop: asyncio.Event | None = None) -> Summary:
+    """Keep `concurrency` requests in flight until the list is sent (or `stop` is set, or
+    time is up); each worker sends its next request when its last one returns."""
+    summary = Summary()
+    queue = iter(requests)
+    start = time.perf_counter()
+    deadline = start + time_limit_s
+
+    async def worker() -> None:
+        for request in queue:
+            if (stop is not None and stop.is_set()) or time.perf_counter() >= deadline:
+                return
+            await _send(http, request, time.perf_counter(), summary)
+
+    workers = [asyncio.create_task(worker()) for _ in range(min(concurrency, len(requests)))]
+    await _bounded(workers, summary, deadline)
+    summary.wall_s = time.perf_counter() - start
+    return summary
+
+
+async def open_loop(http: httpx.AsyncClient, requests: list[Request], arrivals_s: list[float],
+                    time_limit_s: float) -> Summary:
+    """Send request i at `arrivals_s[i]` seconds after the start, whatever is in flight;
+    latency runs from that scheduled instant."""
+    summary = Summary()
+    start = time.perf_counter()
+    deadline = start + time_limit_s
+    tasks = []
+    for request, at in zip(requests, arrivals_s):
+        if start + at >= deadline:
+            break
+        await asyncio.sleep(max(0.0, start + at - time.perf_counter()))
+        tasks.append(asyncio.create_task(_send(http, request, start + at, summary)))
+    await _bounded(tasks, summary, deadline)
+    summary.wall_s = time.perf_counter() - start
+    return summary
+
+
+def arrivals(gaps: list[float], rate_per_s: float) -> list[float]:
+    """Arrival instants of a Poisson process at `rate_per_s`, from unit-rate gaps."""
+    times, now = [], 0.0
+    for gap in gaps:
+        now += gap / rate_per_s
+        times.append(now)
+    return times

@@ -1,0 +1,203 @@
+"""The benchmark runner: every workload against every system, one system at a time, then
+`loadtests/RESULTS.md`.
+
+    python -m loadtests.run            # full run, ~15 minutes on 2 cores
+    python -m loadtests.run --quick    # tiny counts, < 2 minutes, for smoke testing
+
+Order: the workload files are (re)generated from their seed; the raw ceiling and single
+forwards are measured in this process; then the naive server, Ray Serve (skipped, with a
+note, when its venv is missing) and `rewardserve serve` are each started, warmed up, run
+through every workload and stopped. Rerank rates are set as fractions of the capacity
+implied by the single-forward time, so the load levels mean the same on any machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from loadtests import loadgen, model, raw, report, servers, workloads
+from loadtests.loadgen import Request, Summary
+
+HERE = Path(__file__).resolve().parent
+MAX_BATCH_SIZE, MAX_BATCH_TOKENS = 32, 16384  # the service's defaults, used by every system
+
+
+@dataclass(frozen=True)
+class Plan:
+    rl_bulk_requests: int
+    rl_bulk_max_items: int  # items kept per rl-bulk request
+    rl_bulk_concurrency: int
+    rl_single_count: int
+    rl_single_in_flight: int
+    rerank_loads: tuple[tuple[float, int], ...]  # (fraction of single-forward capacity, requests); first is "low"
+    mixed_bulk_concurrency: int
+    time_limit_s: float  # per run
+
+
+FULL = Plan(rl_bulk_requests=7, rl_bulk_max_items=512, rl_bulk_concurrency=4,
+            rl_single_count=1024, rl_single_in_flight=256,
+            rerank_loads=((0.1, 40), (0.4, 60), (0.7, 80)), mixed_bulk_concurrency=2, time_limit_s=240)
+QUICK = Plan(rl_bulk_requests=2, rl_bulk_max_items=32, rl_bulk_concurrency=2,
+             rl_single_count=32, rl_single_in_flight=32,
+             rerank_loads=((0.2, 4),), mixed_bulk_concurrency=1, time_limit_s=8)
+
+
+@dataclass
+class Workloads:
+    """The request lists every system is sent, prepared once."""
+
+    rl_bulk: list[Request]
+    rl_bulk_items: list[dict]
+    rl_single: list[Request]
+    rl_single_items: list[dict]
+    rerank: list[Request]
+    rerank_items: list[list[dict]]
+    rerank_gaps: list[float]
+    files: dict[str, str]  # name -> sha256
+
+
+def prepare(plan: Plan, model_name: str, seed: int) -> Workloads:
+    paths = workloads.build(seed=seed)
+    bulk = [dict(r, items=r["items"][:plan.rl_bulk_max_items]) for r in workloads.load("rl-bulk")][:plan.rl_bulk_requests]
+    items = [item for r in bulk for item in r["items"]]
+    rerank = workloads.load("rerank-online")[:max(n for _, n in plan.rerank_loads)]
+    singles = [item for r in workloads.load("rl-bulk") for item in r["items"]][:plan.rl_single_count]
+    return Workloads(
+        rl_bulk=[loadgen.make_request(r["items"], sum(workloads.item_tokens(r)), model_name, "bulk") for r in bulk],
+        rl_bulk_items=items,
+        rl_single=[loadgen.make_request([item], len(item["input_ids"]), model_name, "bulk") for item in singles],
+        rl_single_items=singles,
+        rerank=[loadgen.make_request(r["items"], sum(r["num_tokens"]), model_name, "interactive") for r in rerank],
+        rerank_items=[r["items"] for r in rerank],
+        rerank_gaps=[r["gap"] for r in rerank],
+        files={name: hashlib.sha256(path.read_bytes()).hexdigest()[:16] for name, path in paths.items()},
+    )
+
+
+@dataclass
+class References:
+    rl_bulk: raw.Ceiling
+    rl_single: raw.Ceiling
+    single: raw.SingleForward  # over the low-load rerank requests
+    rates: list[tuple[float, float, int]]  # (fraction, requests/s, requests)
+
+
+def measure_references(plan: Plan, w: Workloads, model_dir: Path | None, model_name: str) -> References:
+    rm = model.load(model_dir, model_name)
+    ceiling_bulk = raw.ceiling(rm, w.rl_bulk_items, MAX_BATCH_SIZE, MAX_BATCH_TOKENS)
+    ceiling_single = raw.ceiling(rm, w.rl_single_items, MAX_BATCH_SIZE, MAX_BATCH_TOKENS)
+    low_n = plan.rerank_loads[0][1]
+    single = raw.single_forward(rm, w.rerank_items[:low_n])
+    capacity = len(single.encode_forward_s) / sum(single.encode_forward_s)  # requests/s, one at a time
+    rates = [(fraction, fraction * capacity, n) for fraction, n in plan.rerank_loads]
+    return References(ceiling_bulk, ceiling_single, single, rates)
+
+
+@dataclass
+class Run:
+    summary: Summary
+    padding: float | None
+    client_cpu: float  # share of one core the load generator itself used
+    bulk: Summary | None = None  # mixed only: the bulk traffic sent alongside
+
+
+async def _timed(server: servers.Server, coro) -> Run:
+    """Run `coro` (a Summary, or (interactive, bulk) Summaries) with the server's padding
+    counter reset first and the load generator's own CPU time measured."""
+    server.reset_stats()
+    cpu = time.process_time()
+    summary = await coro
+    summary, bulk = summary if isinstance(summary, tuple) else (summary, None)
+    run = Run(summary, server.padding_ratio(), (time.process_time() - cpu) / max(summary.wall_s, 1e-9), bulk)
+    print(f"  {summary.ok}/{summary.sent} ok in {summary.wall_s:.1f}s: {summary.tokens_per_s:,.0f} tok/s, "
+          f"p50 {summary.latency_ms(50):.0f} ms, p99 {summary.latency_ms(99):.0f} ms", flush=True)
+    return run
+
+
+async def run_system(server: servers.Server, plan: Plan, w: Workloads, refs: References) -> dict[str, Run]:
+    """Every workload against one running system; {workload key: Run}."""
+    limit = plan.time_limit_s
+    async with loadgen.client(server.url, plan.rl_single_in_flight + 8) as http:
+        # warm-up: every request shape once, not measured
+        await loadgen.closed_loop(http, w.rl_bulk[:1] + w.rerank[:2] + w.rl_single[:8], 4, min(limit, 60))
+        out: dict[str, Run] = {}
+        out["rl-bulk"] = await _timed(server, loadgen.closed_loop(http, w.rl_bulk, plan.rl_bulk_concurrency, limit))
+        out["rl-single"] = await _timed(server, loadgen.closed_loop(http, w.rl_single, plan.rl_single_in_flight, limit))
+        for fraction, rate, n in refs.rates:
+            arrivals = loadgen.arrivals(w.rerank_gaps[:n], rate)
+            out[f"rerank@{fraction}"] = await _timed(server, loadgen.open_loop(http, w.rerank[:n], arrivals, limit))
+        out["mixed"] = await _timed(server, _mixed(http, plan, w, refs))
+        return out
+
+
+async def _mixed(http, plan: Plan, w: Workloads, refs: References) -> tuple[Summary, Summary]:
+    """Low-rate rerank (the same requests and arrivals as rerank-online's low load) while
+    rl-bulk requests keep coming closed-loop; (interactive, bulk) summaries."""
+    _, rate, n = refs.rates[0]
+    stop = asyncio.Event()
+    cycles = 10  # bulk requests repeat until the rerank traffic is done (bounded)
+    bulk = asyncio.create_task(loadgen.closed_loop(http, w.rl_bulk * cycles, plan.mixed_bulk_concurrency,
+                                                   plan.time_limit_s, stop))
+    interactive = await loadgen.open_loop(http, w.rerank[:n], loadgen.arrivals(w.rerank_gaps[:n], rate), plan.time_limit_s)
+    stop.set()
+    return interactive, await bulk
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny counts (< 2 minutes), for smoke tests")
+    parser.add_argument("--out", type=Path, help="report path (default: loadtests/RESULTS.md, or RESULTS.quick.md with --quick)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model-name", default=model.DEFAULT_MODEL)
+    parser.add_argument("--model-dir", type=Path, help="model directory (default: the embedded minilm-harmless)")
+    parser.add_argument("--ray-python", type=Path, default=servers.RAY_PYTHON, help="python of the Ray Serve venv")
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    out = args.out or HERE / ("RESULTS.quick.md" if args.quick else "RESULTS.md")
+    command = "python -m loadtests.run " + " ".join(argv if argv is not None else sys.argv[1:])
+    started = time.time()
+    load_before = report.loadavg()
+
+    w = prepare(plan, args.model_name, args.seed)
+    print(f"workloads ready: {w.files}", flush=True)
+    refs = measure_references(plan, w, args.model_dir, args.model_name)
+    print(f"raw ceiling rl-bulk {refs.rl_bulk.tokens_per_s:.0f} tok/s; single forward p50 "
+          f"{refs.single.forward_p50_ms:.1f} ms", flush=True)
+
+    model_path = str(args.model_dir) if args.model_dir else f"builtin:{args.model_name}"
+    with tempfile.TemporaryDirectory(prefix="loadtests-") as tmp:
+        specs = [servers.naive(args.model_name, args.model_dir)]
+        skipped = {}
+        if args.ray_python.exists():
+            specs.append(servers.ray(args.model_name, args.model_dir, args.ray_python))
+        else:
+            skipped["ray-serve"] = f"no Ray venv at {args.ray_python} (make bench creates it)"
+        specs.append(servers.ours(args.model_name, model_path, Path(tmp)))
+        results, threads = {}, {}
+        for spec in specs:
+            log = HERE / f"{spec.system}.log"
+            log.unlink(missing_ok=True)
+            print(f"starting {spec.system} (log: {log})", flush=True)
+            with servers.Server(spec, log) as server:
+                threads[spec.system] = server.health().get("torch_threads")
+                results[spec.system] = asyncio.run(run_system(server, plan, w, refs))
+            print(f"{spec.system} done", flush=True)
+
+    text = report.render(
+        quick=args.quick, command=command, started=started, elapsed_s=time.time() - started,
+        load=(load_before, report.loadavg()), plan=plan, w=w, refs=refs, results=results,
+        threads=threads, skipped=skipped, ray_python=args.ray_python, previous=out.read_text() if out.exists() else "",
+    )
+    out.write_text(text)
+    print(f"wrote {out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

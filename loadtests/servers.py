@@ -1,0 +1,150 @@
+"""The systems under test as subprocesses on loopback ports: this service
+(`rewardserve serve`), the naive server and the Ray Serve server. Each runs in its own
+process group, so stopping one also ends whatever it spawned (Ray's daemons); start-up and
+shutdown are bounded in time."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Self
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RAY_PYTHON = ROOT / "loadtests" / ".venv-ray" / "bin" / "python"
+STATS_TIMEOUT_S = 300.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """How to start one system: its command, where it says it is ready, and whether it
+    counts its own padding at `/stats`."""
+
+    system: str
+    argv: list[str]
+    port: int
+    ready_path: str
+    has_stats: bool
+
+
+def ours_settings(model_name: str, model_path: str) -> dict:
+    """rewardserve's settings for a benchmark: only the benchmarked model, its defaults
+    otherwise, except that the result cache is off (the workloads repeat requests across
+    runs, and the batching engine is what is measured) and so is gRPC (HTTP is measured)."""
+    from service.config import Settings
+
+    settings = {"models": [{"name": model_name, "path": model_path, "cache": False}], "cache_max_bytes": 0}
+    if "grpc_port" in Settings.model_fields:
+        settings["grpc_port"] = 0
+    return settings
+
+
+def ours(model_name: str, model_path: str, workdir: Path) -> ServerSpec:
+    """`rewardserve serve` with a config from `ours_settings`."""
+    port = free_port()
+    config = workdir / "rewardserve.yaml"
+    config.write_text(yaml.safe_dump(ours_settings(model_name, model_path)))
+    rewardserve = Path(sys.executable).with_name("rewardserve")
+    return ServerSpec("rewardserve", [str(rewardserve), "serve", "--config", str(config), "--port", str(port)],
+                      port, "/health/ready", has_stats=False)
+
+
+def naive(model_name: str, model_dir: Path | None) -> ServerSpec:
+    port = free_port()
+    argv = [sys.executable, "-m", "loadtests.naive_server", "--port", str(port), "--name", model_name]
+    if model_dir:
+        argv += ["--model-dir", str(model_dir)]
+    return ServerSpec("naive", argv, port, "/health", has_stats=True)
+
+
+def ray(model_name: str, model_dir: Path | None, python: Path = RAY_PYTHON) -> ServerSpec:
+    port = free_port()
+    argv = [str(python), "-m", "loadtests.ray_server", "--port", str(port), "--name", model_name]
+    if model_dir:
+        argv += ["--model-dir", str(model_dir)]
+    return ServerSpec("ray-serve", argv, port, "/health", has_stats=True)
+
+
+class Server:
+    """A running system; use as a context manager. `log` collects its output."""
+
+    def __init__(self, spec: ServerSpec, log: Path, startup_timeout_s: float = 180.0):
+        self.spec = spec
+        self.url = f"http://127.0.0.1:{spec.port}"
+        self.log = log
+        self.startup_timeout_s = startup_timeout_s
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> Self:
+        with open(self.log, "ab") as out:
+            self.process = subprocess.Popen(self.spec.argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.spec.system} exited with {self.process.returncode}; see {self.log}")
+            try:
+                if httpx.get(self.url + self.spec.ready_path, timeout=2.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"{self.spec.system} not ready after {self.startup_timeout_s}s; see {self.log}")
+
+    def health(self) -> dict:
+        return httpx.get(self.url + self.spec.ready_path, timeout=5.0).json()
+
+    def reset_stats(self) -> None:
+        if self.spec.has_stats:
+            httpx.post(self.url + "/stats/reset", timeout=STATS_TIMEOUT_S).raise_for_status()
+
+    def padding_ratio(self) -> float | None:
+        """Padded-token share of the forwards since the last reset, where the system counts it.
+        A server that handles requests one at a time answers only once its backlog (work the
+        client gave up on) is done, which also keeps that work out of the next run."""
+        if not self.spec.has_stats:
+            return None
+        stats = httpx.get(self.url + "/stats", timeout=STATS_TIMEOUT_S).json()
+        return 1 - stats["real_tokens"] / stats["padded_tokens"] if stats["padded_tokens"] else None
+
+    def stop(self, grace_s: float = 20.0) -> None:
+        """SIGTERM to the server, then SIGKILL to its whole process group."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait(timeout=10)
+        self.process = None
