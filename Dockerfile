@@ -6,9 +6,10 @@ RUN pip install --no-cache-dir "${TORCH}"
 COPY pyproject.toml README.md ./
 COPY models ./models
 COPY service ./service
-RUN pip install --no-cache-dir .
+# Compile the gRPC modules (service/proto) into the installed package at build time.
+RUN pip install --no-cache-dir . && cd / && python -m service.proto.build
 ENV REWARDSERVE_HOST=0.0.0.0 \
     HF_HUB_OFFLINE=1
-EXPOSE 8000
+EXPOSE 8000 50051
 HEALTHCHECK --interval=10s --start-period=60s CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health/ready')"
 CMD ["rewardserve", "serve"]

@@ -59,6 +59,7 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC (rewardserve.v1 and KServe v2) port; 0 turns gRPC off")
     models: list[ModelConfig] = Field(default_factory=lambda: list(DEFAULT_MODELS))
     default_model: str | None = Field(None, description="model used when a request names none; default: the first")
     max_batch_size: int = Field(32, ge=1, description="items per forward")

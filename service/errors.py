@@ -63,6 +63,17 @@ def field_path(loc: tuple) -> str | None:
     return "".join(parts) or None
 
 
+def validation_error(errors: list[dict]) -> APIError:
+    """The first of pydantic's validation errors as the API reports it, whichever transport
+    the request came by: 400 for a body that is not JSON, else 422 naming the field."""
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        return APIError(400, "invalid_json", f"request body is not valid JSON: {first.get('msg')}")
+    field = field_path(tuple(first.get("loc", ())))
+    message = first.get("msg", "invalid request")
+    return APIError(422, "invalid_request", f"{field}: {message}" if field else message, field)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_: Request, err: APIError):
@@ -70,12 +81,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, err: RequestValidationError):
-        first = err.errors()[0]
-        if first.get("type") == "json_invalid":
-            return error_response(400, "invalid_json", f"request body is not valid JSON: {first.get('msg')}")
-        field = field_path(tuple(first.get("loc", ())))
-        message = first.get("msg", "invalid request")
-        return error_response(422, "invalid_request", f"{field}: {message}" if field else message, field)
+        error = validation_error(err.errors())
+        return error_response(error.status, error.code, error.message, error.field)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, err: StarletteHTTPException):

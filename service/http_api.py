@@ -96,12 +96,18 @@ async def ready(request: Request):
 
 
 def create_app(settings: Settings) -> FastAPI:
+    from service.grpc_api import start_grpc
+    from service.kserve_http import router as kserve_router
+
     registry = ModelRegistry(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.loading = asyncio.get_running_loop().run_in_executor(None, registry.load_all)
+        grpc_server = await start_grpc(app)  # same loop, models and schedulers; None when grpc_port is 0
         yield
+        if grpc_server is not None:
+            await grpc_server.stop()
         await registry.close()
 
     app = FastAPI(
@@ -115,4 +121,5 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.scorer = Scorer(registry, settings)
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(kserve_router)
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -12,6 +13,9 @@ from models.reward_model import RewardModel
 from models.tiny_models import build_all
 
 torch.set_num_threads(2)
+# Servers the tests start leave gRPC off unless a test asks for it (grpc_port=free_port()),
+# so servers running side by side never contend for the default port.
+os.environ.setdefault("REWARDSERVE_GRPC_PORT", "0")
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,180 @@
+"""KServe v2 / Triton gRPC (`inference.GRPCInferenceService`), so unmodified
+`tritonclient.grpc` clients can check health, read metadata and configuration and score.
+The service definition is the one tritonclient ships (its generated `service_pb2`); the
+tensors follow service/kserve.py. Methods beyond health, metadata, config, the repository
+index and inference (shared memory, statistics, tracing, loading) answer UNIMPLEMENTED."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+import numpy as np
+from google.protobuf import json_format
+from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
+
+from service import kserve
+from service.errors import APIError
+from service.grpc_api import abort, deadline_ms, grpc_code, internal_error, serve_concurrently
+from service.runner import ModelRunner
+from service.transport import status_message
+
+CONTENTS = {  # datatype -> the InferTensorContents field holding it
+    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+    "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
+    "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
+}
+
+
+def _parameters(params) -> dict:
+    out = {}
+    for key, value in params.items():
+        choice = value.WhichOneof("parameter_choice")
+        if choice is not None:
+            out[key] = getattr(value, choice)
+    return out
+
+
+def _tensors(request: service_pb2.ModelInferRequest) -> dict[str, np.ndarray]:
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise APIError(400, "invalid_request", f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs; "
+                       "send every input raw or none", "raw_input_contents")
+    tensors = {}
+    for i, tensor in enumerate(request.inputs):
+        name, datatype, shape = tensor.name, tensor.datatype, list(tensor.shape)
+        if name in tensors:
+            raise kserve.bad_input(name, "sent twice")
+        if datatype not in CONTENTS:
+            raise kserve.bad_input(name, f"unsupported datatype {datatype!r}")
+        if raw:
+            tensors[name] = kserve.from_raw(name, datatype, shape, raw[i])
+        else:
+            values = list(getattr(tensor.contents, CONTENTS[datatype]))
+            if datatype == "BYTES":
+                array = np.array(values, dtype=np.object_)
+            else:
+                array = np.array(values, dtype=kserve.DTYPES[datatype])
+            tensors[name] = kserve.reshape(name, array, shape)
+    return tensors
+
+
+def _raw(spec: kserve.TensorSpec, array: np.ndarray) -> bytes:
+    if spec.datatype == "BYTES":
+        return kserve.serialize_bytes(array)
+    return array.astype(array.dtype.newbyteorder("<")).tobytes()
+
+
+class KServeService(service_pb2_grpc.GRPCInferenceServiceServicer):
+    NAME = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+
+    def __init__(self, app):
+        self.state = app.state
+
+    def _runner(self, name: str, version: str = "", ready: bool = True) -> ModelRunner:
+        registry = self.state.registry
+        if ready:
+            runner = registry.get(name)
+        else:
+            runner = registry.runners.get(name)
+            if runner is None:
+                raise APIError(404, "model_not_found", f"no model named {name!r}; served: {sorted(registry.runners)}",
+                               "model")
+        kserve.check_version(runner, version)
+        return runner
+
+    # ---- health and metadata -------------------------------------------------------
+
+    async def ServerLive(self, request, context):
+        return service_pb2.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request, context):
+        return service_pb2.ServerReadyResponse(ready=self.state.registry.ready)
+
+    async def ModelReady(self, request, context):
+        runner = self.state.registry.runners.get(request.name)
+        ready = runner is not None and runner.status == "ready" and request.version in ("", kserve.VERSION)
+        return service_pb2.ModelReadyResponse(ready=ready)
+
+    async def ServerMetadata(self, request, context):
+        return service_pb2.ServerMetadataResponse(name=kserve.SERVER_NAME, version=kserve.server_version(),
+                                                  extensions=kserve.EXTENSIONS)
+
+    async def ModelMetadata(self, request, context):
+        try:
+            runner = self._runner(request.name, request.version)
+        except APIError as err:
+            await abort(context, err)
+        meta = kserve.model_metadata(runner)
+        tensor = service_pb2.ModelMetadataResponse.TensorMetadata
+        return service_pb2.ModelMetadataResponse(
+            name=meta["name"], versions=meta["versions"], platform=meta["platform"],
+            inputs=[tensor(**t) for t in meta["inputs"]], outputs=[tensor(**t) for t in meta["outputs"]])
+
+    async def ModelConfig(self, request, context):
+        try:
+            runner = self._runner(request.name, request.version)
+        except APIError as err:
+            await abort(context, err)
+        config = json_format.ParseDict(kserve.model_config(runner), model_config_pb2.ModelConfig())
+        return service_pb2.ModelConfigResponse(config=config)
+
+    async def RepositoryIndex(self, request, context):
+        states = {"ready": "READY", "loading": "LOADING", "failed": "UNAVAILABLE"}
+        index = service_pb2.RepositoryIndexResponse.ModelIndex
+        models = [index(name=r.name, version=kserve.VERSION, state=states[r.status], reason=r.error or "")
+                  for r in self.state.registry.runners.values()
+                  if not request.ready or r.status == "ready"]
+        return service_pb2.RepositoryIndexResponse(models=models)
+
+    # ---- inference -----------------------------------------------------------------
+
+    async def _infer(self, request: service_pb2.ModelInferRequest, context) -> service_pb2.ModelInferResponse:
+        runner = self._runner(request.model_name, request.model_version)
+        job, group = kserve.score_job_for(runner, _tensors(request), _parameters(request.parameters),
+                                          deadline_ms(context))
+        try:
+            scored = await self.state.scorer.score(job)
+        except APIError as err:
+            raise kserve.tensor_error(err, group) from None
+        outputs = kserve.output_tensors(runner, scored, [out.name for out in request.outputs] or None)
+        response = service_pb2.ModelInferResponse(model_name=runner.name, model_version=kserve.VERSION,
+                                                  id=request.id)
+        for key, value in kserve.response_parameters(scored).items():
+            response.parameters[key].string_param = value
+        for spec, array in outputs:
+            response.outputs.add(name=spec.name, datatype=spec.datatype, shape=spec.shape)
+            response.raw_output_contents.append(_raw(spec, array))
+        return response
+
+    async def ModelInfer(self, request, context):
+        try:
+            return await self._infer(request, context)
+        except APIError as err:
+            await abort(context, err)
+        except Exception as err:  # noqa: BLE001 - reported as INTERNAL
+            await abort(context, internal_error(err))
+
+    async def ModelStreamInfer(self, requests, context) -> AsyncIterator[service_pb2.ModelStreamInferResponse]:
+        """Each request answered as it finishes; a failed one gets `error_message` (with its
+        status code in brackets) and the stream goes on."""
+        async def handle(request):
+            try:
+                return service_pb2.ModelStreamInferResponse(infer_response=await self._infer(request, context))
+            except Exception as err:  # noqa: BLE001 - one request's failure does not end the stream
+                error = err if isinstance(err, APIError) else internal_error(err)
+                return service_pb2.ModelStreamInferResponse(
+                    error_message=f"[{grpc_code(error).name}] {status_message(error)}",
+                    infer_response=service_pb2.ModelInferResponse(model_name=request.model_name, id=request.id))
+
+        async for response in serve_concurrently(requests, handle):
+            yield response
+
+
+async def _unimplemented(self, request, context):
+    await context.abort(grpc.StatusCode.UNIMPLEMENTED, "rewardserve does not implement this KServe method")
+
+
+for _method in service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
+    if _method.name not in vars(KServeService):
+        setattr(KServeService, _method.name, _unimplemented)
