@@ -102,6 +102,22 @@ class MultiObjectiveSpec(_Strict):
         return self.transform.get(name, Affine())
 
 
+class Moments(_Strict):
+    mean: float
+    std: float = Field(gt=0, description="population standard deviation")
+
+
+class ReferenceStats(_Strict):
+    """A model's score statistics over a reference set (written by `rewardserve calibrate`),
+    so requests can ask for z-scores: (value - mean) / std, per score and per dimension."""
+
+    score: Moments
+    dimensions: dict[str, Moments] = Field(default_factory=dict)
+    aggregate: StepAggregate | None = Field(None, description="process models: the step aggregate `score` was taken with")
+    count: int = Field(ge=2, description="items in the reference set")
+    source: str = Field("", description="what the reference set was")
+
+
 class RewardSpec(_Strict):
     """Everything about a reward model that is not in its Hugging Face files."""
 
@@ -120,6 +136,7 @@ class RewardSpec(_Strict):
     trust_remote_code: bool = False
     multi_objective: MultiObjectiveSpec | None = None
     process: ProcessSpec | None = None
+    reference_stats: ReferenceStats | None = Field(None, description="for normalize='zscore'")
 
     @model_validator(mode="after")
     def _kind_section(self) -> RewardSpec:
@@ -129,10 +146,20 @@ class RewardSpec(_Strict):
             raise ValueError("kind 'process' needs a process section")
         if self.multi_objective and self.multi_objective.aggregate == "gating" and not self.head_file:
             raise ValueError("multi_objective gating needs a head_file holding the gating network")
+        stats = self.reference_stats
+        if stats is not None:
+            dims = set(self.multi_objective.dimensions) if self.multi_objective else set()
+            if set(stats.dimensions) != dims:
+                raise ValueError(f"reference_stats.dimensions must cover exactly the model's dimensions {sorted(dims)}")
+            if (stats.aggregate is not None) != (self.kind == ModelKind.process):
+                raise ValueError("reference_stats.aggregate is required for process models and only for them")
         return self
 
     def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        data = self.model_dump(mode="json")
+        if data["reference_stats"] is None:  # specs without stats keep the revision they had
+            del data["reference_stats"]
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
 def load_spec(model_dir: Path, inline: dict | None = None) -> RewardSpec:

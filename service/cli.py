@@ -1,8 +1,9 @@
-"""`rewardserve serve | score FILE.jsonl | models`."""
+"""`rewardserve serve | score FILE.jsonl | calibrate FILE.jsonl | models`."""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -10,10 +11,11 @@ import sys
 from itertools import islice
 from pathlib import Path
 
+import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from models.errors import InputError
-from models.spec import ModelKind, StepAggregate
+from models.spec import SPEC_FILENAME, ModelKind, StepAggregate, load_spec
 from service.config import Settings, load_settings
 from service.errors import field_path
 from service.runner import ModelRunner
@@ -96,6 +98,92 @@ def _error(index: int, code: str, message: str, field: str | None) -> dict:
     return {"index": index, "error": {"code": code, "message": message, "field": field}}
 
 
+def calibrate(args) -> None:
+    """Score a reference JSONL file (the `score` command's items) and print the model's
+    reference_stats as YAML; with --write, put them into the model directory's
+    reward_spec.yaml (which changes the model's revision)."""
+    from tqdm import tqdm
+
+    from service.ranking import compute_reference_stats
+
+    settings = _settings(args)
+    runner = _runner(settings, args.model or settings.default_model_name)
+    spec = runner.model.spec
+    config = runner.config
+    if args.write and config.spec is not None:
+        sys.exit(f"model {runner.name} has an inline spec in the config: put the reference_stats there instead")
+    source = Path(args.file)
+    data = source.read_bytes()
+    total = data.count(b"\n") + (0 if data.endswith(b"\n") or not data else 1)
+    scores: list[float] = []
+    dims: dict[str, list[float]] = {name: [] for name in spec.multi_objective.dimensions} if spec.multi_objective else {}
+    with source.open() as lines, tqdm(total=total, unit="item", file=sys.stderr, disable=args.quiet) as bar:
+        index = 0
+        while chunk := list(islice(lines, CHUNK)):
+            for record in _score_chunk(runner, chunk, index, args):
+                if "error" in record:
+                    error = record["error"]
+                    sys.exit(f"{source}: line {record['index'] + 1}: {error['code']}: {error['message']}"
+                             + (f" ({error['field']})" if error["field"] else "") + "; fix or remove it")
+                scores.append(record["score"])
+                for name, value in record.get("dimensions", {}).items():
+                    dims[name].append(value)
+            index += len(chunk)
+            bar.update(len(chunk))
+    described = f"{source.name} (sha256:{hashlib.sha256(data).hexdigest()[:16]}"
+    described += f", truncate={args.truncate})" if args.truncate else ")"
+    aggregate = spec.process.aggregate if spec.process else None
+    try:
+        stats = compute_reference_stats(scores, dims, aggregate, described)
+    except ValueError as err:
+        sys.exit(f"cannot calibrate on {source}: {err}")
+    body = stats.model_dump(mode="json", exclude_none=True)
+    if not body["dimensions"]:
+        del body["dimensions"]
+    block = yaml.safe_dump({"reference_stats": body}, sort_keys=False)
+    print(block, end="")
+    if args.write:
+        _write_reference_stats(runner, block)
+
+
+def _write_reference_stats(runner: ModelRunner, block: str) -> None:
+    """Replace (or add) the top-level `reference_stats` block of the model directory's
+    spec file, keeping the rest of the file, comments included, as it was."""
+    model_dir = runner.config.resolved_path()
+    spec_file = model_dir / SPEC_FILENAME
+    old_text = spec_file.read_text() if spec_file.is_file() else None
+    if old_text is None:  # an inferred spec: write it out, with the stats
+        inferred = runner.model.spec.model_dump(mode="json", exclude_defaults=True, exclude={"reference_stats"})
+        kept = yaml.safe_dump(inferred, sort_keys=False)
+    else:
+        kept = _without_top_level_key(old_text, "reference_stats")
+    spec_file.write_text(kept.rstrip("\n") + "\n" + block)
+    try:
+        load_spec(model_dir)
+    except Exception as err:
+        if old_text is None:
+            spec_file.unlink()
+        else:
+            spec_file.write_text(old_text)
+        sys.exit(f"{spec_file}: the new spec does not validate ({err}); left unchanged")
+    print(f"wrote reference_stats to {spec_file}; the model's revision (was {runner.model.revision}) changes "
+          "with it: restart servers to serve them", file=sys.stderr)
+
+
+def _without_top_level_key(text: str, key: str) -> str:
+    lines = text.splitlines(keepends=True)
+    out, skipping = [], False
+    for line in lines:
+        if line.startswith(f"{key}:"):
+            skipping = True
+            continue
+        if skipping and (not line.strip() or line[0] in " \t"):
+            continue
+        skipping = False
+        out.append(line)
+    return "".join(out)
+
+
 def list_models(args) -> None:
     settings = _settings(args)
     for config in settings.models:
@@ -147,6 +235,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", help="model name (default: the default model)")
     p.add_argument("--output", "-o", help="the .onnx file (default: reward.onnx in the model directory)")
     p.set_defaults(run=export_onnx)
+
+    p = sub.add_parser("calibrate", help="reference statistics of a model's scores, for normalize='zscore'")
+    p.add_argument("file", help="JSONL reference set: one item per line, shaped like /v1/score items")
+    p.add_argument("--model", help="model name (default: the default model)")
+    p.add_argument("--config")
+    p.add_argument("--write", action="store_true", help="write them into the model directory's reward_spec.yaml")
+    p.add_argument("--truncate", choices=["left", "right"])
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=calibrate, aggregate=None)
 
     p = sub.add_parser("models", help="load and describe the configured models")
     p.add_argument("--config")

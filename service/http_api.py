@@ -12,6 +12,8 @@ from fastapi.responses import JSONResponse
 
 from service.config import Settings
 from service.errors import APIError, install_error_handlers
+from service.http_compat import router as compat_router
+from service.http_ranking import router as ranking_router
 from service.registry import ModelRegistry
 from service.scoring import ScoreJob, Scorer
 from service.schemas import ErrorBody, Health, ItemResult, ModelCard, ModelList, ScoreRequest, ScoreResponse, Usage
@@ -35,6 +37,7 @@ async def score(body: ScoreRequest, request: Request) -> ScoreResponse:
         aggregate=body.aggregate,
         priority=body.priority,
         timeout_ms=body.timeout_ms,
+        normalize=body.normalize,
         cache=body.cache,
     )
     scored = await _unless_disconnected(request, request.app.state.scorer.score(job))
@@ -42,6 +45,7 @@ async def score(body: ScoreRequest, request: Request) -> ScoreResponse:
         model=scored.model,
         revision=scored.revision,
         kind=scored.kind,
+        normalized=scored.normalized or None,
         results=[ItemResult.from_output(i, out) for i, out in enumerate(scored.outputs)],
         usage=Usage(total_tokens=scored.total_tokens),
     )
@@ -121,5 +125,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.scorer = Scorer(registry, settings)
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(ranking_router)
+    app.include_router(compat_router)
     app.include_router(kserve_router)
     return app

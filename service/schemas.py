@@ -106,6 +106,9 @@ class ScoreRequest(_Body):
         None, description="'interactive' (latency first) or 'bulk' (throughput first); default: the server's"
     )
     timeout_ms: float | None = Field(None, gt=0, description="give up on items not scored within this time")
+    normalize: Literal["none", "zscore"] = Field(
+        "none", description="'zscore': score and dimensions against the model's reference_stats"
+    )
     cache: CacheMode = Field(CacheMode.use, description="'use', 'refresh' (recompute and overwrite) or 'bypass'")
 
 
@@ -134,6 +137,7 @@ class ScoreResponse(BaseModel):
     model: str
     revision: str
     kind: ModelKind
+    normalized: bool | None = Field(None, description="true when scores are z-scores (else absent)")
     results: list[ItemResult]
     usage: Usage
 

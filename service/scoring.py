@@ -13,6 +13,7 @@ from models.spec import ModelKind, StepAggregate
 from service.cache import CacheMode
 from service.config import Settings
 from service.errors import APIError
+from service.ranking import Normalize, reference_stats_for, zscore
 from service.registry import ModelRegistry
 from service.runner import ItemError
 from service.scheduler import Priority, QueueFull
@@ -26,6 +27,7 @@ class ScoreJob:
     aggregate: StepAggregate | None = None
     priority: Priority | None = None
     timeout_ms: float | None = None
+    normalize: Normalize | None = None
     cache: CacheMode = CacheMode.use
 
 
@@ -35,6 +37,7 @@ class Scored:
     revision: str
     kind: ModelKind
     outputs: list[RewardOutput]
+    normalized: bool = False
 
     @property
     def total_tokens(self) -> int:
@@ -56,6 +59,7 @@ class Scorer:
         model = runner.model
         if job.aggregate is not None and model.spec.kind != ModelKind.process:
             raise APIError(422, "invalid_request", "aggregate applies to process models only", "aggregate")
+        stats = reference_stats_for(model.spec, job.aggregate) if job.normalize == "zscore" else None
         priority = job.priority or Priority(self.settings.default_priority)
         deadline = None if job.timeout_ms is None else time.monotonic() + job.timeout_ms / 1000
         try:
@@ -66,4 +70,6 @@ class Scorer:
             raise APIError.from_queue_full(err) from err
         if job.aggregate is not None:
             outputs = [out.with_step_aggregate(job.aggregate) for out in outputs]
-        return Scored(runner.name, model.revision, model.spec.kind, outputs)
+        if stats is not None:
+            outputs = [zscore(out, stats) for out in outputs]
+        return Scored(runner.name, model.revision, model.spec.kind, outputs, normalized=stats is not None)
