@@ -15,10 +15,13 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
+from google.protobuf import json_format
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from pydantic import ValidationError
 
 from models.heads import RewardOutput
-from service.errors import APIError
+from service import http_ranking
+from service.errors import APIError, validation_error
 from service.proto import rewardserve_pb2 as pb
 from service.proto import rewardserve_pb2_grpc as pb_grpc
 from service.schemas import ModelCard, ScoreRequest
@@ -101,16 +104,23 @@ def _item_body(index: int, item: pb.Item) -> dict:
     raise APIError(422, "invalid_request", "an item must set one of text, chat, tokens or steps", f"items[{index}]")
 
 
-def score_request(request: pb.ScoreRequest) -> ScoreRequest:
-    """The HTTP API's request model for a gRPC ScoreRequest, validated by the same rules
-    (so the same input gets the same error). Empty strings mean "not set"."""
-    body: dict = {"items": [_item_body(i, item) for i, item in enumerate(request.items)]}
-    for name in ("model", "truncate", "aggregate", "priority", "normalize", "cache"):
-        if getattr(request, name):
-            body[name] = getattr(request, name)
+def _options(request) -> dict:
+    """The request options a message sets, as HTTP body fields (empty strings: not set)."""
+    fields = request.DESCRIPTOR.fields_by_name
+    body = {name: getattr(request, name) for name in _OPTIONS if name in fields and getattr(request, name)}
     if request.HasField("timeout_ms"):
         body["timeout_ms"] = request.timeout_ms
-    return parse_score_request(body)
+    return body
+
+
+_OPTIONS = ("model", "truncate", "aggregate", "normalize", "priority", "cache")
+
+
+def score_request(request: pb.ScoreRequest) -> ScoreRequest:
+    """The HTTP API's request model for a gRPC ScoreRequest, validated by the same rules
+    (so the same input gets the same error)."""
+    return parse_score_request({"items": [_item_body(i, item) for i, item in enumerate(request.items)],
+                                **_options(request)})
 
 
 def item_result(index: int, out: RewardOutput) -> pb.ItemResult:
@@ -185,11 +195,98 @@ async def serve_concurrently(requests: AsyncIterator, handle: Callable[[object],
             task.cancel()
 
 
+# ---- ranking: the HTTP handlers themselves, so HTTP and gRPC rank alike ------------------
+
+
+class _HandlerRequest:
+    """What the HTTP ranking handlers read from their Starlette request: the app, and
+    receive(), on which they wait for a disconnect. That never comes here: a cancelled
+    gRPC call cancels the handler itself, which drops its queued items the same way."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def receive(self) -> dict:
+        await asyncio.get_running_loop().create_future()
+        return {"type": "http.disconnect"}
+
+
+def _candidate(index: int, candidate: pb.Candidate, list_name: str) -> dict:
+    form = candidate.WhichOneof("form")
+    if form == "text":
+        return {"text": candidate.text}
+    if form == "steps":
+        return {"steps": list(candidate.steps.steps)}
+    if form == "tokens":
+        return _item_body(index, pb.Item(tokens=candidate.tokens))
+    raise APIError(422, "invalid_request", "a candidate must set one of text, steps or tokens",
+                   f"{list_name}[{index}]")
+
+
+def _ranking_body(request, deadline: float | None, **fields) -> dict:
+    """An HTTP ranking body from a gRPC request: its options, the shared `prompt`/`query` and
+    `messages` when set, and `fields`; the call's deadline bounds timeout_ms."""
+    body = _options(request)
+    for name in ("prompt", "query"):
+        if name in request.DESCRIPTOR.fields_by_name and request.HasField(name):
+            body[name] = getattr(request, name)
+    if "messages" in request.DESCRIPTOR.fields_by_name and request.messages:
+        body["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
+    given = body.get("timeout_ms")
+    if deadline is not None and (given is None or 0 < deadline < given):
+        body["timeout_ms"] = max(deadline, 0.001)
+    return {**body, **fields}
+
+
+def _validated(model, body: dict):
+    try:
+        return model.model_validate(body)
+    except ValidationError as err:
+        raise validation_error(err.errors()) from None
+
+
+def _to_message(response, message_type, **replace):
+    """An HTTP response model as the gRPC message of the same shape."""
+    data = {**response.model_dump(mode="json"), **replace}
+    return json_format.ParseDict(data, message_type(), ignore_unknown_fields=True)
+
+
+async def compare(app, request: pb.CompareRequest, deadline: float | None) -> pb.CompareResponse:
+    responses = [_candidate(i, c, "responses") for i, c in enumerate(request.responses)]
+    body = _validated(http_ranking.CompareRequest, _ranking_body(request, deadline, responses=responses,
+                                                         tie_margin=request.tie_margin))
+    response = await http_ranking.compare_responses(body, _HandlerRequest(app))
+    return _to_message(response, pb.CompareResponse, pairwise=[{"values": row} for row in response.pairwise])
+
+
+async def rerank(app, request: pb.RerankRequest, deadline: float | None) -> pb.RerankResponse:
+    fields = {"documents": [_candidate(i, c, "documents") for i, c in enumerate(request.documents)]}
+    if request.top_n:
+        fields["top_n"] = request.top_n
+    if request.HasField("return_documents"):
+        fields["return_documents"] = request.return_documents
+    if request.aggregation:
+        fields["aggregation"] = request.aggregation
+    if request.weights:
+        fields["weights"] = dict(request.weights)
+    body = _validated(http_ranking.RerankRequest, _ranking_body(request, deadline, **fields))
+    return _to_message(await http_ranking.rerank_documents(body, _HandlerRequest(app)), pb.RerankResponse)
+
+
+async def steps(app, request: pb.StepsRequest, deadline: float | None) -> pb.StepsResponse:
+    fields = {"items": [_item_body(i, item) for i, item in enumerate(request.items)]}
+    if request.HasField("threshold"):
+        fields["threshold"] = request.threshold
+    body = _validated(http_ranking.StepsRequest, _ranking_body(request, deadline, **fields))
+    return _to_message(await http_ranking.score_steps(body, _HandlerRequest(app)), pb.StepsResponse)
+
+
 # ---- the service ----------------------------------------------------------------------
 
 
 class RewardService(pb_grpc.RewardServiceServicer):
     def __init__(self, app):
+        self.app = app
         self.state = app.state
 
     async def _score(self, request: pb.ScoreRequest, context) -> pb.ScoreResponse:
@@ -216,6 +313,23 @@ class RewardService(pb_grpc.RewardServiceServicer):
 
         async for response in serve_concurrently(requests, handle):
             yield response
+
+    async def _unary(self, work, request, context):
+        try:
+            return await work(self.app, request, deadline_ms(context))
+        except APIError as err:
+            await abort(context, err)
+        except Exception as err:  # noqa: BLE001 - reported as INTERNAL, like HTTP's 500
+            await abort(context, internal_error(err))
+
+    async def Compare(self, request: pb.CompareRequest, context) -> pb.CompareResponse:
+        return await self._unary(compare, request, context)
+
+    async def Rerank(self, request: pb.RerankRequest, context) -> pb.RerankResponse:
+        return await self._unary(rerank, request, context)
+
+    async def Steps(self, request: pb.StepsRequest, context) -> pb.StepsResponse:
+        return await self._unary(steps, request, context)
 
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
         runners = self.state.registry.runners.values()

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 import grpc
 import httpx
 import pytest
+from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from http_helpers import (
     assert_result_matches,
@@ -239,7 +240,7 @@ def test_score_stream_answers_in_flight_requests_as_they_finish(app, stub, gate_
 
     stream = stub.ScoreStream(send(), timeout=WAIT_S)
     early = [next(stream) for _ in range(3)]  # everything but the held request
-    assert gate.wait_entered(1) and sent_all.is_set()
+    assert gate.wait_entered(1) and sent_all.wait(WAIT_S)
     gate.open()
     late = list(stream)
 
@@ -408,3 +409,136 @@ def test_full_queue_is_resource_exhausted_with_retry_after(tiny_model_dirs, gate
             assert metadata(error)["rewardserve-error-code"] == "queue_full"
             gate.open()
             assert len(admitted.result(timeout=WAIT_S).results) == 2 and plug.result(timeout=WAIT_S).results
+
+
+# ---- ranking: Compare, Rerank, Steps are the HTTP endpoints' ------------------------------
+
+
+QUESTION = "How do I keep my neighbour's dog out of my garden?"
+ANSWERS = ["Put up a fence.", "Talk to your neighbour about it, then fence the gap.", "Shout at the dog.",
+           "A fence along the boundary and a friendly word with the neighbour usually solve it."]
+CHAT = [{"role": "user", "content": QUESTION}]
+PRM_ITEM = {"prompt": "What is 3 + 4 then doubled?", "steps": ["3 + 4 = 7", "7 * 2 = 15", "The answer is 15."]}
+
+
+def to_candidate(value) -> pb.Candidate:
+    if isinstance(value, str):
+        return pb.Candidate(text=value)
+    if "text" in value:
+        return pb.Candidate(text=value["text"])
+    if "steps" in value:
+        return pb.Candidate(steps=pb.StepList(steps=value["steps"]))
+    return pb.Candidate(tokens=pb.TokensItem(**value))
+
+
+def to_ranking(kind: str, body: dict):
+    """A /v1/compare, /v1/rerank or /v1/steps JSON body as the gRPC request."""
+    fields = dict(body)
+    if "messages" in fields:
+        fields["messages"] = [pb.Message(**m) for m in fields["messages"]]
+    if kind == "compare":
+        fields["responses"] = [to_candidate(c) for c in fields["responses"]]
+        return pb.CompareRequest(**fields)
+    if kind == "rerank":
+        fields["documents"] = [to_candidate(c) for c in fields["documents"]]
+        return pb.RerankRequest(**fields)
+    fields["items"] = [to_item(item) for item in fields["items"]]
+    return pb.StepsRequest(**fields)
+
+
+def _plain(value):
+    """A JSON value with null, empty lists and empty objects left out (proto3 cannot tell
+    them from unset), pairwise rows unwrapped."""
+    if isinstance(value, dict):
+        if set(value) == {"values"}:
+            return _plain(value["values"])
+        out = {k: _plain(v) for k, v in value.items()}
+        return {k: v for k, v in out.items() if v not in (None, [], {})}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def assert_same_json(got, want, where: str = "$") -> None:
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and set(got) == set(want), (where, got, want)
+        for key in want:
+            assert_same_json(got[key], want[key], f"{where}.{key}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), (where, got, want)
+        for i, (g, w) in enumerate(zip(got, want)):
+            assert_same_json(g, w, f"{where}[{i}]")
+    elif isinstance(want, float) and not isinstance(want, bool):
+        assert got == pytest.approx(want, abs=1e-5, rel=0), where
+    elif isinstance(want, int) and not isinstance(want, bool) and isinstance(got, str):
+        assert int(got) == want, where  # proto JSON writes int64 as a string
+    else:
+        assert got == want, where
+
+
+RANKING_CASES = {
+    "compare scalar": ("compare", {"model": "llama-scalar", "prompt": QUESTION, "responses": ANSWERS}),
+    "compare chat, tokens": ("compare", {"model": "qwen2-scalar", "messages": CHAT,
+                                         "responses": [ANSWERS[0], {"text": ANSWERS[1]},
+                                                       {"input_ids": [5, 6, 7, 8]}]}),
+    "compare tie": ("compare", {"model": "llama-scalar", "prompt": QUESTION, "responses": [ANSWERS[0]] * 2}),
+    "compare dimensions": ("compare", {"model": "llama-helpsteer", "prompt": QUESTION, "responses": ANSWERS,
+                                       "tie_margin": 0.01}),
+    "compare process": ("compare", {"model": "qwen2-prm", "prompt": PRM_ITEM["prompt"], "aggregate": "mean",
+                                    "responses": [{"steps": PRM_ITEM["steps"]}, {"steps": ["7", "14"]}]}),
+    "rerank top_n": ("rerank", {"model": "llama-scalar", "query": QUESTION, "documents": ANSWERS, "top_n": 2,
+                                "return_documents": False}),
+    "rerank weights": ("rerank", {"model": "llama-gating", "query": QUESTION, "documents": ANSWERS,
+                                  "weights": {"helpfulness": 1.0, "verbosity": -0.5}}),
+    "rerank pareto": ("rerank", {"model": "llama-helpsteer", "query": QUESTION, "documents": ANSWERS,
+                                 "aggregation": "pareto", "priority": "bulk"}),
+    "steps": ("steps", {"model": "qwen2-prm", "items": [PRM_ITEM, {"prompt": "Q", "steps": ["1 + 1 = 2"]}],
+                        "threshold": 0.5, "aggregate": "min"}),
+    "steps truncated": ("steps", {"model": "mistral-prm", "truncate": "left", "threshold": 2.0,
+                                  "items": [{"prompt": "Q " * 100, "steps": ["a step " * 20] * 8}]}),
+}
+
+
+@pytest.mark.parametrize("case", RANKING_CASES)
+def test_ranking_rpcs_equal_the_http_endpoints(case, stub, http):
+    kind, body = RANKING_CASES[case]
+    over_http = http.post(f"/v1/{kind}", json=body)
+    assert over_http.status_code == 200, over_http.text
+    call = {"compare": stub.Compare, "rerank": stub.Rerank, "steps": stub.Steps}[kind]
+    response = call(to_ranking(kind, body), timeout=WAIT_S)
+    got = json_format.MessageToDict(response, preserving_proto_field_name=True,
+                                    always_print_fields_with_no_presence=True)
+    want = over_http.json()
+    if kind == "rerank":
+        assert got.pop("id").startswith("rerank-") and want.pop("id")
+    assert_same_json(_plain(got), _plain(want))
+
+
+RANKING_ERRORS = {
+    "one response": ("compare", {"model": "llama-scalar", "prompt": QUESTION, "responses": ANSWERS[:1]}),
+    "text without prompt": ("compare", {"model": "llama-scalar", "responses": ANSWERS[:2]}),
+    "bad token in a response": ("compare", {"model": "llama-scalar", "prompt": QUESTION,
+                                            "responses": [ANSWERS[0], {"input_ids": [1, 99999]}]}),
+    "unknown dimension": ("rerank", {"model": "llama-helpsteer", "query": QUESTION, "documents": ANSWERS,
+                                     "weights": {"nope": 1.0}}),
+    "pareto on a scalar model": ("rerank", {"model": "llama-scalar", "query": QUESTION, "documents": ANSWERS,
+                                            "aggregation": "pareto"}),
+    "steps on a scalar model": ("steps", {"model": "llama-scalar", "items": [PRM_ITEM]}),
+    "unknown model": ("steps", {"model": "no-such-model", "items": [PRM_ITEM]}),
+}
+
+
+@pytest.mark.parametrize("case", RANKING_ERRORS)
+def test_ranking_errors_equal_the_http_endpoints(case, stub, http):
+    kind, body = RANKING_ERRORS[case]
+    over_http = http.post(f"/v1/{kind}", json=body).json()["error"]
+    call = {"compare": stub.Compare, "rerank": stub.Rerank, "steps": stub.Steps}[kind]
+    error = rpc_error(call, to_ranking(kind, body), timeout=WAIT_S)
+    expected = {404: grpc.StatusCode.NOT_FOUND}.get(http.post(f"/v1/{kind}", json=body).status_code,
+                                                      grpc.StatusCode.INVALID_ARGUMENT)
+    assert error.code() == expected
+    assert (metadata(error)["rewardserve-error-code"], metadata(error)["rewardserve-error-field"]) == (
+        over_http["code"], over_http["field"] or "")
+    assert over_http["message"] in error.details()
+    if over_http["field"]:
+        assert error.details().startswith(over_http["field"])
