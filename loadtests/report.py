@@ -160,6 +160,8 @@ def render(*, quick: bool, command: str, started: float, elapsed_s: float, load:
            previous: str) -> str:
     ray_version = _command_output([str(ray_python), "-c", "import ray; print(ray.__version__)"]) if ray_python.exists() else "not installed"
     commit = _command_output(["git", "rev-parse", "--short", "HEAD"])
+    if _command_output(["git", "status", "--porcelain", "--untracked-files=no", "service", "models"]):
+        commit += " with uncommitted changes in service/ or models/ (the servers ran the working tree)"
     bulk_lengths = [len(i["input_ids"]) for i in w.rl_bulk_items]
     single_lengths = [len(i["input_ids"]) for i in w.rl_single_items]
     rerank_sizes = [r.items for r in w.rerank]

@@ -108,7 +108,7 @@ class Run:
     bulk: Summary | None = None  # mixed only: the bulk traffic sent alongside
 
 
-async def _timed(server: servers.Server, coro) -> Run:
+async def _timed(server: servers.Server, label: str, coro) -> Run:
     """Run `coro` (a Summary, or (interactive, bulk) Summaries) with the server's padding
     counter reset first and the load generator's own CPU time measured."""
     server.reset_stats()
@@ -116,7 +116,7 @@ async def _timed(server: servers.Server, coro) -> Run:
     summary = await coro
     summary, bulk = summary if isinstance(summary, tuple) else (summary, None)
     run = Run(summary, server.padding_ratio(), (time.process_time() - cpu) / max(summary.wall_s, 1e-9), bulk)
-    print(f"  {summary.ok}/{summary.sent} ok in {summary.wall_s:.1f}s: {summary.tokens_per_s:,.0f} tok/s, "
+    print(f"  {label}: {summary.ok}/{summary.sent} ok in {summary.wall_s:.1f}s: {summary.tokens_per_s:,.0f} tok/s, "
           f"p50 {summary.latency_ms(50):.0f} ms, p99 {summary.latency_ms(99):.0f} ms", flush=True)
     return run
 
@@ -127,13 +127,17 @@ async def run_system(server: servers.Server, plan: Plan, w: Workloads, refs: Ref
     async with loadgen.client(server.url, plan.rl_single_in_flight + 8) as http:
         # warm-up: every request shape once, not measured
         await loadgen.closed_loop(http, w.rl_bulk[:1] + w.rerank[:2] + w.rl_single[:8], 4, min(limit, 60))
-        out: dict[str, Run] = {}
-        out["rl-bulk"] = await _timed(server, loadgen.closed_loop(http, w.rl_bulk, plan.rl_bulk_concurrency, limit))
-        out["rl-single"] = await _timed(server, loadgen.closed_loop(http, w.rl_single, plan.rl_single_in_flight, limit))
+        out = {
+            "rl-bulk": await _timed(server, "rl-bulk",
+                                    loadgen.closed_loop(http, w.rl_bulk, plan.rl_bulk_concurrency, limit)),
+            "rl-single": await _timed(server, "rl-single",
+                                      loadgen.closed_loop(http, w.rl_single, plan.rl_single_in_flight, limit)),
+        }
         for fraction, rate, n in refs.rates:
+            key = f"rerank@{fraction}"
             arrivals = loadgen.arrivals(w.rerank_gaps[:n], rate)
-            out[f"rerank@{fraction}"] = await _timed(server, loadgen.open_loop(http, w.rerank[:n], arrivals, limit))
-        out["mixed"] = await _timed(server, _mixed(http, plan, w, refs))
+            out[key] = await _timed(server, key, loadgen.open_loop(http, w.rerank[:n], arrivals, limit))
+        out["mixed"] = await _timed(server, "mixed", _mixed(http, plan, w, refs))
         return out
 
 
@@ -145,7 +149,8 @@ async def _mixed(http, plan: Plan, w: Workloads, refs: References) -> tuple[Summ
     cycles = 10  # bulk requests repeat until the rerank traffic is done (bounded)
     bulk = asyncio.create_task(loadgen.closed_loop(http, w.rl_bulk * cycles, plan.mixed_bulk_concurrency,
                                                    plan.time_limit_s, stop))
-    interactive = await loadgen.open_loop(http, w.rerank[:n], loadgen.arrivals(w.rerank_gaps[:n], rate), plan.time_limit_s)
+    arrivals = loadgen.arrivals(w.rerank_gaps[:n], rate)
+    interactive = await loadgen.open_loop(http, w.rerank[:n], arrivals, plan.time_limit_s)
     stop.set()
     return interactive, await bulk
 
