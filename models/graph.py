@@ -17,6 +17,26 @@ from models.heads import HeadFile
 from models.spec import ModelKind, Pooling, RewardSpec
 
 
+# Every tensor the graph may take or give, by its axes: a named axis is dynamic (batch,
+# sequence), None is fixed by the model (head outputs, gating experts, step classes). Inputs
+# are int64, outputs float32. The ONNX export and any server running it share this contract.
+AXES: dict[str, tuple[str | None, ...]] = {
+    "input_ids": ("batch", "sequence"),
+    "attention_mask": ("batch", "sequence"),
+    "token_type_ids": ("batch", "sequence"),
+    "prompt_end": ("batch",),
+    "values": ("batch", None),
+    "gating_weights": ("batch", None),
+    "gated_score": ("batch",),
+    "step_logits": ("batch", "sequence", None),
+}
+
+
+def contract_shape(name: str, example: tuple[int, ...]) -> list[int]:
+    """`name`'s declared shape: -1 on its dynamic axes, `example`'s size on fixed ones."""
+    return [-1 if axis else size for axis, size in zip(AXES[name], example, strict=True)]
+
+
 def output_names(spec: RewardSpec, gated: bool) -> tuple[str, ...]:
     if spec.kind == ModelKind.process:
         return ("step_logits",)

@@ -10,6 +10,7 @@ import onnx
 import torch
 
 from models.engines import META_ARCHITECTURE, META_OUTPUT_WIDTH, graph_output_width
+from models.graph import AXES
 from models.reward_model import RewardModel, warmup_inputs
 
 OPSET = 17
@@ -20,15 +21,14 @@ def export_onnx(model: RewardModel, path: Path) -> Path:
     write the ONNX file with the metadata the onnxruntime engine reads back."""
     graph = model.engine.graph
     inputs = model.model_inputs([model.encode(item, truncate="right") for item in warmup_inputs(model.spec.kind)])
-    axes = {name: {0: "batch", 1: "sequence"} for name in ("input_ids", "attention_mask", "token_type_ids", "step_logits")}
-    axes.update({name: {0: "batch"} for name in ("prompt_end", "values", "gating_weights", "gated_score")})
     path = Path(path)
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer notes on shape checks that are constant for scoring
         torch.onnx.export(
             graph, (), str(path), kwargs={k: v.to(model.device) for k, v in inputs.items()},
             input_names=list(graph.input_names), output_names=list(graph.output_names),
-            dynamic_axes={name: axes[name] for name in (*graph.input_names, *graph.output_names)},
+            dynamic_axes={name: {i: axis for i, axis in enumerate(AXES[name]) if axis}
+                          for name in (*graph.input_names, *graph.output_names)},
             opset_version=OPSET, dynamo=False,
         )
     proto = onnx.load(str(path))

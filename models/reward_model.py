@@ -3,6 +3,7 @@ of scores at the right positions (never at padding)."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from transformers.utils import logging as hf_logging
 
 from models.encoding import Encoder, max_length_for, single_token_id
 from models.engines import ONNX_FILENAME, Engine, OnnxEngine, TorchEngine
-from models.graph import RewardGraph
+from models.graph import RewardGraph, contract_shape, input_names, output_names
 from models.errors import ModelLoadError
 from models.heads import (
     HeadFile,
@@ -34,6 +35,7 @@ from models.heads import (
 from models.inputs import Encoded, ScoreInput, StepsInput, TextPair, Truncate
 from models.revision import fingerprint
 from models.spec import ModelKind, Pooling, RewardSpec, load_spec
+from models.triton_engine import TritonEngine, TritonTarget
 
 hf_logging.disable_progress_bar()
 
@@ -87,13 +89,16 @@ class RewardModel:
 
     @classmethod
     def load(cls, name: str, path: str | Path, spec: dict | None = None, device: str = "cpu",
-             dtype: str = "float32", backend: str = "torch", onnx_file: str | Path | None = None) -> RewardModel:
+             dtype: str = "float32", backend: str = "torch", onnx_file: str | Path | None = None,
+             triton: TritonTarget | None = None) -> RewardModel:
         """`backend` 'torch' loads the safetensors weights; 'onnxruntime' runs `onnx_file`
-        (default: reward.onnx in the model directory, written by `rewardserve export-onnx`)."""
+        (default: reward.onnx in the model directory, written by `rewardserve export-onnx`);
+        'triton' sends batches to the `triton` server running that file. Only the torch
+        backend reads weights; the others need the directory's tokenizer, config and spec."""
         model_dir = Path(path).resolve()
         reward_spec = load_spec(model_dir, spec)
         backbone_dir = resolve_dir(reward_spec.backbone, model_dir) if reward_spec.backbone else model_dir
-        if not any(backbone_dir.glob("*.safetensors")):
+        if backend == "torch" and not any(backbone_dir.glob("*.safetensors")):
             raise ModelLoadError(
                 f"{backbone_dir} has no safetensors weights; pickle checkpoints (.bin/.pt) are refused"
             )
@@ -111,8 +116,14 @@ class RewardModel:
                 raise ModelLoadError(f"{onnx_path} does not exist: run `rewardserve export-onnx` first")
             engine = OnnxEngine(onnx_path, device)
             extra_spec, extra_files = f"onnx:{onnx_path.name}", [onnx_path]
+        elif backend == "triton":
+            if triton is None:
+                raise ModelLoadError("backend 'triton' needs the server to send batches to (triton_url)")
+            gated = bool(reward_spec.multi_objective and reward_spec.multi_objective.aggregate == "gating")
+            engine = TritonEngine(triton, input_names(is_encoder_config(config), gated), output_names(reward_spec, gated))
+            extra_spec = engine.identity
         else:
-            raise ModelLoadError(f"backend must be 'torch' or 'onnxruntime', not {backend!r}")
+            raise ModelLoadError(f"backend must be 'torch', 'onnxruntime' or 'triton', not {backend!r}")
         revision = fingerprint([backbone_dir, model_dir], reward_spec.canonical_json() + extra_spec, extra_files)
         return cls(name, reward_spec, config, tokenizer, engine, revision, device, dtype)
 
@@ -145,6 +156,16 @@ class RewardModel:
             device=str(self.device),
             dtype=self.dtype,
         )
+
+    @functools.cached_property
+    def graph_contract(self) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+        """The graph's inputs and outputs ({name: shape}, in graph order) as a model server
+        declares them: -1 on dynamic axes, fixed sizes read off one warm-up forward, so they
+        are what this engine really gives, whichever engine it is."""
+        inputs = self.model_inputs([self.encode(item, truncate="right") for item in warmup_inputs(self.spec.kind)])
+        outputs = self.engine(inputs)
+        return ({name: contract_shape(name, tuple(t.shape)) for name, t in inputs.items()},
+                {name: contract_shape(name, tuple(t.shape)) for name, t in outputs.items()})
 
     def encode(self, item: ScoreInput, truncate: Truncate | None = None) -> Encoded:
         return self.encoder.encode(item, truncate)
