@@ -13,7 +13,7 @@ import numpy as np
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
-from service import kserve
+from service import kserve, kserve_graph
 from service.errors import APIError
 from service.grpc_api import abort, deadline_ms, grpc_code, internal_error, serve_concurrently
 from service.runner import ModelRunner
@@ -65,6 +65,17 @@ def _raw(spec: kserve.TensorSpec, array: np.ndarray) -> bytes:
     return array.astype(array.dtype.newbyteorder("<")).tobytes()
 
 
+def _response(name: str, request_id: str, outputs: list[tuple[kserve.TensorSpec, np.ndarray]],
+              parameters: dict[str, str] | None = None) -> service_pb2.ModelInferResponse:
+    response = service_pb2.ModelInferResponse(model_name=name, model_version=kserve.VERSION, id=request_id)
+    for key, value in (parameters or {}).items():
+        response.parameters[key].string_param = value
+    for spec, array in outputs:
+        response.outputs.add(name=spec.name, datatype=spec.datatype, shape=spec.shape)
+        response.raw_output_contents.append(_raw(spec, array))
+    return response
+
+
 class KServeService(service_pb2_grpc.GRPCInferenceServiceServicer):
     NAME = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
@@ -92,7 +103,8 @@ class KServeService(service_pb2_grpc.GRPCInferenceServiceServicer):
         return service_pb2.ServerReadyResponse(ready=self.state.registry.ready)
 
     async def ModelReady(self, request, context):
-        runner = self.state.registry.runners.get(request.name)
+        graph = kserve_graph.find(self.state.registry, request.name)
+        runner = graph.runner if graph else self.state.registry.runners.get(request.name)
         ready = runner is not None and runner.status == "ready" and request.version in ("", kserve.VERSION)
         return service_pb2.ModelReadyResponse(ready=ready)
 
@@ -102,10 +114,12 @@ class KServeService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelMetadata(self, request, context):
         try:
-            runner = self._runner(request.name, request.version)
+            if graph := kserve_graph.find(self.state.registry, request.name):
+                meta = await kserve_graph.metadata(kserve_graph.checked(graph, request.version))
+            else:
+                meta = kserve.model_metadata(self._runner(request.name, request.version))
         except APIError as err:
             await abort(context, err)
-        meta = kserve.model_metadata(runner)
         tensor = service_pb2.ModelMetadataResponse.TensorMetadata
         return service_pb2.ModelMetadataResponse(
             name=meta["name"], versions=meta["versions"], platform=meta["platform"],
@@ -113,23 +127,29 @@ class KServeService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelConfig(self, request, context):
         try:
-            runner = self._runner(request.name, request.version)
+            if graph := kserve_graph.find(self.state.registry, request.name):
+                config = await kserve_graph.config(kserve_graph.checked(graph, request.version))
+            else:
+                config = kserve.model_config(self._runner(request.name, request.version))
         except APIError as err:
             await abort(context, err)
-        config = json_format.ParseDict(kserve.model_config(runner), model_config_pb2.ModelConfig())
+        config = json_format.ParseDict(config, model_config_pb2.ModelConfig())
         return service_pb2.ModelConfigResponse(config=config)
 
     async def RepositoryIndex(self, request, context):
         states = {"ready": "READY", "loading": "LOADING", "failed": "UNAVAILABLE"}
         index = service_pb2.RepositoryIndexResponse.ModelIndex
-        models = [index(name=r.name, version=kserve.VERSION, state=states[r.status], reason=r.error or "")
-                  for r in self.state.registry.runners.values()
-                  if not request.ready or r.status == "ready"]
+        registry = self.state.registry
+        named = [(r.name, r) for r in registry.runners.values()] + [(g.name, g.runner) for g in kserve_graph.served(registry)]
+        models = [index(name=name, version=kserve.VERSION, state=states[r.status], reason=r.error or "")
+                  for name, r in named if not request.ready or r.status == "ready"]
         return service_pb2.RepositoryIndexResponse(models=models)
 
     # ---- inference -----------------------------------------------------------------
 
     async def _infer(self, request: service_pb2.ModelInferRequest, context) -> service_pb2.ModelInferResponse:
+        if graph := kserve_graph.find(self.state.registry, request.model_name):
+            return await self._infer_graph(graph, request)
         runner = self._runner(request.model_name, request.model_version)
         job, group = kserve.score_job_for(runner, _tensors(request), _parameters(request.parameters),
                                           deadline_ms(context))
@@ -138,14 +158,13 @@ class KServeService(service_pb2_grpc.GRPCInferenceServiceServicer):
         except APIError as err:
             raise kserve.tensor_error(err, group) from None
         outputs = kserve.output_tensors(runner, scored, [out.name for out in request.outputs] or None)
-        response = service_pb2.ModelInferResponse(model_name=runner.name, model_version=kserve.VERSION,
-                                                  id=request.id)
-        for key, value in kserve.response_parameters(scored).items():
-            response.parameters[key].string_param = value
-        for spec, array in outputs:
-            response.outputs.add(name=spec.name, datatype=spec.datatype, shape=spec.shape)
-            response.raw_output_contents.append(_raw(spec, array))
-        return response
+        return _response(runner.name, request.id, outputs, kserve.response_parameters(scored))
+
+    async def _infer_graph(self, graph: kserve_graph.GraphModel,
+                           request: service_pb2.ModelInferRequest) -> service_pb2.ModelInferResponse:
+        outputs = await kserve_graph.infer(kserve_graph.checked(graph, request.model_version), _tensors(request),
+                                           [out.name for out in request.outputs] or None)
+        return _response(graph.name, request.id, outputs)
 
     async def ModelInfer(self, request, context):
         try:

@@ -13,7 +13,7 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from service import kserve
+from service import kserve, kserve_graph
 from service.errors import APIError
 from service.http_api import _unless_disconnected
 from service.runner import ModelRunner
@@ -61,10 +61,12 @@ async def server_ready(request: Request):
 @router.get("/models/{name}/versions/{version}/ready")
 async def model_ready(name: str, request: Request, version: str | None = None):
     try:
-        runner = _runner(request, name, version, ready=False)
+        if graph := kserve_graph.find(request.app.state.registry, name):
+            ready = graph.ready and version in (None, "", kserve.VERSION)
+        else:
+            ready = _runner(request, name, version, ready=False).status == "ready"
     except APIError as err:
         return kserve_error(err)
-    ready = runner.status == "ready"
     return JSONResponse({"name": name, "ready": ready}, status_code=200 if ready else 503)
 
 
@@ -72,6 +74,8 @@ async def model_ready(name: str, request: Request, version: str | None = None):
 @router.get("/models/{name}/versions/{version}")
 async def model_metadata(name: str, request: Request, version: str | None = None):
     try:
+        if graph := kserve_graph.find(request.app.state.registry, name):
+            return await kserve_graph.metadata(kserve_graph.checked(graph, version))
         return kserve.model_metadata(_runner(request, name, version))
     except APIError as err:
         return kserve_error(err)
@@ -81,6 +85,8 @@ async def model_metadata(name: str, request: Request, version: str | None = None
 @router.get("/models/{name}/versions/{version}/config")
 async def model_config(name: str, request: Request, version: str | None = None):
     try:
+        if graph := kserve_graph.find(request.app.state.registry, name):
+            return await kserve_graph.config(kserve_graph.checked(graph, version))
         return kserve.model_config(_runner(request, name, version))
     except APIError as err:
         return kserve_error(err)
@@ -89,9 +95,11 @@ async def model_config(name: str, request: Request, version: str | None = None):
 @router.post("/repository/index")
 async def repository_index(request: Request):
     states = {"ready": "READY", "loading": "LOADING", "failed": "UNAVAILABLE"}
+    registry = request.app.state.registry
+    named = [(r.name, r) for r in registry.runners.values()] + [(g.name, g.runner) for g in kserve_graph.served(registry)]
     out = []
-    for runner in request.app.state.registry.runners.values():
-        entry = {"name": runner.name, "version": kserve.VERSION, "state": states[runner.status]}
+    for name, runner in named:
+        entry = {"name": name, "version": kserve.VERSION, "state": states[runner.status]}
         if runner.error:
             entry["reason"] = runner.error
         out.append(entry)
@@ -101,7 +109,8 @@ async def repository_index(request: Request):
 @router.post("/models/{name}/infer")
 @router.post("/models/{name}/versions/{version}/infer")
 async def infer(name: str, request: Request, version: str | None = None):
-    group = "tokens"
+    if graph := kserve_graph.find(request.app.state.registry, name):
+        return await _infer_graph(graph, request, version)
     try:
         runner = _runner(request, name, version)
         header, tensors, binary_out = _decode(*await _body(request))
@@ -114,7 +123,18 @@ async def infer(name: str, request: Request, version: str | None = None):
         outputs = kserve.output_tensors(runner, scored, requested)
     except APIError as err:
         return kserve_error(err)
-    return _encode(header, runner, scored, outputs, binary_out)
+    return _encode(header, runner.name, kserve.response_parameters(scored), outputs, binary_out)
+
+
+async def _infer_graph(graph: kserve_graph.GraphModel, request: Request, version: str | None) -> Response:
+    try:
+        header, tensors, binary_out = _decode(*await _body(request))
+        requested = [out["name"] for out in header["outputs"]] if header.get("outputs") else None
+        work = kserve_graph.infer(kserve_graph.checked(graph, version), tensors, requested)
+        outputs = await _unless_disconnected(request, work)
+    except APIError as err:
+        return kserve_error(err)
+    return _encode(header, graph.name, None, outputs, binary_out)
 
 
 async def _body(request: Request) -> tuple[bytes, int]:
@@ -185,11 +205,12 @@ def _decode(body: bytes, length: int) -> tuple[dict, dict[str, np.ndarray], dict
     return header, tensors, binary_out
 
 
-def _encode(header: dict, runner: ModelRunner, scored, outputs, binary_out: dict[str, bool]) -> Response:
-    body: dict = {"model_name": runner.name, "model_version": kserve.VERSION}
+def _encode(header: dict, name: str, parameters: dict | None, outputs, binary_out: dict[str, bool]) -> Response:
+    body: dict = {"model_name": name, "model_version": kserve.VERSION}
     if "id" in header:
         body["id"] = header["id"]
-    body["parameters"] = kserve.response_parameters(scored)
+    if parameters is not None:
+        body["parameters"] = parameters
     chunks: list[bytes] = []
     tensors = []
     for spec, array in outputs:
