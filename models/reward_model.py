@@ -120,7 +120,8 @@ class RewardModel:
             if triton is None:
                 raise ModelLoadError("backend 'triton' needs the server to send batches to (triton_url)")
             gated = bool(reward_spec.multi_objective and reward_spec.multi_objective.aggregate == "gating")
-            engine = TritonEngine(triton, input_names(is_encoder_config(config), gated), output_names(reward_spec, gated))
+            engine = TritonEngine(triton, input_names(is_encoder_config(config), gated),
+                                  output_names(reward_spec, gated))
             extra_spec = engine.identity
         else:
             raise ModelLoadError(f"backend must be 'torch', 'onnxruntime' or 'triton', not {backend!r}")

@@ -50,8 +50,11 @@ def find(registry: ModelRegistry, name: str) -> GraphModel | None:
     return None
 
 
-def served(registry: ModelRegistry) -> list[GraphModel]:
-    return [GraphModel(r.config.graph_name, r) for r in registry.runners.values() if r.config.serve_graph]
+def repository(registry: ModelRegistry) -> list[tuple[str, ModelRunner]]:
+    """Every KServe model name, scoring models then served graphs, with the runner whose
+    status it has."""
+    graphs = [(r.config.graph_name, r) for r in registry.runners.values() if r.config.serve_graph]
+    return [(r.name, r) for r in registry.runners.values()] + graphs
 
 
 def checked(graph: GraphModel, version: str | None) -> GraphModel:

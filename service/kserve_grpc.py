@@ -139,10 +139,9 @@ class KServeService(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def RepositoryIndex(self, request, context):
         states = {"ready": "READY", "loading": "LOADING", "failed": "UNAVAILABLE"}
         index = service_pb2.RepositoryIndexResponse.ModelIndex
-        registry = self.state.registry
-        named = [(r.name, r) for r in registry.runners.values()] + [(g.name, g.runner) for g in kserve_graph.served(registry)]
         models = [index(name=name, version=kserve.VERSION, state=states[r.status], reason=r.error or "")
-                  for name, r in named if not request.ready or r.status == "ready"]
+                  for name, r in kserve_graph.repository(self.state.registry)
+                  if not request.ready or r.status == "ready"]
         return service_pb2.RepositoryIndexResponse(models=models)
 
     # ---- inference -----------------------------------------------------------------

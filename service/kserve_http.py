@@ -95,10 +95,8 @@ async def model_config(name: str, request: Request, version: str | None = None):
 @router.post("/repository/index")
 async def repository_index(request: Request):
     states = {"ready": "READY", "loading": "LOADING", "failed": "UNAVAILABLE"}
-    registry = request.app.state.registry
-    named = [(r.name, r) for r in registry.runners.values()] + [(g.name, g.runner) for g in kserve_graph.served(registry)]
     out = []
-    for name, runner in named:
+    for name, runner in kserve_graph.repository(request.app.state.registry):
         entry = {"name": name, "version": kserve.VERSION, "state": states[runner.status]}
         if runner.error:
             entry["reason"] = runner.error

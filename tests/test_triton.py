@@ -71,7 +71,8 @@ def peer(tiny_model_dirs):
         yield Peer(url, f"127.0.0.1:{app.state.grpc_port}")
 
 
-def load_remote(name: str, directory: Path, peer: Peer, protocol: str, model: str | None = None, **target) -> RewardModel:
+def load_remote(name: str, directory: Path, peer: Peer, protocol: str, model: str | None = None,
+                **target) -> RewardModel:
     """`directory`'s model with its graph run by `peer` (default: the graph of the same name)."""
     triton = TritonTarget(peer.address(protocol), model or f"{name}-graph", protocol, timeout_s=30, **target)
     return RewardModel.load(name, directory, backend="triton", triton=triton)
@@ -238,7 +239,8 @@ def test_served_graph_describes_itself_as_the_exported_onnx(name, peer, exported
 def test_deploy_config_pbtxt_matches_what_export_onnx_writes(example, peer, exported):
     """deploy/triton's configs declare exactly the exported file's tensors (names, types and
     dims), as the served graph of a model of the same kind does."""
-    config = text_format.Parse((DEPLOY / "triton" / example / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    text = (DEPLOY / "triton" / example / "config.pbtxt").read_text()
+    config = text_format.Parse(text, model_config_pb2.ModelConfig())
     assert config.name == example
     assert (config.platform, config.max_batch_size) == ("onnxruntime_onnx", 0)
     assert not config.HasField("dynamic_batching")
