@@ -28,10 +28,13 @@ class Request:
     tokens: int
 
 
-def make_request(items: list[dict], tokens: int, model: str, priority: str, timeout_ms: int | None = None) -> Request:
+def make_request(items: list[dict], tokens: int, model: str, priority: str, timeout_ms: int | None = None,
+                 cache: str | None = None) -> Request:
     body = {"model": model, "items": items, "priority": priority}
     if timeout_ms is not None:
         body["timeout_ms"] = timeout_ms
+    if cache is not None:
+        body["cache"] = cache
     return Request(json.dumps(body, separators=(",", ":")).encode(), len(items), tokens)
 
 
@@ -56,6 +59,7 @@ class Summary:
     errors: dict[str, int] = field(default_factory=dict)
     unfinished: int = 0
     items: int = 0
+    cached: int = 0  # items answered from a result cache (rewardserve's `cached: true`)
     tokens: int = 0
     wall_s: float = 0.0
     latencies_s: list[float] = field(default_factory=list)
@@ -95,11 +99,13 @@ async def _send(http: httpx.AsyncClient, request: Request, started: float, summa
     if reply.status_code != 200:
         summary.add_error(f"http {reply.status_code}")
         return
-    if len(reply.json()["results"]) != request.items:
+    results = reply.json()["results"]
+    if len(results) != request.items:
         summary.add_error("missing results")
         return
     summary.ok += 1
     summary.items += request.items
+    summary.cached += sum(1 for result in results if result.get("cached"))
     summary.tokens += request.tokens
     summary.latencies_s.append(latency)
 

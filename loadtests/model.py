@@ -15,12 +15,22 @@ from service.config import BUILTIN_DIR
 DEFAULT_MODEL = "minilm-harmless"
 
 
-def load(model_dir: Path | None = None, name: str = DEFAULT_MODEL, threads: int | None = None) -> RewardModel:
+def load(model_dir: Path | None = None, name: str = DEFAULT_MODEL, threads: int | None = None,
+         onnx_file: Path | None = None) -> RewardModel:
     """The model in `model_dir` (default: the embedded minilm-harmless), on CPU in fp32 as
-    the service serves it; `threads` pins torch's intra-op threads."""
+    the service serves it, on torch or, given `onnx_file`, on onnxruntime; `threads` pins
+    torch's intra-op threads."""
     if threads:
         torch.set_num_threads(threads)
-    return RewardModel.load(name, model_dir or BUILTIN_DIR / DEFAULT_MODEL)
+    backend = "onnxruntime" if onnx_file else "torch"
+    return RewardModel.load(name, model_dir or BUILTIN_DIR / DEFAULT_MODEL, backend=backend, onnx_file=onnx_file)
+
+
+def export_onnx(model_dir: Path | None, name: str, target: Path) -> Path:
+    """The model's graph exported for onnxruntime (what `rewardserve export-onnx` writes)."""
+    from models.onnx_export import export_onnx as export
+
+    return export(load(model_dir, name), target)
 
 
 def to_input(item: dict) -> ScoreInput:

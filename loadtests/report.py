@@ -17,7 +17,8 @@ import torch
 from loadtests.loadgen import Summary
 
 ANALYSIS_MARKER = "<!-- hand-written below this line; the runner keeps it when it rewrites the file -->"
-SYSTEMS = ("naive", "ray-serve", "rewardserve")
+SYSTEMS = ("naive", "ray-serve", "rewardserve", "rewardserve-onnxruntime")
+ONNX_SYSTEM = "rewardserve-onnxruntime"
 
 
 def loadavg() -> str:
@@ -69,22 +70,27 @@ def _length_stats(lengths: list[int]) -> str:
             f"p90 {q[89]:.0f}, p99 {q[98]:.0f}, max {max(lengths)}, mean {statistics.mean(lengths):.0f}")
 
 
-def _throughput_table(name: str, ceiling, runs: dict) -> str:
-    """Rows for the raw ceiling and each system on a closed-loop workload."""
+def _throughput_table(name: str, ceiling, runs: dict, onnx_ceiling=None) -> str:
+    """Rows for the raw ceiling(s) and each system on a closed-loop workload; each system is
+    set against the ceiling of its own engine."""
     tps = {s: runs[s][name].summary.tokens_per_s for s in runs}
-    rows = [["raw ceiling (forward only)", _num(ceiling.tokens_per_s), _num(ceiling.items_per_s, 1), "–", "–", "–",
-             _pct(ceiling.padding_ratio), "1.00x", _ratio(ceiling.tokens_per_s, tps.get("naive")),
-             _ratio(ceiling.tokens_per_s, tps.get("ray-serve")), "–", "0"]]
+    ceilings = [("raw ceiling (forward only)", ceiling)]
+    if onnx_ceiling is not None:
+        ceilings.append(("raw ceiling, onnxruntime", onnx_ceiling))
+    rows = [[label, _num(c.tokens_per_s), _num(c.items_per_s, 1), "–", "–", "–", _pct(c.padding_ratio),
+             _ratio(c.tokens_per_s, ceiling.tokens_per_s), _ratio(c.tokens_per_s, tps.get("naive")),
+             _ratio(c.tokens_per_s, tps.get("ray-serve")), "–", "0"] for label, c in ceilings]
     for system in SYSTEMS:
         if system not in runs:
             continue
         run = runs[system][name]
         s = run.summary
+        own = onnx_ceiling if system == ONNX_SYSTEM and onnx_ceiling is not None else ceiling
         rows.append([system, _num(s.tokens_per_s), _num(s.items_per_s, 1), _num(s.latency_ms(50)),
                      _num(s.latency_ms(95)), _num(s.latency_ms(99)), _pct(run.padding),
-                     _ratio(s.tokens_per_s, ceiling.tokens_per_s), _ratio(s.tokens_per_s, tps.get("naive")),
+                     _ratio(s.tokens_per_s, own.tokens_per_s), _ratio(s.tokens_per_s, tps.get("naive")),
                      _ratio(s.tokens_per_s, tps.get("ray-serve")), _pct(run.client_cpu), _errors(s)])
-    return _table(["system", "tokens/s", "items/s", "p50 ms", "p95 ms", "p99 ms", "padding", "vs raw ceiling",
+    return _table(["system", "tokens/s", "items/s", "p50 ms", "p95 ms", "p99 ms", "padding", "vs its raw ceiling",
                    "vs naive", "vs Ray", "client CPU", "errors"], rows)
 
 
@@ -122,7 +128,39 @@ def _mixed_table(refs, runs: dict) -> str:
                    "bulk tokens/s alongside", "bulk requests done", "interactive errors", "bulk errors"], rows)
 
 
-def _targets(refs, runs: dict) -> str:
+def _backends_table(refs, runs: dict) -> str:
+    """torch against onnxruntime on the same batches: the raw forward and rl-bulk end to end."""
+    rows = [["raw forward (rl-bulk batches, no server)", _num(refs.rl_bulk.tokens_per_s),
+             _num(refs.rl_bulk_onnx.tokens_per_s), _ratio(refs.rl_bulk_onnx.tokens_per_s, refs.rl_bulk.tokens_per_s)]]
+    if "rewardserve" in runs and ONNX_SYSTEM in runs:
+        for name in ("rl-bulk", "rl-single"):
+            torch_tps, onnx_tps = (runs[s][name].summary.tokens_per_s for s in ("rewardserve", ONNX_SYSTEM))
+            rows.append([f"{name} end to end (rewardserve)", _num(torch_tps), _num(onnx_tps), _ratio(onnx_tps, torch_tps)])
+    return _table(["measure", "torch tokens/s", "onnxruntime tokens/s", "onnxruntime ÷ torch"], rows)
+
+
+def _cache_tables(cache_runs: dict) -> str:
+    off = cache_runs["off"].bulk.tokens_per_s
+    rows = []
+    for mode, run in cache_runs.items():
+        b = run.bulk
+        rows.append([mode, _num(b.tokens_per_s), _num(b.items_per_s, 1), _pct(b.cached / b.items if b.items else None),
+                     _num(b.latency_ms(50)), _num(b.latency_ms(99)), _ratio(b.tokens_per_s, off), _errors(b)])
+    throughput = _table(["cache", "tokens/s (repeats included)", "items/s", "items served from cache", "p50 ms",
+                         "p99 ms", "vs off", "errors"], rows)
+    rows = []
+    for mode, run in cache_runs.items():
+        h, c = run.hits, run.computed
+        rows.append([mode, _num(h.latency_ms(50), 2) if h else "–", _num(h.latency_ms(95), 2) if h else "–",
+                     _num(h.latency_ms(99), 2) if h else "–", _pct(h.cached / h.items if h and h.items else None),
+                     _num(c.latency_ms(50), 2), _num(c.latency_ms(99), 2),
+                     _errors(h) if h else "–", _errors(c)])
+    latency = _table(["cache", "hit p50 ms", "hit p95 ms", "hit p99 ms", "answered from cache", "computed p50 ms",
+                      "computed p99 ms", "hit errors", "computed errors"], rows)
+    return throughput + "\n\n" + latency
+
+
+def _targets(refs, runs: dict, cache_runs: dict) -> str:
     ours = runs.get("rewardserve")
     if ours is None:
         return "rewardserve did not run."
@@ -152,11 +190,14 @@ def _targets(refs, runs: dict) -> str:
     else:
         rows.append(["mixed: interactive p99 under bulk ÷ without", "<= 3.00x", f"{ratio:.2f}x",
                      "met" if ratio <= 3 else f"missed by {ratio - 3:.2f}x ({ratio / 3:.1f}x the allowed p99)"])
+    hit_p50 = cache_runs["lru"].hits.latency_ms(50)
+    rows.append(["cache hit p50, single item over loopback HTTP (LRU)", "< 2 ms", f"{hit_p50:.2f} ms",
+                 "met" if hit_p50 < 2 else f"missed by {hit_p50 - 2:.2f} ms"])
     return _table(["target (rewardserve)", "target", "measured", "status"], rows)
 
 
 def render(*, quick: bool, command: str, started: float, elapsed_s: float, load: tuple[str, str], plan,
-           w, refs, results: dict, threads: dict, skipped: dict, ray_python: Path,
+           w, refs, results: dict, threads: dict, skipped: dict, cache_runs: dict, ray_python: Path,
            previous: str) -> str:
     ray_version = _command_output([str(ray_python), "-c", "import ray; print(ray.__version__)"]) if ray_python.exists() else "not installed"
     commit = _command_output(["git", "rev-parse", "--short", "HEAD"])
@@ -169,7 +210,7 @@ def render(*, quick: bool, command: str, started: float, elapsed_s: float, load:
     thread_list = ", ".join(f"{s}: {t}" for s, t in threads.items() if t is not None)
     low_fraction, low_rate, low_n = refs.rates[0]
     parts = [
-        "# Benchmark: the dynamic batching engine against a naive server and Ray Serve",
+        "# Benchmark: the dynamic batching engine against a naive server and Ray Serve; engines; result cache",
         "",
         (f"Generated by `{command}` on {time.strftime('%Y-%m-%d %H:%M %Z', time.localtime(started))} "
         f"(took {elapsed_s / 60:.1f} min), commit {commit}."),
@@ -214,9 +255,18 @@ def render(*, quick: bool, command: str, started: float, elapsed_s: float, load:
         f"forward only, {refs.single.encode_forward_p50_ms:.1f} ms encode + forward."),
         (f"- **mixed**: the low-load rerank traffic ({low_fraction:.0%}, {low_rate:.2f} req/s, {low_n} requests) while "
         f"rl-bulk requests arrive closed-loop, {plan.mixed_bulk_concurrency} in flight."),
-        ("- Padding ratio (padded tokens that are padding): the raw ceiling's and the baselines' are counted from their "
-        "batches (`/stats` on the baseline servers). rewardserve does not expose its batches (no metrics endpoint, and "
-        "the benchmark does not modify `service/`), so its column is blank."),
+        ("- Padding ratio (padded tokens that are padding), counted from the batches each system formed: `/stats` on "
+        "the baselines, the `rewardserve_batch_real_tokens_total` and `rewardserve_batch_padded_tokens_sum` metrics "
+        "on rewardserve."),
+        ("- **rewardserve-onnxruntime**: the same server and settings with `backend: onnxruntime`, on the model "
+        "exported by `rewardserve export-onnx` at the start of the run; the onnxruntime raw ceiling runs the same "
+        "batches through that ONNX file in-process."),
+        (f"- **Result cache**: rl-bulk with {plan.duplicate_share:.0%} of its items replaced by exact repeats "
+        "(`workloads.with_duplicates`: half from the item's own group, half from earlier requests), "
+        f"{plan.rl_bulk_concurrency} requests in flight, against three fresh servers: cache off (in-flight dedup "
+        "only), the in-process LRU (default 256 MiB), and Redis alone (`cache_max_bytes: 0`, a local redis-server, "
+        f"default 50 ms socket timeout). Then {plan.cache_singles} of those items are sent one per request, one at "
+        "a time: as cache hits (`cache: use`) and computed (`cache: bypass`)."),
     ]
     for system, why in skipped.items():
         parts.append(f"- **{system} skipped**: {why}.")
@@ -224,7 +274,7 @@ def render(*, quick: bool, command: str, started: float, elapsed_s: float, load:
         "",
         "## rl-bulk",
         "",
-        _throughput_table("rl-bulk", refs.rl_bulk, results),
+        _throughput_table("rl-bulk", refs.rl_bulk, results, refs.rl_bulk_onnx),
         "",
         "## rl-single",
         "",
@@ -238,9 +288,17 @@ def render(*, quick: bool, command: str, started: float, elapsed_s: float, load:
         "",
         _mixed_table(refs, results),
         "",
+        "## Engines: torch and onnxruntime",
+        "",
+        _backends_table(refs, results),
+        "",
+        f"## Result cache: rl-bulk with {plan.duplicate_share:.0%} of items repeated",
+        "",
+        _cache_tables(cache_runs),
+        "",
         "## Targets",
         "",
-        _targets(refs, results),
+        _targets(refs, results, cache_runs),
         "",
     ]
     analysis = previous.split(ANALYSIS_MARKER, 1)[1].lstrip("\n") if ANALYSIS_MARKER in previous else "## Analysis\n\n(none yet)\n"

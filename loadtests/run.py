@@ -1,14 +1,16 @@
 """The benchmark runner: every workload against every system, one system at a time, then
 `loadtests/RESULTS.md`.
 
-    python -m loadtests.run            # full run, ~15 minutes on 2 cores
-    python -m loadtests.run --quick    # tiny counts, < 2 minutes, for smoke testing
+    python -m loadtests.run            # full run, ~25 minutes on 2 cores
+    python -m loadtests.run --quick    # tiny counts, < 3 minutes, for smoke testing
 
-Order: the workload files are (re)generated from their seed; the raw ceiling and single
-forwards are measured in this process; then the naive server, Ray Serve (skipped, with a
-note, when its venv is missing) and `rewardserve serve` are each started, warmed up, run
-through every workload and stopped. Rerank rates are set as fractions of the capacity
-implied by the single-forward time, so the load levels mean the same on any machine.
+Order: the workload files are (re)generated from their seed; the model is exported to ONNX
+into a temporary directory; the raw ceilings (torch and onnxruntime) and single forwards are
+measured in this process; then the naive server, Ray Serve (skipped, with a note, when its
+venv is missing), `rewardserve serve` and `rewardserve serve` on onnxruntime are each
+started, warmed up, run through every workload and stopped; last, the result-cache scenario
+(loadtests.cache_scenario). Rerank rates are set as fractions of the capacity implied by the
+single-forward time, so the load levels mean the same on any machine.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from loadtests import loadgen, model, raw, report, servers, workloads
+from loadtests import cache_scenario, loadgen, model, raw, report, servers, workloads
 from loadtests.loadgen import Request, Summary
 
 HERE = Path(__file__).resolve().parent
@@ -39,6 +41,8 @@ class Plan:
     rerank_loads: tuple[tuple[float, int], ...]  # (fraction of single-forward capacity, requests); first is "low"
     mixed_bulk_concurrency: int
     time_limit_s: float  # per run
+    duplicate_share: float = 0.3  # cache scenario: items of rl-bulk replaced by repeats
+    cache_singles: int = 200  # cache scenario: single-item requests timed as hits and computed
 
 
 FULL = Plan(rl_bulk_requests=7, rl_bulk_max_items=512, rl_bulk_concurrency=4,
@@ -46,7 +50,7 @@ FULL = Plan(rl_bulk_requests=7, rl_bulk_max_items=512, rl_bulk_concurrency=4,
             rerank_loads=((0.1, 40), (0.4, 60), (0.7, 80)), mixed_bulk_concurrency=2, time_limit_s=240)
 QUICK = Plan(rl_bulk_requests=2, rl_bulk_max_items=32, rl_bulk_concurrency=2,
              rl_single_count=32, rl_single_in_flight=32,
-             rerank_loads=((0.2, 4),), mixed_bulk_concurrency=1, time_limit_s=8)
+             rerank_loads=((0.2, 4),), mixed_bulk_concurrency=1, time_limit_s=8, cache_singles=8)
 
 
 @dataclass
@@ -55,6 +59,8 @@ class Workloads:
 
     rl_bulk: list[Request]
     rl_bulk_items: list[dict]
+    rl_bulk_repeats: list[Request]  # rl-bulk with plan.duplicate_share of its items repeated
+    rl_bulk_repeat_items: list[dict]
     rl_single: list[Request]
     rl_single_items: list[dict]
     rerank: list[Request]
@@ -67,11 +73,15 @@ def prepare(plan: Plan, model_name: str, seed: int) -> Workloads:
     paths = workloads.build(seed=seed)
     bulk = [dict(r, items=r["items"][:plan.rl_bulk_max_items]) for r in workloads.load("rl-bulk")][:plan.rl_bulk_requests]
     items = [item for r in bulk for item in r["items"]]
+    repeats = workloads.with_duplicates(bulk, plan.duplicate_share, seed)
     rerank = workloads.load("rerank-online")[:max(n for _, n in plan.rerank_loads)]
     singles = [item for r in workloads.load("rl-bulk") for item in r["items"]][:plan.rl_single_count]
     return Workloads(
         rl_bulk=[loadgen.make_request(r["items"], sum(workloads.item_tokens(r)), model_name, "bulk") for r in bulk],
         rl_bulk_items=items,
+        rl_bulk_repeats=[loadgen.make_request(r["items"], sum(workloads.item_tokens(r)), model_name, "bulk")
+                         for r in repeats],
+        rl_bulk_repeat_items=[item for r in repeats for item in r["items"]],
         rl_single=[loadgen.make_request([item], len(item["input_ids"]), model_name, "bulk") for item in singles],
         rl_single_items=singles,
         rerank=[loadgen.make_request(r["items"], sum(r["num_tokens"]), model_name, "interactive") for r in rerank],
@@ -84,12 +94,16 @@ def prepare(plan: Plan, model_name: str, seed: int) -> Workloads:
 @dataclass
 class References:
     rl_bulk: raw.Ceiling
+    rl_bulk_onnx: raw.Ceiling  # the same batches on onnxruntime
     rl_single: raw.Ceiling
     single: raw.SingleForward  # over the low-load rerank requests
     rates: list[tuple[float, float, int]]  # (fraction, requests/s, requests)
 
 
-def measure_references(plan: Plan, w: Workloads, model_dir: Path | None, model_name: str) -> References:
+def measure_references(plan: Plan, w: Workloads, model_dir: Path | None, model_name: str,
+                       onnx_file: Path) -> References:
+    ceiling_onnx = raw.ceiling(model.load(model_dir, model_name, onnx_file=onnx_file), w.rl_bulk_items,
+                               MAX_BATCH_SIZE, MAX_BATCH_TOKENS)
     rm = model.load(model_dir, model_name)
     ceiling_bulk = raw.ceiling(rm, w.rl_bulk_items, MAX_BATCH_SIZE, MAX_BATCH_TOKENS)
     ceiling_single = raw.ceiling(rm, w.rl_single_items, MAX_BATCH_SIZE, MAX_BATCH_TOKENS)
@@ -97,7 +111,7 @@ def measure_references(plan: Plan, w: Workloads, model_dir: Path | None, model_n
     single = raw.single_forward(rm, w.rerank_items[:low_n])
     capacity = len(single.encode_forward_s) / sum(single.encode_forward_s)  # requests/s, one at a time
     rates = [(fraction, fraction * capacity, n) for fraction, n in plan.rerank_loads]
-    return References(ceiling_bulk, ceiling_single, single, rates)
+    return References(ceiling_bulk, ceiling_onnx, ceiling_single, single, rates)
 
 
 @dataclass
@@ -172,12 +186,13 @@ def main(argv: list[str] | None = None) -> None:
 
     w = prepare(plan, args.model_name, args.seed)
     print(f"workloads ready: {w.files}", flush=True)
-    refs = measure_references(plan, w, args.model_dir, args.model_name)
-    print(f"raw ceiling rl-bulk {refs.rl_bulk.tokens_per_s:.0f} tok/s; single forward p50 "
-          f"{refs.single.forward_p50_ms:.1f} ms", flush=True)
-
     model_path = str(args.model_dir) if args.model_dir else f"builtin:{args.model_name}"
     with tempfile.TemporaryDirectory(prefix="loadtests-") as tmp:
+        onnx_file = model.export_onnx(args.model_dir, args.model_name, Path(tmp) / "reward.onnx")
+        refs = measure_references(plan, w, args.model_dir, args.model_name, onnx_file)
+        print(f"raw ceiling rl-bulk {refs.rl_bulk.tokens_per_s:.0f} tok/s (onnxruntime "
+              f"{refs.rl_bulk_onnx.tokens_per_s:.0f}); single forward p50 {refs.single.forward_p50_ms:.1f} ms",
+              flush=True)
         specs = [servers.naive(args.model_name, args.model_dir)]
         skipped = {}
         if args.ray_python.exists():
@@ -185,6 +200,8 @@ def main(argv: list[str] | None = None) -> None:
         else:
             skipped["ray-serve"] = f"no Ray venv at {args.ray_python} (make bench creates it)"
         specs.append(servers.ours(args.model_name, model_path, Path(tmp)))
+        specs.append(servers.ours(args.model_name, model_path, Path(tmp), system="rewardserve-onnxruntime",
+                                  onnx_file=onnx_file))
         results, threads = {}, {}
         for spec in specs:
             log = HERE / f"{spec.system}.log"
@@ -194,11 +211,15 @@ def main(argv: list[str] | None = None) -> None:
                 threads[spec.system] = server.health().get("torch_threads")
                 results[spec.system] = asyncio.run(run_system(server, plan, w, refs))
             print(f"{spec.system} done", flush=True)
+        cache_workload = cache_scenario.CacheWorkload(
+            w.rl_bulk_repeats, w.rl_bulk_repeat_items[:plan.cache_singles], args.model_name,
+            plan.rl_bulk_concurrency, plan.time_limit_s)
+        cache_runs = cache_scenario.run(cache_workload, model_path, Path(tmp), HERE)
 
     text = report.render(
         quick=args.quick, command=command, started=started, elapsed_s=time.time() - started,
         load=(load_before, report.loadavg()), plan=plan, w=w, refs=refs, results=results,
-        threads=threads, skipped=skipped, ray_python=args.ray_python, previous=out.read_text() if out.exists() else "",
+        threads=threads, skipped=skipped, cache_runs=cache_runs, ray_python=args.ray_python, previous=out.read_text() if out.exists() else "",
     )
     out.write_text(text)
     print(f"wrote {out}", flush=True)

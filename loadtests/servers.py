@@ -17,13 +17,16 @@ from typing import Self
 
 import httpx
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY_PYTHON = ROOT / "loadtests" / ".venv-ray" / "bin" / "python"
 STATS_TIMEOUT_S = 300.0
+PADDING_SAMPLES = ("rewardserve_batch_real_tokens_total", "rewardserve_batch_padded_tokens_sum")  # real, padded
 
 
 def free_port() -> int:
+    """A loopback port that was free a moment ago (for servers we cannot hand a socket)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -31,36 +34,40 @@ def free_port() -> int:
 
 @dataclass(frozen=True)
 class ServerSpec:
-    """How to start one system: its command, where it says it is ready, and whether it
-    counts its own padding at `/stats`."""
+    """How to start one system: its command, where it says it is ready, and where it counts
+    its own padding: `/stats` (the baselines) or Prometheus `/metrics` (rewardserve)."""
 
     system: str
     argv: list[str]
     port: int
     ready_path: str
-    has_stats: bool
+    padding_from: str | None  # "stats", "metrics" or None
 
 
-def ours_settings(model_name: str, model_path: str) -> dict:
+def ours_settings(model_name: str, model_path: str, onnx_file: Path | None = None, cache: str = "off",
+                  redis_url: str | None = None) -> dict:
     """rewardserve's settings for a benchmark: only the benchmarked model, its defaults
-    otherwise, except that the result cache is off (the workloads repeat requests across
-    runs, and the batching engine is what is measured) and so is gRPC (HTTP is measured)."""
-    from service.config import Settings
-
-    settings = {"models": [{"name": model_name, "path": model_path, "cache": False}], "cache_max_bytes": 0}
-    if "grpc_port" in Settings.model_fields:
-        settings["grpc_port"] = 0
+    otherwise, gRPC off (HTTP is measured) and, unless `cache` says otherwise, the result
+    cache off (the workloads repeat requests across runs, and the batching engine is what
+    is measured). `cache`: "off", "lru" (the in-process tier) or "redis" (Redis alone, as a
+    replica that did not see the first request finds it); `onnx_file` selects onnxruntime."""
+    model = {"name": model_name, "path": model_path, "cache": cache != "off"}
+    if onnx_file:
+        model.update(backend="onnxruntime", onnx_file=str(onnx_file))
+    settings = {"models": [model], "grpc_port": 0, "cache_max_bytes": 256 * 2**20 if cache == "lru" else 0}
+    if cache == "redis":
+        settings["redis_url"] = redis_url
     return settings
 
 
-def ours(model_name: str, model_path: str, workdir: Path) -> ServerSpec:
-    """`rewardserve serve` with a config from `ours_settings`."""
+def ours(model_name: str, model_path: str, workdir: Path, system: str = "rewardserve", **options) -> ServerSpec:
+    """`rewardserve serve` with a config from `ours_settings(**options)`."""
     port = free_port()
-    config = workdir / "rewardserve.yaml"
-    config.write_text(yaml.safe_dump(ours_settings(model_name, model_path)))
+    config = workdir / f"{system}.yaml"
+    config.write_text(yaml.safe_dump(ours_settings(model_name, model_path, **options)))
     rewardserve = Path(sys.executable).with_name("rewardserve")
-    return ServerSpec("rewardserve", [str(rewardserve), "serve", "--config", str(config), "--port", str(port)],
-                      port, "/health/ready", has_stats=False)
+    return ServerSpec(system, [str(rewardserve), "serve", "--config", str(config), "--port", str(port)],
+                      port, "/health/ready", padding_from="metrics")
 
 
 def naive(model_name: str, model_dir: Path | None) -> ServerSpec:
@@ -68,7 +75,7 @@ def naive(model_name: str, model_dir: Path | None) -> ServerSpec:
     argv = [sys.executable, "-m", "loadtests.naive_server", "--port", str(port), "--name", model_name]
     if model_dir:
         argv += ["--model-dir", str(model_dir)]
-    return ServerSpec("naive", argv, port, "/health", has_stats=True)
+    return ServerSpec("naive", argv, port, "/health", padding_from="stats")
 
 
 def ray(model_name: str, model_dir: Path | None, python: Path = RAY_PYTHON) -> ServerSpec:
@@ -76,7 +83,7 @@ def ray(model_name: str, model_dir: Path | None, python: Path = RAY_PYTHON) -> S
     argv = [str(python), "-m", "loadtests.ray_server", "--port", str(port), "--name", model_name]
     if model_dir:
         argv += ["--model-dir", str(model_dir)]
-    return ServerSpec("ray-serve", argv, port, "/health", has_stats=True)
+    return ServerSpec("ray-serve", argv, port, "/health", padding_from="stats")
 
 
 class Server:
@@ -88,6 +95,7 @@ class Server:
         self.log = log
         self.startup_timeout_s = startup_timeout_s
         self.process: subprocess.Popen | None = None
+        self._tokens_at_reset = (0.0, 0.0)
 
     def __enter__(self) -> Self:
         with open(self.log, "ab") as out:
@@ -120,17 +128,34 @@ class Server:
         return httpx.get(self.url + self.spec.ready_path, timeout=5.0).json()
 
     def reset_stats(self) -> None:
-        if self.spec.has_stats:
+        if self.spec.padding_from == "stats":
             httpx.post(self.url + "/stats/reset", timeout=STATS_TIMEOUT_S).raise_for_status()
+        elif self.spec.padding_from == "metrics":
+            self._tokens_at_reset = self._forwarded_tokens()
 
     def padding_ratio(self) -> float | None:
         """Padded-token share of the forwards since the last reset, where the system counts it.
         A server that handles requests one at a time answers only once its backlog (work the
         client gave up on) is done, which also keeps that work out of the next run."""
-        if not self.spec.has_stats:
+        if self.spec.padding_from == "stats":
+            stats = httpx.get(self.url + "/stats", timeout=STATS_TIMEOUT_S).json()
+            real, padded = stats["real_tokens"], stats["padded_tokens"]
+        elif self.spec.padding_from == "metrics":
+            now = self._forwarded_tokens()
+            real, padded = now[0] - self._tokens_at_reset[0], now[1] - self._tokens_at_reset[1]
+        else:
             return None
-        stats = httpx.get(self.url + "/stats", timeout=STATS_TIMEOUT_S).json()
-        return 1 - stats["real_tokens"] / stats["padded_tokens"] if stats["padded_tokens"] else None
+        return 1 - real / padded if padded else None
+
+    def _forwarded_tokens(self) -> tuple[float, float]:
+        """(real, padded) tokens rewardserve has forwarded so far, from its /metrics."""
+        text = httpx.get(self.url + "/metrics", timeout=STATS_TIMEOUT_S).text
+        totals = {name: 0.0 for name in PADDING_SAMPLES}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name in totals:
+                    totals[sample.name] += sample.value
+        return totals[PADDING_SAMPLES[0]], totals[PADDING_SAMPLES[1]]
 
     def stop(self, grace_s: float = 20.0) -> None:
         """SIGTERM to the server, then SIGKILL to its whole process group."""

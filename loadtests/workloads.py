@@ -138,6 +138,26 @@ def rerank_online(corpus: Corpus, n_requests: int, seed: int) -> list[dict]:
     return requests
 
 
+def with_duplicates(requests: list[dict], share: float, seed: int) -> list[dict]:
+    """rl-bulk with about `share` of its items replaced by exact repeats, as RL trainers
+    send them: half from the item's own group (a policy sampling the same rollout twice),
+    half from earlier requests (re-scoring an earlier step's rollouts). Deterministic in
+    `seed`."""
+    rng = random.Random(f"{seed}/duplicates")
+    earlier: list[dict] = []
+    out = []
+    for request in requests:
+        items: list[dict] = []
+        for index, item in enumerate(request["items"]):
+            group = items[index - index % GROUP:]
+            if (group or earlier) and rng.random() < share:
+                item = rng.choice(group if group and (not earlier or rng.random() < 0.5) else earlier)
+            items.append(item)
+        earlier.extend(items)
+        out.append(dict(request, items=items))
+    return out
+
+
 def build(out: Path = WORKLOAD_DIR, seed: int = 0, sizes: Sizes = FULL, corpus: Corpus | None = None) -> dict[str, Path]:
     """Writes every workload file under `out`; {name: path}."""
     corpus = corpus or Corpus()

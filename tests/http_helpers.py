@@ -19,6 +19,7 @@ import uvicorn
 import yaml
 from pydantic import TypeAdapter
 
+from loadtests.servers import free_port  # noqa: F401 - re-exported for the tests
 from models.heads import RewardOutput
 from models.inputs import ScoreInput
 from models.reward_model import RewardModel
@@ -27,13 +28,6 @@ from service.schemas import ScoreItem
 
 TOL = 1e-5
 _parse_item = TypeAdapter(ScoreItem).validate_python
-
-
-def free_port() -> int:
-    """A loopback port that was free a moment ago (for servers we cannot hand a socket)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextmanager

@@ -187,7 +187,8 @@ def test_new_revision_never_reads_old_entries(tiny_model_dirs, tmp_path, redis_p
 @needs_redis
 def test_two_server_processes_share_hits(tiny_model_dirs, tmp_path, load_tiny, redis_process):
     config = write_config(tmp_path / "config.yaml", {"llama-scalar": tiny_model_dirs["llama-scalar"]},
-                          redis_url=redis_process.url, cache_max_bytes=0)
+                          redis_url=redis_process.url, cache_max_bytes=0,
+                          redis_timeout_ms=5000)  # a busy machine must not turn a hit into a fail-open miss
     ports = [free_port(), free_port()]
     procs = [subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--config", str(config), "--port", str(p)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for p in ports]

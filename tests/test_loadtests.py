@@ -11,7 +11,7 @@ import math
 import httpx
 import pytest
 
-from loadtests import loadgen, naive_server, servers, workloads
+from loadtests import cache_scenario, loadgen, naive_server, servers, workloads
 from service.config import Settings
 from service.http_api import create_app
 from tests.http_helpers import live_server, wait_until_loaded
@@ -115,3 +115,35 @@ def test_load_generator_against_a_live_server(system, built, tiny_model_dirs):
         if system == "naive":
             stats = httpx.get(url + "/stats", timeout=10).json()
             assert stats["padded_tokens"] >= stats["real_tokens"] > 0
+
+
+def test_duplicates_view_repeats_exact_items(built):
+    bulk = built["rl-bulk"]
+    repeated = workloads.with_duplicates(bulk, 0.3, seed=0)
+    assert repeated == workloads.with_duplicates(bulk, 0.3, seed=0)
+    assert [len(r["items"]) for r in repeated] == [len(r["items"]) for r in bulk]
+    originals = {tuple(i["input_ids"]) for r in bulk for i in r["items"]}
+    items = [tuple(i["input_ids"]) for r in repeated for i in r["items"]]
+    assert set(items) <= originals
+    assert 0.15 < 1 - len(set(items)) / len(items) < 0.45  # about the asked share, repeats of repeats aside
+    assert workloads.with_duplicates(bulk, 0.0, seed=0) == bulk
+
+
+def test_cache_scenario_serves_repeats_from_cache(built, tiny_model_dirs):
+    """The cache scenario's measurement against a live server with the LRU: repeats of the
+    bulk run and the later single-item hits come back `cached`, bypassed requests do not."""
+    model_dir = tiny_model_dirs["bert-scalar"]
+    items = [i for r in built["rl-bulk"] for i in r["items"] if len(i["input_ids"]) <= TINY_MAX][:24]
+    repeats = workloads.with_duplicates([{"items": items[k:k + 8]} for k in range(0, 24, 8)], 0.5, seed=0)
+    bulk = [loadgen.make_request(r["items"], sum(len(i["input_ids"]) for i in r["items"]), "bert", "bulk")
+            for r in repeats]
+    singles = repeats[0]["items"][:4]
+    w = cache_scenario.CacheWorkload(bulk, singles, "bert", 2, TIME_LIMIT_S)
+    app = create_app(Settings(**servers.ours_settings("bert", str(model_dir), cache="lru")))
+    with live_server(app) as url:
+        wait_until_loaded(httpx.Client(base_url=url, timeout=10))
+        run = asyncio.run(cache_scenario.measure(url, w, cached=True))
+    _check(run.bulk, bulk)
+    assert 0 < run.bulk.cached < run.bulk.items
+    assert run.hits.cached == run.hits.items == len(singles)
+    assert run.computed.ok == len(singles) and run.computed.cached == 0
