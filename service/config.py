@@ -25,10 +25,37 @@ class ModelConfig(BaseModel):
     spec: dict | None = Field(None, description="inline reward spec; overrides the directory's reward_spec.yaml")
     device: str = Field("auto", description="'auto' (cuda when present), 'cpu', 'cuda', 'cuda:1', ...")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    backend: Literal["torch", "onnxruntime"] = Field("torch", description="engine running the model's graph")
+    backend: Literal["torch", "onnxruntime", "triton"] = Field("torch", description="engine running the model's graph")
     onnx_file: str | None = Field(None, description="onnxruntime: the exported graph; default <path>/reward.onnx")
+    triton_url: str | None = Field(None, pattern=r"^[^/]+:\d+$",
+                                   description="triton: host:port of the Triton server (no scheme)")
+    triton_protocol: Literal["http", "grpc"] = Field("grpc", description="triton: tritonclient transport")
+    triton_model: str | None = Field(None, description="triton: the model's name there; default: this name")
+    triton_model_version: str = Field("", pattern=r"^\d*$", description="triton: '' is the newest ready, pinned at load")
+    triton_timeout_s: float = Field(60.0, gt=0, description="triton: bound on each call, a batch's inference included")
+    serve_graph: bool = Field(False, description="also serve the raw graph over KServe v2 as '<name>-graph'")
     cache: bool = Field(True, description="serve repeated inputs from the result cache")
     cache_ttl_s: float = Field(3600.0, gt=0, description="how long cached results live")
+
+    @model_validator(mode="after")
+    def _triton_needs_a_server(self) -> ModelConfig:
+        if self.backend == "triton" and not self.triton_url:
+            raise ValueError(f"model {self.name!r}: backend 'triton' needs triton_url (host:port)")
+        return self
+
+    @property
+    def graph_name(self) -> str:
+        """The KServe v2 model name its raw graph is served under when `serve_graph` is on."""
+        return f"{self.name}-graph"
+
+    def triton_target(self):
+        """Where a triton-backed model's batches go (None for the local engines)."""
+        if self.backend != "triton":
+            return None
+        from models.triton_engine import TritonTarget
+
+        return TritonTarget(self.triton_url, self.triton_model or self.name, self.triton_protocol,
+                            self.triton_model_version, self.triton_timeout_s)
 
     def resolved_path(self) -> Path:
         if self.path.startswith("builtin:"):
@@ -83,6 +110,9 @@ class Settings(BaseSettings):
             raise ValueError("configure at least one model")
         if len(set(names)) != len(names):
             raise ValueError(f"model names must be unique: {names}")
+        clashes = sorted({m.graph_name for m in models if m.serve_graph} & set(names))
+        if clashes:
+            raise ValueError(f"{clashes} would name both a model and another model's served graph")
         return models
 
     @model_validator(mode="after")

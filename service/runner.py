@@ -83,7 +83,8 @@ class ModelRunner:
         try:
             config = self.config
             model = RewardModel.load(self.name, config.resolved_path(), config.spec, device=config.resolved_device(),
-                                     dtype=config.resolved_dtype(), backend=config.backend, onnx_file=config.onnx_file)
+                                     dtype=config.resolved_dtype(), backend=config.backend, onnx_file=config.onnx_file,
+                                     triton=config.triton_target())
             model.score(warmup_inputs(model.spec.kind), truncate="right")
         except Exception as err:  # a model that fails to load must not take the others down
             self.status, self.error = "failed", f"{type(err).__name__}: {err}"
