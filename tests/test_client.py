@@ -14,6 +14,7 @@ import httpx
 import pytest
 from http_helpers import assert_result_matches, free_port, live_server, reference, sample_items, wait_until_loaded
 from sched_helpers import GatedForward
+from test_grpc import wait_for
 
 from service.client import AsyncRewardClient, RewardClient, RewardServeError, reward_fn
 from service.client.common import Retry
@@ -268,7 +269,7 @@ def test_full_queue_is_retried_after_the_servers_hint(transport, small_queue, ga
         plug = pool.submit(client.score, [{"input_ids": [5, 6, 7]}])
         assert gate.wait_entered(1)
         admitted = pool.submit(client.score, [{"input_ids": [41, 42]}, {"input_ids": [43]}])
-        assert wait_until(lambda: scheduler.queued_items == 2)
+        wait_for(lambda: scheduler.queued_items == 2, "two queued items")
         retried = pool.submit(client.score, [late])
         assert refused.wait(WAIT_S), "the full queue never refused the call"
         gate.open()
@@ -291,20 +292,11 @@ def test_client_timeout_is_the_grpc_deadline(small_queue, gate):
         assert gate.wait_entered(1)
         with RewardClient(urls["grpc"], timeout_s=0.3) as hurried, pytest.raises(RewardServeError) as caught:
             hurried.score([{"input_ids": [31, 32]}])
-        assert wait_until(lambda: scheduler.queued_items == 0)
+        wait_for(lambda: scheduler.queued_items == 0, "the late item to leave the queue")
         gate.open()
         assert plug.result(timeout=WAIT_S).results[0].num_tokens == 3
     assert (caught.value.status, caught.value.code, caught.value.grpc_code) == (
         504, "deadline_exceeded", grpc.StatusCode.DEADLINE_EXCEEDED)
-
-
-def wait_until(predicate, timeout: float = WAIT_S) -> bool:
-    event = threading.Event()
-    for _ in range(int(timeout / 0.005)):
-        if predicate():
-            return True
-        event.wait(0.005)
-    return predicate()
 
 
 # ---- TRL ------------------------------------------------------------------------------

@@ -162,8 +162,8 @@ def vllm_entries(p: Protocols, path: str, name: str, model, items) -> list[dict]
     """vLLM's `data` for the items sent as token ids; a gating model needs its prompt's
     extent, which token ids cannot tell vLLM, so its items go one conversation each."""
     if gates(model):
-        bodies = [{"messages": [{"role": "user", "content": i["prompt"]}, {"role": "assistant", "content": i["response"]}]}
-                  for i in items]
+        bodies = [{"messages": [{"role": "user", "content": i["prompt"]},
+                                {"role": "assistant", "content": i["response"]}]} for i in items]
     else:
         bodies = [{"input": [tokens(model, i)["input_ids"] for i in items]}]
     return [entry for body in bodies for entry in ok(p.http.post(path, json={"model": name, **body}))["data"]]
@@ -270,7 +270,8 @@ def refused_client(transport: str):
             p.clients[transport].score([{"input_ids": r} for r in rows], model=model)
         error = info.value
         if transport == "grpc":
-            assert error.grpc_code == {404: grpc.StatusCode.NOT_FOUND}.get(error.status, grpc.StatusCode.INVALID_ARGUMENT)
+            expected = grpc.StatusCode.NOT_FOUND if error.status == 404 else grpc.StatusCode.INVALID_ARGUMENT
+            assert error.grpc_code == expected
         return Refused(str(error.status), error.message, error.field)
     return send
 
@@ -319,7 +320,8 @@ REFUSALS = {
                      {"unknown model": ("404", "model"), "bad token": ("422", "input[1]")}),
     "vllm classify": (refused_compat("/classify", lambda rows: {"input": rows}),
                       {"unknown model": ("404", "model"), "bad token": ("422", "input[1]")}),
-    "vllm rerank": (refused_compat("/rerank", lambda rows: {"query": "Q", "documents": [{"input_ids": r} for r in rows]}),
+    "vllm rerank": (refused_compat("/rerank", lambda rows: {"query": "Q",
+                                                            "documents": [{"input_ids": r} for r in rows]}),
                     {"unknown model": ("404", "model"), "bad token": ("422", "documents[1].input_ids[1]")}),
     "openrlhf get_reward": (refused_compat("/get_reward", lambda rows: {"query": ["Hi there"]}),
                             {"unknown model": ("404", "model")}),

@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-import httpx
 from pydantic import BaseModel
 
 from service.http_ranking import CompareResponse, RerankResponse, StepsResponse
@@ -19,8 +18,10 @@ if TYPE_CHECKING:
     from service.client.clients import RewardClient
 
 # What each method answers, over either transport.
-RESULT_TYPES: dict[str, type[BaseModel]] = {"score": ScoreResponse, "compare": CompareResponse, "rerank": RerankResponse,
-                                            "steps": StepsResponse, "models": ModelList}
+RESULT_TYPES: dict[str, type[BaseModel]] = {
+    "score": ScoreResponse, "compare": CompareResponse, "rerank": RerankResponse, "steps": StepsResponse,
+    "models": ModelList,
+}
 # 429 (queue full) and 503 (model loading, server unreachable) pass; other errors do not.
 RETRY_STATUSES = frozenset({429, 503})
 
@@ -89,7 +90,8 @@ class Retry:
         self.retries, self.backoff_s, self.max_backoff_s = retries, backoff_s, max_backoff_s
 
     def delay(self, attempt: int, error: Exception) -> float | None:
-        """Seconds to wait before the next attempt after `error`, or None to give up."""
+        """Seconds to wait before the next attempt after `error` (an error answer, or an
+        HTTP connection failure), or None to give up."""
         if attempt >= self.retries:
             return None
         if isinstance(error, RewardServeError):
@@ -97,8 +99,6 @@ class Retry:
                 return None
             if error.retry_after_s is not None:
                 return min(error.retry_after_s, self.max_backoff_s)
-        elif not isinstance(error, httpx.TransportError):
-            return None
         return min(self.backoff_s * 2**attempt, self.max_backoff_s)
 
 
