@@ -91,7 +91,7 @@ class Settings(BaseSettings):
     default_model: str | None = Field(None, description="model used when a request names none; default: the first")
     max_batch_size: int = Field(32, ge=1, description="items per forward")
     max_batch_tokens: int = Field(16384, ge=1, description="padded tokens (longest x items) per forward")
-    max_wait_ms: float = Field(2.0, ge=0, description="longest an idle model waits for a batch to fill")
+    max_wait_ms: float = Field(2.0, ge=0, description="longest an idle model waits for a bulk batch to fill (interactive ones go at once)")
     bulk_max_delay_ms: float = Field(500.0, ge=0, description="bulk work waiting this long goes before interactive")
     max_queue_items: int = Field(65536, ge=1, description="queued items per model before 429")
     max_queue_tokens: int = Field(8_388_608, ge=1, description="queued tokens per model before 429")

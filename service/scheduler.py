@@ -8,8 +8,11 @@ thread is free, the scheduler forms the next batch:
 - members: the oldest item of that class anchors the batch (FIFO progress), then the
   queued items closest to it in length join while the padded-token budget
   (longest x count) and the item budget allow, so padding stays low;
-- fill: when the model is idle and the batch is not full, wait at most `max_wait_ms`
-  (from the anchor's arrival) for more items.
+- fill: a `bulk` batch that is not full waits at most `max_wait_ms` (from the anchor's
+  arrival) for more items, so one-rollout-per-request trainers still fill batches when
+  the model is idle. An `interactive` batch goes at once: a ranker's request arrives
+  whole, and the next one rarely comes within milliseconds; under load, interactive
+  work accumulates while the model is busy and batches anyway.
 
 Expired items are answered with a timeout before they reach the model; cancelled ones are
 dropped. The queue is bounded in items and tokens: past it, `submit` raises `QueueFull`
@@ -275,7 +278,7 @@ class Scheduler:
                 await self._wakeup.wait()
                 continue
             batch, full = self._form(priority)
-            wait = batch[0].enqueued + self.max_wait_s - now
+            wait = batch[0].enqueued + self.max_wait_s - now if priority == Priority.bulk else 0.0
             if full or wait <= 0:
                 for work in batch:
                     self._dequeue(work)
