@@ -1,4 +1,5 @@
-"""`rewardserve serve | score FILE.jsonl | calibrate FILE.jsonl | models`."""
+"""`rewardserve serve | score FILE.jsonl | calibrate FILE.jsonl | baseline FILE.jsonl |
+canary-record [FILE.jsonl] | models | export-onnx`."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from models.errors import InputError
+from models.heads import RewardOutput
 from models.spec import SPEC_FILENAME, ModelKind, StepAggregate, load_spec
 from service.config import Settings, load_settings
 from service.errors import field_path
@@ -74,24 +76,61 @@ def score_file(args) -> None:
 
 
 def _score_chunk(runner: ModelRunner, lines: list[str], first: int, args) -> list[dict]:
-    records: list[dict] = [{} for _ in lines]
+    records = []
+    for offset, output in enumerate(_score_chunk_outputs(runner, lines, first, args.truncate)):
+        if isinstance(output, RewardOutput):
+            if args.aggregate:
+                output = output.with_step_aggregate(StepAggregate(args.aggregate))
+            output = ItemResult.from_output(first + offset, output).model_dump(exclude_none=True)
+        records.append(output)
+    return records
+
+
+def _score_chunk_outputs(runner: ModelRunner, lines: list[str], first: int,
+                         truncate: str | None) -> list[RewardOutput | dict]:
+    """Per line, the model's output or an error record naming the line's index."""
+    results: list[RewardOutput | dict] = [{} for _ in lines]
     good, encoded = [], []
     for offset, line in enumerate(lines):
         index = first + offset
         try:
-            encoded.append(runner.model.encode(parse_item(line).to_input(), args.truncate))
+            encoded.append(runner.model.encode(parse_item(line).to_input(), truncate))
             good.append(offset)
         except ValidationError as err:
             first_error = err.errors()[0]
             code = "invalid_json" if first_error["type"] == "json_invalid" else "invalid_request"
-            records[offset] = _error(index, code, first_error["msg"], field_path(tuple(first_error["loc"])))
+            results[offset] = _error(index, code, first_error["msg"], field_path(tuple(first_error["loc"])))
         except InputError as err:
-            records[offset] = _error(index, err.code, err.message, err.field)
+            results[offset] = _error(index, err.code, err.message, err.field)
     for offset, output in zip(good, runner.forward_all(encoded)):
-        if args.aggregate:
-            output = output.with_step_aggregate(StepAggregate(args.aggregate))
-        records[offset] = ItemResult.from_output(first + offset, output).model_dump(exclude_none=True)
-    return records
+        results[offset] = output
+    return results
+
+
+def _score_reference(runner: ModelRunner, source: Path, truncate: str | None, quiet: bool) -> list[RewardOutput]:
+    """Every line of a reference file scored, in order; exits naming the first bad line
+    (a reference set with holes would describe something else)."""
+    from tqdm import tqdm
+
+    data = source.read_bytes()
+    total = data.count(b"\n") + (0 if data.endswith(b"\n") or not data else 1)
+    outputs: list[RewardOutput] = []
+    with source.open() as lines, tqdm(total=total, unit="item", file=sys.stderr, disable=quiet) as bar:
+        while chunk := list(islice(lines, CHUNK)):
+            for result in _score_chunk_outputs(runner, chunk, len(outputs), truncate):
+                if not isinstance(result, RewardOutput):
+                    error = result["error"]
+                    sys.exit(f"{source}: line {result['index'] + 1}: {error['code']}: {error['message']}"
+                             + (f" ({error['field']})" if error["field"] else "") + "; fix or remove it")
+                outputs.append(result)
+            bar.update(len(chunk))
+    return outputs
+
+
+def _described(source: Path, truncate: str | None) -> str:
+    """How a reference file is named in what is computed from it: name, content hash, truncation."""
+    described = f"{source.name} (sha256:{hashlib.sha256(source.read_bytes()).hexdigest()[:16]}"
+    return described + (f", truncate={truncate})" if truncate else ")")
 
 
 def _error(index: int, code: str, message: str, field: str | None) -> dict:
@@ -102,8 +141,6 @@ def calibrate(args) -> None:
     """Score a reference JSONL file (the `score` command's items) and print the model's
     reference_stats as YAML; with --write, put them into the model directory's
     reward_spec.yaml (which changes the model's revision)."""
-    from tqdm import tqdm
-
     from service.ranking import compute_reference_stats
 
     settings = _settings(args)
@@ -113,25 +150,13 @@ def calibrate(args) -> None:
     if args.write and config.spec is not None:
         sys.exit(f"model {runner.name} has an inline spec in the config: put the reference_stats there instead")
     source = Path(args.file)
-    data = source.read_bytes()
-    total = data.count(b"\n") + (0 if data.endswith(b"\n") or not data else 1)
-    scores: list[float] = []
+    outputs = _score_reference(runner, source, args.truncate, args.quiet)
+    scores = [out.score for out in outputs]
     dims: dict[str, list[float]] = {name: [] for name in spec.multi_objective.dimensions} if spec.multi_objective else {}
-    with source.open() as lines, tqdm(total=total, unit="item", file=sys.stderr, disable=args.quiet) as bar:
-        index = 0
-        while chunk := list(islice(lines, CHUNK)):
-            for record in _score_chunk(runner, chunk, index, args):
-                if "error" in record:
-                    error = record["error"]
-                    sys.exit(f"{source}: line {record['index'] + 1}: {error['code']}: {error['message']}"
-                             + (f" ({error['field']})" if error["field"] else "") + "; fix or remove it")
-                scores.append(record["score"])
-                for name, value in record.get("dimensions", {}).items():
-                    dims[name].append(value)
-            index += len(chunk)
-            bar.update(len(chunk))
-    described = f"{source.name} (sha256:{hashlib.sha256(data).hexdigest()[:16]}"
-    described += f", truncate={args.truncate})" if args.truncate else ")"
+    for out in outputs:
+        for name, value in (out.dimensions or {}).items():
+            dims[name].append(value)
+    described = _described(source, args.truncate)
     aggregate = spec.process.aggregate if spec.process else None
     try:
         stats = compute_reference_stats(scores, dims, aggregate, described)
@@ -182,6 +207,69 @@ def _without_top_level_key(text: str, key: str) -> str:
         skipping = False
         out.append(line)
     return "".join(out)
+
+
+def baseline(args) -> None:
+    """Score a reference set and write the model's drift baseline (drift_baseline.jsonl
+    beside the model: per drift dimension, frozen quantile bin edges and reference
+    statistics); prints a summary line per dimension."""
+    from service.drift import BASELINE_FILENAME, compute_baseline, write_baseline
+
+    settings = _settings(args)
+    runner = _runner(settings, args.model or settings.default_model_name)
+    source = Path(args.file)
+    outputs = _score_reference(runner, source, args.truncate, args.quiet)
+    try:
+        dimensions = compute_baseline(runner.name, runner.model.revision, _described(source, args.truncate), outputs,
+                                      bins=args.bins)
+    except ValueError as err:
+        sys.exit(f"cannot compute a baseline from {source}: {err}")
+    for name, dim in dimensions.items():
+        print(f"{name}\tcount={dim.count}\tmean={dim.mean:.4f}\tstd={dim.std:.4f}\tbins={len(dim.counts)}")
+    if args.write:
+        target = runner.config.resolved_path() / BASELINE_FILENAME
+        write_baseline(target, dimensions)
+        print(f"wrote {target}; servers read it at start-up", file=sys.stderr)
+
+
+def canary_record(args) -> None:
+    """Record a golden set: items (a JSONL file of /v1/score items, or the model's existing
+    canary.jsonl when none is given) with the scores the model gives them now."""
+    from service.canary import CANARY_FILENAME, CanaryItem, expected_of, read_canary, write_canary
+
+    settings = _settings(args)
+    runner = _runner(settings, args.model or settings.default_model_name)
+    target = runner.config.resolved_path() / CANARY_FILENAME
+    if args.file:
+        source = Path(args.file)
+        items = []
+        for number, line in enumerate(source.read_text().splitlines()[:args.limit], 1):
+            try:
+                items.append((json.loads(line), args.truncate))
+            except ValueError as err:
+                sys.exit(f"{source}: line {number}: invalid_json: {err}")
+        described = _described(source, args.truncate)
+    elif target.is_file():
+        old = read_canary(target)
+        items = [(c.item, c.truncate) for c in old]
+        described = old[0].source if old else ""
+    else:
+        sys.exit(f"{target} does not exist: give a JSONL file of items to record")
+    recorded = []
+    for index, (item, truncate) in enumerate(items):  # one at a time: the unbatched reference
+        result = _score_chunk_outputs(runner, [json.dumps(item)], index, truncate)[0]
+        if not isinstance(result, RewardOutput):
+            error = result["error"]
+            sys.exit(f"item {index + 1}: {error['code']}: {error['message']}"
+                     + (f" ({error['field']})" if error["field"] else ""))
+        recorded.append(CanaryItem(item=item, truncate=truncate, expected=expected_of(result),
+                                   revision=runner.model.revision, source=described))
+    for canary in recorded:
+        print(json.dumps({"expected": canary.expected.model_dump(exclude_none=True)}))
+    if args.write:
+        write_canary(target, recorded)
+        print(f"wrote {len(recorded)} items to {target}; servers re-score them at start-up, every "
+              "canary_interval_s and on POST /v1/admin/canary", file=sys.stderr)
 
 
 def list_models(args) -> None:
@@ -244,6 +332,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--truncate", choices=["left", "right"])
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=calibrate, aggregate=None)
+
+    p = sub.add_parser("baseline", help="a model's drift baseline, from a reference scoring run")
+    p.add_argument("file", help="JSONL reference set: one item per line, shaped like /v1/score items")
+    p.add_argument("--model", help="model name (default: the default model)")
+    p.add_argument("--config")
+    p.add_argument("--write", action="store_true", help="write drift_baseline.jsonl into the model directory")
+    p.add_argument("--truncate", choices=["left", "right"])
+    p.add_argument("--bins", type=int, default=10, help="equal-share reference bins for PSI and JS (default 10)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=baseline)
+
+    p = sub.add_parser("canary-record", help="record a model's golden set: fixed items and the scores it gives them")
+    p.add_argument("file", nargs="?", help="JSONL items (default: re-record the model's existing canary.jsonl)")
+    p.add_argument("--model", help="model name (default: the default model)")
+    p.add_argument("--config")
+    p.add_argument("--limit", type=int, help="the first N lines of the file only")
+    p.add_argument("--write", action="store_true", help="write canary.jsonl into the model directory")
+    p.add_argument("--truncate", choices=["left", "right"])
+    p.set_defaults(run=canary_record)
 
     p = sub.add_parser("models", help="load and describe the configured models")
     p.add_argument("--config")

@@ -75,6 +75,12 @@ class ModelConfig(BaseModel):
         return "bfloat16" if self.resolved_device().startswith("cuda") else "float32"
 
 
+DriftStatistic = Literal["psi", "js_distance", "ks", "wasserstein", "mean_shift", "std_shift"]
+# PSI 0.2 is the usual "significant shift" mark; the others sit where the default window
+# (1000 live values against a few hundred reference ones) keeps sampling noise well below them.
+DEFAULT_DRIFT_THRESHOLDS = {"psi": 0.2, "js_distance": 0.15, "ks": 0.15, "wasserstein": 0.3, "mean_shift": 0.3,
+                            "std_shift": 0.3}
+
 DEFAULT_MODELS = [
     ModelConfig(name="minilm-harmless", path="builtin:minilm-harmless"),
     ModelConfig(name="minilm-prm", path="builtin:minilm-prm"),
@@ -100,6 +106,18 @@ class Settings(BaseSettings):
     cache_max_bytes: int = Field(256 * 2**20, ge=0, description="in-process LRU size; 0 turns it off")
     redis_url: str | None = Field(None, description="shared Redis result cache, e.g. redis://127.0.0.1:6379/0")
     redis_timeout_ms: float = Field(50.0, gt=0, description="Redis socket timeout; slower counts as a miss")
+    drift_window: int = Field(1000, ge=10, description="live values kept per model and drift dimension")
+    drift_min_samples: int = Field(200, ge=2, description="values a window needs before drift statistics are computed")
+    drift_interval_s: float = Field(30.0, gt=0, description="seconds between drift computations (off the request path)")
+    drift_thresholds: dict[DriftStatistic, float] = Field(
+        default_factory=lambda: dict(DEFAULT_DRIFT_THRESHOLDS),
+        description="a statistic whose magnitude exceeds its limit marks the dimension as drifted; "
+                    "statistics left out are not judged")
+    canary_interval_s: float = Field(300.0, ge=0, description="seconds between golden-set runs; 0: at start-up only")
+    canary_tolerance: float = Field(1e-3, gt=0, description="largest |score - expected| a float32 model may show")
+    canary_tolerance_half: float = Field(
+        0.05, gt=0, description="the same for bfloat16 and float16 models (their rounding moves scores by ~1e-2)")
+    canary_min_spearman: float = Field(0.98, ge=-1, le=1, description="least rank correlation with the expected scores")
     log_level: str = "info"
 
     @field_validator("models")

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from models.heads import RewardOutput
 from service import http_ranking
 from service.errors import APIError, validation_error
+from service.metrics import GrpcMetricsInterceptor
 from service.proto import rewardserve_pb2 as pb
 from service.proto import rewardserve_pb2_grpc as pb_grpc
 from service.schemas import ModelCard, ScoreRequest
@@ -351,7 +352,7 @@ class GrpcServer:
         self.server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ])
+        ], interceptors=[GrpcMetricsInterceptor(app.state.monitoring.metrics)])
         pb_grpc.add_RewardServiceServicer_to_server(RewardService(app), self.server)
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(KServeService(app), self.server)
         self.health = health.aio.HealthServicer()

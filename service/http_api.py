@@ -13,7 +13,10 @@ from fastapi.responses import JSONResponse
 from service.config import Settings
 from service.errors import APIError, install_error_handlers
 from service.http_compat import router as compat_router
+from service.http_monitoring import router as monitoring_router
 from service.http_ranking import router as ranking_router
+from service.metrics import MetricsMiddleware
+from service.monitoring import Monitoring
 from service.registry import ModelRegistry
 from service.scoring import ScoreJob, Scorer
 from service.schemas import ErrorBody, Health, ItemResult, ModelCard, ModelList, ScoreRequest, ScoreResponse, Usage
@@ -104,12 +107,15 @@ def create_app(settings: Settings) -> FastAPI:
     from service.kserve_http import router as kserve_router
 
     registry = ModelRegistry(settings)
+    monitoring = Monitoring(registry, settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.loading = asyncio.get_running_loop().run_in_executor(None, registry.load_all)
         grpc_server = await start_grpc(app)  # same loop, models and schedulers; None when grpc_port is 0
+        monitoring.start(app.state.loading)
         yield
+        await monitoring.stop()
         if grpc_server is not None:
             await grpc_server.stop()
         await registry.close()
@@ -123,9 +129,12 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.registry = registry
     app.state.scorer = Scorer(registry, settings)
+    app.state.monitoring = monitoring
     install_error_handlers(app)
+    app.add_middleware(MetricsMiddleware, metrics=monitoring.metrics)
     app.include_router(router)
     app.include_router(ranking_router)
     app.include_router(compat_router)
     app.include_router(kserve_router)
+    app.include_router(monitoring_router)
     return app

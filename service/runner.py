@@ -19,7 +19,8 @@ from models.inputs import Encoded, ScoreInput, Truncate
 from models.reward_model import ModelInfo, RewardModel, warmup_inputs
 from service.cache import CacheMode, ResultCache, cache_key, decode_output, encode_output
 from service.config import ModelConfig, Settings
-from service.scheduler import Priority, Scheduler
+from service.observer import RunnerObserver
+from service.scheduler import Priority, QueueFull, Scheduler
 
 log = logging.getLogger("rewardserve")
 
@@ -57,6 +58,8 @@ class ModelRunner:
         self.status = "loading"
         self.error: str | None = None
         self.model: RewardModel | None = None
+        self.load_seconds: float | None = None
+        self.observer = RunnerObserver()  # service.metrics installs the real one
         self._forward_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"forward-{config.name}")
         self.scheduler = Scheduler(
             lambda batch: self.model.forward(batch),
@@ -67,6 +70,7 @@ class ModelRunner:
             bulk_max_delay_ms=settings.bulk_max_delay_ms,
             max_queue_items=settings.max_queue_items,
             max_queue_tokens=settings.max_queue_tokens,
+            on_batch=lambda record: self.observer.batch(record),
         )
 
     @property
@@ -90,6 +94,7 @@ class ModelRunner:
             self.status, self.error = "failed", f"{type(err).__name__}: {err}"
             log.error("model %s failed to load: %s", self.name, self.error)
             return
+        self.load_seconds = time.perf_counter() - started
         self.model, self.status = model, "ready"
         log.info("model %s ready in %.1fs (%s)", self.name, time.perf_counter() - started, model.revision[:19])
 
@@ -116,7 +121,10 @@ class ModelRunner:
         """Every item scored, in request order: cache hits answered at once, the rest
         through the scheduler. `deadline` is a time.monotonic() instant; raises ItemError
         for the first item that failed."""
+        self.observer.request()
+        started = time.perf_counter()
         encoded = await asyncio.to_thread(self.encode_all, inputs, truncate)
+        self.observer.tokenized(encoded, time.perf_counter() - started)
         outputs: list[RewardOutput | None] = [None] * len(encoded)
         keys = None
         if self.cache is not None and cache_mode != CacheMode.bypass:
@@ -126,14 +134,23 @@ class ModelRunner:
                 for index, (blob, _) in enumerate(await self.cache.get_many(keys, self.config.cache_ttl_s)):
                     outputs[index] = decode_output(blob, dimensions) if blob is not None else None
         misses = [i for i, out in enumerate(outputs) if out is None]
+        if len(misses) < len(encoded):
+            self.observer.cache_hits(len(encoded) - len(misses), time.perf_counter() - started)
         timeout_s = None if deadline is None else deadline - time.monotonic()
-        results = await self.scheduler.submit([encoded[i] for i in misses], priority, timeout_s) if misses else []
+        try:
+            results = await self.scheduler.submit([encoded[i] for i in misses], priority, timeout_s) if misses else []
+        except QueueFull:
+            self.observer.rejected(len(misses))
+            raise
+        self.observer.scheduled(results)
+        returned = time.perf_counter()
         for index, result in zip(misses, results):
             if isinstance(result, BaseException):
                 raise ItemError(index, result)
             outputs[index] = result
         if keys is not None:
             self.cache.put_many([(keys[i], encode_output(outputs[i])) for i in misses], self.config.cache_ttl_s)
+        self.observer.scored(outputs, time.perf_counter() - returned)
         return outputs
 
     def close(self) -> None:

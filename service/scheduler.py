@@ -64,6 +64,8 @@ class BatchRecord:
     padded_tokens: int
     real_tokens: int
     priority: Priority
+    forward_s: float = 0.0
+    queue_wait_s: list[float] = field(default_factory=list)  # per item: queued until its batch formed
 
     @property
     def padding_ratio(self) -> float:
@@ -132,6 +134,11 @@ class Scheduler:
     @property
     def queued_tokens(self) -> int:
         return self._queued_tokens
+
+    def depth(self, priority: Priority) -> tuple[int, int]:
+        """(items, tokens) queued in one priority class."""
+        queue = self._queues[priority]
+        return len(queue), sum(w.tokens for w in queue)
 
     async def submit(self, encoded: list[Encoded], priority: Priority = Priority.bulk,
                      timeout_s: float | None = None) -> list[RewardOutput | Exception]:
@@ -293,14 +300,17 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         while True:
             batch = await self._next_batch()
+            formed = time.monotonic()
             started = time.perf_counter()
             results = await loop.run_in_executor(self._executor, self._forward_isolating, [w.encoded for w in batch])
-            self._recent_forward_s = 0.8 * self._recent_forward_s + 0.2 * (time.perf_counter() - started)
+            forward_s = time.perf_counter() - started
+            self._recent_forward_s = 0.8 * self._recent_forward_s + 0.2 * forward_s
             for work, result in zip(batch, results):
                 self._finish(work, result)
             if self._on_batch:
                 longest = max(w.tokens for w in batch)
-                self._on_batch(BatchRecord(len(batch), longest * len(batch), sum(w.tokens for w in batch), batch[0].priority))
+                self._on_batch(BatchRecord(len(batch), longest * len(batch), sum(w.tokens for w in batch),
+                                           batch[0].priority, forward_s, [formed - w.enqueued for w in batch]))
 
     def _forward_isolating(self, batch: list[Encoded]) -> list[RewardOutput | Exception]:
         """Runs on the forward thread. A failing batch is halved until the failure is
