@@ -331,8 +331,7 @@ class DriftMonitor:
             score_ref = baseline.get(SCORE)
             reports[name] = ModelReport(
                 model=name, computed_at=now, window=self.window,
-                baseline=None if score_ref is None else {"revision": score_ref.revision, "source": score_ref.source,
-                                                         "count": score_ref.count},
+                baseline=self.baseline_summary(name),
                 dimensions=dims,
                 length_correlation=pearson(scores, lengths) if scores.size >= self.min_samples else None,
                 reference_length_correlation=score_ref.length_correlation if score_ref else None,
@@ -362,9 +361,17 @@ class DriftMonitor:
             "models": {name: self._model_json(name) for name in self.windows},
         }
 
+    def baseline_summary(self, name: str) -> dict | None:
+        """Where the model's baseline came from; None without one."""
+        score_ref = self.baselines.get(name, {}).get(SCORE)
+        if score_ref is None:
+            return None
+        return {"revision": score_ref.revision, "source": score_ref.source, "count": score_ref.count}
+
     def _model_json(self, name: str) -> dict:
         report = self.reports.get(name)
-        body = report.as_json() if report is not None else {"model": name, "computed_at": None}
+        body = report.as_json() if report is not None else {
+            "model": name, "computed_at": None, "window": self.window, "baseline": self.baseline_summary(name)}
         if name in self.baseline_errors:
             body["baseline_error"] = self.baseline_errors[name]
         return body

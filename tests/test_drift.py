@@ -1,0 +1,224 @@
+"""Reward drift: the statistics against scipy's, the bounded live window, baseline files
+(`rewardserve baseline`, read at start-up, a broken one reported without stopping
+serving), and end to end on real data: the embedded minilm-harmless model served a stream
+of HH-RLHF chosen responses stays below the thresholds of a baseline taken on other chosen
+responses, and a switch to the rejected responses of the same conversations pushes the
+drift gauges past them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from http_helpers import live_server, reference, sample_items, wait_until_loaded, write_config
+from metrics_helpers import scrape
+from scipy import stats as scipy_stats
+from scipy.spatial.distance import jensenshannon
+
+from models.heads import RewardOutput
+from models.tiny_models import HELPSTEER
+from models.train_default import by_split, load_hh
+from service.cli import main
+from service.config import BUILTIN_DIR, load_settings
+from service.drift import (
+    BASELINE_FILENAME,
+    ModelWindow,
+    compare,
+    dimension_baseline,
+    read_baseline,
+)
+from service.http_api import create_app
+from service.metrics import DRIFT_GAUGES
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"real data not found at {DATA}")
+WAIT_S = 120
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+# ---- the statistics ------------------------------------------------------------------
+
+
+def test_statistics_agree_with_scipy():
+    rng = np.random.default_rng(0)
+    ref = rng.normal(1.0, 2.0, 4000)
+    live = rng.normal(1.6, 2.6, 3000)
+    baseline = dimension_baseline("m", "sha256:x", "synthetic", "score", ref)
+    got = compare(live, baseline)
+    assert set(got) == set(DRIFT_GAUGES)
+
+    edges = np.asarray(baseline.edges)
+    live_counts = np.bincount(np.searchsorted(edges, live, side="right"), minlength=len(baseline.counts))
+    p = (live_counts + 0.5) / (live_counts.sum() + 0.5 * len(live_counts))
+    q = (np.asarray(baseline.counts) + 0.5) / (baseline.count + 0.5 * len(live_counts))
+    assert got["psi"] == pytest.approx(np.sum((p - q) * np.log(p / q)), rel=1e-9)
+    assert got["js_distance"] == pytest.approx(jensenshannon(live_counts, baseline.counts, base=2), rel=1e-6)
+    # KS and W1 run on the baseline's 101 stored quantiles, not the reference sample itself
+    assert got["ks"] == pytest.approx(scipy_stats.ks_2samp(live, ref).statistic, abs=0.02)
+    assert got["wasserstein"] == pytest.approx(scipy_stats.wasserstein_distance(live, ref) / ref.std(), abs=0.03)
+    assert got["mean_shift"] == pytest.approx((live.mean() - ref.mean()) / ref.std(), rel=1e-9)
+    assert got["std_shift"] == pytest.approx(live.std() / ref.std() - 1, rel=1e-9)
+
+    same = compare(rng.normal(1.0, 2.0, 3000), baseline)
+    assert same["psi"] < 0.02 and same["ks"] < 0.05 and abs(same["mean_shift"]) < 0.1
+    assert got["psi"] > 0.1 and got["ks"] > 0.1
+
+
+def test_window_keeps_the_last_values_only():
+    window = ModelWindow(50)
+    for i in range(400):
+        window.observe([RewardOutput(score=float(i), dimensions={"a": -float(i)}, num_tokens=i % 7 + 1)])
+        window.observe([RewardOutput(score=float(i), step_rewards=[0.1, 0.2, 0.3], num_tokens=3)])
+    values, scores, lengths = window.snapshot()
+    assert set(values) == {"score", "dim:a", "step"}
+    assert all(v.size == 50 for v in values.values()) and scores.size == lengths.size == 50
+    assert values["dim:a"][-1] == -399.0 and values["score"][0] == 375.0
+
+
+# ---- baselines -----------------------------------------------------------------------
+
+
+def write_items(path: Path, items: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(item) + "\n" for item in items))
+    return path
+
+
+def test_baseline_command_covers_every_dimension(tiny_model_dirs, load_tiny, tmp_path, capsys):
+    """Scalar score and every multi-objective dimension; a process model's step aggregate
+    and its pooled step rewards. Then a server streaming the reference items themselves
+    shows (next to) no drift."""
+    dirs = {name: tmp_path / name for name in ("llama-helpsteer", "qwen2-prm")}
+    for name, target in dirs.items():
+        shutil.copytree(tiny_model_dirs[name], target)
+    config = write_config(tmp_path / "config.yaml", dirs, drift_interval_s=0.2, drift_min_samples=5)
+    items = {name: sample_items(load_tiny(name)) * 3 for name in dirs}
+    for name in dirs:
+        source = write_items(tmp_path / f"{name}.jsonl", items[name])
+        main(["baseline", str(source), "--config", str(config), "--model", name, "--write", "--quiet"])
+    printed = capsys.readouterr().out
+    assert "dim:helpfulness\tcount=18" in printed and "step\tcount=" in printed
+
+    multi = read_baseline(dirs["llama-helpsteer"] / BASELINE_FILENAME)
+    assert set(multi) == {"score", *(f"dim:{d}" for d in HELPSTEER)}
+    refs = [reference(load_tiny("llama-helpsteer"), item) for item in items["llama-helpsteer"]]
+    assert multi["score"].mean == pytest.approx(np.mean([r.score for r in refs]), abs=1e-6)
+    assert multi["dim:verbosity"].std == pytest.approx(np.std([r.dimensions["verbosity"] for r in refs]), abs=1e-6)
+    assert multi["score"].revision == load_tiny("llama-helpsteer").revision
+    assert multi["score"].source.startswith("llama-helpsteer.jsonl (sha256:")
+    prm = read_baseline(dirs["qwen2-prm"] / BASELINE_FILENAME)
+    steps = [r for item in items["qwen2-prm"] for r in reference(load_tiny("qwen2-prm"), item).step_rewards]
+    assert set(prm) == {"score", "step"} and prm["step"].count == len(steps)
+    assert prm["step"].length_correlation is None and prm["score"].length_correlation is not None
+
+    app = create_app(load_settings(config))
+    with live_server(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+        assert wait_until_loaded(client).status_code == 200
+        for name in dirs:
+            assert client.post("/v1/score", json={"model": name, "items": items[name]}).status_code == 200
+        sent = time.time()
+        report = poll_drift(client, sent, lambda r: True)
+        for name in dirs:
+            dims = report["models"][name]["dimensions"]
+            assert set(dims) == set(read_baseline(dirs[name] / BASELINE_FILENAME))
+            for dim in dims.values():
+                assert dim["exceeded"] == [] and dim["statistics"]["mean_shift"] == pytest.approx(0, abs=1e-5)
+                assert dim["statistics"]["ks"] < 0.1
+        s = scrape(client)
+    assert s.value("rewardserve_drift_baseline_loaded", model="llama-helpsteer") == 1
+    assert s.value("rewardserve_drift_psi", model="llama-helpsteer", dimension="dim:helpfulness") < 0.05
+    assert s.value("rewardserve_drift_window_observations", model="qwen2-prm", dimension="step") == len(steps)
+    assert s.value("rewardserve_drift_exceeded", model="qwen2-prm", dimension="step", statistic="psi") == 0
+
+
+def test_a_broken_baseline_is_reported_and_serving_goes_on(tiny_model_dirs, tmp_path):
+    model_dir = tmp_path / "scalar"
+    shutil.copytree(tiny_model_dirs["llama-scalar"], model_dir)
+    (model_dir / BASELINE_FILENAME).write_text('{"model": "scalar"}\n')
+    app = create_app(load_settings(write_config(tmp_path / "config.yaml", {"scalar": model_dir})))
+    with live_server(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+        assert wait_until_loaded(client).status_code == 200
+        assert client.post("/v1/score", json={"items": [{"prompt": "Hi", "response": "Hello!"}]}).status_code == 200
+        report = client.get("/v1/drift").json()["models"]["scalar"]
+        assert report["baseline_error"].startswith(f"{model_dir / BASELINE_FILENAME}:1:")
+        assert scrape(client).value("rewardserve_drift_baseline_loaded", model="scalar") == 0
+
+
+# ---- end to end on HH-RLHF -----------------------------------------------------------
+
+
+def poll_drift(client: httpx.Client, since: float, done, timeout: float = WAIT_S) -> dict:
+    """/v1/drift once every model's report was computed after `since` and `done(body)`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        body = client.get("/v1/drift").json()
+        fresh = all((m.get("computed_at") or 0) > since for m in body["models"].values())
+        if fresh and done(body):
+            return body
+        assert time.monotonic() < deadline, f"no fresh drift report after {timeout}s: {body}"
+        time.sleep(0.1)
+
+
+BASELINE_PAIRS, WINDOW = 300, 200
+JUDGED = {"mean_shift": 0.2, "wasserstein": 0.2, "ks": 0.16}
+
+
+@needs_data
+def test_switch_from_chosen_to_rejected_responses_raises_drift(tmp_path, capsys):
+    """Baseline: minilm-harmless's scores of the chosen responses of 300 HH-RLHF
+    conversations. Live: the chosen responses of 200 other conversations (no drift), then
+    the rejected responses of those same 200 (the model scores them lower: drift)."""
+    pairs = by_split(load_hh(DATA))["fit"][:BASELINE_PAIRS + WINDOW]
+    model_dir = tmp_path / "minilm-harmless"
+    shutil.copytree(BUILTIN_DIR / "minilm-harmless", model_dir, ignore=shutil.ignore_patterns("*.jsonl"))
+    config = write_config(tmp_path / "config.yaml", {"minilm-harmless": model_dir}, drift_window=WINDOW,
+                          drift_min_samples=WINDOW, drift_interval_s=0.2, drift_thresholds=JUDGED)
+    source = write_items(tmp_path / "chosen.jsonl", [
+        {"prompt": p.chosen.prompt, "response": p.chosen.response} for p in pairs[:BASELINE_PAIRS]])
+    main(["baseline", str(source), "--config", str(config), "--truncate", "left", "--write", "--quiet"])
+    capsys.readouterr()
+
+    app = create_app(load_settings(config))
+    with live_server(app) as url, httpx.Client(base_url=url, timeout=WAIT_S) as client:
+        assert wait_until_loaded(client, timeout=WAIT_S).status_code == 200
+
+        def stream(side: str) -> tuple[dict, dict]:
+            live = pairs[BASELINE_PAIRS:]
+            for start in range(0, len(live), 25):
+                items = [{"prompt": getattr(p, side).prompt, "response": getattr(p, side).response}
+                         for p in live[start:start + 25]]
+                reply = client.post("/v1/score", json={"items": items, "truncate": "left", "priority": "bulk"})
+                assert reply.status_code == 200, reply.text
+            body = poll_drift(client, time.time(), lambda b: True)
+            return body["models"]["minilm-harmless"], scrape(client)
+
+        chosen, chosen_scrape = stream("chosen")
+        rejected, rejected_scrape = stream("rejected")
+
+    for report in (chosen, rejected):
+        assert report["dimensions"]["score"]["observations"] == WINDOW
+        assert report["baseline"]["count"] == BASELINE_PAIRS
+        assert -1 <= report["length_correlation"] <= 1 and report["reference_length_correlation"] is not None
+    calm, drifted = chosen["dimensions"]["score"], rejected["dimensions"]["score"]
+    assert calm["exceeded"] == [], calm
+    assert set(drifted["exceeded"]) == set(JUDGED), drifted
+    assert drifted["statistics"]["mean_shift"] < -JUDGED["mean_shift"]  # rejected responses score lower
+    for statistic in DRIFT_GAUGES:  # every statistic moves away from the baseline
+        assert abs(drifted["statistics"][statistic]) > abs(calm["statistics"][statistic]), statistic
+    labels = {"model": "minilm-harmless", "dimension": "score"}
+    for statistic in JUDGED:
+        assert chosen_scrape.value("rewardserve_drift_exceeded", statistic=statistic, **labels) == 0
+        assert rejected_scrape.value("rewardserve_drift_exceeded", statistic=statistic, **labels) == 1
+    assert rejected_scrape.value("rewardserve_drift_ks_statistic", **labels) > JUDGED["ks"] > \
+        chosen_scrape.value("rewardserve_drift_ks_statistic", **labels)
+    assert rejected_scrape.value("rewardserve_drift_window_observations", **labels) == WINDOW
+    assert rejected_scrape.value("rewardserve_drift_last_computed_timestamp_seconds", model="minilm-harmless") > \
+        chosen_scrape.value("rewardserve_drift_last_computed_timestamp_seconds", model="minilm-harmless")
