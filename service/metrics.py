@@ -4,11 +4,12 @@ bytes, tokens, items).
 Where they come from:
 
 - request latency, by protocol, route template, model and status: an ASGI middleware for
-  every HTTP route (the KServe v2 HTTP, ranking and compatibility routes included); other
-  transports call `observe_request` (or wrap a call in `request_scope`) themselves. The
+  every HTTP route (the KServe v2 HTTP, ranking and compatibility routes included) and a
+  grpc.aio interceptor for every gRPC method (rewardserve.v1, KServe v2, health). The
   model label is set by the model's runner when a request reaches it, so it is always a
   configured model name or "" (never a string from the request); the endpoint is the route
-  template (`/v2/models/{name}/infer`), or "unmatched" for paths no route serves;
+  template (`/v2/models/{name}/infer`), "unmatched" for paths no route serves, or the gRPC
+  method;
 - stages, batches, rejections and time-outs: the hooks a ModelRunner calls
   (service.observer), one `ModelMetrics` per served model;
 - queue depth, model status, cache counters, drift and canary: read when scraped

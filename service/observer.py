@@ -1,7 +1,7 @@
 """The hooks a `ModelRunner` calls as a request goes through it. This base does nothing;
 service.metrics installs one that feeds Prometheus and the drift windows. Every hook runs
-on the event loop except `batch`, which the scheduler calls there too (after the forward
-thread has handed the batch back); hooks must be cheap and must not raise."""
+on the event loop (`batch` from the scheduler's task, once the forward thread has handed
+the batch back), so hooks must be cheap and must not raise."""
 
 from __future__ import annotations
 
