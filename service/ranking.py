@@ -71,6 +71,9 @@ def zscore(out: RewardOutput, stats: ReferenceStats) -> RewardOutput:
     return replace(out, score=(out.score - stats.score.mean) / stats.score.std, dimensions=dims)
 
 
+FLOAT_NOISE = 1e-6  # relative spread of float32 scores that is rounding, not signal
+
+
 def compute_reference_stats(scores: list[float], dimensions: dict[str, list[float]] | None = None,
                             aggregate: StepAggregate | None = None, source: str = "") -> ReferenceStats:
     """Mean and population standard deviation of a reference set's scores (and of each
@@ -79,10 +82,10 @@ def compute_reference_stats(scores: list[float], dimensions: dict[str, list[floa
     if len(scores) < 2:
         raise ValueError(f"need at least 2 scored items, got {len(scores)}")
     def moments(name: str, values: list[float]) -> Moments:
-        std = statistics.pstdev(values)
-        if not std > 0:
-            raise ValueError(f"{name} is the same for every item: its standard deviation is 0")
-        return Moments(mean=statistics.fmean(values), std=std)
+        mean, std = statistics.fmean(values), statistics.pstdev(values)
+        if not std > FLOAT_NOISE * max(1.0, abs(mean)):  # batched kernels may round identical rows apart
+            raise ValueError(f"{name} is the same for every item: its standard deviation is 0 (up to float rounding)")
+        return Moments(mean=mean, std=std)
     dims = {name: moments(f"dimension {name!r}", values) for name, values in (dimensions or {}).items()}
     return ReferenceStats(score=moments("the score", scores), dimensions=dims, aggregate=aggregate,
                           count=len(scores), source=source)
