@@ -3,8 +3,8 @@
 Requests are split into items and queued by priority class. Whenever the model's forward
 thread is free, the scheduler forms the next batch:
 
-- class: `interactive` first, unless the oldest `bulk` item has waited past
-  `bulk_max_delay_ms` (so bulk is never starved forever);
+- class: `interactive` first; once the oldest `bulk` item has waited past
+  `bulk_max_delay_ms`, bulk takes every other batch (neither class is ever starved);
 - members: the oldest item of that class anchors the batch (FIFO progress), then the
   queued items closest to it in length join while the padded-token budget
   (longest x count) and the item budget allow, so padding stays low;
@@ -124,6 +124,7 @@ class Scheduler:
         self._wakeup = asyncio.Event()
         self._loop_task: asyncio.Task | None = None
         self._recent_forward_s = 0.05
+        self._last_class: Priority | None = None  # the class of the batch formed last
 
     # ---- admission ---------------------------------------------------------------
 
@@ -253,10 +254,14 @@ class Scheduler:
                 self._finish(work, ItemTimeout("deadline passed while queued"))
 
     def _pick_class(self, now: float) -> Priority | None:
+        """Interactive first. Bulk work that has waited past bulk_max_delay_ms takes every
+        other batch: bulk always progresses, and under a standing bulk backlog (whose oldest
+        item is always overdue) interactive work still waits behind one bulk batch at most."""
         bulk, interactive = self._queues[Priority.bulk], self._queues[Priority.interactive]
-        if bulk and (not interactive or now - bulk[0].enqueued >= self.bulk_max_delay_s):
-            return Priority.bulk
-        return Priority.interactive if interactive else None
+        if not interactive:
+            return Priority.bulk if bulk else None
+        overdue = bool(bulk) and now - bulk[0].enqueued >= self.bulk_max_delay_s
+        return Priority.bulk if overdue and self._last_class != Priority.bulk else Priority.interactive
 
     def _form(self, priority: Priority) -> tuple[list[_Work], bool]:
         """The anchor plus its nearest-length neighbours within budget; and whether the
@@ -289,6 +294,7 @@ class Scheduler:
             if full or wait <= 0:
                 for work in batch:
                     self._dequeue(work)
+                self._last_class = priority
                 return batch
             self._wakeup.clear()
             try:

@@ -202,6 +202,33 @@ def test_interactive_goes_before_queued_bulk(model, make_tokens, check):
     assert all(r.priority == Priority.bulk for r in records[1:])
 
 
+def test_interactive_is_not_starved_by_an_overdue_bulk_backlog(model, make_tokens, check):
+    """A standing bulk backlog is always overdue (its oldest item has waited past
+    bulk_max_delay_ms); interactive work that arrives still goes after one bulk batch at
+    most, and overdue bulk keeps every other batch."""
+    async def main():
+        gate = GatedForward(model.forward)
+        async with serving(gate, max_batch_size=2, bulk_max_delay_ms=0) as scheduler:
+            plug = await hold(scheduler, gate, make_tokens(5), Priority.bulk)
+            bulk = [make_tokens(n) for n in (6, 7, 8, 9, 10, 11, 12, 13)]
+            bulk_task = asyncio.create_task(scheduler.submit(bulk, Priority.bulk))
+            await queued(scheduler, 8)
+            interactive = [[make_tokens(9), make_tokens(10)], [make_tokens(8), make_tokens(7)]]
+            tasks = [asyncio.create_task(scheduler.submit(r, Priority.interactive)) for r in interactive]
+            await queued(scheduler, 12)
+            gate.open()
+            results = await asyncio.gather(bulk_task, *tasks)
+            await plug
+            return bulk, interactive, results, scheduler.records[1:]
+
+    bulk, interactive, results, records = run(main())
+    for request, result in zip([bulk, *interactive], results, strict=True):
+        check(result, request)
+    # the plug was bulk, so interactive goes first, then the classes alternate while both wait
+    assert [r.priority for r in records[:4]] == [Priority.interactive, Priority.bulk] * 2
+    assert all(r.priority == Priority.bulk for r in records[4:])
+
+
 @pytest.mark.parametrize("bulk_delay_ms", [0, 20])
 def test_bulk_is_not_starved_by_a_continuous_interactive_stream(bulk_delay_ms, model, make_tokens, check):
     """The model runs one batch at a time and, before each, the test tops the interactive
