@@ -28,6 +28,7 @@ from loadtests import cache_scenario, loadgen, model, raw, report, servers, work
 from loadtests.loadgen import Request, Summary
 
 HERE = Path(__file__).resolve().parent
+SYSTEMS = (*report.SYSTEMS, "cache")  # "cache": the result-cache scenario
 MAX_BATCH_SIZE, MAX_BATCH_TOKENS = 32, 16384  # the service's defaults, used by every system
 
 
@@ -177,8 +178,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-name", default=model.DEFAULT_MODEL)
     parser.add_argument("--model-dir", type=Path, help="model directory (default: the embedded minilm-harmless)")
     parser.add_argument("--ray-python", type=Path, default=servers.RAY_PYTHON, help="python of the Ray Serve venv")
+    parser.add_argument("--systems", default=",".join(SYSTEMS),
+                        help=f"comma-separated subset of {','.join(SYSTEMS)} (default: all)")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
+    chosen = set(args.systems.split(","))
+    if not chosen <= set(SYSTEMS):
+        parser.error(f"--systems: unknown {sorted(chosen - set(SYSTEMS))}")
     out = args.out or HERE / ("RESULTS.quick.md" if args.quick else "RESULTS.md")
     command = "python -m loadtests.run " + " ".join(argv if argv is not None else sys.argv[1:])
     started = time.time()
@@ -202,6 +208,8 @@ def main(argv: list[str] | None = None) -> None:
         specs.append(servers.ours(args.model_name, model_path, Path(tmp)))
         specs.append(servers.ours(args.model_name, model_path, Path(tmp), system="rewardserve-onnxruntime",
                                   onnx_file=onnx_file))
+        skipped.update({system: "not chosen (--systems)" for system in SYSTEMS if system not in chosen})
+        specs = [spec for spec in specs if spec.system in chosen]
         results, threads = {}, {}
         for spec in specs:
             log = HERE / f"{spec.system}.log"
@@ -214,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
         cache_workload = cache_scenario.CacheWorkload(
             w.rl_bulk_repeats, w.rl_bulk_repeat_items[:plan.cache_singles], args.model_name,
             plan.rl_bulk_concurrency, plan.time_limit_s)
-        cache_runs = cache_scenario.run(cache_workload, model_path, Path(tmp), HERE)
+        cache_runs = cache_scenario.run(cache_workload, model_path, Path(tmp), HERE) if "cache" in chosen else {}
 
     text = report.render(
         quick=args.quick, command=command, started=started, elapsed_s=time.time() - started,
