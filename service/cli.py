@@ -298,6 +298,18 @@ def export_onnx(args) -> None:
     print(export(model, target))
 
 
+def _reference_run_parser(sub, name: str, help_text: str, write_help: str) -> argparse.ArgumentParser:
+    """A command that scores a reference JSONL file and writes what it computes beside the model."""
+    p = sub.add_parser(name, help=help_text)
+    p.add_argument("file", help="JSONL reference set: one item per line, shaped like /v1/score items")
+    p.add_argument("--model", help="model name (default: the default model)")
+    p.add_argument("--config")
+    p.add_argument("--write", action="store_true", help=write_help)
+    p.add_argument("--truncate", choices=["left", "right"])
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="rewardserve", description="Reward-model inference server.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -324,23 +336,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--output", "-o", help="the .onnx file (default: reward.onnx in the model directory)")
     p.set_defaults(run=export_onnx)
 
-    p = sub.add_parser("calibrate", help="reference statistics of a model's scores, for normalize='zscore'")
-    p.add_argument("file", help="JSONL reference set: one item per line, shaped like /v1/score items")
-    p.add_argument("--model", help="model name (default: the default model)")
-    p.add_argument("--config")
-    p.add_argument("--write", action="store_true", help="write them into the model directory's reward_spec.yaml")
-    p.add_argument("--truncate", choices=["left", "right"])
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p = _reference_run_parser(sub, "calibrate", "reference statistics of a model's scores, for normalize='zscore'",
+                              "write them into the model directory's reward_spec.yaml")
     p.set_defaults(run=calibrate, aggregate=None)
 
-    p = sub.add_parser("baseline", help="a model's drift baseline, from a reference scoring run")
-    p.add_argument("file", help="JSONL reference set: one item per line, shaped like /v1/score items")
-    p.add_argument("--model", help="model name (default: the default model)")
-    p.add_argument("--config")
-    p.add_argument("--write", action="store_true", help="write drift_baseline.jsonl into the model directory")
-    p.add_argument("--truncate", choices=["left", "right"])
+    p = _reference_run_parser(sub, "baseline", "a model's drift baseline, from a reference scoring run",
+                              "write drift_baseline.jsonl into the model directory")
     p.add_argument("--bins", type=int, default=10, help="equal-share reference bins for PSI and JS (default 10)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=baseline)
 
     p = sub.add_parser("canary-record", help="record a model's golden set: fixed items and the scores it gives them")
