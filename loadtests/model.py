@@ -26,13 +26,6 @@ def load(model_dir: Path | None = None, name: str = DEFAULT_MODEL, threads: int 
     return RewardModel.load(name, model_dir or BUILTIN_DIR / DEFAULT_MODEL, backend=backend, onnx_file=onnx_file)
 
 
-def export_onnx(model_dir: Path | None, name: str, target: Path) -> Path:
-    """The model's graph exported for onnxruntime (what `rewardserve export-onnx` writes)."""
-    from models.onnx_export import export_onnx as export
-
-    return export(load(model_dir, name), target)
-
-
 def to_input(item: dict) -> ScoreInput:
     """A JSON item of the two forms the workloads send."""
     if "input_ids" in item:

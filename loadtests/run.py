@@ -26,6 +26,8 @@ from pathlib import Path
 
 from loadtests import cache_scenario, loadgen, model, raw, report, servers, workloads
 from loadtests.loadgen import Request, Summary
+from models.onnx_export import export_onnx
+from models.reward_model import RewardModel
 
 HERE = Path(__file__).resolve().parent
 SYSTEMS = (*report.SYSTEMS, "cache")  # "cache": the result-cache scenario
@@ -101,11 +103,9 @@ class References:
     rates: list[tuple[float, float, int]]  # (fraction, requests/s, requests)
 
 
-def measure_references(plan: Plan, w: Workloads, model_dir: Path | None, model_name: str,
-                       onnx_file: Path) -> References:
-    ceiling_onnx = raw.ceiling(model.load(model_dir, model_name, onnx_file=onnx_file), w.rl_bulk_items,
-                               MAX_BATCH_SIZE, MAX_BATCH_TOKENS)
-    rm = model.load(model_dir, model_name)
+def measure_references(plan: Plan, w: Workloads, rm: RewardModel, rm_onnx: RewardModel) -> References:
+    """The references, on the torch model `rm` and the same model on onnxruntime."""
+    ceiling_onnx = raw.ceiling(rm_onnx, w.rl_bulk_items, MAX_BATCH_SIZE, MAX_BATCH_TOKENS)
     ceiling_bulk = raw.ceiling(rm, w.rl_bulk_items, MAX_BATCH_SIZE, MAX_BATCH_TOKENS)
     ceiling_single = raw.ceiling(rm, w.rl_single_items, MAX_BATCH_SIZE, MAX_BATCH_TOKENS)
     low_n = plan.rerank_loads[0][1]
@@ -194,8 +194,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"workloads ready: {w.files}", flush=True)
     model_path = str(args.model_dir) if args.model_dir else f"builtin:{args.model_name}"
     with tempfile.TemporaryDirectory(prefix="loadtests-") as tmp:
-        onnx_file = model.export_onnx(args.model_dir, args.model_name, Path(tmp) / "reward.onnx")
-        refs = measure_references(plan, w, args.model_dir, args.model_name, onnx_file)
+        rm = model.load(args.model_dir, args.model_name)
+        onnx_file = export_onnx(rm, Path(tmp) / "reward.onnx")  # what `rewardserve export-onnx` writes
+        refs = measure_references(plan, w, rm, model.load(args.model_dir, args.model_name, onnx_file=onnx_file))
+        del rm  # the servers need the memory and cores, not this process
         print(f"raw ceiling rl-bulk {refs.rl_bulk.tokens_per_s:.0f} tok/s (onnxruntime "
               f"{refs.rl_bulk_onnx.tokens_per_s:.0f}); single forward p50 {refs.single.forward_p50_ms:.1f} ms",
               flush=True)
