@@ -11,6 +11,7 @@ scheduler's in-flight dedup still computes repeats that are queued at the same t
 from __future__ import annotations
 
 import asyncio
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,20 +57,11 @@ def run(w: CacheWorkload, model_path: str, workdir: Path, log_dir: Path) -> dict
     """{mode: CacheRun} for every mode, one server at a time."""
     out = {}
     for mode in MODES:
-        redis = RedisProcess() if mode == "redis" else None
-        if redis:
-            redis.start()
-        try:
+        with RedisProcess() if mode == "redis" else nullcontext() as redis:
             spec = servers.ours(w.model, model_path, workdir, system=f"rewardserve-cache-{mode}", cache=mode,
                                 redis_url=redis.url if redis else None)
-            log = log_dir / f"{spec.system}.log"
-            log.unlink(missing_ok=True)
-            print(f"starting {spec.system} (log: {log})", flush=True)
-            with servers.Server(spec, log) as server:
+            with servers.Server.fresh_log(spec, log_dir) as server:
                 out[mode] = asyncio.run(measure(server.url, w, cached=mode != "off"))
-        finally:
-            if redis:
-                redis.stop()
         r = out[mode]
         hit = f", hit p50 {r.hits.latency_ms(50):.2f} ms" if r.hits else ""
         print(f"  cache {mode}: {r.bulk.ok}/{r.bulk.sent} ok, {r.bulk.tokens_per_s:,.0f} tok/s, "

@@ -214,10 +214,7 @@ def main(argv: list[str] | None = None) -> None:
         specs = [spec for spec in specs if spec.system in chosen]
         results, threads = {}, {}
         for spec in specs:
-            log = HERE / f"{spec.system}.log"
-            log.unlink(missing_ok=True)
-            print(f"starting {spec.system} (log: {log})", flush=True)
-            with servers.Server(spec, log) as server:
+            with servers.Server.fresh_log(spec, HERE) as server:
                 threads[spec.system] = server.health().get("torch_threads")
                 results[spec.system] = asyncio.run(run_system(server, plan, w, refs))
             print(f"{spec.system} done", flush=True)

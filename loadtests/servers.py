@@ -97,6 +97,14 @@ class Server:
         self.process: subprocess.Popen | None = None
         self._tokens_at_reset = (0.0, 0.0)
 
+    @classmethod
+    def fresh_log(cls, spec: ServerSpec, log_dir: Path) -> Server:
+        """A Server logging to `<log_dir>/<system>.log`, emptied first; says where."""
+        log = log_dir / f"{spec.system}.log"
+        log.unlink(missing_ok=True)
+        print(f"starting {spec.system} (log: {log})", flush=True)
+        return cls(spec, log)
+
     def __enter__(self) -> Self:
         with open(self.log, "ab") as out:
             self.process = subprocess.Popen(self.spec.argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
