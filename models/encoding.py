@@ -1,12 +1,15 @@
 """Turns request inputs into token ids the way the model was trained to see them.
 
 Text pairs and chats go through the tokenizer's chat template when it has one (and the
-spec allows), otherwise through its pair encoding. Process inputs get their step markers
+spec allows), tokenized as the model cards do; without a template, encoders pair-encode and
+decoders read prompt and response as one text. Process inputs get their step markers
 inserted here. Every input is checked against the model's length limit: too long is an
 error unless the caller asked for truncation.
 """
 
 from __future__ import annotations
+
+from jinja2 import TemplateError
 
 from models.errors import InputError, ModelLoadError
 from models.inputs import Chat, Encoded, ScoreInput, StepsInput, TextPair, TokenIds, Truncate
@@ -16,22 +19,35 @@ CHAT_ROLES = frozenset({"system", "user", "assistant", "tool"})
 
 
 class Encoder:
-    def __init__(self, tokenizer, spec: RewardSpec, max_length: int, vocab_size: int):
+    def __init__(self, tokenizer, spec: RewardSpec, max_length: int, vocab_size: int, is_encoder: bool):
         self.tokenizer = tokenizer
         self.spec = spec
         self.max_length = max_length
         self.vocab_size = vocab_size
+        self.is_encoder = is_encoder
         self.use_template = bool(spec.use_chat_template and getattr(tokenizer, "chat_template", None))
+        bos_id = tokenizer.bos_token_id
+        self.adds_bos = bos_id is not None and tokenizer.encode("a", add_special_tokens=True)[:1] == [bos_id]
+        if spec.system_prompt is not None and not self.use_template:
+            raise ModelLoadError("system_prompt is rendered through the chat template, and this model has none in use")
         self.special_ids = frozenset(tokenizer.all_special_ids)
         # Pair encodings with segment ids ([CLS] a [SEP] b [SEP], b typed 1): input_ids get
         # the same token_type_ids, the second segment starting after the first separator.
         uses_types = "token_type_ids" in tokenizer.model_input_names
         self.segment_sep_id = tokenizer.sep_token_id if uses_types else None
         self.marker_id = self._marker_id() if spec.process else None
-        self.gates_on_prompt = bool(spec.multi_objective and spec.multi_objective.aggregate == "gating")
+        mo = spec.multi_objective
+        self.gates_on_prompt = bool(mo and mo.aggregate == "gating")
+        self.gating_at_ids = self._gating_at_ids(mo.gating_at) if mo and mo.gating_at else None
 
     def _marker_id(self) -> int:
         return single_token_id(self.tokenizer, self.spec.process.marker, "process.marker")
+
+    def _gating_at_ids(self, text: str) -> tuple[int, ...]:
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        if not ids:
+            raise ModelLoadError(f"multi_objective.gating_at {text!r} tokenizes to nothing")
+        return tuple(ids)
 
     # ---- public ------------------------------------------------------------------
 
@@ -52,8 +68,8 @@ class Encoder:
         else:
             encoded = self._check_ids(item)
         encoded = self._fit(encoded, truncate)
-        if self.gates_on_prompt and not encoded.prompt_length:
-            raise InputError("prompt_length", "this model gates on the prompt: give prompt_length with input_ids")
+        if self.gates_on_prompt:
+            encoded.gate_position = self._gate_position(encoded, "input_ids" if isinstance(item, TokenIds) else None)
         if is_process:
             encoded.marker_positions = self._markers(encoded, expected=None if isinstance(item, TokenIds) else len(item.steps))
         return encoded
@@ -65,17 +81,27 @@ class Encoder:
         for i, step in enumerate(steps):
             if p.marker in step:
                 raise InputError(f"steps[{i}]", f"step text must not contain the step marker {p.marker!r}")
-        return "".join(f"{p.step_prefix}{s}{p.step_suffix}{p.marker}{p.after_marker}" for s in steps)
+        return p.after_marker.join(f"{p.step_prefix}{s}{p.step_suffix}{p.marker}" for s in steps)
 
     def _encode_pair(self, prompt: str, response: str) -> Encoded:
+        """Through the chat template when there is one; else encoders pair-encode
+        ([CLS] prompt [SEP] response [SEP], as cross-encoders are trained) and decoders
+        tokenize prompt + text_separator + response as one text, special tokens once."""
         if self.use_template:
             return self._encode_chat((("user", prompt), ("assistant", response)))
+        if not self.is_encoder:
+            return self._encode_text(prompt + self.spec.text_separator, response)
         enc = self.tokenizer(prompt, response, add_special_tokens=True, verbose=False)
         ids = list(enc["input_ids"])
         types = enc.get("token_type_ids")
         if types is not None and any(types):
             return Encoded(ids, list(types), prompt_length=types.index(1))
         prompt_ids = self.tokenizer(prompt, add_special_tokens=True, verbose=False)["input_ids"]
+        return Encoded(ids, None, prompt_length=_common_prefix(ids, prompt_ids))
+
+    def _encode_text(self, prompt: str, response: str) -> Encoded:
+        ids = self.tokenizer.encode(prompt + response, add_special_tokens=True, verbose=False)
+        prompt_ids = self.tokenizer.encode(prompt, add_special_tokens=True, verbose=False)
         return Encoded(ids, None, prompt_length=_common_prefix(ids, prompt_ids))
 
     def _encode_chat(self, messages: tuple[tuple[str, str], ...]) -> Encoded:
@@ -85,14 +111,26 @@ class Encoder:
         if len(messages) < 2 or messages[-1][0] != "assistant":
             raise InputError("messages", "messages must end with the assistant response to score, after at least one prompt turn")
         if not self.use_template:
-            prompt = "\n".join(f"{role}: {content}" for role, content in messages[:-1])
-            return self._encode_pair(prompt, messages[-1][1])
+            return self._encode_pair(plain_prompt(messages[:-1]), messages[-1][1])
+        if self.spec.system_prompt is not None and messages[0][0] != "system":
+            messages = (("system", self.spec.system_prompt), *messages)
         as_dicts = [{"role": r, "content": c} for r, c in messages]
-        full = self.tokenizer.apply_chat_template(as_dicts, tokenize=False)
-        prompt = self.tokenizer.apply_chat_template(as_dicts[:-1], tokenize=False, add_generation_prompt=True)
-        ids = self.tokenizer.encode(full, add_special_tokens=False, verbose=False)
-        prompt_ids = self.tokenizer.encode(prompt, add_special_tokens=False, verbose=False)
+        try:
+            full = self.tokenizer.apply_chat_template(as_dicts, tokenize=False)
+            prompt = self.tokenizer.apply_chat_template(as_dicts[:-1], tokenize=False, add_generation_prompt=True)
+        except TemplateError as err:  # e.g. Gemma's "System role not supported"
+            raise InputError("messages", f"the model's chat template refuses this conversation: {err}") from err
+        ids, prompt_ids = self._tokenize_rendered(full), self._tokenize_rendered(prompt)
         return Encoded(ids, None, prompt_length=_common_prefix(ids, prompt_ids))
+
+    def _tokenize_rendered(self, text: str) -> list[int]:
+        """A rendered chat as the model cards tokenize it: with the tokenizer's own special
+        tokens, less a BOS the template already wrote (so one BOS, whether the template
+        writes it, as Llama 3's does, or leaves it to the tokenizer, as Skywork's do)."""
+        bos = self.tokenizer.bos_token
+        if bos and self.adds_bos and text.startswith(bos):
+            text = text[len(bos):]
+        return self.tokenizer.encode(text, add_special_tokens=True, verbose=False)
 
     def _check_ids(self, item: TokenIds) -> Encoded:
         ids = list(item.input_ids)
@@ -134,6 +172,21 @@ class Encoder:
         types = [enc.token_type_ids[i] for i in kept] if enc.token_type_ids else None
         return Encoded([ids[i] for i in kept], types, prompt_length, truncated=True)
 
+    def _gate_position(self, enc: Encoded, field: str | None) -> int:
+        """Where the gating network reads: the first token of the last occurrence of
+        `gating_at` (searched over the whole input, as ArmoRM's own code does), else the
+        last prompt token."""
+        if self.gating_at_ids is None:
+            if not enc.prompt_length:
+                raise InputError("prompt_length", "this model gates on the prompt: give prompt_length with input_ids")
+            return enc.prompt_length - 1
+        pattern, ids = self.gating_at_ids, enc.input_ids
+        for start in range(len(ids) - len(pattern), -1, -1):
+            if tuple(ids[start:start + len(pattern)]) == pattern:
+                return start
+        raise InputError(field, f"the input does not contain the gating position marker "
+                                f"{self.spec.multi_objective.gating_at!r} ({list(pattern)})")
+
     def _markers(self, enc: Encoded, expected: int | None) -> list[int]:
         start = enc.prompt_length or 0
         positions = [i for i in range(start, enc.num_tokens) if enc.input_ids[i] == self.marker_id]
@@ -156,6 +209,15 @@ def single_token_id(tokenizer, token: str, what: str) -> int:
     if len(ids) != 1:
         raise ModelLoadError(f"{what} {token!r} is not a single token for this tokenizer")
     return ids[0]
+
+
+def plain_prompt(turns: tuple[tuple[str, str], ...]) -> str:
+    """The turns before the response for a model without a chat template: a lone user
+    turn as its text (so a chat scores exactly as the same prompt and response sent as
+    text), longer conversations as `role: content` lines."""
+    if len(turns) == 1 and turns[0][0] == "user":
+        return turns[0][1]
+    return "\n".join(f"{role}: {content}" for role, content in turns)
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

@@ -26,6 +26,8 @@ class Engine(Protocol):
 def graph_output_width(graph: RewardGraph) -> int | None:
     if graph.step_tag_ids is not None:
         return None
+    if graph.reward_logit_index is not None:
+        return 1
     return graph.head.reward.out_features if graph.head is not None else graph.model.config.num_labels
 
 

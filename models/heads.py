@@ -6,9 +6,12 @@ beside a plain backbone (the embedded default, ArmoRM-style gating) load it here
 safetensors file with this layout:
 
     reward.{i}.weight / reward.{i}.bias   MLP, ReLU between layers -> K outputs
-    gating.{i}.weight / gating.{i}.bias   optional MLP on the prompt-end state -> G outputs
-    gating_temperature                    optional scalar (default 1)
+    gating.{i}.weight / gating.{i}.bias   optional MLP on the gating position's state -> G outputs
+    gating_temperature                    optional scalar (default 1): softmax(logits / temperature)
+    gating_logit_scale                    optional scalar (default 1): multiplies the gating weights
     transform_matrix                      optional [K, G]: maps dimensions to gated objectives
+
+Any other tensor is an error: a head file is read whole or not at all.
 """
 
 from __future__ import annotations
@@ -51,12 +54,16 @@ def aggregate_steps(rewards: list[float], how: StepAggregate) -> float:
     return sum(rewards) / len(rewards)
 
 
+GATING_SCALARS = ("gating_temperature", "gating_logit_scale")
+
+
 class MLP(nn.Module):
     """Linear layers with ReLU between them, rebuilt from `{prefix}.{i}.weight|bias`."""
 
     def __init__(self, tensors: dict[str, torch.Tensor], prefix: str):
         super().__init__()
         layers = []
+        self.tensor_names: list[str] = []
         i = 0
         while f"{prefix}.{i}.weight" in tensors:
             weight = tensors[f"{prefix}.{i}.weight"]
@@ -65,6 +72,8 @@ class MLP(nn.Module):
             layer.weight.data.copy_(weight)
             if bias is not None:
                 layer.bias.data.copy_(bias)
+                self.tensor_names.append(f"{prefix}.{i}.bias")
+            self.tensor_names.append(f"{prefix}.{i}.weight")
             layers.append(layer)
             i += 1
         if not layers:
@@ -94,7 +103,16 @@ class HeadFile(nn.Module):
         super().__init__()
         self.reward = MLP(tensors, "reward")
         self.gating = MLP(tensors, "gating") if "gating.0.weight" in tensors else None
-        self.register_buffer("gating_temperature", tensors.get("gating_temperature", torch.tensor(1.0)).reshape(()))
+        read = set(self.reward.tensor_names) | set(self.gating.tensor_names if self.gating else ())
+        read |= {"transform_matrix", *GATING_SCALARS} if self.gating else set()
+        unread = sorted(set(tensors) - read)
+        if unread:
+            raise ModelLoadError(f"head file has tensors this head layout does not read: {unread}")
+        for name in GATING_SCALARS:
+            value = tensors.get(name, torch.tensor(1.0))
+            if value.numel() != 1:
+                raise ModelLoadError(f"head file tensor {name} must be a scalar, not of shape {tuple(value.shape)}")
+            self.register_buffer(name, value.reshape(()))
         transform = tensors.get("transform_matrix")
         if self.gating is not None:
             transform = transform if transform is not None else torch.eye(self.reward.out_features)
@@ -111,8 +129,8 @@ class HeadFile(nn.Module):
             raise ModelLoadError(f"head file {path} must be safetensors")
         return cls(load_file(str(path)))
 
-    def gate(self, prompt_features: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.gating(prompt_features) / self.gating_temperature, dim=-1)
+    def gate(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.gating(features) / self.gating_temperature, dim=-1) * self.gating_logit_scale
 
     def gated_score(self, dims: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         return ((dims @ self.transform_matrix) * weights).sum(-1)

@@ -52,6 +52,7 @@ class Encoded:
     prompt_length: int | None = None
     truncated: bool = False
     marker_positions: list[int] = field(default_factory=list)
+    gate_position: int | None = None  # gating models: where the gating network reads
 
     @property
     def num_tokens(self) -> int:

@@ -6,12 +6,17 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-FINGERPRINTED_SUFFIXES = (".safetensors", ".json", ".txt", ".model", ".jinja", ".tiktoken", ".yaml")
+FINGERPRINTED_SUFFIXES = (".safetensors", ".json", ".txt", ".model", ".jinja", ".tiktoken", ".yaml", ".py")
+# The version of how this code reads scores out of the same files (tokenization, pooling,
+# heads): raised whenever a release scores the same files differently, so results cached by
+# an older release (in a Redis shared across a rolling upgrade, say) are never served again.
+SCORING_RULES = "2"
 
 
 def fingerprint(dirs: list[Path], spec_json: str, extra_files: list[Path] = ()) -> str:
     """`extra_files` are hashed whatever their suffix (an engine's artifact, say)."""
     digest = hashlib.sha256()
+    digest.update(f"rules:{SCORING_RULES}".encode())
     digest.update(spec_json.encode())
     seen = set()
     candidates = [p for d in dirs for p in sorted(d.iterdir()) if p.suffix in FINGERPRINTED_SUFFIXES]

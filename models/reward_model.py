@@ -81,7 +81,8 @@ class RewardModel:
         self.device = torch.device(device)
         self.dtype = dtype
         self.is_encoder = is_encoder_config(config)
-        self.encoder = Encoder(tokenizer, spec, max_length_for(spec, config, tokenizer), config.vocab_size)
+        self.encoder = Encoder(tokenizer, spec, max_length_for(spec, config, tokenizer), config.vocab_size,
+                               self.is_encoder)
         self.pad_id = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
         self._check_head_width()
 
@@ -189,7 +190,7 @@ class RewardModel:
     def model_inputs(self, batch: list[Encoded]) -> dict[str, torch.Tensor]:
         """The padded batch as the engine's named inputs: right padding (real tokens never
         attend to padding, and every row's positions start at 0), segment ids for encoders,
-        the last prompt position for gating heads."""
+        the position gating heads read."""
         width = max(enc.num_tokens for enc in batch)
         ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -204,7 +205,7 @@ class RewardModel:
         if self.is_encoder:
             named["token_type_ids"] = types
         if self.encoder.gates_on_prompt:
-            named["prompt_end"] = torch.tensor([enc.prompt_length - 1 for enc in batch], dtype=torch.long)
+            named["prompt_end"] = torch.tensor([enc.gate_position for enc in batch], dtype=torch.long)
         return named
 
     @torch.inference_mode()
@@ -218,7 +219,7 @@ class RewardModel:
         hidden = graph.hidden(inputs["input_ids"], inputs["attention_mask"], types)
         if self.spec.kind == ModelKind.process:
             return hidden[self._marker_index(batch)]
-        return graph.pool(hidden, inputs["attention_mask"])
+        return graph.pool(hidden, inputs["attention_mask"], inputs["input_ids"])
 
     # ---- outputs -----------------------------------------------------------------
 
@@ -276,22 +277,73 @@ def build_graph(backbone_dir: Path, model_dir: Path, spec: RewardSpec, config, t
         step_tag_ids = [single_token_id(tokenizer, p.bad_token, "process.bad_token"),
                         single_token_id(tokenizer, p.good_token, "process.good_token")]
     encoder = is_encoder_config(config)
-    pooling = spec.pooling or (Pooling.cls if encoder else Pooling.last)
-    return RewardGraph(model, head, spec, encoder, pooling, step_tag_ids).eval()
+    pooling = spec.pooling or default_pooling(spec, encoder)
+    pad_token_id = config.get_text_config().pad_token_id
+    graph = RewardGraph(model, head, spec, encoder, pooling, step_tag_ids, pad_token_id).eval()
+    _check_readable(graph, spec)
+    return graph
+
+
+def default_pooling(spec: RewardSpec, is_encoder: bool) -> Pooling:
+    """[CLS] for encoders; for decoders transformers' own rule when the checkpoint's
+    classification head is read, else the last real token."""
+    if is_encoder:
+        return Pooling.cls
+    if spec.head_file or spec.reward_logit_index is not None:
+        return Pooling.last
+    return Pooling.last_non_pad
+
+
+def _check_readable(graph: RewardGraph, spec: RewardSpec) -> None:
+    """The loaded module has the part the graph reads scores from (a remote-code class may
+    have none of the standard ones)."""
+    model = graph.model
+    token_ids = graph.step_tag_ids or ([spec.reward_logit_index] if spec.reward_logit_index is not None else None)
+    if token_ids is not None:
+        lm_head = model.get_output_embeddings()
+        rows = lm_head.weight.shape[0] if lm_head is not None else 0
+        if max(token_ids) >= rows:
+            raise ModelLoadError(f"{type(model).__name__}: no LM head row {max(token_ids)} to read a logit from")
+    elif graph.head is None and not graph.is_encoder and spec.kind != ModelKind.process:
+        if not isinstance(getattr(model, "score", None), torch.nn.Module):
+            raise ModelLoadError(
+                f"{type(model).__name__} has no `score` layer to read a sequence score from; for a custom "
+                "(remote-code) head, convert it with `rewardserve convert` or give a head_file")
 
 
 def _load_backbone(directory: Path, spec: RewardSpec, config, dtype: torch.dtype):
+    """The checkpoint as the transformers class the spec implies, every tensor accounted
+    for: a missing, unexpected or mis-shaped weight is a load error naming it, never a
+    randomly initialised layer (tensors left unread on purpose are named in unused_weights)."""
     remote = spec.trust_remote_code
-    kwargs = dict(dtype=dtype, use_safetensors=True, trust_remote_code=remote)
+    kwargs = dict(dtype=dtype, use_safetensors=True, trust_remote_code=remote, output_loading_info=True)
     if spec.head_file:
         auto = AutoModel
     elif spec.kind == ModelKind.process:
         auto = AutoModelForCausalLM if spec.process.convention == "step_tag" else AutoModelForTokenClassification
+    elif spec.reward_logit_index is not None:
+        auto = AutoModelForCausalLM
     else:
         auto = AutoModelForSequenceClassification
     try:
-        return auto.from_pretrained(directory, config=config, **kwargs)
+        model, info = auto.from_pretrained(directory, config=config, **kwargs)
     except ValueError as err:
-        if remote:  # remote-code reward models often register only AutoModel
-            return AutoModel.from_pretrained(directory, config=config, **kwargs)
-        raise ModelLoadError(f"{directory}: cannot load as {auto.__name__}: {err}") from err
+        if not remote:
+            raise ModelLoadError(f"{directory}: cannot load as {auto.__name__}: {err}") from err
+        # remote-code reward models often register only AutoModel
+        model, info = AutoModel.from_pretrained(directory, config=config, **kwargs)
+    check_loading_info(directory, info, spec.unused_weights)
+    return model
+
+
+def check_loading_info(directory: Path, info: dict, unused: list[str]) -> None:
+    unexpected = sorted(k for k in info["unexpected_keys"] if not any(k.startswith(p) for p in unused))
+    problems = [f"{what}: {', '.join(names[:12])}{' ...' if len(names) > 12 else ''}"
+                for what, names in (
+                    ("missing (would be random)", sorted(info["missing_keys"])),
+                    ("unexpected (not read)", unexpected),
+                    ("shape mismatch", sorted(f"{k} {tuple(a)} vs {tuple(b)}" for k, a, b in info["mismatched_keys"])),
+                    ("errors", list(info["error_msgs"])),
+                ) if names]
+    if problems:
+        raise ModelLoadError(f"{directory}: the checkpoint does not fit the model class: " + "; ".join(problems))

@@ -36,9 +36,15 @@ class StepAggregate(str, Enum):
 
 
 class Pooling(str, Enum):
-    """Where a sequence-level score is read: the last real token (decoders), the first
-    token (encoders' [CLS]) or the mean over real tokens (sentence encoders)."""
+    """Where a sequence-level score is read.
 
+    `last_non_pad`: the last token that is not the model config's pad token, the rule of
+    transformers' own *ForSequenceClassification heads (so of the models trained with
+    them): with pad = `<|eot_id|>` that is the token before a closing `<|eot_id|>`.
+    `last`: the last real token. `cls`: the first token (encoders' [CLS]). `mean`: the
+    mean over real tokens (sentence encoders)."""
+
+    last_non_pad = "last_non_pad"
     last = "last"
     cls = "cls"
     mean = "mean"
@@ -67,7 +73,7 @@ class ProcessSpec(_Strict):
     bad_token: str | None = None
     step_prefix: str = Field("", description="text put before each step's text")
     step_suffix: str = Field("", description="text put between a step's text and its marker")
-    after_marker: str = Field("", description="text put after each marker, e.g. a newline")
+    after_marker: str = Field("", description="text put between a marker and the next step, e.g. a newline")
     aggregate: StepAggregate = StepAggregate.min
 
     @model_validator(mode="after")
@@ -85,6 +91,9 @@ class MultiObjectiveSpec(_Strict):
     transform: dict[str, Affine] = Field(default_factory=dict)
     aggregate: Literal["weights", "gating"] = "weights"
     weights: dict[str, float] = Field(default_factory=dict)
+    gating_at: str | None = Field(
+        None, description="gating: text whose last occurrence in the tokenized input marks where the gating network "
+        "reads (its first token; ArmoRM: the <|eot_id|> closing the last user turn); default: the last prompt token")
 
     @model_validator(mode="after")
     def _names_known(self) -> MultiObjectiveSpec:
@@ -96,6 +105,8 @@ class MultiObjectiveSpec(_Strict):
                 raise ValueError(f"multi_objective.{field} names unknown dimensions: {sorted(unknown)}")
         if self.aggregate == "weights" and not self.weights:
             raise ValueError("multi_objective.aggregate 'weights' needs multi_objective.weights")
+        if self.gating_at is not None and (self.aggregate != "gating" or not self.gating_at):
+            raise ValueError("multi_objective.gating_at is a non-empty text, for aggregate 'gating' only")
         return self
 
     def affine(self, name: str) -> Affine:
@@ -130,9 +141,24 @@ class RewardSpec(_Strict):
     head_file: str | None = Field(
         None, description="safetensors file with our own head on the backbone's hidden states"
     )
-    pooling: Pooling | None = Field(None, description="default: cls for encoders, last for decoders")
+    pooling: Pooling | None = Field(
+        None, description="default: cls for encoders; for decoders last_non_pad with the checkpoint's own head, "
+        "last with a head file or reward_logit_index")
     max_length: int | None = Field(None, gt=0, description="default: the model's own limit")
     use_chat_template: bool = True
+    system_prompt: str | None = Field(
+        None, description="a system turn rendered before the prompt of text and steps items (and of chats that "
+        "bring none) through the chat template, as a model card's usage code puts it (Qwen2.5-Math-PRM)")
+    text_separator: str = Field(
+        " ", description="decoders without a chat template: text put between prompt and response, which are "
+        "then tokenized as one text with the tokenizer's own special tokens (one BOS)")
+    reward_logit_index: int | None = Field(
+        None, ge=0, description="scalar models that are causal LMs (Nemotron-70B-Reward-HF): the vocabulary "
+        "index whose logit at the last token is the reward")
+    unused_weights: list[str] = Field(
+        default_factory=list, description="name prefixes of checkpoint tensors deliberately left unread: those a "
+        "head_file holds (written by `rewardserve convert`) or ones the published model never reads (an LM head "
+        "beside a reward head); any other unread tensor, and any missing one, fails the load")
     trust_remote_code: bool = False
     multi_objective: MultiObjectiveSpec | None = None
     process: ProcessSpec | None = None
@@ -146,6 +172,8 @@ class RewardSpec(_Strict):
             raise ValueError("kind 'process' needs a process section")
         if self.multi_objective and self.multi_objective.aggregate == "gating" and not self.head_file:
             raise ValueError("multi_objective gating needs a head_file holding the gating network")
+        if self.reward_logit_index is not None and (self.kind != ModelKind.scalar or self.head_file):
+            raise ValueError("reward_logit_index reads a causal LM's own logits: scalar models without head_file only")
         stats = self.reference_stats
         if stats is not None:
             dims = set(self.multi_objective.dimensions) if self.multi_objective else set()

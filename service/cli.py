@@ -1,5 +1,5 @@
 """`rewardserve serve | score FILE.jsonl | calibrate FILE.jsonl | baseline FILE.jsonl |
-canary-record [FILE.jsonl] | models | export-onnx`."""
+canary-record [FILE.jsonl] | models | export-onnx | convert FAMILY SRC DST`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from pathlib import Path
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
-from models.errors import InputError
+from models.convert import CONVERTERS, convert
+from models.errors import InputError, ModelLoadError
 from models.heads import RewardOutput
 from models.spec import SPEC_FILENAME, ModelKind, StepAggregate, load_spec
 from service.config import Settings, load_settings
@@ -298,6 +299,14 @@ def export_onnx(args) -> None:
     print(export(model, target))
 
 
+def convert_checkpoint(args) -> None:
+    """A published checkpoint with a custom head -> our head file and reward spec."""
+    try:
+        print(convert(args.family, Path(args.src), Path(args.dst)))
+    except ModelLoadError as err:
+        sys.exit(f"convert {args.family}: {err}")
+
+
 def _reference_run_parser(sub, name: str, help_text: str, write_help: str) -> argparse.ArgumentParser:
     """A command that scores a reference JSONL file and writes what it computes beside the model."""
     p = sub.add_parser(name, help=help_text)
@@ -353,6 +362,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--write", action="store_true", help="write canary.jsonl into the model directory")
     p.add_argument("--truncate", choices=["left", "right"])
     p.set_defaults(run=canary_record)
+
+    p = sub.add_parser("convert", help="turn a checkpoint with a custom (remote-code) head into a head file and "
+                                       "reward spec, served without trust_remote_code")
+    p.add_argument("family", choices=sorted(CONVERTERS))
+    p.add_argument("src", help="the published checkpoint's directory (left untouched; becomes the backbone)")
+    p.add_argument("dst", help="directory for reward_spec.yaml and reward_head.safetensors: serve this one")
+    p.set_defaults(run=convert_checkpoint)
 
     p = sub.add_parser("models", help="load and describe the configured models")
     p.add_argument("--config")

@@ -38,9 +38,9 @@ def chat_of(prompt: str, response: str) -> Chat:
 
 
 def pair_of(model, prompt: str, response: str) -> TextPair:
-    """The text pair with the same content as chat_of(prompt, response) for `model`: without
-    a chat template a chat is rendered as 'role: content' lines before the response."""
-    return TextPair(prompt if model.encoder.use_template else f"user: {prompt}", response)
+    """The text pair with the same content as chat_of(prompt, response): a lone user turn
+    is the prompt, with a chat template or without."""
+    return TextPair(prompt, response)
 
 
 def ids_of(model, item) -> TokenIds:
@@ -148,16 +148,19 @@ def test_decoder_reads_last_real_token(load_tiny, name):
 
 
 @pytest.mark.parametrize("name", ["llama-scalar", "qwen2-scalar"])
-def test_item_ending_in_pad_equal_eos_is_read_at_its_end(load_tiny, name):
-    """Pad id == EOS id: an item that ends with EOS is still read at that EOS, alone and
-    beside a longer item, not at the token before it."""
+def test_item_ending_in_the_pad_token_is_read_as_transformers_reads_it(load_tiny, name):
+    """Pad id == EOS id: transformers' sequence classifier reads the last token that is not
+    the pad token, the one before a closing EOS, which is how such a model was trained to
+    be read. So do we, alone and beside a longer item (whose padding is right of it)."""
     model = load_tiny(name)
     tokenizer = model.encoder.tokenizer
-    assert tokenizer.pad_token_id == tokenizer.eos_token_id == model.pad_id
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id == model.config.pad_token_id
     ids = model.encode(TextPair(*PAIRS[0])).input_ids + [tokenizer.eos_token_id]
-    (expected,) = score_head_at_last_token(model, ids)
+    (expected,) = hf_logits(model, ids)
     (before_eos,) = score_head_at_last_token(model, ids[:-1])
-    assert abs(expected - before_eos) > 1e-3, "test needs the two read positions to differ"
+    (at_eos,) = score_head_at_last_token(model, ids)
+    assert expected == pytest.approx(before_eos, abs=1e-5)
+    assert abs(at_eos - before_eos) > 1e-3, "test needs the two read positions to differ"
 
     item = TokenIds(tuple(ids))
     longer = TokenIds(tuple(model.encode(TextPair(*LONG)).input_ids))

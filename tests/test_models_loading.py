@@ -82,7 +82,6 @@ def test_two_label_classifier_without_spec_is_not_guessed(copy_model):
 
 @pytest.mark.parametrize("name,spec", [
     ("llama-helpsteer", {"kind": "scalar"}),
-    ("qwen2-prm", {"kind": "scalar"}),
     ("llama-scalar", {"kind": "multi_objective", "multi_objective": {
         "dimensions": ["a", "b", "c"], "weights": {"a": 1.0}}}),
     ("llama-gating", {"kind": "multi_objective", "head_file": "reward_head.safetensors", "multi_objective": {

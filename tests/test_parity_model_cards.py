@@ -1,0 +1,197 @@
+"""Model-card parity: every published reward-model family we support scores, through the
+live HTTP server (scheduler, padding, batching with other items), exactly what its model
+card's own usage code computes on the same checkpoint.
+
+The checkpoints are tiny random-weight models in each family's exact published layout
+(model_cards/checkpoints.py), with real tokenizers where a package ships them; the
+references re-implement each card's usage code with transformers alone (model_cards/cards.py);
+the served configurations are the examples in deploy/config, pointed at these checkpoints
+(converted first where the example says so)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from http_helpers import live_server, wait_until_loaded
+from model_cards import cards
+from model_cards.checkpoints import BUILDERS, STEERLM_WEIGHTS
+
+from service.cli import main as cli
+from service.config import ModelConfig, Settings
+from service.http_api import create_app
+
+TOL = 1e-5
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "deploy" / "config"
+APPLES = ("Jane has 12 apples. She gives 4 apples to her friend Mark, then buys 1 more apple, and finally splits "
+          "all her apples equally among herself and her 2 siblings. How many apples does each person get?")
+CHATS = [
+    [{"role": "user", "content": APPLES},
+     {"role": "assistant", "content": "1. Jane starts with 12 apples and gives 4 to Mark. 12 - 4 = 8.\n2. Jane buys "
+      "1 more apple. 8 + 1 = 9.\n3. Jane splits the 9 apples among 3 people. 9 ÷ 3 = 3 apples each."}],
+    [{"role": "user", "content": APPLES},
+     {"role": "assistant", "content": "Each person gets 4 apples."}],
+    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! How can I help you today?"}],
+]
+WITH_SYSTEM = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "What is 2 + 2?"},
+               {"role": "assistant", "content": "4"}, {"role": "user", "content": "And times 3?"},
+               {"role": "assistant", "content": "12"}]
+MULTI_TURN = WITH_SYSTEM[1:]
+PROBLEMS = {
+    "qwen": ("Sue lives in a fun neighborhood. On Friday morning, the neighbors placed 18 pink plastic flamingos "
+             "out on Sue's front yard. On Saturday morning, they took back one third of the flamingos, painted "
+             "them white, and put them back out. On Sunday morning, they added another 18 pink plastic "
+             "flamingos. At noon on Sunday, how many more pink plastic flamingos were out than white ones?",
+             ["On Friday there are 18 pink flamingos.", "On Saturday, 1/3 x 18 = 6 are taken back and painted "
+              "white, so 12 pink and 6 white.", "On Sunday, 18 more pink ones: 12 + 18 = 30 pink.",
+              "30 - 6 = 24. The answer is (\\boxed{24})."]),
+    "shepherd": ("Janet's ducks lay 16 eggs per day. She eats three for breakfast every morning and bakes muffins "
+                 "for her friends every day with four. She sells the remainder at the farmers' market daily for "
+                 "$2 per fresh duck egg. How much in dollars does she make every day at the farmers' market?",
+                 ["Step 1: Janet's ducks lay 16 eggs per day.", "Step 2: She eats three for breakfast every "
+                  "morning, so she has 16 - 3 = 13 eggs left.", "Step 3: She bakes muffins with four eggs, so "
+                  "she has 13 - 4 = 9 eggs left.", "Step 4: She makes 9 * $2 = $18 every day at the farmers' "
+                  "market. The answer is: 18"]),
+    "short": ("What is 3 + 4?", ["3 + 4 = 7.", "The answer is 7."]),
+}
+
+# served model (its deploy/config example) -> (example file, checkpoint, card, converted with)
+SERVED = {
+    "skywork": ("scalar.yaml", "skywork-llama31", cards.SkyworkCard, None),
+    "skywork-v2-qwen3": ("scalar.yaml", "skywork-qwen3", cards.SkyworkV2Card, None),
+    "skywork-gemma2": ("scalar.yaml", "skywork-gemma2", cards.SkyworkCard, None),
+    "oasst-deberta": ("scalar.yaml", "oasst-deberta", cards.OpenAssistantCard, None),
+    "nemotron-70b-reward": ("scalar.yaml", "nemotron-70b-reward-hf", cards.NemotronRewardCard, None),
+    "armo": ("multi_objective.yaml", "armorm", cards.ArmoRMCard, "armorm"),
+    "nemotron-steerlm": ("multi_objective.yaml", "nemotron-steerlm",
+                         lambda d: cards.SteerLMCard(d, STEERLM_WEIGHTS), None),
+    "qwen-prm": ("process.yaml", "qwen2.5-math-prm", cards.QwenMathPRMCard, "qwen2.5-math-prm"),
+    "qwen-prm-remote": ("process.yaml", "qwen2.5-math-prm", cards.QwenMathPRMCard, None),
+    "math-shepherd": ("process.yaml", "math-shepherd", cards.MathShepherdCard, None),
+}
+
+
+def example(name: str) -> ModelConfig:
+    """The deploy/config example serving `name`."""
+    file = SERVED[name][0]
+    entries = yaml.safe_load((CONFIG_DIR / file).read_text())["models"]
+    return ModelConfig(**next(e for e in entries if e["name"] == name))
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("model_cards")
+    return {name: build(root / name) for name, build in BUILDERS.items()}
+
+
+@pytest.fixture(scope="module")
+def served_dirs(checkpoints, tmp_path_factory) -> dict[str, Path]:
+    """What each example's `path` stands for here: the checkpoint, or what `rewardserve
+    convert` made of it."""
+    root = tmp_path_factory.mktemp("converted")
+    dirs = {}
+    for name, (_, checkpoint, _, family) in SERVED.items():
+        dirs[name] = checkpoints[checkpoint]
+        if family is not None:
+            dirs[name] = root / name
+            cli(["convert", family, str(checkpoints[checkpoint]), str(dirs[name])])
+    return dirs
+
+
+@pytest.fixture(scope="module")
+def client(served_dirs):
+    models = [example(name).model_copy(update={"path": str(served_dirs[name])}) for name in SERVED]
+    app = create_app(Settings(models=models, cache_max_bytes=0, max_wait_ms=50))
+    with live_server(app) as url, httpx.Client(base_url=url, timeout=120) as http:
+        assert wait_until_loaded(http, timeout=300).status_code == 200
+        listing = {m["name"]: m for m in http.get("/v1/models").json()["models"]}
+        assert {n: m["status"] for n, m in listing.items()} == dict.fromkeys(SERVED, "ready"), listing
+        yield http
+
+
+@pytest.fixture(scope="module")
+def card_for(checkpoints):
+    made = {}
+
+    def get(name: str):
+        if name not in made:
+            _, checkpoint, factory, _ = SERVED[name]
+            made[name] = factory(checkpoints[checkpoint])
+        return made[name]
+
+    return get
+
+
+def conversations(name: str) -> list[list[dict]]:
+    if name == "oasst-deberta":  # a cross-encoder of (question, answer): single turns
+        return CHATS
+    if name == "skywork-gemma2":  # Gemma's template refuses system turns
+        return [*CHATS, MULTI_TURN]
+    return [*CHATS, WITH_SYSTEM]
+
+
+def chat_items(name: str, card) -> tuple[list[dict], list[cards.Expected]]:
+    """Every conversation as `messages`, the single-turn ones also as text, the first also
+    as the card's own token ids; each with the card's numbers for it."""
+    items, expected = [], []
+    for i, conversation in enumerate(conversations(name)):
+        reference = card.read(card.tokenize(conversation))
+        items.append({"messages": conversation})
+        expected.append(reference)
+        if len(conversation) == 2:
+            items.append({"prompt": conversation[0]["content"], "response": conversation[1]["content"]})
+            expected.append(reference)
+        if i == 0:
+            items.append({"input_ids": card.tokenize(conversation)})
+            expected.append(reference)
+    return items, expected
+
+
+def step_items(card) -> tuple[list[dict], list[cards.Expected]]:
+    items, expected = [], []
+    for question, steps in PROBLEMS.values():
+        ids = card.tokenize(question, steps)
+        reference = card.read(ids)
+        items += [{"prompt": question, "steps": steps}, {"input_ids": ids}]
+        expected += [reference, reference]
+    return items, expected
+
+
+def assert_matches(name: str, result: dict, want: cards.Expected) -> None:
+    if want.step_rewards is not None:
+        assert result["step_rewards"] == pytest.approx(want.step_rewards, abs=TOL, rel=0)
+        aggregate = {"min": min, "product": math.prod}[example_aggregate(name)]
+        assert result["score"] == pytest.approx(aggregate(want.step_rewards), abs=TOL, rel=0)
+        return
+    assert result["score"] == pytest.approx(want.score, abs=TOL, rel=0)
+    if want.dimensions is not None:
+        assert list(result["dimensions"].values()) == pytest.approx(want.dimensions, abs=TOL, rel=0)
+    if want.gating_weights is not None:
+        assert result["gating_weights"] == pytest.approx(want.gating_weights, abs=TOL, rel=0)
+
+
+def example_aggregate(name: str) -> str:
+    return "min" if name.startswith("qwen-prm") else "product"
+
+
+def items_for(name: str, card):
+    return step_items(card) if SERVED[name][2] in (cards.QwenMathPRMCard, cards.MathShepherdCard) \
+        else chat_items(name, card)
+
+
+@pytest.mark.parametrize("name", list(SERVED))
+def test_parity_batched_request(client, card_for, name):
+    """All of a family's items in one request: batched together, padded to the longest."""
+    items, expected = items_for(name, card_for(name))
+    response = client.post("/v1/score", json={"model": name, "items": items})
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert len(results) == len(expected)
+    for i, (result, want) in enumerate(zip(results, expected)):
+        try:
+            assert_matches(name, result, want)
+        except AssertionError as err:
+            raise AssertionError(f"{name} item {i} ({items[i]}): {err}") from err
