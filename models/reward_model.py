@@ -316,7 +316,9 @@ def _load_backbone(directory: Path, spec: RewardSpec, config, dtype: torch.dtype
     for: a missing, unexpected or mis-shaped weight is a load error naming it, never a
     randomly initialised layer (tensors left unread on purpose are named in unused_weights)."""
     remote = spec.trust_remote_code
-    kwargs = dict(dtype=dtype, use_safetensors=True, trust_remote_code=remote, output_loading_info=True)
+    # mismatched shapes are reported in the loading info (and refused below), not raised
+    kwargs = dict(dtype=dtype, use_safetensors=True, trust_remote_code=remote, output_loading_info=True,
+                  ignore_mismatched_sizes=True)
     if spec.head_file:
         auto = AutoModel
     elif spec.kind == ModelKind.process:

@@ -76,7 +76,7 @@ async def _disconnected(request: Request) -> None:
 @router.get("/v1/models", response_model=ModelList, response_model_exclude_none=True)
 async def list_models(request: Request) -> ModelList:
     runners = _registry(request).runners.values()
-    return ModelList(models=[ModelCard.build(r.name, r.status, r.info) for r in runners])
+    return ModelList(models=[ModelCard.build(r.name, r.status, r.info, r.error) for r in runners])
 
 
 @router.get("/v1/models/{name}", response_model=ModelCard, response_model_exclude_none=True, responses=ERRORS)
@@ -84,7 +84,7 @@ async def get_model(name: str, request: Request) -> ModelCard:
     runner = _registry(request).runners.get(name)
     if runner is None:
         raise APIError(404, "model_not_found", f"no model named {name!r}", "name")
-    return ModelCard.build(runner.name, runner.status, runner.info)
+    return ModelCard.build(runner.name, runner.status, runner.info, runner.error)
 
 
 @router.get("/health/live", response_model=Health)

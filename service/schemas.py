@@ -155,11 +155,12 @@ class ModelCard(BaseModel):
     step_aggregate: StepAggregate | None = None
     device: str | None = None
     dtype: str | None = None
+    error: str | None = Field(None, description="why a failed model failed to load")
 
     @classmethod
-    def build(cls, name: str, status: str, info: ModelInfo | None) -> ModelCard:
+    def build(cls, name: str, status: str, info: ModelInfo | None, error: str | None = None) -> ModelCard:
         fields = dict(info.__dict__) if info else {"name": name}
-        return cls(status=status, **fields)
+        return cls(status=status, error=error, **fields)
 
 
 class ModelList(BaseModel):

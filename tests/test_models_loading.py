@@ -193,3 +193,66 @@ def test_process_tokens_must_be_single_tokens(tiny_model_dirs, change):
     spec["process"].update(change)
     with pytest.raises(ModelLoadError, match="single token"):
         RewardModel.load("split", model_dir, spec=spec)
+
+
+# ---- fail closed: every tensor of the checkpoint and the head file accounted for ----------
+
+
+def rewrite_weights(model_dir: Path, edit) -> None:
+    path = model_dir / "model.safetensors"
+    tensors = load_file(str(path))
+    edit(tensors)
+    save_file(tensors, str(path), metadata={"format": "pt"})
+
+
+def test_missing_weight_is_a_load_error_naming_it(copy_model):
+    """A tensor the model class needs and the checkpoint lacks would be randomly
+    initialised: the load fails and names it."""
+    model_dir = copy_model("llama-scalar")
+    rewrite_weights(model_dir, lambda t: t.pop("score.weight"))
+    with pytest.raises(ModelLoadError, match=r"missing \(would be random\): score\.weight"):
+        RewardModel.load("headless", model_dir)
+
+
+def test_unread_weight_is_a_load_error_naming_it(copy_model):
+    """A tensor the model class does not read means the checkpoint is not the model the
+    class builds (a head of another layout, say): the load fails and names it."""
+    model_dir = copy_model("llama-scalar")
+    rewrite_weights(model_dir, lambda t: t.update({"score.extra.weight": torch.zeros(2, 2)}))
+    with pytest.raises(ModelLoadError, match=r"unexpected \(not read\): score\.extra\.weight"):
+        RewardModel.load("extra", model_dir)
+
+
+def test_unused_weights_names_what_may_stay_unread(copy_model, load_tiny):
+    """An LM head the reward model never reads, named in the spec: loads, same scores."""
+    model_dir = copy_model("llama-scalar")
+    rewrite_weights(model_dir, lambda t: t.update({"lm_head.weight": torch.zeros(2, 2)}))
+    with pytest.raises(ModelLoadError, match="lm_head.weight"):
+        RewardModel.load("with-lm-head", model_dir)
+    model = RewardModel.load("with-lm-head", model_dir, spec={"kind": "scalar", "unused_weights": ["lm_head."]})
+    expected = load_tiny("llama-scalar").score([ITEM])[0].score
+    assert model.score([ITEM])[0].score == pytest.approx(expected, abs=1e-6)
+
+
+def test_mis_shaped_weight_is_a_load_error(copy_model):
+    model_dir = copy_model("llama-scalar")
+    rewrite_weights(model_dir, lambda t: t.update({"score.weight": torch.zeros(1, 3)}))
+    with pytest.raises(ModelLoadError, match="score.weight"):
+        RewardModel.load("mis-shaped", model_dir)
+
+
+def test_head_file_tensor_it_does_not_read_is_a_load_error(copy_model):
+    model_dir = copy_model("llama-gating")
+    head = model_dir / "reward_head.safetensors"
+    tensors = load_file(str(head))
+    tensors["gating.logit_scale"] = torch.tensor([2.0])  # the remote code's name, not the head file's
+    save_file(tensors, str(head))
+    with pytest.raises(ModelLoadError, match=r"gating\.logit_scale"):
+        RewardModel.load("unconverted", model_dir)
+
+
+def test_checkpoint_of_another_head_class_is_a_load_error(tiny_model_dirs):
+    """A token-classification PRM loaded as a scalar sequence classifier: its head tensors
+    do not fit, which is reported instead of a model with a fresh head."""
+    with pytest.raises(ModelLoadError, match=r"score\.bias"):
+        RewardModel.load("wrong-kind", tiny_model_dirs["qwen2-prm"], spec={"kind": "scalar"})

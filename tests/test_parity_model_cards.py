@@ -11,15 +11,23 @@ the served configurations are the examples in deploy/config, pointed at these ch
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
+import torch
 import yaml
 from http_helpers import live_server, wait_until_loaded
 from model_cards import cards
 from model_cards.checkpoints import BUILDERS, STEERLM_WEIGHTS
+from safetensors.torch import load_file
 
+from models.convert import ARMORM_OBJECTIVES, checkpoint_tensors
+from models.errors import ModelLoadError
+from models.inputs import TextPair
+from models.reward_model import RewardModel
+from models.spec import load_spec
 from service.cli import main as cli
 from service.config import ModelConfig, Settings
 from service.http_api import create_app
@@ -195,3 +203,83 @@ def test_parity_batched_request(client, card_for, name):
             assert_matches(name, result, want)
         except AssertionError as err:
             raise AssertionError(f"{name} item {i} ({items[i]}): {err}") from err
+
+
+def test_parity_one_item_per_request(client, card_for):
+    """OpenRLHF's pattern: every item its own request, all in flight at once, so items of
+    different requests share batches."""
+    jobs = []
+    for name in SERVED:
+        items, expected = items_for(name, card_for(name))
+        jobs += [(name, item, want) for item, want in zip(items, expected)]
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        responses = list(pool.map(lambda job: client.post("/v1/score", json={"model": job[0], "items": [job[1]]}),
+                                  jobs))
+    for (name, item, want), response in zip(jobs, responses):
+        assert response.status_code == 200, response.text
+        assert_matches(name, response.json()["results"][0], want)
+
+
+def test_template_refusal_is_a_client_error(client):
+    """Gemma's template raises on a system turn: 422 on `messages`, not a server error."""
+    response = client.post("/v1/score", json={"model": "skywork-gemma2", "items": [{"messages": WITH_SYSTEM}]})
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["field"] == "items[0].messages"
+    assert "System role not supported" in response.json()["error"]["message"]
+
+
+def test_text_without_template_has_the_tokenizers_special_tokens_once(checkpoints):
+    """use_chat_template: false on a Llama 3 checkpoint: prompt and response are scored as
+    one text with one BOS, exactly as the tokenizer encodes that text."""
+    model = RewardModel.load("plain", checkpoints["skywork-llama31"], spec={"kind": "scalar", "use_chat_template": False})
+    encoded = model.encode(TextPair("What is 2 + 2?", "It is 4."))
+    assert encoded.input_ids == model.encoder.tokenizer("What is 2 + 2? It is 4.")["input_ids"]
+    assert encoded.input_ids.count(model.encoder.tokenizer.bos_token_id) == 1
+
+
+def test_qwen_prm_without_its_remote_code_is_a_load_error(checkpoints, tmp_path):
+    """Qwen2.5-Math-PRM's head is remote code: read as a plain token classifier, score.weight
+    would be random and score.0/score.2 unread. The load fails naming them, and a server
+    reports the model failed instead of serving it."""
+    spec = {"kind": "process", "process": {"convention": "separator", "marker": "<extra_0>"}}
+    with pytest.raises(ModelLoadError, match=r"missing \(would be random\): score\.bias, score\.weight.*"
+                                             r"unexpected \(not read\): .*score\.0\.bias"):
+        RewardModel.load("qwen-prm", checkpoints["qwen2.5-math-prm"], spec=spec)
+    models = [ModelConfig(name="qwen-prm", path=str(checkpoints["qwen2.5-math-prm"]), spec=spec)]
+    with live_server(create_app(Settings(models=models))) as url, httpx.Client(base_url=url, timeout=60) as http:
+        assert wait_until_loaded(http).json()["status"] == "failed"
+        (listed,) = http.get("/v1/models").json()["models"]
+        assert listed["status"] == "failed" and "score.weight" in listed["error"]
+        response = http.post("/v1/score", json={"model": "qwen-prm", "items": [{"prompt": "1+1?", "steps": ["2"]}]})
+        assert response.status_code == 503, response.text
+
+
+def test_armorm_remote_code_unconverted_is_refused_with_the_way_out(checkpoints):
+    """ArmoRM's own class has no score layer this server can read: refused, pointing at
+    `rewardserve convert`."""
+    with pytest.raises(ModelLoadError, match="rewardserve convert"):
+        RewardModel.load("armo", checkpoints["armorm"], spec={"kind": "scalar", "trust_remote_code": True})
+
+
+def test_armorm_conversion_round_trips_the_head(checkpoints, served_dirs):
+    """The converted head holds exactly the checkpoint's tensors: 19 objectives, the 4-layer
+    gating network, logit_scale, the temperature from config.json, the transform matrix."""
+    source = checkpoint_tensors(checkpoints["armorm"], ("regression_layer.", "gating.", "reward_transform_matrix"))
+    head = load_file(str(served_dirs["armo"] / "reward_head.safetensors"))
+    assert torch.equal(head["reward.0.weight"], source["regression_layer.weight"])
+    assert "reward.0.bias" not in head
+    for i in range(4):
+        for part in ("weight", "bias"):
+            assert torch.equal(head[f"gating.{i}.{part}"], source[f"gating.layers.{i}.{part}"])
+    assert head["gating_logit_scale"].item() == pytest.approx(1.7)
+    assert head["gating_temperature"].item() == 10
+    assert torch.equal(head["transform_matrix"], source["reward_transform_matrix"])
+    spec = load_spec(served_dirs["armo"])
+    assert spec.multi_objective.dimensions == ARMORM_OBJECTIVES and len(ARMORM_OBJECTIVES) == 19
+    assert spec.unused_weights == ["regression_layer.", "gating.", "reward_transform_matrix"]
+
+
+def test_convert_refuses_a_checkpoint_of_another_layout(checkpoints, tmp_path, capsys):
+    with pytest.raises(SystemExit, match="regression_layer.weight"):
+        cli(["convert", "armorm", str(checkpoints["qwen2.5-math-prm"]), str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
