@@ -111,7 +111,8 @@ def test_failed_model_reported_while_others_serve(tiny_model_dirs, tmp_path):
         assert client.get("/health/live").status_code == 200
 
         cards = {card["name"]: card for card in client.get("/v1/models").json()["models"]}
-        assert cards["ghost"] == {"name": "ghost", "status": "failed"}
+        assert cards["ghost"] == {"name": "ghost", "status": "failed", "error": cards["ghost"]["error"]}
+        assert "does-not-exist" in cards["ghost"]["error"]
         assert cards["llama-scalar"]["status"] == "ready" and cards["llama-scalar"]["kind"] == "scalar"
 
         error = assert_error(client.post("/v1/score", json={"model": "ghost", "items": [PAIR]}), 503,

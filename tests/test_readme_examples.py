@@ -1,6 +1,6 @@
 """The README's examples against the embedded default models, run for real: every curl
 example is sent to a live server and every number its JSON output block shows must be what
-the server answers (to the digits shown); every Python example with shown output is run and
+the server answers (to the digits shown), its revision too; every Python example with shown output is run and
 must print exactly that. Examples for models that are not embedded are left out."""
 
 from __future__ import annotations
@@ -110,6 +110,9 @@ def test_curl_example_numbers_are_what_the_server_answers(server, path, body, sh
     client, _, _ = server
     response = client.post(path, json=body)
     assert response.status_code == 200, response.text
+    shown_revision = re.search(r'"revision": "(sha256:[0-9a-f]+)…"', shown)
+    if shown_revision:
+        assert response.json()["revision"].startswith(shown_revision.group(1))
     actual = list(flattened(response.json()))
     position = 0
     for key, value in shown_numbers(shown):
