@@ -283,3 +283,13 @@ def test_convert_refuses_a_checkpoint_of_another_layout(checkpoints, tmp_path, c
     with pytest.raises(SystemExit, match="regression_layer.weight"):
         cli(["convert", "armorm", str(checkpoints["qwen2.5-math-prm"]), str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
+
+
+def test_armorm_ids_without_the_gating_position_are_refused(client, card_for):
+    """Token ids with no `<|eot_id|><|start_header_id|>assistant<|end_header_id|>` in them
+    give ArmoRM's gating network nowhere to read: 422 on the ids, as its own code raises."""
+    ids = card_for("armo").tokenizer("Explain recursion. It calls itself.")["input_ids"]
+    response = client.post("/v1/score", json={"model": "armo", "items": [{"input_ids": ids}, {"messages": CHATS[0]}]})
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["field"] == "items[0].input_ids" and "gating position" in error["message"]
