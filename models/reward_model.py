@@ -334,11 +334,12 @@ def _load_backbone(directory: Path, spec: RewardSpec, config, dtype: torch.dtype
             raise ModelLoadError(f"{directory}: cannot load as {auto.__name__}: {err}") from err
         # remote-code reward models often register only AutoModel
         model, info = AutoModel.from_pretrained(directory, config=config, **kwargs)
-    check_loading_info(directory, info, spec.unused_weights)
+    _check_loading_info(directory, info, spec.unused_weights)
     return model
 
 
-def check_loading_info(directory: Path, info: dict, unused: list[str]) -> None:
+def _check_loading_info(directory: Path, info: dict, unused: list[str]) -> None:
+    """transformers' loading report, refused unless every tensor was read as it is."""
     unexpected = sorted(k for k in info["unexpected_keys"] if not any(k.startswith(p) for p in unused))
     problems = [f"{what}: {', '.join(names[:12])}{' ...' if len(names) > 12 else ''}"
                 for what, names in (
