@@ -338,6 +338,14 @@ def _load_backbone(directory: Path, spec: RewardSpec, config, dtype: torch.dtype
     return model
 
 
+def _mismatch(entry) -> str:
+    """transformers 5 reports (name, checkpoint shape, model shape); 4.x the name alone."""
+    if isinstance(entry, str):
+        return entry
+    name, *shapes = entry
+    return f"{name} {' vs '.join(str(tuple(s)) for s in shapes)}"
+
+
 def _check_loading_info(directory: Path, info: dict, unused: list[str]) -> None:
     """transformers' loading report, refused unless every tensor was read as it is."""
     unexpected = sorted(k for k in info["unexpected_keys"] if not any(k.startswith(p) for p in unused))
@@ -345,7 +353,7 @@ def _check_loading_info(directory: Path, info: dict, unused: list[str]) -> None:
                 for what, names in (
                     ("missing (would be random)", sorted(info["missing_keys"])),
                     ("unexpected (not read)", unexpected),
-                    ("shape mismatch", sorted(f"{k} {tuple(a)} vs {tuple(b)}" for k, a, b in info["mismatched_keys"])),
+                    ("shape mismatch", sorted(map(_mismatch, info["mismatched_keys"]))),
                     ("errors", list(info["error_msgs"])),
                 ) if names]
     if problems:

@@ -31,8 +31,8 @@ def _llama3_core() -> str:
 
     path = package_file("llama_models", "llama3", "tokenizer.model")
     specials = sorted(Llama3Tiktoken(path).special_tokens.items(), key=lambda kv: kv[1])
-    tok = TikTokenConverter(str(path), pattern=Llama3Tiktoken.pat_str,
-                            extra_special_tokens=[name for name, _ in specials]).converted()
+    # positional: the special tokens' keyword is additional_special_tokens in 4.x, extra_special_tokens in 5
+    tok = TikTokenConverter(str(path), Llama3Tiktoken.pat_str, False, [name for name, _ in specials]).converted()
     bos = "<|begin_of_text|>"
     tok.post_processor = processors.Sequence([
         processors.ByteLevel(trim_offsets=False),
