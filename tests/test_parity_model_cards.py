@@ -168,10 +168,10 @@ def step_items(card) -> tuple[list[dict], list[cards.Expected]]:
     return items, expected
 
 
-def assert_matches(name: str, result: dict, want: cards.Expected) -> None:
+def assert_matches(result: dict, want: cards.Expected, step_aggregate: str | None) -> None:
     if want.step_rewards is not None:
         assert result["step_rewards"] == pytest.approx(want.step_rewards, abs=TOL, rel=0)
-        aggregate = {"min": min, "product": math.prod}[example_aggregate(name)]
+        aggregate = {"min": min, "product": math.prod}[step_aggregate]
         assert result["score"] == pytest.approx(aggregate(want.step_rewards), abs=TOL, rel=0)
         return
     assert result["score"] == pytest.approx(want.score, abs=TOL, rel=0)
@@ -181,43 +181,44 @@ def assert_matches(name: str, result: dict, want: cards.Expected) -> None:
         assert result["gating_weights"] == pytest.approx(want.gating_weights, abs=TOL, rel=0)
 
 
-def example_aggregate(name: str) -> str:
-    return "min" if name.startswith("qwen-prm") else "product"
+@pytest.fixture(scope="module")
+def listed(client) -> dict[str, dict]:
+    """/v1/models by name: each served model's kind and step aggregate, as configured."""
+    return {m["name"]: m for m in client.get("/v1/models").json()["models"]}
 
 
-def items_for(name: str, card):
-    return step_items(card) if SERVED[name][2] in (cards.QwenMathPRMCard, cards.MathShepherdCard) \
-        else chat_items(name, card)
+def items_for(name: str, card, listed: dict[str, dict]):
+    return step_items(card) if listed[name]["kind"] == "process" else chat_items(name, card)
 
 
 @pytest.mark.parametrize("name", list(SERVED))
-def test_parity_batched_request(client, card_for, name):
+def test_parity_batched_request(client, card_for, listed, name):
     """All of a family's items in one request: batched together, padded to the longest."""
-    items, expected = items_for(name, card_for(name))
+    items, expected = items_for(name, card_for(name), listed)
     response = client.post("/v1/score", json={"model": name, "items": items})
     assert response.status_code == 200, response.text
     results = response.json()["results"]
     assert len(results) == len(expected)
     for i, (result, want) in enumerate(zip(results, expected)):
         try:
-            assert_matches(name, result, want)
+            assert_matches(result, want, listed[name].get("step_aggregate"))
         except AssertionError as err:
             raise AssertionError(f"{name} item {i} ({items[i]}): {err}") from err
 
 
-def test_parity_one_item_per_request(client, card_for):
+def test_parity_one_item_per_request(client, card_for, listed):
     """OpenRLHF's pattern: every item its own request, all in flight at once, so items of
     different requests share batches."""
     jobs = []
     for name in SERVED:
-        items, expected = items_for(name, card_for(name))
+        items, expected = items_for(name, card_for(name), listed)
         jobs += [(name, item, want) for item, want in zip(items, expected)]
     with ThreadPoolExecutor(max_workers=32) as pool:
         responses = list(pool.map(lambda job: client.post("/v1/score", json={"model": job[0], "items": [job[1]]}),
                                   jobs))
     for (name, item, want), response in zip(jobs, responses):
         assert response.status_code == 200, response.text
-        assert_matches(name, response.json()["results"][0], want)
+        assert_matches(response.json()["results"][0], want, listed[name].get("step_aggregate"))
 
 
 def test_template_refusal_is_a_client_error(client):
