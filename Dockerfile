@@ -6,8 +6,8 @@ RUN pip install --no-cache-dir "${TORCH}"
 COPY pyproject.toml README.md ./
 COPY models ./models
 COPY service ./service
-# Compile the gRPC modules (service/proto) into the installed package at build time.
-RUN pip install --no-cache-dir . && cd / && python -m service.proto.build
+# Compile the gRPC modules (service/grpc/proto) into the installed package at build time.
+RUN pip install --no-cache-dir . && cd / && python -m service.grpc.proto.build
 ENV REWARDSERVE_HOST=0.0.0.0 \
     HF_HUB_OFFLINE=1
 EXPOSE 8000 50051

@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[test]"
-	$(PY) -m service.proto.build >/dev/null
+	$(PY) -m service.grpc.proto.build >/dev/null
 	touch $@
 
 serve: install

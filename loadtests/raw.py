@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from loadtests.model import padding, to_input
 from models.reward_model import RewardModel
-from service.runner import plan_batches
+from service.engine.runner import plan_batches
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,9 @@ from models.errors import InputError, ModelLoadError
 from models.heads import RewardOutput
 from models.spec import SPEC_FILENAME, ModelKind, StepAggregate, load_spec
 from service.config import Settings, load_settings
-from service.errors import field_path
-from service.runner import ModelRunner
-from service.schemas import ItemResult, ScoreItem
+from service.core.errors import field_path
+from service.core.schemas import ItemResult, ScoreItem
+from service.engine.runner import ModelRunner
 
 CHUNK = 256
 parse_item = TypeAdapter(ScoreItem).validate_json
@@ -46,7 +46,7 @@ def _runner(settings: Settings, name: str) -> ModelRunner:
 def serve(args) -> None:
     import uvicorn
 
-    from service.http_api import create_app
+    from service.app import create_app
 
     settings = _settings(args)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -142,7 +142,7 @@ def calibrate(args) -> None:
     """Score a reference JSONL file (the `score` command's items) and print the model's
     reference_stats as YAML; with --write, put them into the model directory's
     reward_spec.yaml (which changes the model's revision)."""
-    from service.ranking import compute_reference_stats
+    from service.core.normalize import compute_reference_stats
 
     settings = _settings(args)
     runner = _runner(settings, args.model or settings.default_model_name)
@@ -214,7 +214,11 @@ def baseline(args) -> None:
     """Score a reference set and write the model's drift baseline (drift_baseline.jsonl
     beside the model: per drift dimension, frozen quantile bin edges and reference
     statistics); prints a summary line per dimension."""
-    from service.drift import BASELINE_FILENAME, compute_baseline, write_baseline
+    from service.monitoring.drift import (
+        BASELINE_FILENAME,
+        compute_baseline,
+        write_baseline,
+    )
 
     settings = _settings(args)
     runner = _runner(settings, args.model or settings.default_model_name)
@@ -236,7 +240,13 @@ def baseline(args) -> None:
 def canary_record(args) -> None:
     """Record a golden set: items (a JSONL file of /v1/score items, or the model's existing
     canary.jsonl when none is given) with the scores the model gives them now."""
-    from service.canary import CANARY_FILENAME, CanaryItem, expected_of, read_canary, write_canary
+    from service.monitoring.canary import (
+        CANARY_FILENAME,
+        CanaryItem,
+        expected_of,
+        read_canary,
+        write_canary,
+    )
 
     settings = _settings(args)
     runner = _runner(settings, args.model or settings.default_model_name)

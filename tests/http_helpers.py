@@ -24,7 +24,7 @@ from models.heads import RewardOutput
 from models.inputs import ScoreInput
 from models.reward_model import RewardModel
 from models.spec import ModelKind
-from service.schemas import ScoreItem
+from service.core.schemas import ScoreItem
 
 TOL = 1e-5
 _parse_item = TypeAdapter(ScoreItem).validate_python
@@ -160,3 +160,15 @@ def assert_result_matches(result: dict, expected: RewardOutput, tol: float = TOL
         else:
             assert len(result[field]) == len(want), field
             assert result[field] == pytest.approx(want, abs=tol, rel=0), field
+
+
+def within_tol(value, tol: float = TOL):
+    """`value` (nested dicts and lists) with every float replaced by pytest.approx, so it
+    compares equal to a result that differs only by batching's float rounding."""
+    if isinstance(value, float):
+        return pytest.approx(value, abs=tol, rel=0)
+    if isinstance(value, dict):
+        return {key: within_tol(v, tol) for key, v in value.items()}
+    if isinstance(value, list):
+        return [within_tol(v, tol) for v in value]
+    return value

@@ -18,9 +18,9 @@ import yaml
 from http_helpers import assert_result_matches, free_port, live_server, poll, reference, served_input, wait_until_loaded, write_config
 from models.heads import RewardOutput
 from redis_helpers import RedisProcess, needs_redis
-from service.cache import LRUCache, cache_key, decode_output, encode_output
+from service.engine.cache import LRUCache, cache_key, decode_output, encode_output
 from service.config import ModelConfig, Settings
-from service.http_api import create_app
+from service.app import create_app
 
 PAIR = {"prompt": "Is the sky blue?", "response": "Yes, on a clear day."}
 OTHER = {"prompt": "Name a prime.", "response": "Seven."}

@@ -18,7 +18,7 @@ from models.spec import SPEC_FILENAME
 from models.tiny_models import HELPSTEER
 from service.cli import main
 from service.config import ModelConfig, Settings
-from service.http_api import create_app
+from service.app import create_app
 
 MULTI, SCALAR, PRM = "llama-helpsteer", "llama-scalar", "qwen2-prm"
 EXTRA = [{"prompt": "Hi", "response": "Go away."}, {"prompt": "What is 2 + 2?", "response": "4"},

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from models.inputs import StepsInput
 from service.config import BUILTIN_DIR, CONFIG_ENV, DEFAULT_MODELS, ModelConfig, Settings, load_settings
-from service.runner import ModelRunner
+from service.engine.runner import ModelRunner
 
 
 @pytest.fixture(autouse=True)

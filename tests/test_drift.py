@@ -25,15 +25,15 @@ from models.tiny_models import HELPSTEER
 from models.train_default import by_split, load_hh
 from service.cli import main
 from service.config import BUILTIN_DIR, load_settings
-from service.drift import (
+from service.monitoring.drift import (
     BASELINE_FILENAME,
     ModelWindow,
     compare,
     dimension_baseline,
     read_baseline,
 )
-from service.http_api import create_app
-from service.metrics import DRIFT_GAUGES
+from service.app import create_app
+from service.monitoring.metrics import DRIFT_GAUGES
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"real data not found at {DATA}")

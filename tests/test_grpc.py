@@ -1,6 +1,6 @@
 """The gRPC API (rewardserve.v1.RewardService) end to end: the server's grpc.aio server on a
 real loopback port, beside its HTTP server in the same process, driven by the stubs
-generated from service/proto/rewardserve.proto. Numbers must equal the unbatched reference
+generated from service/grpc/proto/rewardserve.proto. Numbers must equal the unbatched reference
 and the HTTP API's for the same items; errors must be the HTTP API's, as gRPC statuses
 naming the field. The served model's forward is gated where a test needs the model busy;
 every wait is bounded."""
@@ -29,10 +29,10 @@ from sched_helpers import GatedForward, ids
 
 from models.tiny_models import BUILDERS
 from service.config import ModelConfig, Settings
-from service.http_api import create_app
-from service.proto import rewardserve_pb2 as pb
-from service.proto import rewardserve_pb2_grpc as pb_grpc
-from service.registry import ModelRegistry
+from service.app import create_app
+from service.grpc.proto import rewardserve_pb2 as pb
+from service.grpc.proto import rewardserve_pb2_grpc as pb_grpc
+from service.engine.registry import ModelRegistry
 
 MODEL_NAMES = list(BUILDERS)
 PAIR = {"prompt": "Hi", "response": "Hello!"}

@@ -25,10 +25,10 @@ from http_helpers import (
 
 from models.tiny_models import BUILDERS, HELPSTEER
 from service.config import ModelConfig, Settings
-from service.http_api import create_app
-from service.registry import ModelRegistry
-from service.scheduler import dedup_key
-from service.schemas import ChatItem, ScoreRequest, StepsItem, TextItem, TokensItem
+from service.app import create_app
+from service.engine.registry import ModelRegistry
+from service.engine.scheduler import dedup_key
+from service.core.schemas import ChatItem, ScoreRequest, StepsItem, TextItem, TokensItem
 
 MODEL_NAMES = list(BUILDERS)
 MAX_ITEMS = 8

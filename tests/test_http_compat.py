@@ -18,8 +18,8 @@ from models.inputs import TokenIds
 from models.spec import SPEC_FILENAME
 from models.tiny_models import HELPSTEER
 from service.config import ModelConfig, Settings
-from service.http_api import create_app
-from service.scheduler import Priority
+from service.app import create_app
+from service.engine.scheduler import Priority
 
 SCALAR, MULTI, PRM, MULTI_Z = "llama-scalar", "llama-helpsteer", "qwen2-prm", "helpsteer-z"
 STATS = {"score": {"mean": -0.5, "std": 4.0},

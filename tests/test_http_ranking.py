@@ -22,7 +22,7 @@ from http_helpers import (
 from models.spec import SPEC_FILENAME
 from models.tiny_models import HELPSTEER
 from service.config import ModelConfig, Settings
-from service.http_api import create_app
+from service.app import create_app
 
 SCALAR, MULTI, PRM = "llama-scalar", "llama-helpsteer", "qwen2-prm"
 MULTI_Z, PRM_Z = "helpsteer-z", "prm-z"

@@ -24,8 +24,8 @@ from sched_helpers import GatedForward, ids, until
 
 from models.spec import ModelKind
 from service.config import ModelConfig, Settings
-from service.http_api import create_app
-from service.scheduler import dedup_key
+from service.app import create_app
+from service.engine.scheduler import dedup_key
 
 NAMES = ["llama-scalar", "llama-gating", "qwen2-prm"]
 TEST_LIMIT_S = 60

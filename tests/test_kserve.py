@@ -30,7 +30,7 @@ from tritonclient.utils import InferenceServerException
 from models.spec import ModelKind
 from models.tiny_models import BUILDERS
 from service.config import ModelConfig, Settings
-from service.http_api import create_app
+from service.app import create_app
 
 MODEL_NAMES = list(BUILDERS)
 TEXT_MODELS = [n for n in MODEL_NAMES if not n.endswith("-prm")]

@@ -13,7 +13,7 @@ import pytest
 
 from loadtests import cache_scenario, loadgen, naive_server, servers, workloads
 from service.config import Settings
-from service.http_api import create_app
+from service.app import create_app
 from tests.http_helpers import live_server, wait_until_loaded
 
 SIZES = workloads.Sizes(rl_items=48, rerank_requests=4)

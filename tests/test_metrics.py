@@ -20,9 +20,9 @@ from metrics_helpers import Scrape, scrape
 from sched_helpers import GatedForward, until
 
 from service.config import ModelConfig, Settings
-from service.http_api import create_app
-from service.proto import rewardserve_pb2 as pb
-from service.proto import rewardserve_pb2_grpc as pb_grpc
+from service.app import create_app
+from service.grpc.proto import rewardserve_pb2 as pb
+from service.grpc.proto import rewardserve_pb2_grpc as pb_grpc
 
 NAMES = ["llama-scalar", "llama-helpsteer", "qwen2-prm"]
 STRANGER = "model-from-a-request-7f3a"  # a name no server configures: must never become a label

@@ -26,7 +26,7 @@ from models.onnx_export import export_onnx
 from models.reward_model import RewardModel
 from models.tiny_models import BUILDERS
 from service.config import ModelConfig, Settings
-from service.http_api import create_app
+from service.app import create_app
 
 pytest.importorskip("onnxruntime")
 TOL = 1e-4

@@ -30,7 +30,7 @@ from models.reward_model import RewardModel
 from models.spec import load_spec
 from service.cli import main as cli
 from service.config import ModelConfig, Settings
-from service.http_api import create_app
+from service.app import create_app
 
 TOL = 1e-5
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "deploy" / "config"

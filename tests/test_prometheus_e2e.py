@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.cli import main
 from service.config import load_settings
-from service.http_api import create_app
+from service.app import create_app
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "rewardserve.json"

@@ -28,8 +28,8 @@ from models.spec import ModelKind
 from models.tiny_models import BUILDERS
 from service.client import RewardClient, RewardServeError
 from service.config import ModelConfig, Settings
-from service.http_api import create_app
-from service.proto import rewardserve_pb2_grpc as pb_grpc
+from service.app import create_app
+from service.grpc.proto import rewardserve_pb2_grpc as pb_grpc
 
 TOL = 1e-5  # KServe answers in float32; the references are float64 of magnitude < 10
 WAIT_S = 30

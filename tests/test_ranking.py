@@ -1,7 +1,8 @@
-"""The ranking semantics (service/ranking.py) as pure functions, against expectations
-computed by hand: Bradley–Terry and Plackett–Luce probabilities, winners and ties, the
-three rerank aggregations, Pareto fronts, first step below a threshold, z-scores and the
-reference statistics they use."""
+"""The ranking semantics (service/core/ranking.py) and normalization
+(service/core/normalize.py) as pure functions, against expectations computed by hand:
+Bradley–Terry and Plackett–Luce probabilities, winners and ties, the three rerank
+aggregations, Pareto fronts, first step below a threshold, z-scores and the reference
+statistics they use."""
 
 from __future__ import annotations
 
@@ -12,19 +13,17 @@ from pydantic import ValidationError
 
 from models.heads import RewardOutput
 from models.spec import ModelKind, RewardSpec, StepAggregate
-from service.errors import APIError
-from service.http_ranking import split_steps
-from service.ranking import (
+from service.core.candidates import split_steps
+from service.core.errors import APIError
+from service.core.normalize import compute_reference_stats, reference_stats_for, zscore
+from service.core.ranking import (
     best,
     compare,
-    compute_reference_stats,
     first_below,
     pareto_ranks,
-    reference_stats_for,
     rerank,
     sigmoid,
     softmax,
-    zscore,
 )
 
 LN2 = math.log(2)

@@ -18,7 +18,7 @@ import pytest
 from http_helpers import free_port, live_server, wait_until_loaded
 
 from service.config import Settings
-from service.http_api import create_app
+from service.app import create_app
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 EMBEDDED = ("minilm-harmless", "minilm-prm")

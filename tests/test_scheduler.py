@@ -17,7 +17,7 @@ import torch
 from sched_helpers import GatedForward, ids, until
 
 from models.inputs import Chat, Encoded, TextPair, TokenIds
-from service.scheduler import BatchRecord, ItemFailed, ItemTimeout, Priority, QueueFull, Scheduler
+from service.engine.scheduler import BatchRecord, ItemFailed, ItemTimeout, Priority, QueueFull, Scheduler
 
 TEST_LIMIT_S = 60
 

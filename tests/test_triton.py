@@ -38,7 +38,7 @@ from models.reward_model import RewardModel
 from models.tiny_models import BUILDERS
 from models.triton_engine import TritonTarget
 from service.config import ModelConfig, Settings, load_settings
-from service.http_api import create_app
+from service.app import create_app
 
 MODEL_NAMES = list(BUILDERS)  # scalar (decoders, BERT), multi-objective with and without gating, both PRM conventions
 PROTOCOLS = ["http", "grpc"]

@@ -14,11 +14,11 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from service.client.common import RESULT_TYPES, Calls, RewardServeError, Retry
+from service.client.common import RESULT_TYPES, Calls, Retry, RewardServeError
 from service.client.grpc_transport import AsyncGrpcTransport, GrpcTransport
 from service.client.http_transport import AsyncHttpTransport, HttpTransport
-from service.http_ranking import CompareResponse, RerankResponse, StepsResponse
-from service.schemas import ModelCard, ScoreResponse
+from service.core.operations import CompareResponse, RerankResponse, StepsResponse
+from service.core.schemas import ModelCard, ScoreResponse
 
 # Errors a retry may cure: the server's 429 / 503 answers (RewardServeError), and HTTP
 # connection failures (over gRPC those are UNAVAILABLE, a 503).

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from service.http_ranking import CompareResponse, RerankResponse, StepsResponse
-from service.schemas import ModelList, ScoreResponse
+from service.core.operations import CompareResponse, RerankResponse, StepsResponse
+from service.core.schemas import ModelList, ScoreResponse
 
 if TYPE_CHECKING:
     import grpc

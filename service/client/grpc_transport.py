@@ -1,4 +1,4 @@
-"""The gRPC transport (rewardserve.v1.RewardService, service/proto/rewardserve.proto). A
+"""The gRPC transport (rewardserve.v1.RewardService, service/grpc/proto/rewardserve.proto). A
 request body in the HTTP API's JSON shape becomes the proto request; the response comes
 back in the HTTP API's JSON shape, so it validates into the same pydantic result types;
 a failed call becomes the RewardServeError the HTTP API answers for the same input."""
@@ -14,8 +14,8 @@ from google.protobuf import json_format
 from pydantic import BaseModel
 
 from service.client.common import RESULT_TYPES, RewardServeError, retry_hint
-from service.proto import rewardserve_pb2 as pb
-from service.proto import rewardserve_pb2_grpc as pb_grpc
+from service.grpc.proto import rewardserve_pb2 as pb
+from service.grpc.proto import rewardserve_pb2_grpc as pb_grpc
 
 RPCS = {"score": ("Score", pb.ScoreRequest), "compare": ("Compare", pb.CompareRequest),
         "rerank": ("Rerank", pb.RerankRequest), "steps": ("Steps", pb.StepsRequest),

@@ -1,0 +1,59 @@
+"""A rewardserve server, assembled in one place: the models (engine), the scoring core,
+monitoring, and every transport on top of them: the HTTP app (our API, the ranking and
+compatibility routes, KServe v2 over HTTP, metrics) and, on the same event loop, the gRPC
+server (rewardserve.v1, KServe v2 over gRPC, health). Models load in the background after
+start-up, so liveness answers at once and readiness turns true when every model has
+warmed up."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service.config import Settings
+from service.core.scoring import Scorer
+from service.engine.registry import ModelRegistry
+from service.grpc.server import GrpcServer
+from service.http import compat, kserve, monitoring, ranking, scoring
+from service.http.errors import install_error_handlers
+from service.http.middleware import MetricsMiddleware
+from service.monitoring.monitor import Monitoring
+
+
+def create_app(settings: Settings) -> FastAPI:
+    registry = ModelRegistry(settings)
+    scorer = Scorer(registry, settings)
+    monitor = Monitoring(registry, settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.loading = asyncio.get_running_loop().run_in_executor(None, registry.load_all)
+        grpc_server = None
+        if settings.grpc_port:  # 0 turns gRPC off
+            grpc_server = GrpcServer(scorer, monitor.metrics, settings.host, settings.grpc_port)
+            await grpc_server.start(app.state.loading)
+            app.state.grpc_port = grpc_server.port
+        monitor.start(app.state.loading)
+        yield
+        await monitor.stop()
+        if grpc_server is not None:
+            await grpc_server.stop()
+        await registry.close()
+
+    app = FastAPI(
+        title="rewardserve",
+        version="0.1.0",
+        summary="Scalar, multi-objective and process reward models behind one HTTP API.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.registry = registry
+    app.state.scorer = scorer
+    app.state.monitoring = monitor
+    install_error_handlers(app)
+    app.add_middleware(MetricsMiddleware, metrics=monitor.metrics)
+    for module in (scoring, ranking, compat, kserve, monitoring):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,1 @@
+"""Other servers' APIs (OpenRLHF, vLLM) translated onto the core."""

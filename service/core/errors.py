@@ -1,0 +1,113 @@
+"""The one error type every transport reports: `APIError`, an HTTP status (which says whose
+fault it is), a stable code, a message and the request field it is about. The transports
+turn it into their own form (HTTP's `{"error": {...}}`, a gRPC status, KServe's
+`{"error": "..."}`); the functions here name the field the same way for all of them."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+
+from models.errors import InputError
+from service.core.schemas import ITEM_FORMS
+from service.engine.registry import ModelNotFound, ModelNotReady
+from service.engine.runner import ItemError
+from service.engine.scheduler import ItemTimeout, QueueFull
+
+
+class APIError(Exception):
+    def __init__(self, status: int, code: str, message: str, field: str | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.field = status, code, message, field
+        self.headers = headers
+
+    @classmethod
+    def from_item_error(cls, err: ItemError) -> APIError:
+        item = f"items[{err.index}]"
+        cause = err.error
+        if isinstance(cause, InputError):
+            return cls(422, cause.code, cause.message, f"{item}.{cause.field}" if cause.field else item)
+        if isinstance(cause, ItemTimeout):
+            return cls(504, "deadline_exceeded", f"{item}: {cause}", "timeout_ms")
+        return cls(500, "inference_failed", f"{item}: {cause}", item)
+
+    @classmethod
+    def from_queue_full(cls, err: QueueFull) -> APIError:
+        retry = max(1, math.ceil(err.retry_after_s))
+        return cls(429, "queue_full", f"{err}; retry after {retry}s", headers={"Retry-After": str(retry)})
+
+    @classmethod
+    def from_lookup(cls, err: ModelNotFound | ModelNotReady) -> APIError:
+        """404 for a model nobody serves, 503 for one still loading or failed."""
+        if isinstance(err, ModelNotFound):
+            return cls(404, "model_not_found", str(err), "model")
+        return cls(503, f"model_{err.runner.status}", str(err), "model")
+
+
+def field_path(loc: tuple) -> str | None:
+    """('body', 'items', 0, 'tokens', 'input_ids', 3) -> 'items[0].input_ids[3]'. The item
+    form tag pydantic puts at the start of an item's location is dropped, but not a field
+    of the same name: ('items', 0, 'steps', 'steps') -> 'items[0].steps'."""
+    loc = loc[1:] if loc and loc[0] == "body" else loc
+    parts: list[str] = []
+    for i, part in enumerate(loc):
+        item_start = i == 0 or (i >= 2 and loc[i - 2] == "items" and isinstance(loc[i - 1], int))
+        if isinstance(part, int):
+            parts.append(f"[{part}]")
+        elif not (item_start and part in ITEM_FORMS):
+            parts.append(f".{part}" if parts else str(part))
+    return "".join(parts) or None
+
+
+def validation_error(errors: list[dict]) -> APIError:
+    """The first of pydantic's validation errors as the API reports it, whichever transport
+    the request came by: 400 for a body that is not JSON, else 422 naming the field."""
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        return APIError(400, "invalid_json", f"request body is not valid JSON: {first.get('msg')}")
+    field = field_path(tuple(first.get("loc", ())))
+    message = first.get("msg", "invalid request")
+    return APIError(422, "invalid_request", f"{field}: {message}" if field else message, field)
+
+
+def status_message(err: APIError) -> str:
+    """The error's message, led by the field it is about (unless it already is)."""
+    if err.field and not err.message.startswith(err.field):
+        return f"{err.field}: {err.message}"
+    return err.message
+
+
+# ---- naming the request's own fields ----------------------------------------------------
+
+ItemNamer = Callable[[int, str], str]  # (item index, the rest of the field) -> the request's field
+_ITEM = re.compile(r"^items\[(\d+)\]")
+
+
+def renamed(err: APIError, name: ItemNamer, whole: str) -> APIError:
+    """`err` with the scoring core's `items[i]...` field (and message) renamed to the
+    request's own: `name(i, rest)` for one item, `whole` for the list."""
+    field = err.field or ""
+    if field == "items":
+        err.field = whole
+    elif match := _ITEM.match(field):
+        index, rest = int(match[1]), field[match.end():]
+        err.field = name(index, rest)
+        err.message = err.message.replace(match[0], name(index, ""), 1)
+    return err
+
+
+def in_list(list_name: str, shared_messages: bool = False) -> ItemNamer:
+    """Items named `list_name[i]`; with `shared_messages`, errors in the conversation the
+    items share name the request's own `messages`."""
+    def name(index: int, rest: str) -> str:
+        if shared_messages and rest.startswith(".messages"):
+            return rest[1:]
+        return f"{list_name}[{index}]{rest}"
+    return name
+
+
+def whole_item(list_name: str) -> ItemNamer:
+    """Errors on item i name `list_name[i]` (each item is one string in the request)."""
+    return lambda index, rest: f"{list_name}[{index}]"

@@ -1,0 +1,253 @@
+"""The ranking operations, whichever transport carries them: compare (`/v1/compare`),
+rerank (`/v1/rerank`, Cohere/vLLM-shaped) and steps (`/v1/steps`). Each turns its request
+into one `ScoreJob` for the scorer, then applies the pure functions of
+`service.core.ranking` to the outputs; errors name the request's own fields."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, ClassVar, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
+
+from models.inputs import ScoreInput, StepsInput
+from models.spec import ModelKind, StepAggregate
+from service.core.candidates import Candidate, candidate_inputs
+from service.core.errors import APIError, in_list
+from service.core.normalize import Normalize, default_aggregate
+from service.core.ranking import (
+    Aggregation,
+    compare,
+    first_below,
+    rerank,
+    resolve_aggregation,
+)
+from service.core.schemas import Message, ScoreItem, Usage
+from service.core.scoring import ScoreJob, Scorer
+from service.engine.scheduler import Priority
+
+
+class _DropNone(BaseModel):
+    """Serialized without its None-valued fields, except those named in `_keep_none`
+    (where null means something, like a tie's `winner`)."""
+
+    _keep_none: ClassVar[frozenset[str]] = frozenset()
+
+    @model_serializer(mode="wrap")
+    def _drop_none(self, handler: SerializerFunctionWrapHandler):
+        return {k: v for k, v in handler(self).items() if v is not None or k in self._keep_none}
+
+
+def chosen_priority(value: Any) -> Priority | None:
+    """Our priority classes; anything else (vLLM's integer priorities) means the default."""
+    return value if isinstance(value, Priority) else None
+
+
+class _Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(None, description="model name; default: the server's default model")
+    truncate: Literal["left", "right"] | None = Field(None, description="cut inputs longer than max_length")
+    aggregate: StepAggregate | None = Field(None, description="process models: how step rewards make the score")
+    normalize: Normalize = Field("none", description="'zscore': against the model's reference_stats")
+    priority: Priority | None = Field(None, description="'interactive' or 'bulk'; default: the server's")
+    timeout_ms: float | None = Field(None, gt=0)
+
+    def job(self, inputs: list[ScoreInput], priority: Priority | None = None) -> ScoreJob:
+        return ScoreJob(inputs=inputs, model=self.model, truncate=self.truncate, aggregate=self.aggregate,
+                        priority=chosen_priority(self.priority) or priority, timeout_ms=self.timeout_ms,
+                        normalize=self.normalize)
+
+
+# ---- /v1/compare ---------------------------------------------------------------------
+
+
+class CompareRequest(_Options):
+    prompt: str | None = Field(None, description="the prompt the responses answer")
+    messages: list[Message] | None = Field(None, min_length=1, description="or: the conversation before the responses")
+    responses: list[Candidate] = Field(min_length=2)
+    tie_margin: float = Field(0.0, ge=0, description="scores this close to the best tie with it")
+
+
+class Verdict(BaseModel):
+    winner: int | None = Field(description="index of the best response; null on a tie")
+    tied: list[int] = Field(description="on a tie, the indices sharing the top; else empty")
+
+
+class CompareResult(_DropNone):
+    index: int
+    score: float = Field(description="the score compared (a z-score with normalize='zscore')")
+    win_probability: float = Field(description="P(preferred to all the others): softmax over the scores")
+    dimensions: dict[str, float] | None = None
+    gating_weights: list[float] | None = None
+    step_rewards: list[float] | None = None
+    num_tokens: int
+    truncated: bool
+
+
+class CompareResponse(_DropNone):
+    _keep_none = frozenset({"winner"})
+
+    model: str
+    revision: str
+    kind: ModelKind
+    normalized: bool
+    winner: int | None = Field(description="index of the best response; null on a tie")
+    tied: list[int] = Field(description="on a tie, the indices sharing the top score; else empty")
+    dimension_winners: dict[str, Verdict] | None = Field(None, description="multi-objective: the winner per dimension")
+    pairwise: list[list[float]] = Field(description="pairwise[i][j] = P(i preferred to j) = sigmoid(s_i - s_j)")
+    results: list[CompareResult]
+    usage: Usage
+
+
+async def compare_responses(scorer: Scorer, body: CompareRequest) -> CompareResponse:
+    """The responses scored as one job, then compared (`ranking.compare`)."""
+    spec = scorer.spec(body.model)
+    inputs = candidate_inputs(spec, body.prompt, body.messages, body.responses)
+    scored = await scorer.score_as(body.job(inputs), in_list("responses", shared_messages=True), "responses")
+    result = compare(scored.outputs, body.tie_margin)
+    dims = None
+    if result.dimensions is not None:
+        dims = {name: Verdict(winner=v.winner, tied=v.tied) for name, v in result.dimensions.items()}
+    return CompareResponse(
+        model=scored.model, revision=scored.revision, kind=scored.kind, normalized=scored.normalized,
+        winner=result.overall.winner, tied=result.overall.tied, dimension_winners=dims, pairwise=result.pairwise,
+        results=[CompareResult(index=i, score=out.score, win_probability=p, dimensions=out.dimensions,
+                               gating_weights=out.gating_weights, step_rewards=out.step_rewards,
+                               num_tokens=out.num_tokens, truncated=out.truncated)
+                 for i, (out, p) in enumerate(zip(scored.outputs, result.win_probability))],
+        usage=Usage(total_tokens=scored.total_tokens),
+    )
+
+
+# ---- /v1/rerank ----------------------------------------------------------------------
+
+
+class RerankRequest(_Options):
+    """Cohere/vLLM rerank shape (`query`, `documents`, `top_n`) plus our options."""
+
+    query: str | None = Field(None, description="the prompt the documents answer")
+    messages: list[Message] | None = Field(None, min_length=1, description="or: the conversation before them")
+    documents: list[Candidate] = Field(min_length=1, description="strings, {text}, {steps} or {input_ids}")
+    top_n: int | None = Field(None, ge=0, description="return the best n; default (or 0): all")
+    return_documents: bool = Field(True, description="echo each text document in its result")
+    aggregation: Aggregation | None = Field(
+        None, description="'model' (the model's score), 'weights' (sum of weights x dimensions) or 'pareto' "
+        "(Pareto fronts over the dimensions, then the aggregate); default: 'weights' when weights are given, else 'model'"
+    )
+    weights: dict[str, float] | None = Field(None, description="multi-objective: weight per dimension (others weigh 0)")
+
+
+class RerankDocument(BaseModel):
+    text: str
+
+
+class RerankResult(_DropNone):
+    index: int = Field(description="the document's position in the request")
+    relevance_score: float = Field(description="the aggregate the ranking is by")
+    document: RerankDocument | None = None
+    score: float = Field(description="the model's score (a z-score with normalize='zscore')")
+    dimensions: dict[str, float] | None = None
+    gating_weights: list[float] | None = None
+    step_rewards: list[float] | None = None
+    pareto_rank: int | None = Field(None, description="pareto: 0 on the non-dominated front, 1 on the next, ...")
+    num_tokens: int
+    truncated: bool
+
+
+class RerankUsage(BaseModel):
+    total_tokens: int
+
+
+class RerankResponse(_DropNone):
+    id: str
+    model: str
+    revision: str
+    kind: ModelKind
+    normalized: bool
+    aggregation: Aggregation
+    weights: dict[str, float] | None = None
+    pareto_front: list[int] | None = Field(None, description="pareto: indices of the documents on the first front")
+    results: list[RerankResult]
+    usage: RerankUsage
+
+
+async def rerank_documents(scorer: Scorer, body: RerankRequest) -> RerankResponse:
+    """The documents scored as one job, then ranked (`ranking.rerank`); an aggregation the
+    model cannot give is refused before anything is scored."""
+    spec = scorer.spec(body.model)
+    inputs = candidate_inputs(spec, body.query, body.messages, body.documents, prompt_field="query")
+    dimensions = spec.multi_objective.dimensions if spec.multi_objective else None
+    resolve_aggregation(dimensions, body.aggregation, body.weights)  # refuse before scoring anything
+    scored = await scorer.score_as(body.job(inputs), in_list("documents", shared_messages=True), "documents")
+    ranking = rerank(scored.outputs, body.top_n, body.aggregation, body.weights)
+    results = []
+    for ranked in ranking.results:
+        out, doc = scored.outputs[ranked.index], body.documents[ranked.index]
+        text = RerankDocument(text=doc.text) if body.return_documents and doc.text is not None else None
+        results.append(RerankResult(
+            index=ranked.index, relevance_score=ranked.value, document=text, score=out.score,
+            dimensions=out.dimensions, gating_weights=out.gating_weights, step_rewards=out.step_rewards,
+            pareto_rank=ranked.pareto_rank, num_tokens=out.num_tokens, truncated=out.truncated))
+    return RerankResponse(
+        id=f"rerank-{uuid.uuid4().hex}", model=scored.model, revision=scored.revision, kind=scored.kind,
+        normalized=scored.normalized, aggregation=ranking.aggregation, weights=ranking.weights,
+        pareto_front=ranking.pareto_front, results=results, usage=RerankUsage(total_tokens=scored.total_tokens),
+    )
+
+
+# ---- /v1/steps -----------------------------------------------------------------------
+
+
+class StepsRequest(_Options):
+    items: list[ScoreItem] = Field(min_length=1, description="{prompt, steps} or {input_ids}")
+    threshold: float = Field(0.5, description="report the first step whose reward is below this")
+
+
+class StepsResult(BaseModel):
+    index: int
+    score: float = Field(description="the step rewards' aggregate (a z-score with normalize='zscore')")
+    step_rewards: list[float]
+    first_below: int | None = Field(description="index of the first step with reward < threshold; null if none")
+    step_offset: int = Field(description="index of the caller's step the first reward belongs to (left truncation)")
+    num_tokens: int
+    truncated: bool
+
+
+class StepsResponse(BaseModel):
+    model: str
+    revision: str
+    aggregate: StepAggregate
+    threshold: float
+    normalized: bool
+    results: list[StepsResult]
+    usage: Usage
+
+
+async def score_steps(scorer: Scorer, body: StepsRequest) -> StepsResponse:
+    """The items scored as one job by a process model; with left truncation, step indices
+    count the caller's steps (`step_offset`)."""
+    spec = scorer.spec(body.model)
+    if spec.kind != ModelKind.process:
+        raise APIError(422, "invalid_request", f"/v1/steps needs a process reward model; this one is {spec.kind.value}",
+                       "model")
+    inputs = [item.to_input() for item in body.items]
+    scored = await scorer.score_as(body.job(inputs), in_list("items"), "items")
+    results = []
+    for i, (item, out) in enumerate(zip(inputs, scored.outputs)):
+        offset = 0
+        if out.truncated and body.truncate == "left" and isinstance(item, StepsInput):
+            offset = len(item.steps) - len(out.step_rewards)
+        below = first_below(out.step_rewards, body.threshold)
+        results.append(StepsResult(index=i, score=out.score, step_rewards=out.step_rewards,
+                                   first_below=None if below is None else offset + below, step_offset=offset,
+                                   num_tokens=out.num_tokens, truncated=out.truncated))
+    return StepsResponse(model=scored.model, revision=scored.revision, aggregate=default_aggregate(spec, body.aggregate),
+                         threshold=body.threshold, normalized=scored.normalized, results=results,
+                         usage=Usage(total_tokens=scored.total_tokens))

@@ -1,0 +1,142 @@
+"""The transport-independent scoring core: every protocol (HTTP, gRPC, KServe v2, the
+compatibility endpoints) turns its request into a `ScoreJob` and gets back a `Scored`, so
+they all return the same numbers and the same errors (as `APIError`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from models.heads import RewardOutput
+from models.inputs import ScoreInput, Truncate
+from models.spec import ModelKind, RewardSpec, StepAggregate
+from service.config import Settings
+from service.core.errors import APIError, ItemNamer, renamed, validation_error
+from service.core.normalize import Normalize, reference_stats_for, zscore
+from service.core.schemas import (
+    ItemResult,
+    ModelCard,
+    ScoreRequest,
+    ScoreResponse,
+    Usage,
+)
+from service.engine.cache import CacheMode
+from service.engine.registry import ModelNotFound, ModelNotReady, ModelRegistry
+from service.engine.runner import ItemError, ModelRunner
+from service.engine.scheduler import Priority, QueueFull
+
+
+@dataclass(frozen=True)
+class ScoreJob:
+    inputs: list[ScoreInput]
+    model: str | None = None
+    truncate: Truncate | None = None
+    aggregate: StepAggregate | None = None
+    priority: Priority | None = None
+    timeout_ms: float | None = None
+    normalize: Normalize | None = None
+    cache: CacheMode = CacheMode.use
+
+
+@dataclass(frozen=True)
+class Scored:
+    model: str
+    revision: str
+    kind: ModelKind
+    outputs: list[RewardOutput]
+    normalized: bool = False
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(out.num_tokens for out in self.outputs)
+
+
+class Scorer:
+    def __init__(self, registry: ModelRegistry, settings: Settings):
+        self.registry = registry
+        self.settings = settings
+
+    def runner(self, name: str | None, ready: bool = True) -> ModelRunner:
+        """The runner of the model a request names (the default when None): 404 when no
+        model has that name, 503 (with `ready`) while it is not ready to score."""
+        try:
+            return self.registry.get(name) if ready else self.registry.find(name)
+        except (ModelNotFound, ModelNotReady) as err:
+            raise APIError.from_lookup(err) from None
+
+    def spec(self, name: str | None) -> RewardSpec:
+        return self.runner(name).model.spec
+
+    def model_cards(self) -> list[ModelCard]:
+        return [model_card(runner) for runner in self.registry.runners.values()]
+
+    async def score(self, job: ScoreJob) -> Scored:
+        """Every item of `job` scored by one model, in order; cancelling the caller drops
+        its queued items."""
+        limit = self.settings.max_items_per_request
+        if len(job.inputs) > limit:
+            raise APIError(422, "too_many_items", f"{len(job.inputs)} items; at most {limit} per request", "items")
+        runner = self.runner(job.model)
+        model = runner.model
+        if job.aggregate is not None and model.spec.kind != ModelKind.process:
+            raise APIError(422, "invalid_request", "aggregate applies to process models only", "aggregate")
+        stats = reference_stats_for(model.spec, job.aggregate) if job.normalize == "zscore" else None
+        priority = job.priority or Priority(self.settings.default_priority)
+        deadline = None if job.timeout_ms is None else time.monotonic() + job.timeout_ms / 1000
+        try:
+            outputs = await runner.score(job.inputs, job.truncate, priority, deadline, job.cache)
+        except ItemError as err:
+            raise APIError.from_item_error(err) from err
+        except QueueFull as err:
+            raise APIError.from_queue_full(err) from err
+        if job.aggregate is not None:
+            outputs = [out.with_step_aggregate(job.aggregate) for out in outputs]
+        if stats is not None:
+            outputs = [zscore(out, stats) for out in outputs]
+        return Scored(runner.name, model.revision, model.spec.kind, outputs, normalized=stats is not None)
+
+    async def score_as(self, job: ScoreJob, name: ItemNamer, whole: str) -> Scored:
+        """`score`, its errors naming the request's own fields (`name(i, rest)` for item i,
+        `whole` for the list) instead of /v1/score's `items[i]`."""
+        try:
+            return await self.score(job)
+        except APIError as err:
+            raise renamed(err, name, whole) from err
+
+
+def model_card(runner: ModelRunner) -> ModelCard:
+    return ModelCard.build(runner.name, runner.status, runner.info, runner.error)
+
+
+# ---- /v1/score, whichever transport carries it ------------------------------------------
+
+_JOB_OPTIONS = [f.name for f in dataclasses.fields(ScoreJob) if f.name != "inputs"]
+
+
+def parse_score_request(body: dict) -> ScoreRequest:
+    """`body` (a /v1/score JSON body as Python values) validated as HTTP validates it; an
+    invalid one raises the APIError HTTP would answer with."""
+    try:
+        return ScoreRequest.model_validate(body)
+    except ValidationError as err:
+        raise validation_error(err.errors()) from None
+
+
+def score_job(body: ScoreRequest, deadline_ms: float | None = None) -> ScoreJob:
+    """The job a request with this body makes (every option ScoreJob and the request share
+    is carried over), its timeout cut to `deadline_ms` when that is sooner."""
+    options = {name: getattr(body, name) for name in _JOB_OPTIONS if name in type(body).model_fields}
+    if deadline_ms is not None and (options.get("timeout_ms") is None or deadline_ms < options["timeout_ms"]):
+        options["timeout_ms"] = deadline_ms
+    return ScoreJob(inputs=[item.to_input() for item in body.items], **options)
+
+
+def score_response(scored: Scored) -> ScoreResponse:
+    return ScoreResponse(
+        model=scored.model, revision=scored.revision, kind=scored.kind, normalized=scored.normalized or None,
+        results=[ItemResult.from_output(i, out) for i, out in enumerate(scored.outputs)],
+        usage=Usage(total_tokens=scored.total_tokens),
+    )

@@ -1,0 +1,1 @@
+"""The served models: registry, runners, the dynamic-batching scheduler and the result cache."""

@@ -1,0 +1,69 @@
+"""The set of served models, looked up by name."""
+
+from __future__ import annotations
+
+from service.config import Settings
+from service.engine.cache import LRUCache, RedisTier, ResultCache
+from service.engine.runner import ModelRunner
+
+
+class ModelNotFound(LookupError):
+    """No served model has this name."""
+
+    def __init__(self, name: str | None, served: list[str]):
+        super().__init__(f"no model named {name!r}; served: {served}")
+        self.name, self.served = name, served
+
+
+class ModelNotReady(Exception):
+    """The model is still loading, or failed to load."""
+
+    def __init__(self, runner: ModelRunner):
+        detail = f": {runner.error}" if runner.error else ""
+        super().__init__(f"model {runner.name!r} is {runner.status}{detail}")
+        self.runner = runner
+
+
+class ModelRegistry:
+    def __init__(self, settings: Settings):
+        self.default_name = settings.default_model_name
+        self.cache = build_cache(settings)
+        self.runners = {m.name: ModelRunner(m, settings, self.cache) for m in settings.models}
+
+    def load_all(self) -> None:
+        for runner in self.runners.values():
+            runner.load()
+
+    @property
+    def ready(self) -> bool:
+        return all(r.status == "ready" for r in self.runners.values())
+
+    @property
+    def statuses(self) -> dict[str, str]:
+        return {name: r.status for name, r in self.runners.items()}
+
+    def find(self, name: str | None) -> ModelRunner:
+        """The runner for `name` (the default model when None), in whatever state it is."""
+        runner = self.runners.get(name or self.default_name)
+        if runner is None:
+            raise ModelNotFound(name, sorted(self.runners))
+        return runner
+
+    def get(self, name: str | None) -> ModelRunner:
+        """The runner for `name` (the default model when None), ready to score."""
+        runner = self.find(name)
+        if runner.status != "ready":
+            raise ModelNotReady(runner)
+        return runner
+
+    async def close(self) -> None:
+        for runner in self.runners.values():
+            runner.close()
+        if self.cache is not None:
+            await self.cache.close()
+
+
+def build_cache(settings: Settings) -> ResultCache | None:
+    lru = LRUCache(settings.cache_max_bytes) if settings.cache_max_bytes > 0 else None
+    redis = RedisTier(settings.redis_url, timeout_s=settings.redis_timeout_ms / 1000) if settings.redis_url else None
+    return ResultCache(lru, redis) if lru is not None or redis is not None else None

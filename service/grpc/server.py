@@ -1,0 +1,72 @@
+"""The one grpc.aio server of a rewardserve process: rewardserve.v1.RewardService, the
+KServe v2 GRPCInferenceService and standard gRPC health checking. It runs on the HTTP
+server's event loop, so every protocol shares the models, their schedulers and the
+result cache."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from tritonclient.grpc import service_pb2_grpc
+
+from service.core.scoring import Scorer
+from service.grpc.interceptor import GrpcMetricsInterceptor
+from service.grpc.kserve_service import KServeService
+from service.grpc.proto import rewardserve_pb2_grpc as pb_grpc
+from service.grpc.reward_service import SERVICE_NAME, RewardService
+from service.monitoring.metrics import Metrics
+
+log = logging.getLogger("rewardserve")
+
+# Messages up to this size are accepted and sent (RL batches of token ids are large).
+MAX_MESSAGE_BYTES = 64 * 2**20
+SHUTDOWN_GRACE_S = 5.0
+
+
+class GrpcServer:
+    """Started in the HTTP app's lifespan, on its event loop."""
+
+    def __init__(self, scorer: Scorer, metrics: Metrics, host: str, port: int):
+        self.registry = scorer.registry
+        self.server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ], interceptors=[GrpcMetricsInterceptor(metrics)])
+        pb_grpc.add_RewardServiceServicer_to_server(RewardService(scorer), self.server)
+        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(KServeService(scorer), self.server)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.services = ["", SERVICE_NAME, KServeService.NAME]
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        try:
+            self.port = self.server.add_insecure_port(address)
+        except RuntimeError as err:
+            raise RuntimeError(f"cannot listen for gRPC on {address} ({err}); set grpc_port "
+                               "(REWARDSERVE_GRPC_PORT) to a free port, or 0 to turn gRPC off") from err
+        self._watch: asyncio.Task | None = None
+
+    async def start(self, loading: Awaitable | None = None) -> None:
+        for service in self.services:
+            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.start()
+        self._watch = asyncio.create_task(self._serving_when_loaded(loading))
+        log.info("gRPC listening on port %d", self.port)
+
+    async def _serving_when_loaded(self, loading: Awaitable | None) -> None:
+        """SERVING (overall and per service) once every model is ready, as /health/ready."""
+        if loading is not None:
+            await asyncio.shield(loading)
+        ready = self.registry.ready
+        status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        for service in self.services:
+            await self.health.set(service, status)
+
+    async def stop(self, grace: float = SHUTDOWN_GRACE_S) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)

@@ -1,0 +1,58 @@
+"""HTTP routes of the scoring API: `POST /v1/score`, the model listing and the health
+probes (liveness answers at once; readiness turns true when every model has warmed up)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from service.core.errors import APIError
+from service.core.schemas import (
+    Health,
+    ModelCard,
+    ModelList,
+    ScoreRequest,
+    ScoreResponse,
+)
+from service.core.scoring import model_card, score_job, score_response
+from service.http.disconnect import unless_disconnected
+from service.http.errors import ERROR_RESPONSES
+
+router = APIRouter()
+
+
+@router.post("/v1/score", response_model=ScoreResponse, response_model_exclude_none=True, responses=ERROR_RESPONSES)
+async def score(body: ScoreRequest, request: Request) -> ScoreResponse:
+    """Score a batch of items with one model: a score per item, per-dimension scores for
+    multi-objective models, step rewards for process models."""
+    scored = await unless_disconnected(request, request.app.state.scorer.score(score_job(body)))
+    return score_response(scored)
+
+
+@router.get("/v1/models", response_model=ModelList, response_model_exclude_none=True)
+async def list_models(request: Request) -> ModelList:
+    return ModelList(models=request.app.state.scorer.model_cards())
+
+
+@router.get("/v1/models/{name}", response_model=ModelCard, response_model_exclude_none=True,
+            responses=ERROR_RESPONSES)
+async def get_model(name: str, request: Request) -> ModelCard:
+    runner = request.app.state.registry.runners.get(name)
+    if runner is None:
+        raise APIError(404, "model_not_found", f"no model named {name!r}", "name")
+    return model_card(runner)
+
+
+@router.get("/health/live", response_model=Health)
+async def live() -> Health:
+    return Health(status="live")
+
+
+@router.get("/health/ready", response_model=Health, responses={503: {"model": Health}})
+async def ready(request: Request):
+    registry = request.app.state.registry
+    statuses = registry.statuses
+    if registry.ready:
+        return Health(status="ready", models=statuses)
+    state = "failed" if "failed" in statuses.values() else "loading"
+    return JSONResponse(status_code=503, content=Health(status=state, models=statuses).model_dump())

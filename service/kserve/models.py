@@ -1,0 +1,107 @@
+"""What each served model looks like over KServe v2: its input and output tensors, its
+metadata and its Triton model configuration, and the lookups (by name and version) every
+KServe route starts with."""
+
+from __future__ import annotations
+
+import json
+
+from models.spec import ModelKind
+from service.core.errors import APIError
+from service.core.scoring import Scorer
+from service.engine.runner import ModelRunner
+from service.kserve.tensors import TensorSpec
+
+PLATFORM = "rewardserve"
+VERSION = "1"
+SERVER_NAME = "rewardserve"
+EXTENSIONS = ["binary_tensor_data", "model_repository", "parameters"]
+MODEL_CONFIG_TYPES = {"BYTES": "TYPE_STRING", "INT64": "TYPE_INT64", "INT32": "TYPE_INT32",
+                      "FP32": "TYPE_FP32", "BOOL": "TYPE_BOOL"}
+
+
+def _gated(runner: ModelRunner) -> bool:
+    mo = runner.model.spec.multi_objective
+    return mo is not None and mo.aggregate == "gating"
+
+
+def input_specs(runner: ModelRunner) -> list[TensorSpec]:
+    process = runner.model.spec.kind == ModelKind.process
+    text = [TensorSpec("prompt", "BYTES", [-1])]
+    text += [TensorSpec("steps_json", "BYTES", [-1])] if process else [
+        TensorSpec("response", "BYTES", [-1]), TensorSpec("messages_json", "BYTES", [-1])]
+    return text + [TensorSpec("input_ids", "INT64", [-1, -1]), TensorSpec("lengths", "INT64", [-1]),
+                   TensorSpec("prompt_length", "INT64", [-1])]
+
+
+def output_specs(runner: ModelRunner) -> list[TensorSpec]:
+    kind = runner.model.spec.kind
+    specs = [TensorSpec("score", "FP32", [-1]), TensorSpec("num_tokens", "INT32", [-1]),
+             TensorSpec("truncated", "BOOL", [-1])]
+    if kind == ModelKind.multi_objective:
+        specs.append(TensorSpec("dimensions", "FP32", [-1, len(runner.model.spec.multi_objective.dimensions)]))
+        if _gated(runner):
+            specs.append(TensorSpec("gating_weights", "FP32", [-1, -1]))
+    if kind == ModelKind.process:
+        specs += [TensorSpec("step_rewards", "FP32", [-1, -1]), TensorSpec("num_steps", "INT32", [-1])]
+    return specs
+
+
+def model_parameters(runner: ModelRunner) -> dict[str, str]:
+    """What the tensor specs cannot say: the kind, the revision and the dimension names."""
+    info = runner.info
+    params = {"kind": info.kind.value, "revision": info.revision, "max_length": str(info.max_length)}
+    if info.dimensions is not None:
+        params["dimensions"] = json.dumps(info.dimensions)
+    if info.step_aggregate is not None:
+        params["step_aggregate"] = info.step_aggregate
+    return params
+
+
+def model_metadata(runner: ModelRunner) -> dict:
+    return {
+        "name": runner.name, "versions": [VERSION], "platform": PLATFORM,
+        "inputs": [spec.metadata() for spec in input_specs(runner)],
+        "outputs": [spec.metadata() for spec in output_specs(runner)],
+        "parameters": model_parameters(runner),
+    }
+
+
+def model_config(runner: ModelRunner) -> dict:
+    """A Triton model configuration (the JSON form of model_config.proto's ModelConfig)."""
+    def tensor(spec: TensorSpec, optional: bool = False) -> dict:
+        out = {"name": spec.name, "data_type": MODEL_CONFIG_TYPES[spec.datatype], "dims": list(spec.shape)}
+        return {**out, "optional": True} if optional else out
+
+    return {
+        "name": runner.name, "platform": PLATFORM, "backend": PLATFORM, "max_batch_size": 0,
+        "input": [tensor(spec, optional=True) for spec in input_specs(runner)],
+        "output": [tensor(spec) for spec in output_specs(runner)],
+        "parameters": {k: {"string_value": v} for k, v in model_parameters(runner).items()},
+    }
+
+
+def server_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("rewardserve")
+    except PackageNotFoundError:
+        return "0"
+
+
+def check_version(runner: ModelRunner, version: str | None) -> None:
+    if version not in (None, "", VERSION):
+        raise APIError(404, "model_not_found", f"model {runner.name!r} has no version {version!r}; served: {VERSION}",
+                       "model_version")
+
+
+def find_runner(scorer: Scorer, name: str, version: str | None = None, ready: bool = True) -> ModelRunner:
+    """The runner of model `name` at `version` (404 for another version; with `ready`, 503
+    while it is not ready)."""
+    runner = scorer.runner(name, ready=ready)
+    check_version(runner, version)
+    return runner
+
+
+REPOSITORY_STATES = {"ready": "READY", "loading": "LOADING", "failed": "UNAVAILABLE"}

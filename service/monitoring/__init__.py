@@ -1,0 +1,1 @@
+"""Prometheus metrics, reward drift and the golden-set canary."""

@@ -1,0 +1,44 @@
+"""A server's monitoring, assembled in one place: the Prometheus metrics, each model's
+runner hooks, reward drift and the golden-set canary, and the background tasks that keep
+drift and canary results current. Transports only expose what this holds."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable
+
+from service.config import Settings
+from service.engine.registry import ModelRegistry
+from service.monitoring.canary import CanaryMonitor
+from service.monitoring.drift import BASELINE_FILENAME, DriftMonitor
+from service.monitoring.metrics import Metrics, ModelMetrics, StateCollector
+
+
+class Monitoring:
+    def __init__(self, registry: ModelRegistry, settings: Settings):
+        self.registry = registry
+        self.settings = settings
+        self.metrics = Metrics()
+        self.drift = DriftMonitor(settings.drift_window, settings.drift_min_samples, dict(settings.drift_thresholds))
+        self.canary = CanaryMonitor(registry, settings.canary_tolerance, settings.canary_tolerance_half,
+                                    settings.canary_min_spearman)
+        for name, runner in registry.runners.items():
+            self.drift.add_model(name, runner.config.resolved_path() / BASELINE_FILENAME)
+            runner.observer = ModelMetrics(name, self.metrics, self.drift)
+        self.metrics.registry.register(StateCollector(registry, self.drift, self.canary))
+        self._tasks: list[asyncio.Task] = []
+
+    def start(self, loading: Awaitable | None) -> None:
+        """Drift recomputation and canary runs, on the running event loop."""
+        self._tasks = [
+            asyncio.create_task(self.drift.run(self.settings.drift_interval_s), name="drift"),
+            asyncio.create_task(self.canary.run(loading, self.settings.canary_interval_s), name="canary"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
