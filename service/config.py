@@ -22,6 +22,9 @@ class ModelConfig(BaseModel):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
     path: str = Field(description="model directory, or 'builtin:<name>' for an embedded model")
+    aliases: list[str] = Field(default_factory=list, description=(
+        "other names a request may give for this model (like vLLM's --served-model-name, e.g. the hub "
+        "path a trainer was configured with); the configured `path` is accepted too"))
     spec: dict | None = Field(None, description="inline reward spec; overrides the directory's reward_spec.yaml")
     device: str = Field("auto", description="'auto' (cuda when present), 'cpu', 'cuda', 'cuda:1', ...")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -131,6 +134,10 @@ class Settings(BaseSettings):
         clashes = sorted({m.graph_name for m in models if m.serve_graph} & set(names))
         if clashes:
             raise ValueError(f"{clashes} would name both a model and another model's served graph")
+        aliases = [alias for m in models for alias in m.aliases]
+        taken = sorted({a for a in aliases if aliases.count(a) > 1} | (set(aliases) & set(names)))
+        if taken:
+            raise ValueError(f"aliases {taken} name more than one model")
         return models
 
     @model_validator(mode="after")

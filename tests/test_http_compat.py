@@ -84,7 +84,7 @@ def test_get_reward_answers_what_openrlhf_reads(client, load_tiny):
              ok(client.post("/get_reward", json={"query": queries[2:], "prompts": PROMPTS[2:], "labels": [None]}))]
 
     for info in infos:
-        assert set(info) == {"rewards", "scores", "extra_logs"}
+        assert set(info) == {"rewards", "scores", "extra_logs", "truncate"} and info["truncate"] == "left"
         assert info["scores"] == info["rewards"]
         assert info["extra_logs"] == {"rm/truncated": [0.0] * len(info["rewards"])}
     expected = [reference(model, pair(p, r)).score for p, r in zip(PROMPTS, RESPONSES)]
@@ -172,11 +172,10 @@ def test_get_reward_errors_name_the_query(client, load_tiny):
                  422, "invalid_request", "query[1]")
     assert_error(client.post("/get_reward", json={"query": ["Hi there"], "prompts": ["Hi", "Hi"]}),
                  422, "invalid_request", "prompts")
-    assert_error(client.post("/get_reward", json={"query": ["ok", too_long]}), 422, "input_too_long", "query[1]")
     assert_error(client.post("/get_reward?model=nope", json={"query": ["x"]}), 404, "model_not_found", "model")
     assert_error(client.post("/get_reward", json={"query": []}), 422, "invalid_request", "query")
-    cut = ok(client.post("/get_reward?truncate=left", json={"query": ["ok", too_long]}))
-    assert cut["extra_logs"]["rm/truncated"] == [0.0, 1.0]
+    cut = ok(client.post("/get_reward", json={"query": ["ok", too_long]}))  # cut from the left by default
+    assert cut["extra_logs"]["rm/truncated"] == [0.0, 1.0] and cut["truncate"] == "left"
     assert cut["rewards"][1] == pytest.approx(reference(load_tiny(SCALAR), pair("", too_long), "left").score, abs=1e-5)
 
 
@@ -193,7 +192,7 @@ def test_classify_scalar_is_a_one_class_sigmoid(client, load_tiny):
     refs = [raw(model, t) for t in texts]
     for i, (data, ref) in enumerate(zip(body["data"], refs, strict=True)):
         assert data == {"index": i, "label": "LABEL_0", "probs": pytest.approx([sigmoid(ref.score)], abs=1e-6),
-                        "num_classes": 1}
+                        "num_classes": 1, "truncated": False}
     assert set(body["usage"]) == VLLM_USAGE_KEYS
     assert body["usage"]["prompt_tokens"] == body["usage"]["total_tokens"] == sum(r.num_tokens for r in refs)
     assert body["usage"]["completion_tokens"] == 0
@@ -213,9 +212,10 @@ def test_classify_process_model_is_bad_good(client, load_tiny):
 def test_pooling_per_kind(client, load_tiny):
     text = "What is 3 + 4? 3 + 4 = 7<extra_0> The answer is 7.<extra_0>"
     prm = ok(client.post("/pooling", json={"model": PRM, "input": [text], "encoding_format": "float"}))
-    assert set(prm) == {"id", "object", "created", "model", "data", "usage"} and prm["id"].startswith("pool-")
+    assert set(prm) == {"id", "object", "created", "model", "data", "usage"} and prm["id"].startswith("pooling-")
     ref = raw(load_tiny(PRM), text)
-    assert prm["data"] == [{"index": 0, "object": "pooling", "data": pytest.approx(ref.step_rewards, abs=1e-6)}]
+    assert prm["data"] == [{"index": 0, "object": "pooling", "data": pytest.approx(ref.step_rewards, abs=1e-6),
+                            "truncated": False}]
     assert len(ref.step_rewards) == 2
 
     scalar_model = load_tiny(SCALAR)
@@ -238,7 +238,7 @@ def test_vllm_score_one_to_many_and_many_to_many(client, load_tiny):
     one_to_n = ok(client.post("/score", json={"model": SCALAR, "text_1": PROMPTS[0], "text_2": RESPONSES}))
     assert set(one_to_n) == {"id", "object", "created", "model", "data", "usage"} and one_to_n["id"].startswith("score-")
     for i, data in enumerate(one_to_n["data"]):
-        assert set(data) == {"index", "object", "score"} and (data["index"], data["object"]) == (i, "score")
+        assert set(data) == {"index", "object", "score", "truncated"} and (data["index"], data["object"]) == (i, "score")
         assert data["score"] == pytest.approx(reference(model, pair(PROMPTS[0], RESPONSES[i])).score, abs=1e-5)
     n_to_n = ok(client.post("/score", json={"model": SCALAR, "text_1": PROMPTS, "text_2": RESPONSES}))
     assert [d["score"] for d in n_to_n["data"]] == pytest.approx(

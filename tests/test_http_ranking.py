@@ -203,7 +203,8 @@ def test_rerank_is_cohere_shaped_and_ordered_by_reference(client, load_tiny):
         assert result["relevance_score"] == pytest.approx(refs[result["index"]], abs=1e-5)
         assert result["score"] == result["relevance_score"]
         assert result["document"] == {"text": ANSWERS[result["index"]]}
-    assert set(body["usage"]) == {"total_tokens"}  # every document was scored, not only the top 3
+    assert set(body["usage"]) == {"prompt_tokens", "total_tokens"}  # every document was scored, not only the top 3
+    assert body["usage"]["prompt_tokens"] == body["usage"]["total_tokens"]
     assert body["usage"]["total_tokens"] == sum(reference(model, pair(t)).num_tokens for t in ANSWERS)
 
     bare = ok(client.post("/v1/rerank", json={"model": SCALAR, "query": PROMPT, "documents": documents,

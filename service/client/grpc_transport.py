@@ -98,6 +98,8 @@ def _shape(value: Any, annotation: Any, order: list[str]) -> Any:
 def _field(data: dict, name: str, annotation: Any, order: list[str]) -> Any:
     if name in data:
         return _shape(data[name], annotation, order)
+    if typing.get_origin(annotation) is typing.Literal and len(typing.get_args(annotation)) == 1:
+        return typing.get_args(annotation)[0]  # a constant (`object: "list"`), which proto does not carry
     if type(None) in typing.get_args(annotation):
         return None
     zero = typing.get_origin(annotation) or annotation

@@ -30,7 +30,8 @@ class GetRewardRequest(Lenient):
 class GetRewardResponse(BaseModel):
     rewards: list[float] = Field(description="the reward per query (a z-score with normalize='zscore')")
     scores: list[float] = Field(description="the model's raw score per query")
-    extra_logs: dict[str, list[float]] = Field(description="per query, for the trainer's logs")
+    extra_logs: dict[str, list[float]] = Field(description="per query, for the trainer's logs (rm/truncated: 1 if cut)")
+    truncate: Truncate = Field(description="the end over-long queries were cut at (left unless asked otherwise)")
 
 
 async def get_reward(scorer: Scorer, body: GetRewardRequest, model: str | None = None,
@@ -40,7 +41,8 @@ async def get_reward(scorer: Scorer, body: GetRewardRequest, model: str | None =
     and the response after it; the response is scored as the answer to that prompt
     (without prompts, the whole query as the answer to an empty prompt). Bulk priority
     unless asked otherwise: trainers send one rollout per request, many at once, and the
-    scheduler batches them across requests. Query-string options apply when the body has
+    scheduler batches them across requests. Over-long queries are cut from the left (as
+    OpenRLHF's own server truncates rather than failing), unless `truncate` says otherwise. Query-string options apply when the body has
     none, so they can ride on `--remote_rm_url`."""
     name = body.model or model
     spec = scorer.spec(name)
@@ -51,10 +53,13 @@ async def get_reward(scorer: Scorer, body: GetRewardRequest, model: str | None =
     inputs: list[ScoreInput] = []
     for i, text in enumerate(body.query):
         prompt = body.prompts[i] if body.prompts is not None else ""
-        if not text.startswith(prompt):
-            raise APIError(422, "invalid_request", f"query[{i}] does not start with prompts[{i}]", f"query[{i}]")
-        inputs += candidate_inputs(spec, prompt, None, [Candidate(text=text[len(prompt):])])
-    job = ScoreJob(inputs=inputs, model=name, truncate=body.truncate or truncate,
+        response = response_after(text, prompt)
+        if response is None:
+            raise APIError(422, "invalid_request", f"query[{i}] does not start with prompts[{i}] (even ignoring "
+                           "whitespace)", f"query[{i}]")
+        inputs += candidate_inputs(spec, prompt, None, [Candidate(text=response)])
+    side = body.truncate or truncate or "left"
+    job = ScoreJob(inputs=inputs, model=name, truncate=side,
                    priority=chosen_priority(body.priority) or priority or Priority.bulk, timeout_ms=body.timeout_ms)
     scored = await scorer.score_as(job, whole_item("query"), "query")
     raw = scored.outputs
@@ -66,4 +71,24 @@ async def get_reward(scorer: Scorer, body: GetRewardRequest, model: str | None =
     if spec.kind == ModelKind.process:
         extra["rm/num_steps"] = [float(len(out.step_rewards)) for out in raw]
     extra["rm/truncated"] = [float(out.truncated) for out in raw]
-    return GetRewardResponse(rewards=[out.score for out in shown], scores=[out.score for out in raw], extra_logs=extra)
+    return GetRewardResponse(rewards=[out.score for out in shown], scores=[out.score for out in raw], extra_logs=extra,
+                             truncate=side)
+
+
+def response_after(query: str, prompt: str) -> str | None:
+    """What follows `prompt` in `query`, or None when the query does not start with it.
+    The trainer decodes prompt and response together, and a SentencePiece tokenizer's
+    decode puts a space after a special token (`<s> [INST]` for the prompt `<s>[INST]`),
+    so where the exact prefix is missing the prompt is matched ignoring whitespace."""
+    if query.startswith(prompt):
+        return query[len(prompt):]
+    at = 0
+    for char in prompt:
+        if char.isspace():
+            continue
+        while at < len(query) and query[at].isspace():
+            at += 1
+        if at == len(query) or query[at] != char:
+            return None
+        at += 1
+    return query[at:]

@@ -1,26 +1,26 @@
 """vLLM's pooling API (`/pooling`, `/classify`, `/score`, `/rerank`): its request and
-response shapes, scored by the core, so numbers and errors are those of /v1/score."""
+response shapes (service.compat.vllm_inputs for the request fields), scored by the core,
+so numbers and errors are those of /v1/score. Inputs longer than the model's max_length
+are cut from the left unless the request says otherwise; each result says whether it was."""
 
 from __future__ import annotations
 
-import asyncio
+import base64
 import time
 import uuid
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from models.inputs import Chat, ScoreInput, TokenIds
-from models.reward_model import RewardModel
 from models.spec import ModelKind
-from service.compat.common import Lenient
+from service.compat.vllm_inputs import VllmMessage, VllmOptions, VllmRequest, content_text, input_items
 from service.core.candidates import Candidate, candidate_inputs
 from service.core.errors import APIError, whole_item
 from service.core.normalize import Normalize
-from service.core.operations import RerankRequest, chosen_priority
+from service.core.operations import RerankRequest, RerankResponse, chosen_priority, rerank_documents
 from service.core.ranking import sigmoid
-from service.core.schemas import Message
-from service.core.scoring import ScoreJob, Scorer
+from service.core.scoring import Scored, ScoreJob, Scorer
 from service.engine.scheduler import Priority
 
 VllmInput = str | list[str] | list[int] | list[list[int]]
@@ -37,12 +37,9 @@ def _usage(tokens: int) -> VllmUsage:
     return VllmUsage(prompt_tokens=tokens, total_tokens=tokens)
 
 
-class _VllmInputRequest(Lenient):
-    input: VllmInput | None = Field(None, description="text(s) as they are (markers and templates included), or token ids")
-    messages: list[Message] | None = Field(None, min_length=2, description="or: one conversation ending in the response")
-
-
-def _entries(value: VllmInput) -> list[str | list[int]]:
+def _entries(value: VllmInput | None) -> list[str | list[int]] | None:
+    if value is None:
+        return None
     if isinstance(value, str):
         return [value]
     if value and all(isinstance(v, int) for v in value):
@@ -50,34 +47,50 @@ def _entries(value: VllmInput) -> list[str | list[int]]:
     return list(value)
 
 
-async def _raw_inputs(model: RewardModel, body: _VllmInputRequest) -> list[ScoreInput]:
-    """vLLM reads `input` texts as they are: tokenized with the tokenizer's special tokens,
-    no pair split and no chat template (put markers and templates in the text yourself);
-    `messages` go through the chat template like /v1/score's."""
-    if (body.input is None) == (body.messages is None):
-        raise APIError(422, "invalid_request", "give input or messages", "input")
-    if body.messages is not None:
-        return [Chat(tuple((m.role, m.content) for m in body.messages))]
-    entries = _entries(body.input)
-    if not entries:
-        raise APIError(422, "invalid_request", "input must not be empty", "input")
-    tokenizer = model.encoder.tokenizer
-
-    def tokenize() -> list[ScoreInput]:
-        return [TokenIds(tuple(tokenizer(e, add_special_tokens=True, verbose=False)["input_ids"]) if isinstance(e, str)
-                         else tuple(e)) for e in entries]
-
-    return await asyncio.to_thread(tokenize)
+def activated(kind: ModelKind, values: list[float], activation: bool | None) -> list[float]:
+    """Scores as the request wants them: sigmoid(score) with activation, the raw score
+    without. Process models' values are step probabilities already: activation changes
+    nothing, and their raw step logits are not served."""
+    if kind == ModelKind.process:
+        if activation is False:
+            raise APIError(422, "invalid_request", "a process model's rewards are probabilities; its raw logits "
+                           "are not served", "use_activation")
+        return values
+    return [sigmoid(v) for v in values] if activation else values
 
 
-class PoolingRequest(_VllmInputRequest):
+async def _score_inputs(scorer: Scorer, body: VllmRequest, input: VllmInput | None,
+                        messages: list[VllmMessage] | None, add_special_tokens: bool | None,
+                        normalize: Normalize | None = None) -> tuple[Scored, list[bool]]:
+    model = scorer.runner(body.model).model
+    inputs, cut = await input_items(model, body, _entries(input), messages, add_special_tokens)
+    job = ScoreJob(inputs=inputs, model=body.model, truncate=body.side(), priority=chosen_priority(body.priority),
+                   timeout_ms=body.timeout_ms, normalize=normalize)
+    scored = await scorer.score_as(job, whole_item("input"), "input")
+    return scored, [i in cut or out.truncated for i, out in enumerate(scored.outputs)]
+
+
+class _InputRequest(VllmRequest):
+    input: VllmInput | None = Field(None, description="text(s) as they are (markers and templates included), or token ids")
+    messages: list[VllmMessage] | None = Field(None, min_length=1, description="or: one conversation")
+    add_special_tokens: bool | None = Field(None, description="input: add BOS and the like (default true)")
+
+
+# ---- /pooling ---------------------------------------------------------------------------
+
+
+class PoolingRequest(_InputRequest):
     normalize: Normalize | None = Field(None, description="'zscore': scalar and multi-objective values as z-scores")
+    encoding_format: Literal["float", "base64"] = Field("float", description="base64: float32 bytes, base64-encoded")
+    embed_dtype: Literal["float32"] = "float32"
+    endianness: Literal["native", "little", "big"] = "native"
 
 
 class PoolingData(BaseModel):
     index: int
     object: Literal["pooling"] = "pooling"
-    data: list[float]
+    data: list[float] | str
+    truncated: bool
 
 
 class PoolingResponse(BaseModel):
@@ -89,29 +102,36 @@ class PoolingResponse(BaseModel):
     usage: VllmUsage
 
 
+def _encoded(values: list[float], body: PoolingRequest) -> list[float] | str:
+    if body.encoding_format == "float":
+        return values
+    order = {"native": "=", "little": "<", "big": ">"}[body.endianness]
+    return base64.b64encode(np.asarray(values, dtype=np.dtype(f"{order}f4")).tobytes()).decode()
+
+
 async def pooling(scorer: Scorer, body: PoolingRequest) -> PoolingResponse:
     """vLLM pooling: per input, the process model's step rewards, the multi-objective
-    model's dimensions (in the model's order) or the scalar model's [score]."""
-    model = scorer.runner(body.model).model
-    inputs = await _raw_inputs(model, body)
-    job = ScoreJob(inputs=inputs, model=body.model, truncate=body.truncate, priority=chosen_priority(body.priority),
-                   timeout_ms=body.timeout_ms, normalize=body.normalize)
-    scored = await scorer.score_as(job, whole_item("input"), "input")
+    model's dimensions (in the model's order) or the scalar model's [score] (raw unless
+    use_activation is true); `encoding_format: "base64"` sends them as float32 bytes."""
+    scored, truncated = await _score_inputs(scorer, body, body.input, body.messages, body.add_special_tokens,
+                                            body.normalize)
     kind = scored.kind
 
     def vector(out) -> list[float]:
         if kind == ModelKind.process:
             return out.step_rewards
-        if kind == ModelKind.multi_objective:
-            return list(out.dimensions.values())
-        return [out.score]
+        return list(out.dimensions.values()) if kind == ModelKind.multi_objective else [out.score]
 
-    return PoolingResponse(id=f"pool-{uuid.uuid4().hex}", created=int(time.time()), model=scored.model,
-                           data=[PoolingData(index=i, data=vector(out)) for i, out in enumerate(scored.outputs)],
+    data = [PoolingData(index=i, data=_encoded(activated(kind, vector(out), body.wants_activation()), body),
+                        truncated=truncated[i]) for i, out in enumerate(scored.outputs)]
+    return PoolingResponse(id=f"pooling-{uuid.uuid4().hex}", created=int(time.time()), model=scored.model, data=data,
                            usage=_usage(scored.total_tokens))
 
 
-class ClassifyRequest(_VllmInputRequest):
+# ---- /classify --------------------------------------------------------------------------
+
+
+class ClassifyRequest(_InputRequest):
     pass
 
 
@@ -120,6 +140,7 @@ class ClassificationData(BaseModel):
     label: str | None
     probs: list[float]
     num_classes: int
+    truncated: bool
 
 
 class ClassificationResponse(BaseModel):
@@ -133,35 +154,75 @@ class ClassificationResponse(BaseModel):
 
 async def classify(scorer: Scorer, body: ClassifyRequest) -> ClassificationResponse:
     """vLLM classify. Scalar and multi-objective models are one-class classifiers:
-    probs = [sigmoid(score)]. Process models: probs = [1 - score, score] (the score, the
-    step aggregate, is a probability of good). `label` is the model config's name of the
-    most probable class, as vLLM reports it."""
-    model = scorer.runner(body.model).model
-    inputs = await _raw_inputs(model, body)
-    job = ScoreJob(inputs=inputs, model=body.model, truncate=body.truncate, priority=chosen_priority(body.priority),
-                   timeout_ms=body.timeout_ms)
-    scored = await scorer.score_as(job, whole_item("input"), "input")
-    id2label = getattr(model.config, "id2label", None) or {}
+    probs = [sigmoid(score)], or [score] with use_activation (or activation, softmax)
+    false, as veRL asks. Process models: probs = [1 - score, score] (the score, the step
+    aggregate, is a probability of good). `label` is the model config's name of the most
+    probable class, as vLLM reports it."""
+    scored, truncated = await _score_inputs(scorer, body, body.input, body.messages, body.add_special_tokens)
+    id2label = getattr(scorer.runner(scored.model).model.config, "id2label", None) or {}
+    wants = body.wants_activation()
     data = []
     for i, out in enumerate(scored.outputs):
-        probs = [1.0 - out.score, out.score] if scored.kind == ModelKind.process else [sigmoid(out.score)]
+        if scored.kind == ModelKind.process:
+            probs = [1.0 - out.score, *activated(scored.kind, [out.score], wants)]
+        else:
+            probs = activated(scored.kind, [out.score], wants is not False)
         best = max(range(len(probs)), key=probs.__getitem__)
         data.append(ClassificationData(index=i, label=id2label.get(best, f"LABEL_{best}"), probs=probs,
-                                       num_classes=len(probs)))
+                                       num_classes=len(probs), truncated=truncated[i]))
     return ClassificationResponse(id=f"classify-{uuid.uuid4().hex}", created=int(time.time()), model=scored.model,
                                   data=data, usage=_usage(scored.total_tokens))
 
 
-class VllmScoreRequest(Lenient):
-    text_1: str | list[str] = Field(description="the prompt(s)")
-    text_2: str | list[str] = Field(description="the response(s); process models: steps cut at the marker or blank lines")
+# ---- /score -----------------------------------------------------------------------------
+
+SCORE_PAIRS = (("queries", "documents"), ("queries", "items"), ("data_1", "data_2"), ("text_1", "text_2"))
+ScoreValue = str | dict[str, Any]
+
+
+class VllmScoreRequest(VllmRequest):
+    """Pairs under any of vLLM's names: queries + documents (or items), data_1 + data_2,
+    text_1 + text_2; each side one value or a list (1:1, 1:N or N:N)."""
+
+    queries: ScoreValue | list[ScoreValue] | None = Field(None, description="the prompt(s)")
+    documents: ScoreValue | list[ScoreValue] | None = Field(None, description="the response(s)")
+    items: ScoreValue | list[ScoreValue] | None = Field(None, description="the response(s), another name")
+    data_1: ScoreValue | list[ScoreValue] | None = None
+    data_2: ScoreValue | list[ScoreValue] | None = None
+    text_1: ScoreValue | list[ScoreValue] | None = None
+    text_2: ScoreValue | list[ScoreValue] | None = Field(
+        None, description="process models: responses are cut into steps at the marker or blank lines")
     normalize: Normalize | None = None
+
+    def pairs(self) -> tuple[str, str, list[str], list[str]]:
+        """(first name, second name, prompts, responses), one prompt per response."""
+        given = [(a, b) for a, b in SCORE_PAIRS if getattr(self, a) is not None and getattr(self, b) is not None]
+        stray = [n for pair in SCORE_PAIRS for n in pair if getattr(self, n) is not None and not any(n in g for g in given)]
+        if len(given) != 1 or stray:
+            raise APIError(422, "invalid_request", "give one pair: queries + documents, queries + items, "
+                           "data_1 + data_2 or text_1 + text_2", (stray or ["queries"])[0])
+        first, second = given[0]
+        sides = []
+        for name in (first, second):
+            value = getattr(self, name)
+            values = value if isinstance(value, list) else [value]
+            sides.append([content_text(v, f"{name}[{i}]") for i, v in enumerate(values)])
+        firsts, seconds = sides
+        if not firsts or not seconds:
+            raise APIError(422, "invalid_request", "must not be empty", first if not firsts else second)
+        if len(firsts) == 1:
+            firsts = firsts * len(seconds)
+        elif len(firsts) != len(seconds):
+            raise APIError(422, "invalid_request", f"{len(firsts)} {first} for {len(seconds)} {second}: give one "
+                           f"{first}, or as many as {second}", second)
+        return first, second, firsts, seconds
 
 
 class ScoreData(BaseModel):
     index: int
     object: Literal["score"] = "score"
     score: float
+    truncated: bool
 
 
 class VllmScoreResponse(BaseModel):
@@ -174,32 +235,59 @@ class VllmScoreResponse(BaseModel):
 
 
 async def score(scorer: Scorer, body: VllmScoreRequest) -> VllmScoreResponse:
-    """vLLM score: each (text_1, text_2) pair is a prompt and a response, scored like
-    /v1/score's {prompt, response}. 1:1, 1:N (one text_1 for every text_2) or N:N."""
-    firsts = [body.text_1] if isinstance(body.text_1, str) else body.text_1
-    seconds = [body.text_2] if isinstance(body.text_2, str) else body.text_2
-    if not firsts or not seconds:
-        raise APIError(422, "invalid_request", "text_1 and text_2 must not be empty", "text_1" if not firsts else "text_2")
-    if len(firsts) == 1:
-        firsts = firsts * len(seconds)
-    elif len(firsts) != len(seconds):
-        raise APIError(422, "invalid_request", f"{len(firsts)} text_1 for {len(seconds)} text_2: give one text_1, "
-                       "or as many as text_2", "text_2")
-    spec = scorer.spec(body.model)
-    inputs: list[ScoreInput] = []
-    for first, second in zip(firsts, seconds):
-        inputs += candidate_inputs(spec, first, None, [Candidate(text=second)], prompt_field="text_1")
-    job = ScoreJob(inputs=inputs, model=body.model, truncate=body.truncate, priority=chosen_priority(body.priority),
+    """vLLM score: each pair is a prompt and a response, scored like /v1/score's
+    {prompt, response}; the raw score unless use_activation is true (then sigmoid)."""
+    first, second, firsts, seconds = body.pairs()
+    runner = scorer.runner(body.model)
+    body.kept_tokens(runner.model.encoder.max_length, own_tokens=False)
+    spec = runner.model.spec
+    inputs = []
+    for prompt, response in zip(firsts, seconds):
+        inputs += candidate_inputs(spec, prompt, None, [Candidate(text=response)], prompt_field=first)
+    job = ScoreJob(inputs=inputs, model=body.model, truncate=body.side(), priority=chosen_priority(body.priority),
                    timeout_ms=body.timeout_ms, normalize=body.normalize)
-    scored = await scorer.score_as(job, whole_item("text_2"), "text_2")
-    return VllmScoreResponse(id=f"score-{uuid.uuid4().hex}", created=int(time.time()), model=scored.model,
-                             data=[ScoreData(index=i, score=out.score) for i, out in enumerate(scored.outputs)],
+    scored = await scorer.score_as(job, whole_item(second), second)
+    wants = body.wants_activation()
+    data = [ScoreData(index=i, score=activated(scored.kind, [out.score], wants)[0], truncated=out.truncated)
+            for i, out in enumerate(scored.outputs)]
+    return VllmScoreResponse(id=f"score-{uuid.uuid4().hex}", created=int(time.time()), model=scored.model, data=data,
                              usage=_usage(scored.total_tokens))
 
 
-class VllmRerankRequest(RerankRequest):
-    """/v1/rerank's request, ignoring unknown fields (vLLM's and Cohere's own options)."""
+# ---- /rerank ----------------------------------------------------------------------------
+
+
+class VllmRerankRequest(RerankRequest, VllmOptions):
+    """/v1/rerank's request with vLLM's fields: unknown fields are ignored (vLLM's and
+    Cohere's own options), `{"content": [parts]}` values are read as their text, inputs
+    are cut from the left by default, and use_activation puts relevance scores through a
+    sigmoid (the order stays the same)."""
 
     model_config = ConfigDict(extra="ignore")
 
     priority: Priority | int | None = Field(None, description="'interactive' or 'bulk' (vLLM's integers: the default)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _texts(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if isinstance(data.get("query"), (dict, list)):
+            data["query"] = content_text(data["query"], "query")
+        if isinstance(data.get("documents"), list):
+            data["documents"] = [content_text(d, f"documents[{i}]") if isinstance(d, dict) and "content" in d else d
+                                 for i, d in enumerate(data["documents"])]
+        data.setdefault("truncate", data.get("truncation_side") or "left")
+        return data
+
+
+async def rerank(scorer: Scorer, body: VllmRerankRequest) -> RerankResponse:
+    response = await rerank_documents(scorer, body)
+    wants = body.wants_activation()
+    if wants is not None:
+        kind = response.kind
+        for result in response.results:
+            result.relevance_score = activated(kind, [result.relevance_score], wants)[0]
+    return response
+

@@ -6,6 +6,7 @@ into one `ScoreJob` for the scorer, then applies the pure functions of
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from typing import Any, ClassVar, Literal
 
 from pydantic import (
@@ -142,6 +143,18 @@ class RerankRequest(_Options):
         "(Pareto fronts over the dimensions, then the aggregate); default: 'weights' when weights are given, else 'model'"
     )
     weights: dict[str, float] | None = Field(None, description="multi-objective: weight per dimension (others weigh 0)")
+    truncate_prompt_tokens: int | None = Field(
+        None, ge=-1, description="vLLM's: -1 (or the model's max_length) cuts inputs to max_length, from the side "
+        "`truncate` names (default left); no other value is supported")
+
+    def job(self, inputs: list[ScoreInput], priority: Priority | None = None) -> ScoreJob:
+        job = super().job(inputs, priority)
+        return replace(job, truncate=job.truncate or "left") if self.truncate_prompt_tokens is not None else job
+
+    def check_truncation(self, max_length: int) -> None:
+        if self.truncate_prompt_tokens not in (None, -1, max_length):
+            raise APIError(422, "invalid_request", f"only -1 or {max_length} (the model's max_length) is supported",
+                           "truncate_prompt_tokens")
 
 
 class RerankDocument(BaseModel):
@@ -162,6 +175,7 @@ class RerankResult(_DropNone):
 
 
 class RerankUsage(BaseModel):
+    prompt_tokens: int = Field(description="the same as total_tokens (vLLM reports both)")
     total_tokens: int
 
 
@@ -181,7 +195,9 @@ class RerankResponse(_DropNone):
 async def rerank_documents(scorer: Scorer, body: RerankRequest) -> RerankResponse:
     """The documents scored as one job, then ranked (`ranking.rerank`); an aggregation the
     model cannot give is refused before anything is scored."""
-    spec = scorer.spec(body.model)
+    runner = scorer.runner(body.model)
+    spec = runner.model.spec
+    body.check_truncation(runner.model.encoder.max_length)
     inputs = candidate_inputs(spec, body.query, body.messages, body.documents, prompt_field="query")
     dimensions = spec.multi_objective.dimensions if spec.multi_objective else None
     resolve_aggregation(dimensions, body.aggregation, body.weights)  # refuse before scoring anything
@@ -198,7 +214,7 @@ async def rerank_documents(scorer: Scorer, body: RerankRequest) -> RerankRespons
     return RerankResponse(
         id=f"rerank-{uuid.uuid4().hex}", model=scored.model, revision=scored.revision, kind=scored.kind,
         normalized=scored.normalized, aggregation=ranking.aggregation, weights=ranking.weights,
-        pareto_front=ranking.pareto_front, results=results, usage=RerankUsage(total_tokens=scored.total_tokens),
+        pareto_front=ranking.pareto_front, results=results, usage=RerankUsage(prompt_tokens=scored.total_tokens, total_tokens=scored.total_tokens),
     )
 
 

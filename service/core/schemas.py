@@ -160,7 +160,23 @@ class ModelCard(BaseModel):
         return cls(status=status, error=error, **fields)
 
 
+class ModelObject(BaseModel):
+    """A model as OpenAI's and vLLM's `GET /v1/models` list it (one per name it answers to)."""
+
+    id: str = Field(description="a name requests may give: the model's name or one of its aliases")
+    object: Literal["model"] = "model"
+    created: int = Field(description="when the server started (Unix seconds)")
+    owned_by: str = "rewardserve"
+    root: str = Field(description="the model's configured path")
+    parent: str | None = Field(None, description="for an alias: the model's name")
+    max_model_len: int | None = Field(None, description="the model's max_length, once it has loaded")
+
+
 class ModelList(BaseModel):
+    """Both listings: OpenAI/vLLM's (`object`, `data`) and ours, richer (`models`)."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelObject] = Field(default_factory=list)
     models: list[ModelCard]
 
 

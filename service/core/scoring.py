@@ -16,13 +16,7 @@ from models.spec import ModelKind, RewardSpec, StepAggregate
 from service.config import Settings
 from service.core.errors import APIError, ItemNamer, renamed, validation_error
 from service.core.normalize import Normalize, reference_stats_for, zscore
-from service.core.schemas import (
-    ItemResult,
-    ModelCard,
-    ScoreRequest,
-    ScoreResponse,
-    Usage,
-)
+from service.core.schemas import ItemResult, ModelCard, ModelList, ModelObject, ScoreRequest, ScoreResponse, Usage
 from service.engine.cache import CacheMode
 from service.engine.registry import ModelNotFound, ModelNotReady, ModelRegistry
 from service.engine.runner import ItemError, ModelRunner
@@ -72,6 +66,16 @@ class Scorer:
 
     def model_cards(self) -> list[ModelCard]:
         return [model_card(runner) for runner in self.registry.runners.values()]
+
+    def model_list(self) -> ModelList:
+        objects = []
+        for runner in self.registry.runners.values():
+            length = runner.info.max_length if runner.info else None
+            for name in (runner.name, *runner.config.aliases):
+                objects.append(ModelObject(id=name, created=self.registry.created, root=runner.config.path,
+                                           parent=None if name == runner.name else runner.name,
+                                           max_model_len=length))
+        return ModelList(data=objects, models=self.model_cards())
 
     async def score(self, job: ScoreJob) -> Scored:
         """Every item of `job` scored by one model, in order; cancelling the caller drops

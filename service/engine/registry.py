@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from service.config import Settings
 from service.engine.cache import LRUCache, RedisTier, ResultCache
 from service.engine.runner import ModelRunner
@@ -29,6 +31,8 @@ class ModelRegistry:
         self.default_name = settings.default_model_name
         self.cache = build_cache(settings)
         self.runners = {m.name: ModelRunner(m, settings, self.cache) for m in settings.models}
+        self.aliases = model_aliases(settings)
+        self.created = int(time.time())
 
     def load_all(self) -> None:
         for runner in self.runners.values():
@@ -44,7 +48,8 @@ class ModelRegistry:
 
     def find(self, name: str | None) -> ModelRunner:
         """The runner for `name` (the default model when None), in whatever state it is."""
-        runner = self.runners.get(name or self.default_name)
+        name = name or self.default_name
+        runner = self.runners.get(name) or self.runners.get(self.aliases.get(name, ""))
         if runner is None:
             raise ModelNotFound(name, sorted(self.runners))
         return runner
@@ -61,6 +66,19 @@ class ModelRegistry:
             runner.close()
         if self.cache is not None:
             await self.cache.close()
+
+
+def model_aliases(settings: Settings) -> dict[str, str]:
+    """Alias -> model name: each model's aliases, and its configured path where no other
+    model has that path and no model or alias is called so (a trainer often names the
+    reward model by the path it was configured with)."""
+    names = {m.name for m in settings.models}
+    aliases = {alias: m.name for m in settings.models for alias in m.aliases}
+    paths = [m.path for m in settings.models]
+    for m in settings.models:
+        if paths.count(m.path) == 1 and m.path not in names and m.path not in aliases:
+            aliases[m.path] = m.name
+    return aliases
 
 
 def build_cache(settings: Settings) -> ResultCache | None:

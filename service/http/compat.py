@@ -14,7 +14,6 @@ from typing import Literal
 from fastapi import APIRouter, Query, Request
 
 from service.compat import openrlhf, vllm
-from service.core import operations
 from service.core.normalize import Normalize
 from service.core.operations import RerankResponse
 from service.engine.scheduler import Priority
@@ -59,5 +58,5 @@ async def score(body: vllm.VllmScoreRequest, request: Request) -> vllm.VllmScore
 @router.post("/rerank", response_model=RerankResponse, responses=ERROR_RESPONSES)
 @router.post("/v2/rerank", response_model=RerankResponse, responses=ERROR_RESPONSES, include_in_schema=False)
 async def rerank(body: vllm.VllmRerankRequest, request: Request) -> RerankResponse:
-    """vLLM / Cohere rerank: /v1/rerank at the paths their clients call."""
-    return await unless_disconnected(request, operations.rerank_documents(request.app.state.scorer, body))
+    """vLLM / Cohere rerank: /v1/rerank at the paths their clients call, with vLLM's fields."""
+    return await unless_disconnected(request, vllm.rerank(request.app.state.scorer, body))

@@ -31,13 +31,16 @@ async def score(body: ScoreRequest, request: Request) -> ScoreResponse:
 
 @router.get("/v1/models", response_model=ModelList, response_model_exclude_none=True)
 async def list_models(request: Request) -> ModelList:
-    return ModelList(models=request.app.state.scorer.model_cards())
+    """The served models, in OpenAI's shape (`data`, what the OpenAI SDK and vLLM clients
+    read) and ours (`models`, with kind, revision, dimensions and status)."""
+    return request.app.state.scorer.model_list()
 
 
 @router.get("/v1/models/{name}", response_model=ModelCard, response_model_exclude_none=True,
             responses=ERROR_RESPONSES)
 async def get_model(name: str, request: Request) -> ModelCard:
-    runner = request.app.state.registry.runners.get(name)
+    registry = request.app.state.registry
+    runner = registry.runners.get(registry.aliases.get(name, name))
     if runner is None:
         raise APIError(404, "model_not_found", f"no model named {name!r}", "name")
     return model_card(runner)
