@@ -9,8 +9,8 @@ PY := $(VENV)/bin/python
 # on a GPU host set TORCH to the build you want.
 TORCH ?= torch==2.13.0
 
-# Ray Serve, the benchmark's off-the-shelf batcher, lives in its own venv: it pins a
-# protobuf that the service's grpcio-tools cannot share.
+# Ray Serve, the benchmark's off-the-shelf batcher, lives in its own venv, so its large
+# dependency set never changes the service's.
 RAY_VENV := loadtests/.venv-ray
 
 .PHONY: install serve test bench

@@ -3,7 +3,7 @@ gathering items across requests (in arrival order, up to `--batch-size` per forw
 batch padded to its longest item). This is how Ray Serve's docs batch a model; the forward
 runs off the replica's event loop so the next batch can fill meanwhile.
 
-Runs in its own virtual environment (Ray pins a protobuf our grpcio-tools cannot use):
+Runs in its own virtual environment (so Ray's dependencies never change the service's):
 
     loadtests/.venv-ray/bin/python -m loadtests.ray_server --port 8102 [--model-dir DIR]
 

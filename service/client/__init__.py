@@ -2,7 +2,8 @@
 over HTTP (`http://`, `https://`) or gRPC (`grpc://`), with the same methods (`score`,
 `compare`, `rerank`, `steps`, `models`), typed results and errors whichever the protocol,
 retrying a full queue or an unavailable server with backoff that honours the server's
-retry-after hint. `reward_fn` adapts a client into a TRL GRPOTrainer reward function.
+retry-after hint. `reward_fn` adapts a client into a TRL GRPOTrainer reward function,
+`verl_reward_fns` into veRL's custom reward functions (service.client.trainers).
 
     from service.client import RewardClient
     with RewardClient("grpc://127.0.0.1:50051") as rm:
@@ -10,6 +11,7 @@ retry-after hint. `reward_fn` adapts a client into a TRL GRPOTrainer reward func
 """
 
 from service.client.clients import AsyncRewardClient, RewardClient
-from service.client.common import RewardServeError, as_item, reward_fn
+from service.client.common import RewardServeError, as_item
+from service.client.trainers import reward_fn, verl_reward_fns
 
-__all__ = ["AsyncRewardClient", "RewardClient", "RewardServeError", "as_item", "reward_fn"]
+__all__ = ["AsyncRewardClient", "RewardClient", "RewardServeError", "as_item", "reward_fn", "verl_reward_fns"]

@@ -1,10 +1,9 @@
 """What the clients share whatever the transport: the error they raise, request bodies in
-the HTTP API's JSON shape (each transport sends them its own way), the retry policy, and
-the TRL reward-function adapter."""
+the HTTP API's JSON shape (each transport sends them its own way), and the retry policy."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
@@ -14,8 +13,6 @@ from service.core.schemas import ModelList, ScoreResponse
 
 if TYPE_CHECKING:
     import grpc
-
-    from service.client.clients import RewardClient
 
 # What each method answers, over either transport.
 RESULT_TYPES: dict[str, type[BaseModel]] = {
@@ -100,24 +97,3 @@ class Retry:
             if error.retry_after_s is not None:
                 return min(error.retry_after_s, self.max_backoff_s)
         return min(self.backoff_s * 2**attempt, self.max_backoff_s)
-
-
-def _completion_item(prompt: Any, completion: Any) -> dict:
-    """TRL passes plain strings, or conversations (lists of {role, content})."""
-    if isinstance(prompt, str) and isinstance(completion, str):
-        return {"prompt": prompt, "response": completion}
-    turns = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-    reply = completion if isinstance(completion, list) else [{"role": "assistant", "content": completion}]
-    return {"messages": [*turns, *reply]}
-
-
-def reward_fn(client: RewardClient, *, model: str | None = None, **options) -> Callable[..., list[float]]:
-    """A TRL GRPOTrainer reward function (`reward_funcs=[reward_fn(client)]`): scores each
-    (prompt, completion) with the server, as bulk work, over the client's transport."""
-    options.setdefault("priority", "bulk")
-
-    def rewardserve_reward(prompts: list, completions: list, **_: Any) -> list[float]:
-        items = [_completion_item(p, c) for p, c in zip(prompts, completions, strict=True)]
-        return [result.score for result in client.score(items, model=model, **options).results]
-
-    return rewardserve_reward

@@ -14,6 +14,7 @@ rewardserve_pb2`) and works wherever the package is installed.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from importlib import resources
 from pathlib import Path
@@ -32,13 +33,27 @@ def outputs(proto: Path) -> list[Path]:
 
 
 def stale() -> list[Path]:
-    """The .proto files whose generated modules are missing or older than they are."""
+    """The .proto files whose generated modules are missing, older than they are, or made
+    by a newer protoc than the installed protobuf runtime accepts (left by an earlier
+    install)."""
     found = []
     for proto in protos():
         source = proto.stat().st_mtime
-        if any(not out.exists() or out.stat().st_mtime < source for out in outputs(proto)):
+        if any(not out.exists() or out.stat().st_mtime < source for out in outputs(proto)) or \
+                _too_new_for_runtime(proto.with_name(proto.stem + "_pb2.py")):
             found.append(proto)
     return found
+
+
+def _too_new_for_runtime(module: Path) -> bool:
+    from google.protobuf import __version__ as runtime
+
+    match = re.search(r"^# Protobuf Python Version: ([\d.]+)$", module.read_text(), re.MULTILINE)
+    return match is not None and _version(match[1]) > _version(runtime)
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
 
 
 def generate(sources: list[Path] | None = None) -> list[Path]:

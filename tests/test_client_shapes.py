@@ -1,0 +1,297 @@
+"""The call shapes of the clients RL and ranking users already run, reproduced against a
+live server: veRL's reward loop (`/classify` naming the model by its path, activation
+off), the OpenAI SDK's `models.list()`, vLLM's request forms (content-part messages, a
+user-only conversation, every /score pair name, truncation, base64 pooling, special
+tokens, fields we cannot honour) and OpenRLHF's remote reward client on a SentencePiece
+policy, whose decoded queries do not start with the prompt string as sent."""
+
+from __future__ import annotations
+
+import base64
+import math
+
+import httpx
+import numpy as np
+import openai
+import pytest
+from http_helpers import LONG_TEXT, assert_error, live_server, reference, wait_until_loaded
+from model_cards.tokenizers import mistral_v01
+from transformers import LlamaConfig, LlamaForSequenceClassification
+
+from models.inputs import TokenIds
+from models.reward_model import RewardModel
+from models.tiny_models import SMALL
+from service.app import create_app
+from service.client import RewardClient, verl_reward_fns
+from service.client import trainers
+from service.compat.openrlhf import response_after
+from service.config import ModelConfig, Settings
+
+SCALAR, PRM, MULTI = "llama-scalar", "qwen2-prm", "llama-helpsteer"
+SKYWORK_PATH = "Skywork/Skywork-Reward-Llama-3.1-8B-v0.2"  # what a trainer's config names the RM by
+SENTENCEPIECE = "mistral-sp"
+
+
+def sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+@pytest.fixture(scope="module")
+def sentencepiece_dir(tmp_path_factory):
+    """A tiny Llama sequence classifier with Mistral v0.1's real SentencePiece tokenizer."""
+    out = tmp_path_factory.mktemp("mistral_sp")
+    tok = mistral_v01(out)
+    config = LlamaConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.eos_token_id, num_labels=1, **SMALL)
+    LlamaForSequenceClassification(config).save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dirs, sentencepiece_dir):
+    models = [ModelConfig(name=SCALAR, path=str(tiny_model_dirs[SCALAR]), aliases=[SKYWORK_PATH]),
+              ModelConfig(name=PRM, path=str(tiny_model_dirs[PRM])),
+              ModelConfig(name=SENTENCEPIECE, path=str(sentencepiece_dir)),
+              ModelConfig(name=MULTI, path=str(tiny_model_dirs[MULTI]))]
+    app = create_app(Settings(models=models, grpc_port=0, cache_max_bytes=0))
+    with live_server(app) as url, httpx.Client(base_url=url, timeout=60) as http:
+        assert wait_until_loaded(http).status_code == 200
+        yield url, http
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return server[1]
+
+
+def ok(response: httpx.Response) -> dict:
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def raw_score(model: RewardModel, ids) -> float:
+    return model.score([TokenIds(tuple(ids))])[0].score
+
+
+# ---- veRL -----------------------------------------------------------------------------------
+
+
+def verl_input(model: RewardModel, prompt: str, response: str) -> str:
+    """What veRL's reward loop sends: the conversation rendered by the RM tokenizer's chat
+    template, its BOS text cut off (it expects the server to add BOS, as vLLM does)."""
+    tok = model.encoder.tokenizer
+    text = tok.apply_chat_template([{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
+                                   tokenize=False, add_generation_prompt=False)
+    return text.removeprefix(tok.bos_token)
+
+
+@pytest.mark.parametrize("model_field", ["path", "alias"])
+@pytest.mark.parametrize("flag", ["use_activation", "activation"])
+def test_verl_classify_names_the_model_by_path_and_gets_the_raw_score(model_field, flag, client, tiny_model_dirs,
+                                                                      load_tiny):
+    model = load_tiny(SCALAR)
+    text = verl_input(model, "What is 2 + 2?", "It is 4.")
+    name = str(tiny_model_dirs[SCALAR]) if model_field == "path" else SKYWORK_PATH
+    body = ok(client.post("/classify", json={"model": name, "input": text, flag: False}))
+    expected = raw_score(model, model.encoder.tokenizer(text, add_special_tokens=True)["input_ids"])
+    assert body["data"][-1]["probs"][-1] == pytest.approx(expected, abs=1e-5)
+    assert body["model"] == SCALAR
+    activated = ok(client.post("/classify", json={"model": name, "input": text}))
+    assert activated["data"][-1]["probs"][-1] == pytest.approx(sigmoid(expected), abs=1e-6)
+
+
+def test_an_unknown_model_path_is_404(client):
+    assert_error(client.post("/classify", json={"model": "/no/such/model", "input": "x"}), 404, "model_not_found",
+                 "model")
+
+
+def test_verl_custom_reward_functions_score_per_sample_and_batched(server, load_tiny, monkeypatch):
+    """As veRL's reward managers call them: naive/dapo with keywords, prime positionally,
+    batch with plural keywords; the module-level functions as loaded by path, with the
+    config's reward_kwargs."""
+    url, _ = server
+    samples = [("What is 2 + 2?", "It is 4."), ("Name a prime.", "Seven.")]
+    expected = [reference(load_tiny(SCALAR), {"prompt": p, "response": r}).score for p, r in samples]
+    with RewardClient(url) as client:
+        per_sample, batched = verl_reward_fns(client, model=SCALAR)
+        keywords = [per_sample(data_source="gsm8k", solution_str=r, ground_truth="4", extra_info={"question": p},
+                               reward_router_address="ignored") for p, r in samples]
+        positional = [per_sample("gsm8k", r, "4", {"question": p}) for p, r in samples]
+        together = batched(data_sources=["gsm8k"] * 2, solution_strs=[r for _, r in samples],
+                           ground_truths=["4", "7"], extra_infos=[{"question": p} for p, _ in samples])
+        multi = verl_reward_fns(client, model=MULTI, prompt_key="prompt")[0](
+            solution_str="It is 4.", extra_info={"prompt": "What is 2 + 2?"})
+        with pytest.raises(KeyError, match="question"):
+            per_sample(solution_str="x", extra_info={"index": 3})
+    for got in (keywords, positional, together):
+        assert got == pytest.approx(expected, abs=1e-5)
+    assert set(multi) == {"score", "helpfulness", "correctness", "coherence", "complexity", "verbosity"}
+    by_path = trainers.compute_score("gsm8k", samples[0][1], "4", {"question": samples[0][0]}, url=url, model=SCALAR)
+    batch_by_path = trainers.compute_score_batch(["gsm8k"], [samples[1][1]], ["7"], [{"question": samples[1][0]}],
+                                                 url=url, model=SCALAR)
+    assert [by_path, *batch_by_path] == pytest.approx(expected, abs=1e-5)
+    monkeypatch.delenv(trainers.URL_ENV, raising=False)
+    with pytest.raises(ValueError, match="url"):
+        trainers.compute_score(solution_str="x", extra_info={"question": "q"})
+
+
+# ---- OpenAI SDK -----------------------------------------------------------------------------
+
+
+def test_openai_sdk_lists_every_name_and_our_listing_stays(server, tiny_model_dirs):
+    url, http = server
+    sdk = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
+    try:
+        listed = list(sdk.models.list())
+    finally:
+        sdk.close()
+    assert [m.id for m in listed] == [SCALAR, SKYWORK_PATH, PRM, SENTENCEPIECE, MULTI]
+    assert all(m.object == "model" and m.owned_by == "rewardserve" and isinstance(m.created, int) for m in listed)
+    body = ok(http.get("/v1/models"))
+    assert body["object"] == "list" and body["data"][1]["parent"] == SCALAR
+    assert body["data"][0]["root"] == str(tiny_model_dirs[SCALAR]) and body["data"][0]["max_model_len"] > 0
+    assert [card["name"] for card in body["models"]] == [SCALAR, PRM, SENTENCEPIECE, MULTI]
+
+
+# ---- vLLM request forms ---------------------------------------------------------------------
+
+
+def test_messages_with_content_parts_read_as_their_text(client, load_tiny):
+    parts = [{"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+             {"role": "assistant", "content": [{"type": "text", "text": "Hello"}, {"type": "text", "text": "there"}]}]
+    plain = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello\nthere"}]
+    expected = reference(load_tiny(SCALAR), {"messages": plain}).score
+    body = ok(client.post("/classify", json={"model": SCALAR, "messages": parts, "use_activation": False}))
+    assert body["data"][0]["probs"][0] == pytest.approx(expected, abs=1e-5)
+    image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}, plain[1]]
+    assert_error(client.post("/classify", json={"model": SCALAR, "messages": image}), 422, "invalid_request",
+                 "messages[0].content[0]")
+
+
+def test_a_user_only_conversation_is_rendered_with_the_template_and_scored_whole(client, load_tiny):
+    model = load_tiny(SCALAR)
+    turns = [{"role": "user", "content": "Rate this question: what is 2 + 2?"}]
+    ids = model.encoder.tokenizer.apply_chat_template(turns, tokenize=True, add_generation_prompt=False)
+    ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "input_ids") else ids
+    body = ok(client.post("/classify", json={"model": SCALAR, "messages": turns, "use_activation": False}))
+    assert body["data"][0]["probs"][0] == pytest.approx(raw_score(model, ids), abs=1e-5)
+
+
+@pytest.mark.parametrize("names", [("queries", "documents"), ("queries", "items"), ("data_1", "data_2"),
+                                   ("text_1", "text_2")])
+def test_score_takes_every_pair_name_and_content_values(names, client, load_tiny):
+    prompts, responses = "What is 2 + 2?", ["It is 4.", {"content": [{"type": "text", "text": "Four."}]}]
+    body = ok(client.post("/score", json={"model": SCALAR, names[0]: prompts, names[1]: responses}))
+    model = load_tiny(SCALAR)
+    for data, response in zip(body["data"], ["It is 4.", "Four."], strict=True):
+        expected = reference(model, {"prompt": prompts, "response": response}).score
+        assert data["score"] == pytest.approx(expected, abs=1e-5)
+    activated = ok(client.post("/score", json={"model": SCALAR, names[0]: prompts, names[1]: responses,
+                                               "use_activation": True}))
+    assert activated["data"][0]["score"] == pytest.approx(sigmoid(body["data"][0]["score"]), abs=1e-6)
+
+
+def test_score_refuses_mixed_pair_names(client):
+    assert_error(client.post("/score", json={"model": SCALAR, "queries": "q", "text_2": "r"}), 422,
+                 "invalid_request", "queries")
+    assert_error(client.post("/score", json={"model": SCALAR, "queries": "q", "documents": "r", "text_1": "q"}), 422,
+                 "invalid_request", "text_1")
+
+
+def test_truncate_prompt_tokens_on_rerank(client, load_tiny):
+    model = load_tiny(SCALAR)
+    long_doc = " ".join([LONG_TEXT] * 6)
+    for path in ("/v1/rerank", "/rerank"):
+        body = ok(client.post(path, json={"model": SCALAR, "query": "Summarize.", "documents": ["Short.", long_doc],
+                                          "truncate_prompt_tokens": -1}))
+        long_result = next(r for r in body["results"] if r["index"] == 1)
+        expected = reference(model, {"prompt": "Summarize.", "response": long_doc}, "left")
+        assert long_result["truncated"] and long_result["score"] == pytest.approx(expected.score, abs=1e-5)
+        assert body["usage"]["prompt_tokens"] == body["usage"]["total_tokens"]
+        assert_error(client.post(path, json={"model": SCALAR, "query": "q", "documents": ["d"],
+                                             "truncate_prompt_tokens": 5}), 422, "invalid_request",
+                     "truncate_prompt_tokens")
+
+
+def test_classify_keeps_the_last_k_tokens_and_says_so(client, load_tiny):
+    model = load_tiny(SCALAR)
+    text = "The quick brown fox jumps over the lazy dog while the cat sleeps."
+    ids = model.encoder.tokenizer(text, add_special_tokens=True)["input_ids"]
+    body = ok(client.post("/classify", json={"model": SCALAR, "input": [text, "Hi"], "truncate_prompt_tokens": 5,
+                                             "use_activation": False}))
+    assert body["data"][0]["probs"][0] == pytest.approx(raw_score(model, ids[-5:]), abs=1e-5)
+    assert [d["truncated"] for d in body["data"]] == [True, False]
+    right = ok(client.post("/classify", json={"model": SCALAR, "input": text, "truncate_prompt_tokens": 5,
+                                              "truncation_side": "right", "use_activation": False}))
+    assert right["data"][0]["probs"][0] == pytest.approx(raw_score(model, ids[:5]), abs=1e-5)
+
+
+def test_add_special_tokens_false_scores_the_text_without_bos(client, load_tiny):
+    model = load_tiny(SCALAR)
+    ids = model.encoder.tokenizer("Hello there!", add_special_tokens=False)["input_ids"]
+    body = ok(client.post("/classify", json={"model": SCALAR, "input": "Hello there!", "add_special_tokens": False,
+                                             "use_activation": False}))
+    assert body["data"][0]["probs"][0] == pytest.approx(raw_score(model, ids), abs=1e-5)
+
+
+def test_pooling_base64_is_float32_bytes(client):
+    text = "What is 3 + 4? 3 + 4 = 7<extra_0> The answer is 7.<extra_0>"
+    floats = ok(client.post("/pooling", json={"model": PRM, "input": text}))["data"][0]["data"]
+    for endianness, dtype in (("native", "=f4"), ("little", "<f4"), ("big", ">f4")):
+        body = ok(client.post("/pooling", json={"model": PRM, "input": text, "encoding_format": "base64",
+                                                "endianness": endianness}))
+        decoded = np.frombuffer(base64.b64decode(body["data"][0]["data"]), dtype=dtype)
+        assert decoded.tolist() == pytest.approx(floats, abs=1e-6)
+
+
+@pytest.mark.parametrize(("path", "extra", "field"), [
+    ("/classify", {"chat_template": "{{ messages }}"}, "chat_template"),
+    ("/classify", {"padding": "max_length"}, "padding"),
+    ("/pooling", {"dimensions": 8}, "dimensions"),
+    ("/pooling", {"encoding_format": "bytes"}, "encoding_format"),
+    ("/pooling", {"embed_dtype": "float16"}, "embed_dtype"),
+    ("/score", {"max_tokens_per_doc": 16}, "max_tokens_per_doc"),
+    ("/rerank", {"instruction": "Judge helpfulness."}, "instruction"),
+    ("/classify", {"truncate_prompt_tokens": -2}, "truncate_prompt_tokens"),
+])
+def test_fields_we_cannot_honour_are_refused_by_name(path, extra, field, client):
+    body = {"/classify": {"input": "x"}, "/pooling": {"input": "x"}, "/score": {"text_1": "q", "text_2": "r"},
+            "/rerank": {"query": "q", "documents": ["d"]}}[path]
+    assert_error(client.post(path, json={"model": SCALAR, **body, **extra}), 422, field=field)
+
+
+def test_process_models_refuse_activation_off(client):
+    assert_error(client.post("/classify", json={"model": PRM, "input": "Q<extra_0>", "use_activation": False}), 422,
+                 "invalid_request", "use_activation")
+
+
+# ---- OpenRLHF on a SentencePiece policy -----------------------------------------------------
+
+
+def test_openrlhf_sentencepiece_queries_are_scored(client, sentencepiece_dir, tmp_path):
+    """OpenRLHF decodes prompt and response token ids together with the policy's tokenizer,
+    special tokens kept; a SentencePiece tokenizer puts a space after `<s>` there, so the
+    query no longer starts with the prompt string it also sends."""
+    model = RewardModel.load(SENTENCEPIECE, sentencepiece_dir)
+    tok = mistral_v01(tmp_path / "policy")  # the policy's own tokenizer, as OpenRLHF loads it
+    prompts = ["<s>[INST] What is 2 + 2? [/INST]", "<s>[INST] Name a prime. [/INST]"]
+    responses = [" It is 4.</s>", " Seven.</s>"]
+    queries = [tok.decode(tok(p, add_special_tokens=False)["input_ids"] + tok(r, add_special_tokens=False)["input_ids"],
+                          skip_special_tokens=False) for p, r in zip(prompts, responses)]
+    assert not queries[0].startswith(prompts[0]) and queries[0].startswith("<s> [INST]")
+    body = ok(client.post("/get_reward", json={"query": queries, "prompts": prompts, "labels": ["4", "7"],
+                                               "model": SENTENCEPIECE}))
+    for query, prompt, reward in zip(queries, prompts, body["rewards"], strict=True):
+        rest = response_after(query, prompt)
+        assert rest is not None and rest.strip().startswith(("It is 4.", "Seven."))
+        assert reward == pytest.approx(reference(model, {"prompt": prompt, "response": rest}).score, abs=1e-5)
+    long_query = prompts[0] + " " + " ".join([LONG_TEXT] * 300)
+    cut = ok(client.post("/get_reward", json={"query": [long_query], "prompts": [prompts[0]], "model": SENTENCEPIECE}))
+    assert cut["truncate"] == "left" and cut["extra_logs"]["rm/truncated"] == [1.0]
+
+
+def test_response_after_matches_exactly_else_ignoring_whitespace():
+    assert response_after("<s>[INST] hi [/INST] yes", "<s>[INST] hi [/INST]") == " yes"
+    assert response_after("<s> [INST] hi [/INST] yes", "<s>[INST] hi [/INST]") == " yes"
+    assert response_after("<s> [INST] bye [/INST] yes", "<s>[INST] hi [/INST]") is None
