@@ -214,6 +214,17 @@ def test_truncate_prompt_tokens_on_rerank(client, load_tiny):
                      "truncate_prompt_tokens")
 
 
+def test_truncate_prompt_tokens_on_score(client, load_tiny):
+    long_response = " ".join([LONG_TEXT] * 6)
+    body = ok(client.post("/score", json={"model": SCALAR, "queries": "Summarize.", "documents": [long_response],
+                                          "truncate_prompt_tokens": -1}))
+    expected = reference(load_tiny(SCALAR), {"prompt": "Summarize.", "response": long_response}, "left")
+    assert body["data"][0]["truncated"] and body["data"][0]["score"] == pytest.approx(expected.score, abs=1e-5)
+    assert_error(client.post("/score", json={"model": SCALAR, "queries": "q", "documents": "d",
+                                             "truncate_prompt_tokens": 5}), 422, "invalid_request",
+                 "truncate_prompt_tokens")
+
+
 def test_classify_keeps_the_last_k_tokens_and_says_so(client, load_tiny):
     model = load_tiny(SCALAR)
     text = "The quick brown fox jumps over the lazy dog while the cat sleeps."
