@@ -8,8 +8,12 @@ COPY models ./models
 COPY service ./service
 # Compile the gRPC modules (service/grpc/proto) into the installed package at build time.
 RUN pip install --no-cache-dir . && cd / && python -m service.grpc.proto.build
+# Serve as an unprivileged user (the installed package and models are read-only to it).
+RUN useradd --system --uid 10001 --no-create-home --home-dir /nonexistent rewardserve
+USER 10001
 ENV REWARDSERVE_HOST=0.0.0.0 \
-    HF_HUB_OFFLINE=1
+    HF_HUB_OFFLINE=1 \
+    HF_HOME=/tmp/huggingface
 EXPOSE 8000 50051
 HEALTHCHECK --interval=10s --start-period=60s CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health/ready')"
 CMD ["rewardserve", "serve"]

@@ -52,6 +52,8 @@ class Encoder:
     # ---- public ------------------------------------------------------------------
 
     def encode(self, item: ScoreInput, truncate: Truncate | None = None) -> Encoded:
+        for field, text in texts_of(item):
+            check_text(field, text)
         is_process = self.spec.kind == ModelKind.process
         if isinstance(item, StepsInput):
             if not is_process:
@@ -209,6 +211,27 @@ def single_token_id(tokenizer, token: str, what: str) -> int:
     if len(ids) != 1:
         raise ModelLoadError(f"{what} {token!r} is not a single token for this tokenizer")
     return ids[0]
+
+
+def texts_of(item: ScoreInput) -> list[tuple[str, str]]:
+    """(field, text) of every text in an item."""
+    if isinstance(item, TextPair):
+        return [("prompt", item.prompt), ("response", item.response)]
+    if isinstance(item, StepsInput):
+        return [("prompt", item.prompt), *((f"steps[{i}]", step) for i, step in enumerate(item.steps))]
+    if isinstance(item, Chat):
+        return [(f"messages[{i}].content", content) for i, (_, content) in enumerate(item.messages)]
+    return []
+
+
+def check_text(field: str, text: str) -> None:
+    """Refuse text that is not valid Unicode: JSON can carry a lone UTF-16 surrogate
+    (`"\\ud800"`), which no tokenizer accepts."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise InputError(field, f"not valid Unicode: a lone surrogate (U+{ord(text[err.start]):04X}) at character "
+                         f"{err.start}") from None
 
 
 def plain_prompt(turns: tuple[tuple[str, str], ...]) -> str:

@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from models.encoding import check_text
+from models.errors import InputError
 from models.inputs import Chat, ScoreInput, TokenIds, Truncate
 from models.reward_model import RewardModel
 from service.compat.common import Lenient
@@ -114,8 +116,18 @@ class VllmRequest(Lenient, VllmOptions):
     """A vLLM request with our scoring options."""
 
 
+def checked(field: str, text: str) -> str:
+    """`text`, when it is valid Unicode (else 422 naming the field)."""
+    try:
+        check_text(field, text)
+    except InputError as err:
+        raise APIError(422, err.code, err.message, err.field) from None
+    return text
+
+
 def conversation(messages: list[VllmMessage]) -> list[tuple[str, str]]:
-    return [(m.role, content_text(m.content or "", f"messages[{i}].content")) for i, m in enumerate(messages)]
+    return [(m.role, checked(f"messages[{i}].content", content_text(m.content or "", f"messages[{i}].content")))
+            for i, m in enumerate(messages)]
 
 
 async def input_items(model: RewardModel, body: VllmRequest, entries: list[str | list[int]] | None,
@@ -140,6 +152,9 @@ async def input_items(model: RewardModel, body: VllmRequest, entries: list[str |
         return [await asyncio.to_thread(_rendered, model, turns)], set()
     if not entries:
         raise APIError(422, "invalid_request", "input must not be empty", "input")
+    for i, entry in enumerate(entries):
+        if isinstance(entry, str):
+            checked(f"input[{i}]", entry)
     keep = body.kept_tokens(max_length, own_tokens=True)
     tokenizer = model.encoder.tokenizer
     specials = add_special_tokens is not False

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 from models.inputs import Chat, ScoreInput, StepsInput, TextPair, TokenIds
 from models.spec import ModelKind, RewardSpec
@@ -24,7 +24,7 @@ class Candidate(BaseModel):
 
     text: str | None = None
     steps: list[str] | None = Field(None, min_length=1)
-    input_ids: list[int] | None = Field(None, min_length=1)
+    input_ids: list[StrictInt] | None = Field(None, min_length=1)
     prompt_length: int | None = Field(None, ge=1)
 
     @model_validator(mode="before")

@@ -16,9 +16,14 @@ from service.engine.runner import ItemError
 from service.engine.scheduler import ItemTimeout, QueueFull
 
 
+MAX_MESSAGE_CHARS = 1000  # an error message quoting a huge input says where it was cut
+
+
 class APIError(Exception):
     def __init__(self, status: int, code: str, message: str, field: str | None = None,
                  headers: dict[str, str] | None = None):
+        if len(message) > MAX_MESSAGE_CHARS:
+            message = f"{message[:MAX_MESSAGE_CHARS]}… ({len(message)} characters)"
         super().__init__(message)
         self.status, self.code, self.message, self.field = status, code, message, field
         self.headers = headers
@@ -98,12 +103,19 @@ def renamed(err: APIError, name: ItemNamer, whole: str) -> APIError:
     return err
 
 
-def in_list(list_name: str, shared_messages: bool = False) -> ItemNamer:
-    """Items named `list_name[i]`; with `shared_messages`, errors in the conversation the
-    items share name the request's own `messages`."""
+def in_list(list_name: str, shared_prompt: str | None = None) -> ItemNamer:
+    """Items named `list_name[i]`. With `shared_prompt` (the request field holding the
+    prompt every candidate answers: `prompt`, `query`), errors in the prompt or the
+    conversation the candidates share name the request's own field, and an error in an
+    item's response names the candidate itself."""
     def name(index: int, rest: str) -> str:
-        if shared_messages and rest.startswith(".messages"):
-            return rest[1:]
+        if shared_prompt is not None:
+            if rest.startswith(".messages"):
+                return rest[1:]
+            if rest == ".prompt":
+                return shared_prompt
+            if rest == ".response":
+                return f"{list_name}[{index}]"
         return f"{list_name}[{index}]{rest}"
     return name
 

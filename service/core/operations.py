@@ -9,13 +9,7 @@ import uuid
 from dataclasses import replace
 from typing import Any, ClassVar, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    SerializerFunctionWrapHandler,
-    model_serializer,
-)
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, SerializerFunctionWrapHandler, model_serializer
 
 from models.inputs import ScoreInput, StepsInput
 from models.spec import ModelKind, StepAggregate
@@ -111,7 +105,7 @@ async def compare_responses(scorer: Scorer, body: CompareRequest) -> CompareResp
     """The responses scored as one job, then compared (`ranking.compare`)."""
     spec = scorer.spec(body.model)
     inputs = candidate_inputs(spec, body.prompt, body.messages, body.responses)
-    scored = await scorer.score_as(body.job(inputs), in_list("responses", shared_messages=True), "responses")
+    scored = await scorer.score_as(body.job(inputs), in_list("responses", shared_prompt="prompt"), "responses")
     result = compare(scored.outputs, body.tie_margin)
     dims = None
     if result.dimensions is not None:
@@ -142,7 +136,8 @@ class RerankRequest(_Options):
         None, description="'model' (the model's score), 'weights' (sum of weights x dimensions) or 'pareto' "
         "(Pareto fronts over the dimensions, then the aggregate); default: 'weights' when weights are given, else 'model'"
     )
-    weights: dict[str, float] | None = Field(None, description="multi-objective: weight per dimension (others weigh 0)")
+    weights: dict[str, FiniteFloat] | None = Field(
+        None, description="multi-objective: weight per dimension (others weigh 0)")
     truncate_prompt_tokens: int | None = Field(
         None, ge=-1, description="vLLM's: -1 (or the model's max_length) cuts inputs to max_length, from the side "
         "`truncate` names (default left); no other value is supported")
@@ -201,7 +196,7 @@ async def rerank_documents(scorer: Scorer, body: RerankRequest) -> RerankRespons
     inputs = candidate_inputs(spec, body.query, body.messages, body.documents, prompt_field="query")
     dimensions = spec.multi_objective.dimensions if spec.multi_objective else None
     resolve_aggregation(dimensions, body.aggregation, body.weights)  # refuse before scoring anything
-    scored = await scorer.score_as(body.job(inputs), in_list("documents", shared_messages=True), "documents")
+    scored = await scorer.score_as(body.job(inputs), in_list("documents", shared_prompt="query"), "documents")
     ranking = rerank(scored.outputs, body.top_n, body.aggregation, body.weights)
     results = []
     for ranked in ranking.results:
@@ -223,7 +218,7 @@ async def rerank_documents(scorer: Scorer, body: RerankRequest) -> RerankRespons
 
 class StepsRequest(_Options):
     items: list[ScoreItem] = Field(min_length=1, description="{prompt, steps} or {input_ids}")
-    threshold: float = Field(0.5, description="report the first step whose reward is below this")
+    threshold: FiniteFloat = Field(0.5, description="report the first step whose reward is below this")
 
 
 class StepsResult(BaseModel):

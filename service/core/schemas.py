@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictInt, Tag
 
 from models.heads import RewardOutput
 from models.inputs import Chat, ScoreInput, StepsInput, TextPair, TokenIds
@@ -49,7 +49,7 @@ class TokensItem(_Body):
     """Pre-tokenized input. `prompt_length` (leading prompt tokens) is needed by models
     that gate on the prompt."""
 
-    input_ids: list[int] = Field(min_length=1)
+    input_ids: list[StrictInt] = Field(min_length=1, description="token ids (integers; true is not 1)")
     prompt_length: int | None = Field(None, ge=1)
 
     def to_input(self) -> ScoreInput:

@@ -1,4 +1,5 @@
-"""Request latency for every gRPC method, into the server's Prometheus metrics."""
+"""What every gRPC call goes through before its method: latency into the server's Prometheus
+metrics, and requests that do not parse refused as INVALID_ARGUMENT."""
 
 from __future__ import annotations
 
@@ -66,3 +67,74 @@ class GrpcMetricsInterceptor(grpc.aio.ServerInterceptor):
                 status = code.name
             self._in_flight.dec()
             self.metrics.observe_request("grpc", method, labels.model, status, time.perf_counter() - started)
+
+
+class _Undecodable:
+    """A request whose bytes did not parse as its message."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+class RequestDecoding(grpc.aio.ServerInterceptor):
+    """A request that does not parse as its message (invalid UTF-8 in a string, garbage
+    bytes) ends its call with INVALID_ARGUMENT saying so, where grpc.aio would answer
+    UNKNOWN; on a stream, at the first such message."""
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        decode = handler.request_deserializer
+        message = getattr(getattr(decode, "__self__", None), "DESCRIPTOR", None)
+        expected = message.full_name if message is not None else handler_call_details.method
+
+        def tolerant(data: bytes):
+            try:
+                return decode(data)
+            except Exception as err:  # noqa: BLE001 - DecodeError and whatever else protobuf raises
+                return _Undecodable(err)
+
+        async def refuse(request, context) -> None:
+            if isinstance(request, _Undecodable):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    f"the request is not a valid {expected}: {request.error}")
+
+        async def checked(requests, context):
+            async for request in requests:
+                await refuse(request, context)
+                yield request
+
+        def unary_in(behavior):
+            async def call(request, context):
+                await refuse(request, context)
+                return await behavior(request, context)
+            return call
+
+        def unary_in_stream_out(behavior):
+            async def call(request, context):
+                await refuse(request, context)
+                async for response in behavior(request, context):
+                    yield response
+            return call
+
+        def stream_in(behavior):
+            async def call(requests, context):
+                return await behavior(checked(requests, context), context)
+            return call
+
+        def stream_in_stream_out(behavior):
+            async def call(requests, context):
+                async for response in behavior(checked(requests, context), context):
+                    yield response
+            return call
+
+        if handler.unary_unary is not None:
+            return handler._replace(request_deserializer=tolerant, unary_unary=unary_in(handler.unary_unary))
+        if handler.unary_stream is not None:
+            return handler._replace(request_deserializer=tolerant,
+                                    unary_stream=unary_in_stream_out(handler.unary_stream))
+        if handler.stream_unary is not None:
+            return handler._replace(request_deserializer=tolerant, stream_unary=stream_in(handler.stream_unary))
+        return handler._replace(request_deserializer=tolerant,
+                                stream_stream=stream_in_stream_out(handler.stream_stream))

@@ -14,7 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2_grpc
 
 from service.core.scoring import Scorer
-from service.grpc.interceptor import GrpcMetricsInterceptor
+from service.grpc.interceptor import GrpcMetricsInterceptor, RequestDecoding
 from service.grpc.kserve_service import KServeService
 from service.grpc.proto import rewardserve_pb2_grpc as pb_grpc
 from service.grpc.reward_service import SERVICE_NAME, RewardService
@@ -35,7 +35,7 @@ class GrpcServer:
         self.server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ], interceptors=[GrpcMetricsInterceptor(metrics)])
+        ], interceptors=[GrpcMetricsInterceptor(metrics), RequestDecoding()])
         pb_grpc.add_RewardServiceServicer_to_server(RewardService(scorer), self.server)
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(KServeService(scorer), self.server)
         self.health = health.aio.HealthServicer()

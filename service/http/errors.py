@@ -38,7 +38,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, err: StarletteHTTPException):
         code = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code, "http_error")
-        return error_response(err.status_code, code, str(err.detail))
+        return error_response(err.status_code, code, str(err.detail), headers=getattr(err, "headers", None))
 
     @app.exception_handler(Exception)
     async def _internal(_: Request, err: Exception):

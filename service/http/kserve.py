@@ -12,14 +12,21 @@ import zlib
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 
 from service.core.errors import APIError, status_message
 from service.http.disconnect import unless_disconnected
 from service.kserve import graph as kserve_graph
 from service.kserve import inference, models
-from service.kserve.tensors import bad_input, from_list, from_raw, to_raw
+from service.kserve.tensors import bad_input, from_list, from_raw, parse_json, to_raw
 
-router = APIRouter(prefix="/v2", tags=["KServe v2"])
+class KServeError(BaseModel):
+    error: str
+
+
+# What a /v2 route may answer besides 200, for its OpenAPI entry (KServe's error body).
+KSERVE_ERRORS = {status: {"model": KServeError} for status in (400, 404, 429, 499, 500, 503, 504)}
+router = APIRouter(prefix="/v2", tags=["KServe v2"], responses=KSERVE_ERRORS)
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
@@ -148,10 +155,7 @@ async def _body(request: Request) -> tuple[bytes, int]:
 
 def _decode(body: bytes, length: int) -> tuple[dict, dict[str, np.ndarray], dict[str, bool]]:
     """The JSON header, every input as an array, and which outputs go back as binary."""
-    try:
-        header = json.loads(bytes(body[:length]))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise APIError(400, "invalid_json", f"request body is not valid JSON: {err}") from None
+    header = parse_json(bytes(body[:length]), "request body")
     if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
         raise APIError(400, "invalid_request", "the request must be an object with a list of 'inputs'", "inputs")
     binary = memoryview(body)[length:]
@@ -167,7 +171,7 @@ def _decode(body: bytes, length: int) -> tuple[dict, dict[str, np.ndarray], dict
             raise bad_input(name, "needs a 'datatype' string and a 'shape' list of integers")
         if name in tensors:
             raise bad_input(name, "sent twice")
-        size = (spec.get("parameters") or {}).get("binary_data_size")
+        size = _object(spec.get("parameters"), f"inputs[{i}].parameters").get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or size < 0 or offset + size > len(binary):
                 raise bad_input(name, f"binary_data_size {size} runs past the end of the binary data")
@@ -179,14 +183,27 @@ def _decode(body: bytes, length: int) -> tuple[dict, dict[str, np.ndarray], dict
             raise bad_input(name, "has neither 'data' nor binary data (parameters.binary_data_size)")
     if offset != len(binary):
         raise APIError(400, "invalid_request", f"{len(binary) - offset} bytes of binary data belong to no input")
-    all_binary = bool((header.get("parameters") or {}).get("binary_data_output", False))
+    all_binary = bool(_object(header.get("parameters"), "parameters").get("binary_data_output", False))
+    outputs = header.get("outputs") or []
+    if not isinstance(outputs, list):
+        raise APIError(400, "invalid_request", "'outputs' must be a list of objects with a 'name'", "outputs")
     binary_out = {}
-    for out in header.get("outputs") or []:
+    for i, out in enumerate(outputs):
         if not isinstance(out, dict) or not isinstance(out.get("name"), str):
-            raise APIError(400, "invalid_request", "each of 'outputs' must be an object with a 'name'", "outputs")
-        binary_out[out["name"]] = bool((out.get("parameters") or {}).get("binary_data", all_binary))
+            raise APIError(400, "invalid_request", "each of 'outputs' must be an object with a 'name'", f"outputs[{i}]")
+        binary_out[out["name"]] = bool(_object(out.get("parameters"), f"outputs[{i}].parameters").get(
+            "binary_data", all_binary))
     binary_out[""] = all_binary  # the default for outputs not listed
     return header, tensors, binary_out
+
+
+def _object(value, field: str) -> dict:
+    """A KServe `parameters` object (absent: empty)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise APIError(400, "invalid_request", f"must be an object, not {type(value).__name__}", field)
+    return value
 
 
 def _encode(header: dict, name: str, parameters: dict | None, outputs, binary_out: dict[str, bool]) -> Response:

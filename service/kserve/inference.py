@@ -28,7 +28,6 @@ Request parameters: `truncate` ("left"/"right"), `aggregate` (process), `priorit
 
 from __future__ import annotations
 
-import json
 import re
 
 import numpy as np
@@ -37,7 +36,7 @@ from service.core.errors import APIError
 from service.core.scoring import Scored, ScoreJob, parse_score_request, score_job
 from service.engine.runner import ModelRunner
 from service.kserve.models import input_specs, output_specs
-from service.kserve.tensors import TensorSpec, bad_input
+from service.kserve.tensors import TensorSpec, bad_input, parse_json
 
 GROUPS = {  # the inputs of each item form, the first being the one that names an item
     "tokens": ("input_ids", "lengths", "prompt_length"),
@@ -98,10 +97,7 @@ def _texts(name: str, array: np.ndarray) -> list[str]:
 def _json_lists(name: str, array: np.ndarray) -> list:
     values = []
     for i, text in enumerate(_texts(name, array)):
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise bad_input(f"{name}[{i}]", f"not JSON: {err}") from None
+        value = parse_json(text, f"{name}[{i}]")
         if not isinstance(value, list):
             raise bad_input(f"{name}[{i}]", "must be a JSON list")
         values.append(value)
@@ -111,6 +107,8 @@ def _json_lists(name: str, array: np.ndarray) -> list:
 def _integers(name: str, array: np.ndarray) -> np.ndarray:
     if array.dtype.kind not in "iu":
         raise bad_input(name, f"must be an integer tensor (INT64), not {array.dtype}")
+    if array.dtype == np.uint64 and array.size and array.max() > np.iinfo(np.int64).max:
+        raise bad_input(name, f"{int(array.max())} is out of range for a token id")
     return array.astype(np.int64, copy=False)
 
 

@@ -5,6 +5,7 @@ their inputs and write their outputs with these."""
 
 from __future__ import annotations
 
+import json
 import math
 import struct
 from dataclasses import dataclass
@@ -66,17 +67,31 @@ def from_raw(name: str, datatype: str, shape: list[int], raw: bytes) -> np.ndarr
     return reshape(name, array, shape)
 
 
+def parse_json(text: bytes | str, field: str):
+    """JSON from a client, with nesting too deep for the parser refused like any bad JSON."""
+    try:
+        return json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise APIError(400, "invalid_json", f"{field} is not valid JSON: {err}", None if field == "request body"
+                       else field) from None
+    except RecursionError:
+        raise APIError(400, "invalid_json", f"{field} nests too deeply", None if field == "request body"
+                       else field) from None
+
+
 def from_list(name: str, datatype: str, shape: list[int], data) -> np.ndarray:
     """A tensor from JSON data (flat or nested lists)."""
     if datatype not in DTYPES:
         raise bad_input(name, f"unsupported datatype {datatype!r}")
-    if datatype == "BYTES":
+    try:
         flat = list(_flatten(data))
+    except RecursionError:
+        raise bad_input(name, "data nests too deeply") from None
+    if datatype == "BYTES":
         if not all(isinstance(v, (str, bytes)) for v in flat):
             raise bad_input(name, "BYTES data must be strings")
         array = np.array([v.encode() if isinstance(v, str) else v for v in flat], dtype=np.object_)
     else:
-        flat = list(_flatten(data))
         if datatype in INTEGER_TYPES and not all(isinstance(v, int) and not isinstance(v, bool) for v in flat):
             raise bad_input(name, f"{datatype} data must be integers")
         try:

@@ -1,0 +1,183 @@
+"""Inputs that used to crash a handler (500, gRPC UNKNOWN or INTERNAL) or were taken
+wrongly, each answered with a 4xx / INVALID_ARGUMENT naming what is wrong: lone UTF-16
+surrogates in any text, KServe parameters of the wrong type, JSON nested past the
+parser's depth, a NaN threshold, request bytes that are not their protobuf message,
+booleans as token ids, UINT64 ids past int64; and the smaller HTTP details (405's Allow,
+error messages that quote a huge input, the /v2 routes' documented errors)."""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as triton_grpc
+from http_helpers import assert_error, free_port, live_server, wait_until_loaded
+from tritonclient.utils import InferenceServerException
+
+from service.app import create_app
+from service.config import ModelConfig, Settings
+from service.grpc.proto import rewardserve_pb2 as pb
+from service.grpc.proto import rewardserve_pb2_grpc as pb_grpc
+
+SCALAR, PRM = "llama-scalar", "qwen2-prm"
+SURROGATE = "\ud800x"
+
+
+@pytest.fixture(scope="module")
+def served(tiny_model_dirs):
+    models = [ModelConfig(name=n, path=str(tiny_model_dirs[n])) for n in (SCALAR, PRM)]
+    app = create_app(Settings(models=models, grpc_port=free_port(), cache_max_bytes=0))
+    with live_server(app) as url, httpx.Client(base_url=url, timeout=60) as http:
+        assert wait_until_loaded(http).status_code == 200
+        with grpc.insecure_channel(f"127.0.0.1:{app.state.grpc_port}") as channel:
+            yield http, channel, app.state.grpc_port
+
+
+@pytest.fixture(scope="module")
+def http(served):
+    return served[0]
+
+
+def post_ascii(http: httpx.Client, path: str, body: dict) -> httpx.Response:
+    """The body as JSON with \\u escapes, the only way a lone surrogate travels."""
+    return http.post(path, content=json.dumps(body, ensure_ascii=True), headers={"content-type": "application/json"})
+
+
+@pytest.mark.parametrize(("path", "body", "field"), [
+    ("/v1/score", {"model": SCALAR, "items": [{"prompt": "hi", "response": SURROGATE}]}, "items[0].response"),
+    ("/v1/score", {"model": SCALAR, "items": [{"messages": [{"role": "user", "content": SURROGATE},
+                                                            {"role": "assistant", "content": "x"}]}]},
+     "items[0].messages[0].content"),
+    ("/v1/compare", {"model": SCALAR, "prompt": SURROGATE, "responses": ["a", "b"]}, "prompt"),
+    ("/v1/compare", {"model": SCALAR, "prompt": "q", "responses": ["a", SURROGATE]}, "responses[1]"),
+    ("/v1/rerank", {"model": SCALAR, "query": "q", "documents": [SURROGATE]}, "documents[0]"),
+    ("/v1/steps", {"model": PRM, "items": [{"prompt": "q", "steps": ["a", SURROGATE]}]}, "items[0].steps[1]"),
+    ("/get_reward", {"model": SCALAR, "query": [SURROGATE]}, "query[0]"),
+    ("/pooling", {"model": SCALAR, "input": SURROGATE}, "input[0]"),
+    ("/classify", {"model": SCALAR, "messages": [{"role": "user", "content": SURROGATE}]}, "messages[0].content"),
+    ("/score", {"model": SCALAR, "text_1": "q", "text_2": SURROGATE}, "text_2[0]"),
+])
+def test_a_lone_surrogate_is_422_naming_the_field(path, body, field, http):
+    error = assert_error(post_ascii(http, path, body), 422, "invalid_input", field)
+    assert "surrogate" in error["message"]
+
+
+def test_a_lone_surrogate_beside_good_items_names_only_its_own(http):
+    body = {"model": SCALAR, "items": [{"prompt": "fine", "response": "fine"}, {"prompt": SURROGATE, "response": "x"}]}
+    assert_error(post_ascii(http, "/v1/score", body), 422, "invalid_input", "items[1].prompt")
+
+
+KSERVE_TEXT = [{"name": "prompt", "datatype": "BYTES", "shape": [1], "data": ["a"]},
+               {"name": "response", "datatype": "BYTES", "shape": [1], "data": ["b"]}]
+
+
+@pytest.mark.parametrize(("extra", "field"), [
+    ({"parameters": "x"}, "parameters"),
+    ({"parameters": [1]}, "parameters"),
+    ({"outputs": 5}, "outputs"),
+    ({"outputs": [{"name": "score", "parameters": "binary"}]}, "outputs[0].parameters"),
+])
+def test_kserve_parameters_of_the_wrong_type_are_400(extra, field, http):
+    response = http.post(f"/v2/models/{SCALAR}/infer", json={"inputs": KSERVE_TEXT, **extra})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"].startswith(f"{field}:")
+
+
+def test_kserve_input_parameters_of_the_wrong_type_are_400(http):
+    inputs = [{**KSERVE_TEXT[0], "parameters": "x"}, KSERVE_TEXT[1]]
+    response = http.post(f"/v2/models/{SCALAR}/infer", json={"inputs": inputs})
+    assert response.status_code == 400 and response.json()["error"].startswith("inputs[0].parameters:")
+
+
+def test_json_nested_past_the_parsers_depth_is_400(http):
+    deep = "[" * 100_000 + "]" * 100_000
+    for path in (f"/v2/models/{SCALAR}/infer", "/v1/score"):
+        assert http.post(path, content=deep, headers={"content-type": "application/json"}).status_code == 400
+    data = "[" * 50_000 + '"x"' + "]" * 50_000
+    body = '{"inputs": [{"name": "prompt", "datatype": "BYTES", "shape": [1], "data": ' + data + "}]}"
+    response = http.post(f"/v2/models/{SCALAR}/infer", content=body)
+    assert response.status_code == 400 and "nests too deeply" in response.json()["error"]
+
+
+def test_deeply_nested_steps_json_over_kserve_grpc_is_invalid_argument(served):
+    client = triton_grpc.InferenceServerClient(f"127.0.0.1:{served[2]}")
+    try:
+        tensors = {"prompt": np.array([b"q"], dtype=np.object_),
+                   "steps_json": np.array([("[" * 100_000 + "]" * 100_000).encode()], dtype=np.object_)}
+        inputs = []
+        for name, array in tensors.items():
+            tensor = triton_grpc.InferInput(name, list(array.shape), "BYTES")
+            tensor.set_data_from_numpy(array)
+            inputs.append(tensor)
+        with pytest.raises(InferenceServerException) as raised:
+            client.infer(PRM, inputs)
+        assert raised.value.status() == "StatusCode.INVALID_ARGUMENT" and "steps_json[0]" in raised.value.message()
+    finally:
+        client.close()
+
+
+def test_a_nan_threshold_is_refused(served):
+    http, channel, _ = served
+    item = {"prompt": "q", "steps": ["a"]}
+    response = http.post("/v1/steps", content=json.dumps({"model": PRM, "items": [item], "threshold": float("nan")}),
+                         headers={"content-type": "application/json"})
+    assert_error(response, 422, "invalid_request", "threshold")
+    with pytest.raises(grpc.RpcError) as raised:
+        pb_grpc.RewardServiceStub(channel).Steps(pb.StepsRequest(
+            model=PRM, items=[pb.Item(steps=pb.StepsItem(prompt="q", steps=["a"]))], threshold=float("nan")))
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "threshold" in raised.value.details()
+
+
+@pytest.mark.parametrize("payload", [b"\xff\xfe\x00garbage", bytes([0x0A, 0x05, 0x0A, 0x03, 0xFF, 0xFE, 0xFD])],
+                         ids=["garbage", "invalid utf-8"])
+def test_bytes_that_are_not_the_message_are_invalid_argument(payload, served):
+    channel = served[1]
+    identity = {"request_serializer": lambda b: b, "response_deserializer": lambda b: b}
+    calls = [(channel.unary_unary("/rewardserve.v1.RewardService/Score", **identity), payload),
+             (channel.unary_unary("/inference.GRPCInferenceService/ModelInfer", **identity), payload),
+             (channel.stream_stream("/rewardserve.v1.RewardService/ScoreStream", **identity), iter([payload]))]
+    for call, request in calls:
+        with pytest.raises(grpc.RpcError) as raised:
+            result = call(request, timeout=30)
+            list(result) if not isinstance(result, bytes) else None
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raised.value.details()
+        assert "is not a valid" in raised.value.details()
+
+
+def test_booleans_are_not_token_ids(http):
+    assert_error(http.post("/v1/score", json={"model": SCALAR, "items": [{"input_ids": [True, 5]}]}), 422,
+                 "invalid_request", "items[0].input_ids[0]")
+    assert_error(http.post("/v1/rerank", json={"model": SCALAR, "documents": [{"input_ids": [1, False]}]}), 422,
+                 "invalid_request", "documents[0].input_ids[1]")
+
+
+def test_uint64_ids_past_int64_are_400_not_wrapped(http):
+    raw = np.array([[2**63 + 1, 5]], dtype="<u8").tobytes()
+    header = json.dumps({"inputs": [{"name": "input_ids", "datatype": "UINT64", "shape": [1, 2],
+                                     "parameters": {"binary_data_size": len(raw)}}]}).encode()
+    response = http.post(f"/v2/models/{SCALAR}/infer", content=header + raw,
+                         headers={"Inference-Header-Content-Length": str(len(header))})
+    assert response.status_code == 400 and response.json()["error"].startswith("input_ids:")
+
+
+def test_405_says_which_methods_are_allowed(http):
+    response = http.get("/v1/score")
+    assert response.status_code == 405 and response.headers["allow"] == "POST"
+
+
+def test_error_messages_do_not_quote_huge_inputs(http):
+    role = "r" * 100_000
+    item = {"messages": [{"role": role, "content": "hi"}, {"role": "assistant", "content": "x"}]}
+    error = assert_error(http.post("/v1/score", json={"model": SCALAR, "items": [item]}), 422, "invalid_input",
+                         "items[0].messages[0].role")
+    assert len(error["message"]) < 1100 and error["message"].endswith("characters)")
+
+
+def test_kserve_routes_document_their_errors(http):
+    paths = http.get("/openapi.json").json()["paths"]
+    infer = paths["/v2/models/{name}/infer"]["post"]["responses"]
+    assert {"200", "400", "404", "503"} <= set(infer)
+    assert infer["400"]["content"]["application/json"]["schema"]["$ref"].endswith("/KServeError")
