@@ -31,6 +31,11 @@ class Encoder:
         if spec.system_prompt is not None and not self.use_template:
             raise ModelLoadError("system_prompt is rendered through the chat template, and this model has none in use")
         self.special_ids = frozenset(tokenizer.all_special_ids)
+        # Texts longer than this many characters hold more than max_length tokens unless
+        # their tokenizer drops characters (whitespace, say): the longest token spells out
+        # this many characters at most.
+        longest = max((len(token) for token in tokenizer.get_vocab()), default=1)
+        self.max_text_chars = max_length * max(longest, 1)
         # Pair encodings with segment ids ([CLS] a [SEP] b [SEP], b typed 1): input_ids get
         # the same token_type_ids, the second segment starting after the first separator.
         uses_types = "token_type_ids" in tokenizer.model_input_names
@@ -54,6 +59,7 @@ class Encoder:
     def encode(self, item: ScoreInput, truncate: Truncate | None = None) -> Encoded:
         for field, text in texts_of(item):
             check_text(field, text)
+        item = self._cut_long_texts(item, truncate)
         is_process = self.spec.kind == ModelKind.process
         if isinstance(item, StepsInput):
             if not is_process:
@@ -75,6 +81,39 @@ class Encoder:
         if is_process:
             encoded.marker_positions = self._markers(encoded, expected=None if isinstance(item, TokenIds) else len(item.steps))
         return encoded
+
+    # ---- long texts --------------------------------------------------------------
+
+    def kept_end(self, text: str, truncate: Truncate | None) -> str | None:
+        """For a text past max_text_chars, the end truncation keeps (its last max_text_chars
+        characters for left truncation, else its first) when that piece alone already holds
+        more than max_length tokens, so nothing beyond it could be kept; else None (the text
+        is short, or its tokenizer drops characters and the whole must be tokenized)."""
+        if len(text) <= self.max_text_chars:
+            return None
+        piece = text[-self.max_text_chars:] if truncate == "left" else text[:self.max_text_chars]
+        long_enough = len(self.tokenizer.encode(piece, add_special_tokens=False, verbose=False)) > self.max_length + 1
+        return piece if long_enough else None
+
+    def _cut_long_texts(self, item: ScoreInput, truncate: Truncate | None) -> ScoreInput:
+        """Bound the tokenization a huge text costs (`kept_end`): without truncation such
+        an item is refused at once, with it the kept end stands in for the text (the same
+        tokens are kept). Steps are never cut inside one (`_fit` drops them whole)."""
+        cut: dict[str, str] = {}
+        for field, text in texts_of(item):
+            piece = self.kept_end(text, truncate)
+            if piece is None:
+                continue
+            if truncate is None:
+                raise InputError(field, f"{field} alone is more than the model's max_length {self.max_length} tokens; "
+                                 "send truncate='left' or 'right' to cut it", code="input_too_long")
+            cut[field] = piece
+        if not cut or isinstance(item, StepsInput):
+            return item
+        if isinstance(item, TextPair):
+            return TextPair(cut.get("prompt", item.prompt), cut.get("response", item.response))
+        return Chat(tuple((role, cut.get(f"messages[{i}].content", content))
+                          for i, (role, content) in enumerate(item.messages)))
 
     # ---- rendering ---------------------------------------------------------------
 

@@ -17,7 +17,9 @@ from service.core.scoring import Scorer
 from service.engine.registry import ModelRegistry
 from service.grpc.server import GrpcServer
 from service.http import compat, kserve, monitoring, ranking, scoring
+from service.http.content_type import JsonBodies
 from service.http.errors import install_error_handlers
+from service.http.limits import BodyLimit
 from service.http.middleware import MetricsMiddleware
 from service.monitoring.monitor import Monitoring
 
@@ -53,6 +55,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.scorer = scorer
     app.state.monitoring = monitor
     install_error_handlers(app)
+    app.add_middleware(JsonBodies)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(MetricsMiddleware, metrics=monitor.metrics)
     for module in (scoring, ranking, compat, kserve, monitoring):
         app.include_router(module.router)

@@ -106,6 +106,8 @@ class Settings(BaseSettings):
     max_queue_tokens: int = Field(8_388_608, ge=1, description="queued tokens per model before 429")
     default_priority: Literal["interactive", "bulk"] = "interactive"
     max_items_per_request: int = Field(4096, ge=1)
+    max_request_bytes: int = Field(32 * 2**20, ge=1024, description=(
+        "largest HTTP request body, after decompression; larger is 413 (4,096 items of 1,000 token ids fit)"))
     cache_max_bytes: int = Field(256 * 2**20, ge=0, description="in-process LRU size; 0 turns it off")
     redis_url: str | None = Field(None, description="shared Redis result cache, e.g. redis://127.0.0.1:6379/0")
     redis_timeout_ms: float = Field(50.0, gt=0, description="Redis socket timeout; slower counts as a miss")

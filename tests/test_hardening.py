@@ -17,6 +17,8 @@ import tritonclient.grpc as triton_grpc
 from http_helpers import assert_error, free_port, live_server, wait_until_loaded
 from tritonclient.utils import InferenceServerException
 
+from models.inputs import TextPair, TokenIds
+from models.reward_model import RewardModel
 from service.app import create_app
 from service.config import ModelConfig, Settings
 from service.grpc.proto import rewardserve_pb2 as pb
@@ -181,3 +183,99 @@ def test_kserve_routes_document_their_errors(http):
     infer = paths["/v2/models/{name}/infer"]["post"]["responses"]
     assert {"200", "400", "404", "503"} <= set(infer)
     assert infer["400"]["content"]["application/json"]["schema"]["$ref"].endswith("/KServeError")
+
+
+# ---- bounded work ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_body(tiny_model_dirs):
+    """A server whose request bodies are bounded at 64 KiB."""
+    app = create_app(Settings(models=[ModelConfig(name=SCALAR, path=str(tiny_model_dirs[SCALAR]))], grpc_port=0,
+                              max_request_bytes=64 * 1024))
+    with live_server(app) as url, httpx.Client(base_url=url, timeout=60) as http:
+        assert wait_until_loaded(http).status_code == 200
+        yield http
+
+
+def test_a_body_past_the_limit_is_413_before_it_is_read(small_body):
+    big = {"model": SCALAR, "items": [{"prompt": "p", "response": "x" * 70_000}]}
+    assert_error(small_body.post("/v1/score", json=big), 413, "request_too_large")
+    fits = {"model": SCALAR, "items": [{"prompt": "p", "response": "fine"}]}
+    assert small_body.post("/v1/score", json=fits).status_code == 200
+
+
+def test_a_chunked_body_stops_being_read_at_the_limit(small_body):
+    def chunks():
+        yield b'{"model": "llama-scalar", "items": [{"prompt": "p", "response": "'
+        for _ in range(100):
+            yield b"x" * 1024
+        yield b'"}]}'
+
+    response = small_body.post("/v1/score", content=chunks(), headers={"content-type": "application/json"})
+    assert_error(response, 413, "request_too_large")
+
+
+def test_a_compressed_body_is_not_inflated_past_the_limit(small_body):
+    import gzip
+
+    bomb = gzip.compress(b"[" + b" " * (10 * 2**20) + b"]")  # 10 MiB of JSON in ~10 KiB
+    assert len(bomb) < 64 * 1024
+    response = small_body.post(f"/v2/models/{SCALAR}/infer", content=bomb, headers={"content-encoding": "gzip"})
+    assert response.status_code == 413, response.text
+    body = json.dumps({"inputs": KSERVE_TEXT}).encode()
+    fine = small_body.post(f"/v2/models/{SCALAR}/infer", content=gzip.compress(body),
+                           headers={"content-encoding": "gzip"})
+    assert fine.status_code == 200, fine.text
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_a_huge_text_is_cut_before_tokenizing_and_scores_the_same(side, tiny_model_dirs, http):
+    """The served score of a text far past max_length equals the reference that tokenizes
+    the whole text; without truncation it is refused naming the field."""
+
+    whole = RewardModel.load(SCALAR, tiny_model_dirs[SCALAR])
+    huge = " ".join(f"word{i % 97} and more text" for i in range(20_000))
+    assert len(huge) > 10 * whole.encoder.max_text_chars
+    whole.encoder.max_text_chars = 10**12  # the reference: no cut, every character tokenized
+    expected = whole.score([TextPair("Summarize.", huge)], side)[0]
+    body = {"model": SCALAR, "items": [{"prompt": "Summarize.", "response": huge}], "truncate": side}
+    result = http.post("/v1/score", json=body).json()["results"][0]
+    assert result["truncated"] and result["num_tokens"] == expected.num_tokens
+    assert result["score"] == pytest.approx(expected.score, abs=1e-5)
+    refused = {"model": SCALAR, "items": [{"prompt": "Summarize.", "response": huge}]}
+    assert_error(http.post("/v1/score", json=refused), 422, "input_too_long", "items[0].response")
+
+
+
+def test_a_huge_vllm_input_is_cut_before_tokenizing_and_scores_the_same(tiny_model_dirs, http):
+    whole = RewardModel.load(SCALAR, tiny_model_dirs[SCALAR])
+    huge = " ".join(f"word{i % 97} and more text" for i in range(20_000))
+    ids = whole.encoder.tokenizer(huge, add_special_tokens=True)["input_ids"]
+    expected = whole.score([TokenIds(tuple(ids))], "left")[0]
+    body = http.post("/classify", json={"model": SCALAR, "input": huge, "use_activation": False}).json()
+    assert body["data"][0]["truncated"]
+    assert body["data"][0]["probs"][0] == pytest.approx(expected.score, abs=1e-5)
+
+
+def test_compare_sends_its_quadratic_matrix_only_when_small_or_asked(http):
+    many = {"model": SCALAR, "prompt": "Pick one.", "responses": [f"answer {i}" for i in range(70)]}
+    unasked = http.post("/v1/compare", json=many).json()
+    assert "pairwise" not in unasked and len(unasked["results"]) == 70 and unasked["winner"] is not None
+    asked = http.post("/v1/compare", json={**many, "pairwise": True}).json()
+    assert len(asked["pairwise"]) == 70 and all(len(row) == 70 for row in asked["pairwise"])
+    few = {"model": SCALAR, "prompt": "Pick one.", "responses": ["a", "b"]}
+    assert len(http.post("/v1/compare", json=few).json()["pairwise"]) == 2
+    assert "pairwise" not in http.post("/v1/compare", json={**few, "pairwise": False}).json()
+    too_many = {**many, "responses": ["x"] * 513, "pairwise": True}
+    assert_error(http.post("/v1/compare", json=too_many), 422, "invalid_request", "pairwise")
+
+
+def test_json_routes_take_json_only(http):
+    simple = http.post("/v1/admin/canary", content='{"model": "llama-scalar"}', headers={"content-type": "text/plain"})
+    assert_error(simple, 415, "unsupported_media_type", "Content-Type")
+    form = http.post("/v1/score", content="items=1", headers={"content-type": "application/x-www-form-urlencoded"})
+    assert_error(form, 415, "unsupported_media_type", "Content-Type")
+    body = json.dumps({"model": SCALAR, "items": [{"prompt": "p", "response": "r"}]})
+    typed = http.post("/v1/score", content=body, headers={"content-type": "application/json; charset=utf-8"})
+    assert typed.status_code == 200, typed.text

@@ -160,8 +160,10 @@ async def input_items(model: RewardModel, body: VllmRequest, entries: list[str |
     specials = add_special_tokens is not False
 
     def tokenize() -> list[tuple[int, ...]]:
+        # a huge text: only the end truncation keeps is tokenized (Encoder.kept_end)
+        texts = [(model.encoder.kept_end(e, body.side()) or e) if isinstance(e, str) else e for e in entries]
         return [tuple(tokenizer(e, add_special_tokens=specials, verbose=False)["input_ids"]) if isinstance(e, str)
-                else tuple(e) for e in entries]
+                else tuple(e) for e in texts]
 
     ids = await asyncio.to_thread(tokenize)
     cut = {i for i, row in enumerate(ids) if keep is not None and len(row) > keep}

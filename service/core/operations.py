@@ -63,11 +63,23 @@ class _Options(BaseModel):
 # ---- /v1/compare ---------------------------------------------------------------------
 
 
+PAIRWISE_DEFAULT_MAX = 64  # responses up to which the pairwise matrix comes unasked
+PAIRWISE_MAX = 512  # its largest size when asked for: 262,144 numbers
+
+
 class CompareRequest(_Options):
     prompt: str | None = Field(None, description="the prompt the responses answer")
     messages: list[Message] | None = Field(None, min_length=1, description="or: the conversation before the responses")
     responses: list[Candidate] = Field(min_length=2)
     tie_margin: float = Field(0.0, ge=0, description="scores this close to the best tie with it")
+    pairwise: bool | None = Field(None, description=(
+        f"include the pairwise matrix; default: for up to {PAIRWISE_DEFAULT_MAX} responses (at most {PAIRWISE_MAX})"))
+
+    def wants_pairwise(self) -> bool:
+        if self.pairwise and len(self.responses) > PAIRWISE_MAX:
+            raise APIError(422, "invalid_request", f"the pairwise matrix of {len(self.responses)} responses is too "
+                           f"large; it is given for up to {PAIRWISE_MAX}", "pairwise")
+        return self.pairwise if self.pairwise is not None else len(self.responses) <= PAIRWISE_DEFAULT_MAX
 
 
 class Verdict(BaseModel):
@@ -96,7 +108,9 @@ class CompareResponse(_DropNone):
     winner: int | None = Field(description="index of the best response; null on a tie")
     tied: list[int] = Field(description="on a tie, the indices sharing the top score; else empty")
     dimension_winners: dict[str, Verdict] | None = Field(None, description="multi-objective: the winner per dimension")
-    pairwise: list[list[float]] = Field(description="pairwise[i][j] = P(i preferred to j) = sigmoid(s_i - s_j)")
+    pairwise: list[list[float]] | None = Field(
+        None, description="pairwise[i][j] = P(i preferred to j) = sigmoid(s_i - s_j); absent unless asked past "
+        f"{PAIRWISE_DEFAULT_MAX} responses")
     results: list[CompareResult]
     usage: Usage
 
@@ -104,9 +118,10 @@ class CompareResponse(_DropNone):
 async def compare_responses(scorer: Scorer, body: CompareRequest) -> CompareResponse:
     """The responses scored as one job, then compared (`ranking.compare`)."""
     spec = scorer.spec(body.model)
+    pairwise = body.wants_pairwise()  # refuse before scoring anything
     inputs = candidate_inputs(spec, body.prompt, body.messages, body.responses)
     scored = await scorer.score_as(body.job(inputs), in_list("responses", shared_prompt="prompt"), "responses")
-    result = compare(scored.outputs, body.tie_margin)
+    result = compare(scored.outputs, body.tie_margin, with_pairwise=pairwise)
     dims = None
     if result.dimensions is not None:
         dims = {name: Verdict(winner=v.winner, tied=v.tied) for name, v in result.dimensions.items()}

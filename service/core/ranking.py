@@ -61,27 +61,28 @@ def best(values: list[float], tie_margin: float = 0.0) -> Verdict:
 @dataclass(frozen=True)
 class Comparison:
     scores: list[float]
-    pairwise: list[list[float]]     # pairwise[i][j] = P(i preferred to j) = sigmoid(s_i - s_j)
     win_probability: list[float]    # P(i preferred to all others) = softmax(s)_i
     overall: Verdict
     dimensions: dict[str, Verdict] | None  # multi-objective models: the winner per dimension
+    pairwise: list[list[float]] | None    # pairwise[i][j] = P(i preferred to j) = sigmoid(s_i - s_j)
 
 
-def compare(outputs: list[RewardOutput], tie_margin: float = 0.0) -> Comparison:
+def compare(outputs: list[RewardOutput], tie_margin: float = 0.0, with_pairwise: bool = True) -> Comparison:
     """Responses to one prompt compared under Bradley–Terry: P(i beats j) = sigmoid(s_i - s_j)
     (the diagonal is 0.5), and under Plackett–Luce the probability that i is chosen first
     among all, softmax over the scores (for two responses, sigmoid(s_a - s_b) again). The
     winner is the highest score; scores within `tie_margin` of the top tie. For
-    multi-objective models each dimension gets its own winner the same way."""
+    multi-objective models each dimension gets its own winner the same way. The pairwise
+    matrix, quadratic in the number of responses, only `with_pairwise`."""
     if len(outputs) < 2:
         raise ValueError("compare needs at least two outputs")
     scores = [out.score for out in outputs]
-    pairwise = [[sigmoid(a - b) for b in scores] for a in scores]
     dimensions = None
     if outputs[0].dimensions is not None:
         dimensions = {name: best([out.dimensions[name] for out in outputs], tie_margin)
                       for name in outputs[0].dimensions}
-    return Comparison(scores, pairwise, softmax(scores), best(scores, tie_margin), dimensions)
+    pairwise = [[sigmoid(a - b) for b in scores] for a in scores] if with_pairwise else None
+    return Comparison(scores, softmax(scores), best(scores, tie_margin), dimensions, pairwise)
 
 
 # ---- rerank --------------------------------------------------------------------------

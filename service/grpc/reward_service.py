@@ -147,10 +147,12 @@ async def score(scorer: Scorer, request: pb.ScoreRequest, deadline: float | None
 
 async def compare(scorer: Scorer, request: pb.CompareRequest, deadline: float | None) -> pb.CompareResponse:
     responses = [_candidate(i, c, "responses") for i, c in enumerate(request.responses)]
-    body = _validated(operations.CompareRequest,
-                      _ranking_body(request, deadline, responses=responses, tie_margin=request.tie_margin))
+    fields = {"responses": responses, "tie_margin": request.tie_margin}
+    if request.HasField("pairwise"):
+        fields["pairwise"] = request.pairwise
+    body = _validated(operations.CompareRequest, _ranking_body(request, deadline, **fields))
     response = await operations.compare_responses(scorer, body)
-    return _to_message(response, pb.CompareResponse, pairwise=[{"values": row} for row in response.pairwise])
+    return _to_message(response, pb.CompareResponse, pairwise=[{"values": row} for row in response.pairwise or []])
 
 
 async def rerank(scorer: Scorer, request: pb.RerankRequest, deadline: float | None) -> pb.RerankResponse:

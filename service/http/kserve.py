@@ -5,7 +5,6 @@ a JSON header, then the raw tensors) both ways. Errors are KServe's `{"error": "
 
 from __future__ import annotations
 
-import gzip
 import json
 import zlib
 
@@ -16,6 +15,7 @@ from pydantic import BaseModel
 
 from service.core.errors import APIError, status_message
 from service.http.disconnect import unless_disconnected
+from service.http.limits import WBITS, inflate
 from service.kserve import graph as kserve_graph
 from service.kserve import inference, models
 from service.kserve.tensors import bad_input, from_list, from_raw, parse_json, to_raw
@@ -133,13 +133,11 @@ async def _body(request: Request) -> tuple[bytes, int]:
     body = await request.body()
     encoding = request.headers.get("content-encoding", "identity").lower()
     try:
-        if encoding == "gzip":
-            body = gzip.decompress(body)
-        elif encoding == "deflate":
-            body = zlib.decompress(body)
+        if encoding in WBITS:
+            body = inflate(body, encoding, request.app.state.settings.max_request_bytes)
         elif encoding != "identity":
             raise APIError(400, "invalid_request", f"unsupported Content-Encoding {encoding!r}")
-    except (OSError, zlib.error) as err:
+    except zlib.error as err:
         raise APIError(400, "invalid_request", f"cannot decompress the {encoding} body: {err}") from None
     value = request.headers.get(HEADER_LENGTH)
     if value is None:

@@ -1,0 +1,39 @@
+"""JSON routes take JSON only: a POST with a body of another media type is 415 before any
+work. Besides the clear error, it keeps a browser's cross-origin "simple" request (a
+`text/plain` form post, sent without a CORS preflight) from starting work such as a canary
+run. KServe v2's /v2 routes keep their own formats (binary tensors, compressed bodies)."""
+
+from __future__ import annotations
+
+import json
+
+OWN_FORMATS = ("/v2/",)
+
+
+def is_json(content_type: bytes) -> bool:
+    media = content_type.split(b";")[0].strip().lower()
+    return media == b"application/json" or media.endswith(b"+json")
+
+
+class JsonBodies:
+    """Pure ASGI, in front of every route."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "POST" and not scope["path"].startswith(OWN_FORMATS):
+            headers = dict(scope.get("headers") or [])
+            has_body = headers.get(b"content-length", b"0") != b"0" or b"transfer-encoding" in headers
+            if has_body and not is_json(headers.get(b"content-type", b"")):
+                return await _refuse(send, headers.get(b"content-type", b"").decode("latin-1"))
+        await self.app(scope, receive, send)
+
+
+async def _refuse(send, given: str) -> None:
+    message = f"the body must be JSON (Content-Type: application/json), not {given or 'untyped'}"
+    body = json.dumps({"error": {"code": "unsupported_media_type", "message": message,
+                                 "field": "Content-Type"}}).encode()
+    await send({"type": "http.response.start", "status": 415,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
