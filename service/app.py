@@ -11,12 +11,15 @@ import asyncio
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from service.config import Settings
+from service.core.auth import KeyRing
 from service.core.scoring import Scorer
 from service.engine.registry import ModelRegistry
 from service.grpc.server import GrpcServer
 from service.http import compat, kserve, monitoring, ranking, scoring
+from service.http.auth import ApiKeyAuth
 from service.http.content_type import JsonBodies
 from service.http.errors import install_error_handlers
 from service.http.limits import BodyLimit
@@ -28,13 +31,14 @@ def create_app(settings: Settings) -> FastAPI:
     registry = ModelRegistry(settings)
     scorer = Scorer(registry, settings)
     monitor = Monitoring(registry, settings)
+    keys = KeyRing(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.loading = asyncio.get_running_loop().run_in_executor(None, registry.load_all)
         grpc_server = None
         if settings.grpc_port:  # 0 turns gRPC off
-            grpc_server = GrpcServer(scorer, monitor.metrics, settings.host, settings.grpc_port)
+            grpc_server = GrpcServer(scorer, monitor.metrics, keys, settings.host, settings.grpc_port)
             await grpc_server.start(app.state.loading)
             app.state.grpc_port = grpc_server.port
         monitor.start(app.state.loading)
@@ -56,7 +60,11 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.monitoring = monitor
     install_error_handlers(app)
     app.add_middleware(JsonBodies)
+    app.add_middleware(ApiKeyAuth, keys=keys)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    if settings.cors_origins:  # outside the key check, so preflights are answered
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["authorization", "x-api-key", "content-type"])
     app.add_middleware(MetricsMiddleware, metrics=monitor.metrics)
     for module in (scoring, ranking, compat, kserve, monitoring):
         app.include_router(module.router)

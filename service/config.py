@@ -9,7 +9,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, YamlConfigSettingsSource
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "models" / "builtin"
@@ -123,6 +123,16 @@ class Settings(BaseSettings):
     canary_tolerance_half: float = Field(
         0.05, gt=0, description="the same for bfloat16 and float16 models (their rounding moves scores by ~1e-2)")
     canary_min_spearman: float = Field(0.98, ge=-1, le=1, description="least rank correlation with the expected scores")
+    api_keys: list[SecretStr] = Field(default_factory=list, description=(
+        "keys that may call the API (HTTP `Authorization: Bearer KEY` or `x-api-key`, gRPC metadata alike); "
+        "with no key anywhere, auth is off"))
+    admin_api_keys: list[SecretStr] = Field(default_factory=list, description="keys that may also call /v1/admin/*")
+    api_keys_file: Path | None = Field(None, description="more keys, one per line: `KEY` or `KEY admin`")
+    auth_open_paths: list[str] = Field(
+        default_factory=lambda: ["/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready", "/metrics"],
+        description="HTTP paths served without a key (probes and the Prometheus scrape); gRPC health is always open")
+    cors_origins: list[str] = Field(default_factory=list, description=(
+        "browser origins allowed to call the API cross-origin (CORS); none: no CORS headers, so browsers refuse"))
     log_level: str = "info"
 
     @field_validator("models")

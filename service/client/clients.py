@@ -25,13 +25,14 @@ from service.core.schemas import ModelCard, ScoreResponse
 _RETRYABLE = (RewardServeError, httpx.TransportError)
 
 
-def _transport(url: str, timeout_s: float, transport, asynchronous: bool):
+def _transport(url: str, timeout_s: float, transport, asynchronous: bool, api_key: str | None):
     """http:// and https:// speak HTTP (through `transport`, if given); grpc://host:port speaks gRPC."""
     parts = urlsplit(url)
+    auth = {"authorization": f"Bearer {api_key}"} if api_key else {}
     if parts.scheme in ("http", "https"):
-        return (AsyncHttpTransport if asynchronous else HttpTransport)(url, timeout_s, transport)
+        return (AsyncHttpTransport if asynchronous else HttpTransport)(url, timeout_s, transport, auth)
     if parts.scheme == "grpc" and transport is None:
-        return (AsyncGrpcTransport if asynchronous else GrpcTransport)(parts.netloc, timeout_s)
+        return (AsyncGrpcTransport if asynchronous else GrpcTransport)(parts.netloc, timeout_s, auth)
     if parts.scheme == "grpc":
         raise ValueError("an httpx transport applies to http:// and https:// URLs only")
     raise ValueError(f"cannot tell the protocol of {url!r}: use http://, https:// or grpc://")
@@ -40,13 +41,14 @@ def _transport(url: str, timeout_s: float, transport, asynchronous: bool):
 class RewardClient:
     """`RewardClient("http://127.0.0.1:8000")` or `RewardClient("grpc://127.0.0.1:50051")`.
     `model` is the default for calls that name none; `timeout_s` bounds each attempt (the
-    HTTP timeout, or the gRPC deadline)."""
+    HTTP timeout, or the gRPC deadline); `api_key` is sent with every call, when the server
+    wants one."""
 
     def __init__(self, url: str = "http://127.0.0.1:8000", *, model: str | None = None, timeout_s: float = 60.0,
                  retries: int = 5, backoff_s: float = 0.1, max_backoff_s: float = 10.0,
-                 transport: httpx.BaseTransport | None = None):
+                 transport: httpx.BaseTransport | None = None, api_key: str | None = None):
         self.model = model
-        self._transport = _transport(url, timeout_s, transport, asynchronous=False)
+        self._transport = _transport(url, timeout_s, transport, asynchronous=False, api_key=api_key)
         self._retry = Retry(retries, backoff_s, max_backoff_s)
 
     def _call(self, method: str, body: dict | None = None) -> Any:
@@ -91,9 +93,9 @@ class AsyncRewardClient:
 
     def __init__(self, url: str = "http://127.0.0.1:8000", *, model: str | None = None, timeout_s: float = 60.0,
                  retries: int = 5, backoff_s: float = 0.1, max_backoff_s: float = 10.0,
-                 transport: httpx.AsyncBaseTransport | None = None):
+                 transport: httpx.AsyncBaseTransport | None = None, api_key: str | None = None):
         self.model = model
-        self._transport = _transport(url, timeout_s, transport, asynchronous=True)
+        self._transport = _transport(url, timeout_s, transport, asynchronous=True, api_key=api_key)
         self._retry = Retry(retries, backoff_s, max_backoff_s)
 
     async def _call(self, method: str, body: dict | None = None) -> Any:

@@ -24,6 +24,8 @@ RPCS = {"score": ("Score", pb.ScoreRequest), "compare": ("Compare", pb.CompareRe
 # the /v1 API's validation errors are 422).
 HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 422,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
     grpc.StatusCode.NOT_FOUND: 404,
     grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
     grpc.StatusCode.CANCELLED: 499,
@@ -140,15 +142,16 @@ def to_error(err: grpc.RpcError) -> RewardServeError:
 class GrpcTransport:
     """Over grpc's sync channel; the client timeout is each call's deadline."""
 
-    def __init__(self, target: str, timeout_s: float):
+    def __init__(self, target: str, timeout_s: float, metadata: dict[str, str] | None = None):
         self._channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
         self._stub = pb_grpc.RewardServiceStub(self._channel)
         self._timeout_s = timeout_s
+        self._metadata = tuple((metadata or {}).items())
         self._dimensions: dict[str, list[str]] = {}
 
     def _rpc(self, name: str, request):
         try:
-            return getattr(self._stub, name)(request, timeout=self._timeout_s)
+            return getattr(self._stub, name)(request, timeout=self._timeout_s, metadata=self._metadata)
         except grpc.RpcError as err:
             raise to_error(err) from None
 
@@ -165,8 +168,9 @@ class GrpcTransport:
 class AsyncGrpcTransport:
     """Over grpc.aio; the channel opens on the first call, on the event loop that makes it."""
 
-    def __init__(self, target: str, timeout_s: float):
+    def __init__(self, target: str, timeout_s: float, metadata: dict[str, str] | None = None):
         self._target, self._timeout_s = target, timeout_s
+        self._metadata = tuple((metadata or {}).items())
         self._channel: grpc.aio.Channel | None = None
         self._stub: pb_grpc.RewardServiceStub | None = None
         self._dimensions: dict[str, list[str]] = {}
@@ -176,7 +180,7 @@ class AsyncGrpcTransport:
             self._channel = grpc.aio.insecure_channel(self._target, options=CHANNEL_OPTIONS)
             self._stub = pb_grpc.RewardServiceStub(self._channel)
         try:
-            return await getattr(self._stub, name)(request, timeout=self._timeout_s)
+            return await getattr(self._stub, name)(request, timeout=self._timeout_s, metadata=self._metadata)
         except grpc.RpcError as err:
             raise to_error(err) from None
 

@@ -23,8 +23,9 @@ def _answer(response: httpx.Response) -> dict:
 
 
 class HttpTransport:
-    def __init__(self, base_url: str, timeout_s: float, transport: httpx.BaseTransport | None = None):
-        self._http = httpx.Client(base_url=base_url, timeout=timeout_s, transport=transport)
+    def __init__(self, base_url: str, timeout_s: float, transport: httpx.BaseTransport | None = None,
+                 headers: dict[str, str] | None = None):
+        self._http = httpx.Client(base_url=base_url, timeout=timeout_s, transport=transport, headers=headers)
 
     def call(self, method: str, body: dict | None) -> dict:
         if method == "models":
@@ -36,8 +37,9 @@ class HttpTransport:
 
 
 class AsyncHttpTransport:
-    def __init__(self, base_url: str, timeout_s: float, transport: httpx.AsyncBaseTransport | None = None):
-        self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout_s, transport=transport)
+    def __init__(self, base_url: str, timeout_s: float, transport: httpx.AsyncBaseTransport | None = None,
+                 headers: dict[str, str] | None = None):
+        self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout_s, transport=transport, headers=headers)
 
     async def call(self, method: str, body: dict | None) -> dict:
         if method == "models":

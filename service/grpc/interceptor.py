@@ -1,5 +1,5 @@
 """What every gRPC call goes through before its method: latency into the server's Prometheus
-metrics, and requests that do not parse refused as INVALID_ARGUMENT."""
+metrics, its API key checked, and requests that do not parse refused as INVALID_ARGUMENT."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ from contextlib import contextmanager
 
 import grpc
 
+from service.core.auth import KeyRing, presented_key
+from service.core.errors import APIError
+from service.grpc.calls import abort
 from service.monitoring.metrics import Metrics, task_labels
 
 
@@ -138,3 +141,42 @@ class RequestDecoding(grpc.aio.ServerInterceptor):
             return handler._replace(request_deserializer=tolerant, stream_unary=stream_in(handler.stream_unary))
         return handler._replace(request_deserializer=tolerant,
                                 stream_stream=stream_in_stream_out(handler.stream_stream))
+
+
+OPEN_METHODS = frozenset({
+    "/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch",
+    "/inference.GRPCInferenceService/ServerLive", "/inference.GRPCInferenceService/ServerReady",
+})
+
+
+class Authentication(grpc.aio.ServerInterceptor):
+    """API keys in call metadata (`authorization: Bearer KEY` or `x-api-key: KEY`) on every
+    method but health and KServe's server liveness and readiness; a refused call ends with
+    UNAUTHENTICATED before its method runs."""
+
+    def __init__(self, keys: KeyRing):
+        self.keys = keys
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None or not self.keys.enabled or handler_call_details.method in OPEN_METHODS:
+            return handler
+        metadata = {k.lower(): v for k, v in handler_call_details.invocation_metadata or ()}
+        try:
+            self.keys.check(presented_key(metadata.get("authorization"), metadata.get("x-api-key")), admin=False)
+        except APIError as err:
+            return _refusing(handler, err)
+        return handler
+
+
+def _refusing(handler, err: APIError):
+    """`handler` with its method replaced by one that ends the call with `err`'s status."""
+    async def unary(request, context):
+        await abort(context, err)
+
+    async def streaming(request, context):
+        await abort(context, err)
+        yield  # never reached: makes this an async generator, as streaming methods are
+
+    kind = next(k for k in ("unary_unary", "unary_stream", "stream_unary", "stream_stream") if getattr(handler, k))
+    return handler._replace(**{kind: streaming if kind.endswith("_stream") else unary})

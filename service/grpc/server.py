@@ -13,8 +13,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2_grpc
 
+from service.core.auth import KeyRing
 from service.core.scoring import Scorer
-from service.grpc.interceptor import GrpcMetricsInterceptor, RequestDecoding
+from service.grpc.interceptor import Authentication, GrpcMetricsInterceptor, RequestDecoding
 from service.grpc.kserve_service import KServeService
 from service.grpc.proto import rewardserve_pb2_grpc as pb_grpc
 from service.grpc.reward_service import SERVICE_NAME, RewardService
@@ -30,12 +31,12 @@ SHUTDOWN_GRACE_S = 5.0
 class GrpcServer:
     """Started in the HTTP app's lifespan, on its event loop."""
 
-    def __init__(self, scorer: Scorer, metrics: Metrics, host: str, port: int):
+    def __init__(self, scorer: Scorer, metrics: Metrics, keys: KeyRing, host: str, port: int):
         self.registry = scorer.registry
         self.server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ], interceptors=[GrpcMetricsInterceptor(metrics), RequestDecoding()])
+        ], interceptors=[GrpcMetricsInterceptor(metrics), Authentication(keys), RequestDecoding()])
         pb_grpc.add_RewardServiceServicer_to_server(RewardService(scorer), self.server)
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(KServeService(scorer), self.server)
         self.health = health.aio.HealthServicer()

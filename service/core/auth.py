@@ -1,0 +1,81 @@
+"""API keys, whichever transport carries them: a request presents one (HTTP
+`Authorization: Bearer KEY` or `x-api-key: KEY`, the same as gRPC metadata) and gets the
+scope of the key it matches, `api` (scoring, ranking, models) or `admin` (also
+/v1/admin/*). With no key configured, auth is off. Keys are compared as SHA-256 digests,
+each with `hmac.compare_digest`, and every configured key is compared, so the time a check
+takes says nothing about how much of a key was right."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from pathlib import Path
+
+from service.config import Settings
+from service.core.errors import APIError
+
+API, ADMIN = "api", "admin"
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+def read_keys_file(path: Path) -> list[tuple[str, str]]:
+    """(key, scope) per line: `KEY` (api) or `KEY admin`; blank lines and `#` comments skipped."""
+    keys = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        words = line.split("#", 1)[0].split()
+        if not words:
+            continue
+        if len(words) > 2 or (len(words) == 2 and words[1] not in (API, ADMIN)):
+            raise ValueError(f"{path}:{number}: expected `KEY` or `KEY admin`")
+        keys.append((words[0], words[1] if len(words) == 2 else API))
+    return keys
+
+
+class KeyRing:
+    def __init__(self, settings: Settings):
+        keys = [(k.get_secret_value(), API) for k in settings.api_keys]
+        keys += [(k.get_secret_value(), ADMIN) for k in settings.admin_api_keys]
+        if settings.api_keys_file is not None:
+            keys += read_keys_file(Path(settings.api_keys_file))
+        self._digests = [(_digest(key), scope) for key, scope in keys]
+        self.open_paths = frozenset(settings.auth_open_paths)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._digests)
+
+    def scope(self, key: str | None) -> str | None:
+        """The scope of `key` (admin wins when a key is listed twice), None when it matches none."""
+        if key is None:
+            return None
+        presented = _digest(key)
+        found = None
+        for digest, scope in self._digests:
+            if hmac.compare_digest(presented, digest) and found != ADMIN:
+                found = scope
+        return found
+
+    def check(self, key: str | None, admin: bool) -> None:
+        """Nothing when `key` may make the call; else 401 (no or unknown key) or 403 (an
+        api key on an admin call)."""
+        if not self.enabled:
+            return
+        scope = self.scope(key)
+        if scope is None:
+            message = "an API key is needed" if key is None else "the API key is not valid"
+            raise APIError(401, "unauthorized", f"{message}: send `Authorization: Bearer KEY` (or `x-api-key: KEY`)",
+                           headers={"WWW-Authenticate": "Bearer"})
+        if admin and scope != ADMIN:
+            raise APIError(403, "forbidden", "this call needs an admin API key")
+
+
+def presented_key(authorization: str | None, api_key: str | None) -> str | None:
+    """The key a request presents: a Bearer token, else an x-api-key value."""
+    if authorization is not None:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    return api_key or None
