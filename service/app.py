@@ -8,6 +8,7 @@ warmed up."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -17,7 +18,7 @@ from service.config import Settings
 from service.core.auth import KeyRing
 from service.core.scoring import Scorer
 from service.engine.registry import ModelRegistry
-from service.grpc.server import GrpcServer
+from service.grpc.server import GrpcServer, server_credentials
 from service.http import compat, kserve, monitoring, ranking, scoring
 from service.http.auth import ApiKeyAuth
 from service.http.content_type import JsonBodies
@@ -38,7 +39,11 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.loading = asyncio.get_running_loop().run_in_executor(None, registry.load_all)
         grpc_server = None
         if settings.grpc_port:  # 0 turns gRPC off
-            grpc_server = GrpcServer(scorer, monitor.metrics, keys, settings.host, settings.grpc_port)
+            credentials = None
+            if settings.tls_cert_file is not None:
+                credentials = server_credentials(settings.tls_cert_file, settings.tls_key_file,
+                                                 settings.tls_client_ca_file)
+            grpc_server = GrpcServer(scorer, monitor.metrics, keys, settings.host, settings.grpc_port, credentials)
             await grpc_server.start(app.state.loading)
             app.state.grpc_port = grpc_server.port
         monitor.start(app.state.loading)
@@ -69,3 +74,13 @@ def create_app(settings: Settings) -> FastAPI:
     for module in (scoring, ranking, compat, kserve, monitoring):
         app.include_router(module.router)
     return app
+
+
+def uvicorn_tls(settings: Settings) -> dict:
+    """uvicorn's TLS options for the HTTP port (none without a certificate)."""
+    if settings.tls_cert_file is None:
+        return {}
+    options = {"ssl_certfile": str(settings.tls_cert_file), "ssl_keyfile": str(settings.tls_key_file)}
+    if settings.tls_client_ca_file is not None:
+        options |= {"ssl_ca_certs": str(settings.tls_client_ca_file), "ssl_cert_reqs": ssl.CERT_REQUIRED}
+    return options

@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC (rewardserve.v1 and KServe v2) port; 0 turns gRPC off")
+    tls_cert_file: Path | None = Field(None, description="PEM certificate (chain): serve HTTPS and gRPC over TLS")
+    tls_key_file: Path | None = Field(None, description="its PEM private key")
+    tls_client_ca_file: Path | None = Field(None, description="mutual TLS: require client certificates from this CA")
     models: list[ModelConfig] = Field(default_factory=lambda: list(DEFAULT_MODELS))
     default_model: str | None = Field(None, description="model used when a request names none; default: the first")
     max_batch_size: int = Field(32, ge=1, description="items per forward")
@@ -151,6 +154,14 @@ class Settings(BaseSettings):
         if taken:
             raise ValueError(f"aliases {taken} name more than one model")
         return models
+
+    @model_validator(mode="after")
+    def _tls_is_whole(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("TLS needs both tls_cert_file and tls_key_file")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
+        return self
 
     @model_validator(mode="after")
     def _default_is_served(self) -> Settings:

@@ -31,13 +31,14 @@ _parse_item = TypeAdapter(ScoreItem).validate_python
 
 
 @contextmanager
-def live_server(app, startup_timeout: float = 30.0) -> Iterator[str]:
+def live_server(app, startup_timeout: float = 30.0, **uvicorn_options) -> Iterator[str]:
     """Serve `app` with uvicorn on a real loopback socket in a background thread; yields
-    the base URL. The socket is bound before the server starts, so there is no port race."""
+    the base URL (https:// when `uvicorn_options` carry a certificate). The socket is bound
+    before the server starts, so there is no port race."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", **uvicorn_options))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
@@ -46,7 +47,7 @@ def live_server(app, startup_timeout: float = 30.0) -> Iterator[str]:
             assert thread.is_alive(), "uvicorn exited during start-up"
             assert time.monotonic() < deadline, "uvicorn did not start in time"
             time.sleep(0.02)
-        yield f"http://127.0.0.1:{port}"
+        yield f"{'https' if 'ssl_certfile' in uvicorn_options else 'http'}://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=15)

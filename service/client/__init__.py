@@ -1,5 +1,5 @@
 """Python clients for rewardserve: `RewardClient` (sync) and `AsyncRewardClient` (asyncio),
-over HTTP (`http://`, `https://`) or gRPC (`grpc://`), with the same methods (`score`,
+over HTTP (`http://`, `https://`) or gRPC (`grpc://`, `grpcs://`), with the same methods (`score`,
 `compare`, `rerank`, `steps`, `models`), typed results and errors whichever the protocol,
 retrying a full queue or an unavailable server with backoff that honours the server's
 retry-after hint. `reward_fn` adapts a client into a TRL GRPOTrainer reward function,

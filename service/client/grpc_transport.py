@@ -142,8 +142,10 @@ def to_error(err: grpc.RpcError) -> RewardServeError:
 class GrpcTransport:
     """Over grpc's sync channel; the client timeout is each call's deadline."""
 
-    def __init__(self, target: str, timeout_s: float, metadata: dict[str, str] | None = None):
-        self._channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+    def __init__(self, target: str, timeout_s: float, metadata: dict[str, str] | None = None,
+                 credentials: grpc.ChannelCredentials | None = None):
+        self._channel = (grpc.secure_channel(target, credentials, options=CHANNEL_OPTIONS) if credentials is not None
+                         else grpc.insecure_channel(target, options=CHANNEL_OPTIONS))
         self._stub = pb_grpc.RewardServiceStub(self._channel)
         self._timeout_s = timeout_s
         self._metadata = tuple((metadata or {}).items())
@@ -168,8 +170,9 @@ class GrpcTransport:
 class AsyncGrpcTransport:
     """Over grpc.aio; the channel opens on the first call, on the event loop that makes it."""
 
-    def __init__(self, target: str, timeout_s: float, metadata: dict[str, str] | None = None):
-        self._target, self._timeout_s = target, timeout_s
+    def __init__(self, target: str, timeout_s: float, metadata: dict[str, str] | None = None,
+                 credentials: grpc.ChannelCredentials | None = None):
+        self._target, self._timeout_s, self._credentials = target, timeout_s, credentials
         self._metadata = tuple((metadata or {}).items())
         self._channel: grpc.aio.Channel | None = None
         self._stub: pb_grpc.RewardServiceStub | None = None
@@ -177,7 +180,9 @@ class AsyncGrpcTransport:
 
     async def _rpc(self, name: str, request):
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self._target, options=CHANNEL_OPTIONS)
+            self._channel = (
+                grpc.aio.secure_channel(self._target, self._credentials, options=CHANNEL_OPTIONS)
+                if self._credentials is not None else grpc.aio.insecure_channel(self._target, options=CHANNEL_OPTIONS))
             self._stub = pb_grpc.RewardServiceStub(self._channel)
         try:
             return await getattr(self._stub, name)(request, timeout=self._timeout_s, metadata=self._metadata)

@@ -3,6 +3,8 @@ become RewardServeError with the Retry-After hint."""
 
 from __future__ import annotations
 
+import ssl
+
 import httpx
 
 from service.client.common import RewardServeError, retry_hint
@@ -24,8 +26,9 @@ def _answer(response: httpx.Response) -> dict:
 
 class HttpTransport:
     def __init__(self, base_url: str, timeout_s: float, transport: httpx.BaseTransport | None = None,
-                 headers: dict[str, str] | None = None):
-        self._http = httpx.Client(base_url=base_url, timeout=timeout_s, transport=transport, headers=headers)
+                 headers: dict[str, str] | None = None, verify: ssl.SSLContext | bool = True):
+        self._http = httpx.Client(base_url=base_url, timeout=timeout_s, transport=transport, headers=headers,
+                                  verify=verify)
 
     def call(self, method: str, body: dict | None) -> dict:
         if method == "models":
@@ -38,8 +41,9 @@ class HttpTransport:
 
 class AsyncHttpTransport:
     def __init__(self, base_url: str, timeout_s: float, transport: httpx.AsyncBaseTransport | None = None,
-                 headers: dict[str, str] | None = None):
-        self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout_s, transport=transport, headers=headers)
+                 headers: dict[str, str] | None = None, verify: ssl.SSLContext | bool = True):
+        self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout_s, transport=transport, headers=headers,
+                                       verify=verify)
 
     async def call(self, method: str, body: dict | None) -> dict:
         if method == "models":

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -28,10 +29,18 @@ MAX_MESSAGE_BYTES = 64 * 2**20
 SHUTDOWN_GRACE_S = 5.0
 
 
+def server_credentials(cert_file: Path, key_file: Path, client_ca_file: Path | None) -> grpc.ServerCredentials:
+    """TLS for the gRPC port; with `client_ca_file`, clients must show a certificate it signed."""
+    ca = client_ca_file.read_bytes() if client_ca_file is not None else None
+    return grpc.ssl_server_credentials([(key_file.read_bytes(), cert_file.read_bytes())], root_certificates=ca,
+                                       require_client_auth=ca is not None)
+
+
 class GrpcServer:
     """Started in the HTTP app's lifespan, on its event loop."""
 
-    def __init__(self, scorer: Scorer, metrics: Metrics, keys: KeyRing, host: str, port: int):
+    def __init__(self, scorer: Scorer, metrics: Metrics, keys: KeyRing, host: str, port: int,
+                 credentials: grpc.ServerCredentials | None = None):
         self.registry = scorer.registry
         self.server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -44,7 +53,8 @@ class GrpcServer:
         self.services = ["", SERVICE_NAME, KServeService.NAME]
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         try:
-            self.port = self.server.add_insecure_port(address)
+            self.port = (self.server.add_secure_port(address, credentials) if credentials is not None
+                         else self.server.add_insecure_port(address))
         except RuntimeError as err:
             raise RuntimeError(f"cannot listen for gRPC on {address} ({err}); set grpc_port "
                                "(REWARDSERVE_GRPC_PORT) to a free port, or 0 to turn gRPC off") from err
