@@ -179,7 +179,7 @@ def test_input_the_proto_cannot_carry_is_refused():
 
 
 def test_the_url_scheme_picks_the_transport():
-    with pytest.raises(ValueError, match="http://, https:// or grpc://"):
+    with pytest.raises(ValueError, match="http://, https://, grpc:// or grpcs://"):
         RewardClient("ftp://127.0.0.1:8000")
     with pytest.raises(ValueError, match="http:// and https:// URLs only"):
         RewardClient("grpc://127.0.0.1:50051", transport=httpx.MockTransport(lambda request: httpx.Response(200)))
