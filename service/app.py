@@ -11,6 +11,7 @@ import asyncio
 import ssl
 from contextlib import asynccontextmanager
 
+import uvicorn
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
@@ -47,10 +48,11 @@ def create_app(settings: Settings) -> FastAPI:
             await grpc_server.start(app.state.loading)
             app.state.grpc_port = grpc_server.port
         monitor.start(app.state.loading)
+        app.state.drain = grpc_server.stop if grpc_server is not None else None
         yield
         await monitor.stop()
         if grpc_server is not None:
-            await grpc_server.stop()
+            await grpc_server.stop(settings.drain_grace_s)
         await registry.close()
 
     app = FastAPI(
@@ -84,3 +86,22 @@ def uvicorn_tls(settings: Settings) -> dict:
     if settings.tls_client_ca_file is not None:
         options |= {"ssl_ca_certs": str(settings.tls_client_ca_file), "ssl_cert_reqs": ssl.CERT_REQUIRED}
     return options
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn for one app, draining its gRPC side the moment the HTTP side starts to (on
+    SIGTERM or SIGINT): gRPC health goes NOT_SERVING and new gRPC calls are refused
+    (UNAVAILABLE) while the HTTP listener closes, and in-flight calls of both get
+    `drain_grace_s` to finish before they are cancelled and the process exits."""
+
+    def __init__(self, app: FastAPI, settings: Settings):
+        super().__init__(uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                                        timeout_graceful_shutdown=settings.drain_grace_s, **uvicorn_tls(settings)))
+        self.app, self.grace_s = app, settings.drain_grace_s
+
+    async def shutdown(self, sockets=None) -> None:
+        drain = getattr(self.app.state, "drain", None)
+        grpc_drained = asyncio.ensure_future(drain(self.grace_s)) if drain is not None else None
+        await super().shutdown(sockets)
+        if grpc_drained is not None:
+            await grpc_drained

@@ -44,14 +44,11 @@ def _runner(settings: Settings, name: str) -> ModelRunner:
 
 
 def serve(args) -> None:
-    import uvicorn
-
-    from service.app import create_app, uvicorn_tls
+    from service.app import DrainingServer, create_app
 
     settings = _settings(args)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-                **uvicorn_tls(settings))
+    DrainingServer(create_app(settings), settings).run()
 
 
 def score_file(args) -> None:

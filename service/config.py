@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC (rewardserve.v1 and KServe v2) port; 0 turns gRPC off")
+    drain_grace_s: float = Field(20.0, gt=0, description=(
+        "on SIGTERM: how long in-flight HTTP and gRPC calls get to finish (keep it under the orchestrator's kill "
+        "grace, 30 s on Kubernetes) while new ones are refused"))
     tls_cert_file: Path | None = Field(None, description="PEM certificate (chain): serve HTTPS and gRPC over TLS")
     tls_key_file: Path | None = Field(None, description="its PEM private key")
     tls_client_ca_file: Path | None = Field(None, description="mutual TLS: require client certificates from this CA")

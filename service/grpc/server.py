@@ -26,7 +26,6 @@ log = logging.getLogger("rewardserve")
 
 # Messages up to this size are accepted and sent (RL batches of token ids are large).
 MAX_MESSAGE_BYTES = 64 * 2**20
-SHUTDOWN_GRACE_S = 5.0
 
 
 def server_credentials(cert_file: Path, key_file: Path, client_ca_file: Path | None) -> grpc.ServerCredentials:
@@ -76,7 +75,8 @@ class GrpcServer:
         for service in self.services:
             await self.health.set(service, status)
 
-    async def stop(self, grace: float = SHUTDOWN_GRACE_S) -> None:
+    async def stop(self, grace: float) -> None:
+        """NOT_SERVING and refusing new calls at once; in-flight ones get `grace` seconds."""
         if self._watch is not None:
             self._watch.cancel()
         await self.health.enter_graceful_shutdown()
