@@ -128,6 +128,11 @@ class ModelRunner:
         through the scheduler. `deadline` is a time.monotonic() instant; raises ItemError
         for the first item that failed."""
         self.observer.request()
+        try:
+            self.scheduler.refuse_if_full()  # before tokenizing: an overloaded server answers 429 at once
+        except QueueFull:
+            self.observer.rejected(len(inputs))
+            raise
         started = time.perf_counter()
         encoded = await asyncio.to_thread(self.encode_all, inputs, truncate)
         self.observer.tokenized(encoded, time.perf_counter() - started)

@@ -141,6 +141,13 @@ class Scheduler:
         queue = self._queues[priority]
         return len(queue), sum(w.tokens for w in queue)
 
+    def refuse_if_full(self) -> None:
+        """QueueFull when the queue is at its item or token bound already, so a request is
+        refused before its items are tokenized (which takes seconds for a big request)."""
+        if self._queued_items >= self.max_queue_items or self._queued_tokens >= self.max_queue_tokens:
+            raise QueueFull(f"queue full ({self._queued_items} items, {self._queued_tokens} tokens queued)",
+                            retry_after_s=self._retry_hint())
+
     async def submit(self, encoded: list[Encoded], priority: Priority = Priority.bulk,
                      timeout_s: float | None = None) -> list[RewardOutput | Exception]:
         """Queue every item and wait for all of them; per item, an output or the exception
