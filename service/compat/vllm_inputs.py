@@ -17,6 +17,7 @@ from models.inputs import Chat, ScoreInput, TokenIds, Truncate
 from models.reward_model import RewardModel
 from service.compat.common import Lenient
 from service.core.errors import APIError
+from service.core.operations import kept_prompt_tokens
 
 TEXT_PARTS = ("text", "input_text", "output_text")
 
@@ -92,24 +93,9 @@ class VllmOptions(BaseModel):
         return self.truncation_side or self.truncate or "left"
 
     def kept_tokens(self, max_length: int, own_tokens: bool) -> int | None:
-        """How many tokens truncation keeps: None for the model's max_length (the default,
-        and -1), k for truncate_prompt_tokens=k. Only inputs tokenized here (`input`) can be
-        cut shorter than max_length; elsewhere a smaller k is refused."""
-        k = self.truncate_prompt_tokens
-        if k is None or k == -1:
-            return None
-        if k > max_length:
-            raise APIError(422, "invalid_request", f"{k} is more than the model's max_length {max_length}",
-                           "truncate_prompt_tokens")
-        if k == max_length:
-            return None
-        if not own_tokens:
-            raise APIError(422, "invalid_request", f"only -1 or {max_length} (the model's max_length) is supported "
-                           "for these inputs; send input texts or token ids to keep fewer tokens",
-                           "truncate_prompt_tokens")
-        if k == 0:
-            raise APIError(422, "invalid_request", "must keep at least one token", "truncate_prompt_tokens")
-        return k
+        """How many tokens truncation keeps (operations.kept_prompt_tokens); only inputs
+        tokenized here (`input`) can be cut shorter than max_length."""
+        return kept_prompt_tokens(self.truncate_prompt_tokens, max_length, own_tokens)
 
 
 class VllmRequest(Lenient, VllmOptions):

@@ -161,10 +161,23 @@ class RerankRequest(_Options):
         job = super().job(inputs, priority)
         return replace(job, truncate=job.truncate or "left") if self.truncate_prompt_tokens is not None else job
 
-    def check_truncation(self, max_length: int) -> None:
-        if self.truncate_prompt_tokens not in (None, -1, max_length):
-            raise APIError(422, "invalid_request", f"only -1 or {max_length} (the model's max_length) is supported",
-                           "truncate_prompt_tokens")
+
+def kept_prompt_tokens(k: int | None, max_length: int, own_tokens: bool = False) -> int | None:
+    """vLLM's truncate_prompt_tokens against a model's max_length: None when inputs are cut
+    at max_length (not given, -1, or max_length itself), else the k tokens to keep. Only
+    inputs the caller tokenizes itself (`own_tokens`) can be cut shorter; elsewhere, and
+    past max_length, it is 422."""
+    if k is None or k in (-1, max_length):
+        return None
+    if k > max_length:
+        raise APIError(422, "invalid_request", f"{k} is more than the model's max_length {max_length}",
+                       "truncate_prompt_tokens")
+    if not own_tokens:
+        raise APIError(422, "invalid_request", f"only -1 or {max_length} (the model's max_length) is supported "
+                       "for these inputs; send input texts or token ids to keep fewer tokens", "truncate_prompt_tokens")
+    if k == 0:
+        raise APIError(422, "invalid_request", "must keep at least one token", "truncate_prompt_tokens")
+    return k
 
 
 class RerankDocument(BaseModel):
@@ -207,7 +220,7 @@ async def rerank_documents(scorer: Scorer, body: RerankRequest) -> RerankRespons
     model cannot give is refused before anything is scored."""
     runner = scorer.runner(body.model)
     spec = runner.model.spec
-    body.check_truncation(runner.model.encoder.max_length)
+    kept_prompt_tokens(body.truncate_prompt_tokens, runner.model.encoder.max_length)
     inputs = candidate_inputs(spec, body.query, body.messages, body.documents, prompt_field="query")
     dimensions = spec.multi_objective.dimensions if spec.multi_objective else None
     resolve_aggregation(dimensions, body.aggregation, body.weights)  # refuse before scoring anything

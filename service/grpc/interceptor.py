@@ -15,6 +15,16 @@ from service.grpc.calls import abort
 from service.monitoring.metrics import Metrics, task_labels
 
 
+METHOD_KINDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")  # request_response
+
+
+def with_behavior(handler, wrap, **changes):
+    """`handler` with its method replaced by `wrap(kind, method)`, `kind` one of
+    METHOD_KINDS (a streaming response's replacement must be an async generator)."""
+    kind = next(k for k in METHOD_KINDS if getattr(handler, k) is not None)
+    return handler._replace(**{kind: wrap(kind, getattr(handler, kind))}, **changes)
+
+
 class GrpcMetricsInterceptor(grpc.aio.ServerInterceptor):
     """Times every gRPC call of a registered method (rewardserve.v1, KServe v2, health),
     labelled with the full method name and the gRPC status code's name. Unknown methods
@@ -29,13 +39,8 @@ class GrpcMetricsInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
-        if handler.unary_unary is not None:
-            return handler._replace(unary_unary=self._unary(handler.unary_unary, method))
-        if handler.stream_unary is not None:
-            return handler._replace(stream_unary=self._unary(handler.stream_unary, method))
-        if handler.unary_stream is not None:
-            return handler._replace(unary_stream=self._streaming(handler.unary_stream, method))
-        return handler._replace(stream_stream=self._streaming(handler.stream_stream, method))
+        return with_behavior(handler, lambda kind, behavior: (
+            self._streaming if kind.endswith("_stream") else self._unary)(behavior, method))
 
     def _unary(self, behavior, method: str):
         async def timed(request, context):
@@ -108,39 +113,33 @@ class RequestDecoding(grpc.aio.ServerInterceptor):
                 await refuse(request, context)
                 yield request
 
-        def unary_in(behavior):
+        def unary_unary(behavior):
             async def call(request, context):
                 await refuse(request, context)
                 return await behavior(request, context)
             return call
 
-        def unary_in_stream_out(behavior):
+        def unary_stream(behavior):
             async def call(request, context):
                 await refuse(request, context)
                 async for response in behavior(request, context):
                     yield response
             return call
 
-        def stream_in(behavior):
+        def stream_unary(behavior):
             async def call(requests, context):
                 return await behavior(checked(requests, context), context)
             return call
 
-        def stream_in_stream_out(behavior):
+        def stream_stream(behavior):
             async def call(requests, context):
                 async for response in behavior(checked(requests, context), context):
                     yield response
             return call
 
-        if handler.unary_unary is not None:
-            return handler._replace(request_deserializer=tolerant, unary_unary=unary_in(handler.unary_unary))
-        if handler.unary_stream is not None:
-            return handler._replace(request_deserializer=tolerant,
-                                    unary_stream=unary_in_stream_out(handler.unary_stream))
-        if handler.stream_unary is not None:
-            return handler._replace(request_deserializer=tolerant, stream_unary=stream_in(handler.stream_unary))
-        return handler._replace(request_deserializer=tolerant,
-                                stream_stream=stream_in_stream_out(handler.stream_stream))
+        wrappers = {"unary_unary": unary_unary, "unary_stream": unary_stream, "stream_unary": stream_unary,
+                    "stream_stream": stream_stream}
+        return with_behavior(handler, lambda kind, behavior: wrappers[kind](behavior), request_deserializer=tolerant)
 
 
 OPEN_METHODS = frozenset({
@@ -178,5 +177,4 @@ def _refusing(handler, err: APIError):
         await abort(context, err)
         yield  # never reached: makes this an async generator, as streaming methods are
 
-    kind = next(k for k in ("unary_unary", "unary_stream", "stream_unary", "stream_stream") if getattr(handler, k))
-    return handler._replace(**{kind: streaming if kind.endswith("_stream") else unary})
+    return with_behavior(handler, lambda kind, _: streaming if kind.endswith("_stream") else unary)

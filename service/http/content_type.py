@@ -5,7 +5,7 @@ run. KServe v2's /v2 routes keep their own formats (binary tensors, compressed b
 
 from __future__ import annotations
 
-import json
+from service.http.errors import error_response
 
 OWN_FORMATS = ("/v2/",)
 
@@ -25,15 +25,10 @@ class JsonBodies:
         if scope["type"] == "http" and scope["method"] == "POST" and not scope["path"].startswith(OWN_FORMATS):
             headers = dict(scope.get("headers") or [])
             has_body = headers.get(b"content-length", b"0") != b"0" or b"transfer-encoding" in headers
-            if has_body and not is_json(headers.get(b"content-type", b"")):
-                return await _refuse(send, headers.get(b"content-type", b"").decode("latin-1"))
+            given = headers.get(b"content-type", b"")
+            if has_body and not is_json(given):
+                message = ("the body must be JSON (Content-Type: application/json), not "
+                           f"{given.decode('latin-1') or 'untyped'}")
+                response = error_response(415, "unsupported_media_type", message, "Content-Type")
+                return await response(scope, receive, send)
         await self.app(scope, receive, send)
-
-
-async def _refuse(send, given: str) -> None:
-    message = f"the body must be JSON (Content-Type: application/json), not {given or 'untyped'}"
-    body = json.dumps({"error": {"code": "unsupported_media_type", "message": message,
-                                 "field": "Content-Type"}}).encode()
-    await send({"type": "http.response.start", "status": 415,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})

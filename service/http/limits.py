@@ -4,10 +4,11 @@ read at the bound, and a compressed body is never inflated past it."""
 
 from __future__ import annotations
 
-import json
 import zlib
 
 from fastapi import HTTPException
+
+from service.http.errors import error_response
 
 WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
@@ -29,7 +30,9 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return await _refuse(send, too_large(self.max_bytes))
+            response = error_response(413, "request_too_large", too_large(self.max_bytes).detail,
+                                      headers={"connection": "close"})  # the unread body ends the connection
+            return await response(scope, receive, send)
         seen = 0
 
         async def counted():
@@ -42,14 +45,6 @@ class BodyLimit:
             return message
 
         await self.app(scope, counted, send)
-
-
-async def _refuse(send, err: HTTPException) -> None:
-    body = json.dumps({"error": {"code": "request_too_large", "message": err.detail, "field": None}}).encode()
-    await send({"type": "http.response.start", "status": err.status_code,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
-    await send({"type": "http.response.body", "body": body})
 
 
 def inflate(body: bytes, encoding: str, limit: int) -> bytes:

@@ -15,6 +15,7 @@ from service.core.schemas import (
     ScoreResponse,
 )
 from service.core.scoring import model_card, score_job, score_response
+from service.engine.registry import ModelNotFound
 from service.http.disconnect import unless_disconnected
 from service.http.errors import ERROR_RESPONSES
 
@@ -39,11 +40,10 @@ async def list_models(request: Request) -> ModelList:
 @router.get("/v1/models/{name}", response_model=ModelCard, response_model_exclude_none=True,
             responses=ERROR_RESPONSES)
 async def get_model(name: str, request: Request) -> ModelCard:
-    registry = request.app.state.registry
-    runner = registry.runners.get(registry.aliases.get(name, name))
-    if runner is None:
-        raise APIError(404, "model_not_found", f"no model named {name!r}", "name")
-    return model_card(runner)
+    try:
+        return model_card(request.app.state.registry.find(name))
+    except ModelNotFound:
+        raise APIError(404, "model_not_found", f"no model named {name!r}", "name") from None
 
 
 @router.get("/health/live", response_model=Health)
