@@ -108,8 +108,11 @@ class Settings(BaseSettings):
     max_batch_tokens: int = Field(16384, ge=1, description="padded tokens (longest x items) per forward")
     max_wait_ms: float = Field(2.0, ge=0, description="longest an idle model waits for a bulk batch to fill (interactive ones go at once)")
     bulk_max_delay_ms: float = Field(500.0, ge=0, description="bulk work waiting this long goes before interactive")
-    max_queue_items: int = Field(65536, ge=1, description="queued items per model before 429")
-    max_queue_tokens: int = Field(8_388_608, ge=1, description="queued tokens per model before 429")
+    max_queue_wait_s: float | None = Field(30.0, gt=0, description=(
+        "429 when the work queued ahead of a new request would take longer than this at the model's measured "
+        "throughput (null: no time bound)"))
+    max_queue_items: int = Field(65536, ge=1, description="queued items per model before 429 (a memory bound)")
+    max_queue_tokens: int = Field(8_388_608, ge=1, description="queued tokens per model before 429 (a memory bound)")
     default_priority: Literal["interactive", "bulk"] = "interactive"
     max_items_per_request: int = Field(4096, ge=1)
     max_request_bytes: int = Field(32 * 2**20, ge=1024, description=(

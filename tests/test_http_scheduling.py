@@ -184,25 +184,28 @@ def test_full_queue_is_429_with_retry_after_and_admitted_requests_complete(
     assert_scored(retried, model, refused)
 
 
-def test_a_full_queue_refuses_before_tokenizing(small_queue_app, small_queue_url, gate_model, monkeypatch):
-    """With the queue at its bound, a request is 429 before any of its items is encoded
-    (a big request's tokenization is the slow part of a refusal otherwise)."""
+@pytest.mark.parametrize("queued_before", [3, 1], ids=["queue_full", "room_for_less"])
+def test_admission_refuses_before_tokenizing(queued_before, small_queue_app, small_queue_url, gate_model,
+                                             monkeypatch):
+    """A request the queue has no room for is 429 before any of its items is encoded (a big
+    request's tokenization is the slow part of a refusal otherwise): with the queue at its
+    bound, and with room left but less than the request needs."""
     gate = gate_model(small_queue_app, "llama-scalar")
     scheduler = scheduler_of(small_queue_app, "llama-scalar")
     runner = small_queue_app.state.registry.runners["llama-scalar"]
     encoded_items = []
     real_encode_all = runner.encode_all
-    monkeypatch.setattr(runner, "encode_all", lambda inputs, truncate: (encoded_items.append(len(inputs)),
-                                                                          real_encode_all(inputs, truncate))[1])
+    monkeypatch.setattr(runner, "encode_all", lambda inputs, *args: (encoded_items.append(len(inputs)),
+                                                                       real_encode_all(inputs, *args))[1])
 
     async def main():
         async with httpx.AsyncClient(base_url=small_queue_url, timeout=30) as client:
             plug = await hold(client, gate, "llama-scalar", PLUG)
-            filler = asyncio.create_task(client.post("/v1/score", json={"items": [tokens(31, 32), tokens(33, 34),
-                                                                                  tokens(35, 36)]}))
-            await queued(scheduler, 3)
+            filler_items = [tokens(31 + 2 * i, 32 + 2 * i) for i in range(queued_before)]
+            filler = asyncio.create_task(client.post("/v1/score", json={"items": filler_items}))
+            await queued(scheduler, queued_before)
             before = list(encoded_items)
-            big = [{"prompt": "Hi", "response": f"answer {i}"} for i in range(500)]
+            big = [{"prompt": "Hi", "response": f"answer {i}"} for i in range(500 if queued_before == 3 else 3)]
             full = await client.post("/v1/score", json={"items": big})
             after = list(encoded_items)
             gate.open()
@@ -211,7 +214,7 @@ def test_a_full_queue_refuses_before_tokenizing(small_queue_app, small_queue_url
 
     full, before, after = run(main())
     assert_error(full, 429, "queue_full", None)
-    assert after == before  # the refused request's 500 items were never encoded
+    assert after == before  # the refused request's items were never encoded
 
 
 # ---- disconnects -----------------------------------------------------------------------

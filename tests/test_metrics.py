@@ -20,6 +20,7 @@ from metrics_helpers import Scrape, scrape
 from sched_helpers import GatedForward, until
 
 from service.config import ModelConfig, Settings
+from service.engine.scheduler import Priority
 from service.app import create_app
 from service.grpc.proto import rewardserve_pb2 as pb
 from service.grpc.proto import rewardserve_pb2_grpc as pb_grpc
@@ -230,20 +231,25 @@ def test_rejected_timed_out_and_queue_depth(small_queue_app, small_queue_client,
 
     async def main():
         async with httpx.AsyncClient(base_url=url, timeout=30) as http:
-            plug = asyncio.create_task(http.post("/v1/score", json={"items": [{"input_ids": [11, 12, 13]}]}))
+            measured = asyncio.create_task(http.post("/v1/score", json={"items": [{"input_ids": [7, 8, 9]}]}))
             await gate.until_entered(1)
+            gate.step()  # one batch through, so the queue's wait has an estimate
+            assert (await measured).status_code == 200
+            plug = asyncio.create_task(http.post("/v1/score", json={"items": [{"input_ids": [11, 12, 13]}]}))
+            await gate.until_entered(2)
             late = await http.post("/v1/score", json={"items": [{"input_ids": [21, 22]}], "timeout_ms": 50})
             queued = [asyncio.create_task(http.post("/v1/score", json={"items": items, "priority": priority}))
                       for items, priority in (([{"input_ids": [31, 32]}, {"input_ids": [33, 34, 35]}], "interactive"),
                                               ([{"input_ids": [41, 42, 43, 44]}], "bulk"))]
             await until(lambda: scheduler.queued_items == 3, "3 queued items")
             depth = Scrape((await http.get("/metrics")).text)
+            estimates = {p: scheduler.admission.estimated_wait_s(p) for p in Priority}
             full = await http.post("/v1/score", json={"items": [{"input_ids": [51]}]})
             gate.open()
-            return late, depth, full, await asyncio.gather(plug, *queued)
+            return late, depth, estimates, full, await asyncio.gather(plug, *queued)
 
     try:
-        late, depth, full, done = asyncio.run(asyncio.wait_for(main(), TEST_LIMIT_S))
+        late, depth, estimates, full, done = asyncio.run(asyncio.wait_for(main(), TEST_LIMIT_S))
     finally:
         gate.open()
     after = scrape(client)
@@ -254,6 +260,10 @@ def test_rejected_timed_out_and_queue_depth(small_queue_app, small_queue_client,
     assert depth.value("rewardserve_queue_items", model="llama-scalar", priority="bulk") == 1
     assert depth.value("rewardserve_queue_tokens", model="llama-scalar", priority="bulk") == \
         reference(load_tiny("llama-scalar"), {"input_ids": [41, 42, 43, 44]}).num_tokens
+    for priority, estimate in estimates.items():
+        assert depth.value("rewardserve_queue_wait_estimate_seconds", model="llama-scalar",
+                           priority=priority.value) == pytest.approx(estimate)
+        assert estimate > 0
     assert depth.value("rewardserve_requests_in_flight", protocol="http") >= 4  # plug, two queued, the scrape
     assert delta(after, before, "rewardserve_timed_out_items_total", model="llama-scalar") == 1
     assert delta(after, before, "rewardserve_rejected_requests_total", model="llama-scalar") == 1

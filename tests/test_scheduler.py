@@ -17,7 +17,8 @@ import torch
 from sched_helpers import GatedForward, ids, until
 
 from models.inputs import Chat, Encoded, TextPair, TokenIds
-from service.engine.scheduler import BatchRecord, ItemFailed, ItemTimeout, Priority, QueueFull, Scheduler
+from service.engine.admission import QueueFull
+from service.engine.scheduler import BatchRecord, ItemFailed, ItemTimeout, Priority, Scheduler
 
 TEST_LIMIT_S = 60
 
@@ -360,6 +361,95 @@ def test_full_queue_refuses_new_work_and_loses_nothing_admitted(bound, model, ma
     for request, result in zip(admitted + [[admitted[0][1]]], results, strict=True):
         check(result, request)
     check(retried, refused)
+
+
+def test_a_request_too_big_for_the_bounds_is_admitted_onto_an_empty_queue(model, make_tokens, check):
+    """Refusing it there would refuse it forever; behind other work it waits its turn (429)."""
+    big = [make_tokens(4 + i) for i in range(6)]
+
+    async def main():
+        gate = GatedForward(model.forward, held=False)
+        async with serving(gate, max_queue_items=2, max_queue_tokens=10) as scheduler:
+            return await scheduler.submit(big), await scheduler.submit(big[:3], ticket=scheduler.admission.admit(3, 15, Priority.bulk))
+
+    first, second = run(main())
+    check(first, big)
+    check(second, big[:3])
+
+
+def test_a_ticket_holds_room_while_its_request_is_tokenized(model, make_tokens, check):
+    """`admit` decides before tokenizing: the room it holds counts against the bounds until
+    `submit` takes it (admitting the request whatever its real size) or `release` frees it."""
+    waiting, later = make_tokens(6), [make_tokens(7), make_tokens(8), make_tokens(9)]
+
+    async def main():
+        gate = GatedForward(model.forward)
+        async with serving(gate, max_queue_items=4) as scheduler:
+            plug = await hold(scheduler, gate, make_tokens(5))
+            first = asyncio.create_task(scheduler.submit([waiting]))
+            await queued(scheduler, 1)
+            ticket = scheduler.admission.admit(3, 12, Priority.bulk)
+            with pytest.raises(QueueFull):
+                scheduler.admission.admit(1, 1, Priority.bulk)  # 1 queued + 3 held: no room
+            spare = scheduler.admission.admit(0, 0, Priority.bulk)
+            scheduler.admission.release(spare)
+            scheduler.admission.release(spare)  # a second release gives nothing back twice
+            second = asyncio.create_task(scheduler.submit(later, Priority.bulk, ticket=ticket))
+            await queued(scheduler, 4)
+            assert not ticket.held
+            scheduler.admission.release(ticket)  # already taken by submit: a no-op
+            with pytest.raises(QueueFull):
+                scheduler.admission.admit(1, 1, Priority.bulk)
+            gate.open()
+            results = await asyncio.gather(first, second)
+            await plug
+            scheduler.admission.release(scheduler.admission.admit(4, 40, Priority.bulk))  # everything given back
+            return results
+
+    (first, second) = run(main())
+    check(first, [waiting])
+    check(second, later)
+
+
+def test_time_budget_bounds_the_work_ahead(model, make_tokens, check):
+    """Past `max_queue_wait_s` of measured forward work ahead of it, new work is refused
+    with the excess as its retry hint; interactive work, which goes ahead of a bulk backlog,
+    is still admitted. Before the first batch is measured there is no estimate (and only
+    the size bounds apply)."""
+    backlog = [make_tokens(20 + i) for i in range(4)]
+    late_bulk, urgent = make_tokens(3), make_tokens(4)
+
+    async def main():
+        gate = GatedForward(model.forward)
+        async with serving(gate) as scheduler:
+            assert scheduler.admission.estimated_wait_s(Priority.bulk) is None
+            measured = asyncio.create_task(scheduler.submit([make_tokens(8)]))
+            gate.step()
+            await measured
+            plug = await hold(scheduler, gate, make_tokens(5))
+            tasks = [asyncio.create_task(scheduler.submit([enc], Priority.bulk)) for enc in backlog]
+            await queued(scheduler, 4)
+            ahead = scheduler.admission.estimated_wait_s(Priority.bulk)
+            assert ahead > 0
+            assert scheduler.admission.estimated_wait_s(Priority.interactive) == 0
+            scheduler.admission.max_wait_s = ahead / 2
+            with pytest.raises(QueueFull) as full:
+                await scheduler.submit([late_bulk], Priority.bulk)
+            assert full.value.retry_after_s == pytest.approx(max(0.05, ahead / 2))
+            assert scheduler.queued_items == 4  # the refusal took nothing
+            tasks.append(asyncio.create_task(scheduler.submit([urgent], Priority.interactive)))
+            await queued(scheduler, 5)
+            scheduler.admission.max_wait_s = ahead * 4
+            tasks.append(asyncio.create_task(scheduler.submit([late_bulk], Priority.bulk)))
+            await queued(scheduler, 6)
+            gate.open()
+            results = await asyncio.gather(*tasks)
+            await plug
+            return results
+
+    results = run(main())
+    for result, enc in zip(results, backlog + [urgent, late_bulk], strict=True):
+        check(result, [enc])
 
 
 # ---- cancellation ----------------------------------------------------------------------

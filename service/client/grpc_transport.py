@@ -88,6 +88,10 @@ def _shape(value: Any, annotation: Any, order: list[str]) -> Any:
     args, origin = typing.get_args(annotation), typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
+        if len(inner) > 1 and isinstance(value, dict):  # models: the first with every field the value has
+            fitting = [a for a in inner if isinstance(a, type) and issubclass(a, BaseModel)
+                       and set(value) <= set(a.model_fields)]
+            inner = fitting[:1] or inner
         return _shape(value, inner[0], order) if len(inner) == 1 else value
     if origin is list:
         return [_shape(v, args[0], order) for v in value]

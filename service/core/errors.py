@@ -11,9 +11,10 @@ from collections.abc import Callable
 
 from models.errors import InputError
 from service.core.schemas import ITEM_FORMS
+from service.engine.admission import QueueFull
 from service.engine.registry import ModelNotFound, ModelNotReady
 from service.engine.runner import ItemError
-from service.engine.scheduler import ItemTimeout, QueueFull
+from service.engine.scheduler import ItemTimeout
 
 
 MAX_MESSAGE_CHARS = 1000  # an error message quoting a huge input says where it was cut

@@ -107,6 +107,9 @@ class ScoreRequest(_Body):
         "none", description="'zscore': score and dimensions against the model's reference_stats"
     )
     cache: CacheMode = Field(CacheMode.use, description="'use', 'refresh' (recompute and overwrite) or 'bypass'")
+    on_item_error: Literal["request", "item"] = Field("request", description=(
+        "'request': an item that cannot be scored fails the request; 'item': it gets its own error in `results` "
+        "and the other items their scores"))
 
 
 class ItemResult(BaseModel):
@@ -126,6 +129,22 @@ class ItemResult(BaseModel):
                    cached=out.cached or None)
 
 
+class ItemErrorDetail(BaseModel):
+    """Why one item was not scored: what a request of that item alone would have got."""
+
+    http_status: int = Field(description="422 bad input, 504 deadline passed, 500 the model failed on it")
+    code: str
+    message: str
+    field: str | None = None
+
+
+class FailedItem(BaseModel):
+    """An item answered with an error instead of a score (on_item_error 'item')."""
+
+    index: int
+    error: ItemErrorDetail
+
+
 class Usage(BaseModel):
     total_tokens: int
 
@@ -135,7 +154,7 @@ class ScoreResponse(BaseModel):
     revision: str
     kind: ModelKind
     normalized: bool | None = Field(None, description="true when scores are z-scores (else absent)")
-    results: list[ItemResult]
+    results: list[ItemResult | FailedItem] = Field(description="per item in order; FailedItem only with on_item_error 'item'")
     usage: Usage
 
 

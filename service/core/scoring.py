@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 from pydantic import ValidationError
 
@@ -14,13 +15,15 @@ from models.heads import RewardOutput
 from models.inputs import ScoreInput, Truncate
 from models.spec import ModelKind, RewardSpec, StepAggregate
 from service.config import Settings
-from service.core.errors import APIError, ItemNamer, renamed, validation_error
+from service.core.errors import APIError, ItemNamer, renamed, status_message, validation_error
 from service.core.normalize import Normalize, reference_stats_for, zscore
-from service.core.schemas import ItemResult, ModelCard, ModelList, ModelObject, ScoreRequest, ScoreResponse, Usage
+from service.core.schemas import (FailedItem, ItemErrorDetail, ItemResult, ModelCard, ModelList, ModelObject,
+                                  ScoreRequest, ScoreResponse, Usage)
+from service.engine.admission import QueueFull
 from service.engine.cache import CacheMode
 from service.engine.registry import ModelNotFound, ModelNotReady, ModelRegistry
 from service.engine.runner import ItemError, ModelRunner
-from service.engine.scheduler import Priority, QueueFull
+from service.engine.scheduler import Priority
 
 
 @dataclass(frozen=True)
@@ -33,19 +36,24 @@ class ScoreJob:
     timeout_ms: float | None = None
     normalize: Normalize | None = None
     cache: CacheMode = CacheMode.use
+    on_item_error: Literal["request", "item"] = "request"
 
 
 @dataclass(frozen=True)
 class Scored:
+    """A job's outputs in order. With on_item_error "item", an item that failed has None
+    in `outputs` and its error in `errors`; otherwise every item has an output."""
+
     model: str
     revision: str
     kind: ModelKind
-    outputs: list[RewardOutput]
+    outputs: list[RewardOutput | None]
     normalized: bool = False
+    errors: dict[int, APIError] = field(default_factory=dict)
 
     @property
     def total_tokens(self) -> int:
-        return sum(out.num_tokens for out in self.outputs)
+        return sum(out.num_tokens for out in self.outputs if out is not None)
 
 
 class Scorer:
@@ -91,16 +99,16 @@ class Scorer:
         priority = job.priority or Priority(self.settings.default_priority)
         deadline = None if job.timeout_ms is None else time.monotonic() + job.timeout_ms / 1000
         try:
-            outputs = await runner.score(job.inputs, job.truncate, priority, deadline, job.cache)
+            results = await runner.score(job.inputs, job.truncate, priority, deadline, job.cache,
+                                         item_errors=job.on_item_error == "item")
         except ItemError as err:
             raise APIError.from_item_error(err) from err
         except QueueFull as err:
             raise APIError.from_queue_full(err) from err
-        if job.aggregate is not None:
-            outputs = [out.with_step_aggregate(job.aggregate) for out in outputs]
-        if stats is not None:
-            outputs = [zscore(out, stats) for out in outputs]
-        return Scored(runner.name, model.revision, model.spec.kind, outputs, normalized=stats is not None)
+        errors = {i: APIError.from_item_error(r) for i, r in enumerate(results) if isinstance(r, ItemError)}
+        outputs = [None if i in errors else _finished(out, job.aggregate, stats) for i, out in enumerate(results)]
+        return Scored(runner.name, model.revision, model.spec.kind, outputs, normalized=stats is not None,
+                      errors=errors)
 
     async def score_as(self, job: ScoreJob, name: ItemNamer, whole: str) -> Scored:
         """`score`, its errors naming the request's own fields (`name(i, rest)` for item i,
@@ -109,6 +117,13 @@ class Scorer:
             return await self.score(job)
         except APIError as err:
             raise renamed(err, name, whole) from err
+
+
+def _finished(out: RewardOutput, aggregate: StepAggregate | None, stats) -> RewardOutput:
+    """An output with the request's own step aggregate and normalization applied."""
+    if aggregate is not None:
+        out = out.with_step_aggregate(aggregate)
+    return zscore(out, stats) if stats is not None else out
 
 
 def model_card(runner: ModelRunner) -> ModelCard:
@@ -141,6 +156,12 @@ def score_job(body: ScoreRequest, deadline_ms: float | None = None) -> ScoreJob:
 def score_response(scored: Scored) -> ScoreResponse:
     return ScoreResponse(
         model=scored.model, revision=scored.revision, kind=scored.kind, normalized=scored.normalized or None,
-        results=[ItemResult.from_output(i, out) for i, out in enumerate(scored.outputs)],
+        results=[failed_item(i, scored.errors[i]) if out is None else ItemResult.from_output(i, out)
+                 for i, out in enumerate(scored.outputs)],
         usage=Usage(total_tokens=scored.total_tokens),
     )
+
+
+def failed_item(index: int, err: APIError) -> FailedItem:
+    return FailedItem(index=index, error=ItemErrorDetail(http_status=err.status, code=err.code,
+                                                         message=status_message(err), field=err.field))

@@ -13,11 +13,13 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from models.encoding import texts_of
 from models.errors import InputError
 from models.heads import RewardOutput
-from models.inputs import Encoded, ScoreInput, Truncate
+from models.inputs import Encoded, ScoreInput, TokenIds, Truncate
 from models.reward_model import ModelInfo, RewardModel, warmup_inputs
 from service.config import ModelConfig, Settings
+from service.engine.admission import QueueFull, Ticket
 from service.engine.cache import (
     CacheMode,
     ResultCache,
@@ -26,7 +28,7 @@ from service.engine.cache import (
     encode_output,
 )
 from service.engine.observer import RunnerObserver
-from service.engine.scheduler import Priority, QueueFull, Scheduler
+from service.engine.scheduler import Priority, Scheduler
 
 log = logging.getLogger("rewardserve")
 
@@ -65,6 +67,7 @@ class ModelRunner:
         self.error: str | None = None
         self.model: RewardModel | None = None
         self.load_seconds: float | None = None
+        self.chars_per_token = 4.0  # measured as items are tokenized; sizes requests before they are
         self.observer = RunnerObserver()  # service.monitoring installs the real one
         self._forward_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"forward-{config.name}")
         self.scheduler = Scheduler(
@@ -76,6 +79,7 @@ class ModelRunner:
             bulk_max_delay_ms=settings.bulk_max_delay_ms,
             max_queue_items=settings.max_queue_items,
             max_queue_tokens=settings.max_queue_tokens,
+            max_queue_wait_s=settings.max_queue_wait_s,
             on_batch=lambda record: self.observer.batch(record),
         )
 
@@ -96,6 +100,7 @@ class ModelRunner:
                                      dtype=config.resolved_dtype(), backend=config.backend, onnx_file=config.onnx_file,
                                      triton=config.triton_target())
             model.score(warmup_inputs(model.spec.kind), truncate="right")
+            self._measure_warm_forward(model)
         except Exception as err:  # a model that fails to load must not take the others down
             self.status, self.error = "failed", f"{type(err).__name__}: {err}"
             log.error("model %s failed to load: %s", self.name, self.error)
@@ -104,14 +109,48 @@ class ModelRunner:
         self.model, self.status = model, "ready"
         log.info("model %s ready in %.1fs (%s)", self.name, time.perf_counter() - started, model.revision[:19])
 
-    def encode_all(self, inputs: list[ScoreInput], truncate: Truncate | None) -> list[Encoded]:
-        encoded = []
+    def _measure_warm_forward(self, model: RewardModel) -> None:
+        """One more warm-up forward, timed, so the queue's time bound holds from the first
+        burst (a small batch: its throughput underestimates a full one's, erring strict)."""
+        encoded = [model.encode(item, "right") for item in warmup_inputs(model.spec.kind)]
+        started = time.perf_counter()
+        model.forward(encoded)
+        self.scheduler.admission.forwarded(sum(e.num_tokens for e in encoded), time.perf_counter() - started)
+
+    def encode_all(self, inputs: list[ScoreInput], truncate: Truncate | None,
+                   item_errors: bool = False) -> list[Encoded | ItemError]:
+        """Every item tokenized; one that cannot be raises its ItemError, or with
+        `item_errors` stands in the list in its place."""
+        encoded: list[Encoded | ItemError] = []
         for index, item in enumerate(inputs):
             try:
                 encoded.append(self.model.encode(item, truncate))
             except InputError as err:
-                raise ItemError(index, err) from err
+                if not item_errors:
+                    raise ItemError(index, err) from err
+                encoded.append(ItemError(index, err))
         return encoded
+
+    def estimated_tokens(self, inputs: list[ScoreInput]) -> int:
+        """The tokens `inputs` will take, from their characters, before tokenizing them."""
+        max_length = self.model.info.max_length
+        total = 0
+        for item in inputs:
+            if isinstance(item, TokenIds):
+                total += min(len(item.input_ids), max_length)
+            else:
+                chars = sum(len(text) for _, text in texts_of(item))
+                total += min(int(chars / self.chars_per_token) + 1, max_length)
+        return total
+
+    def _measure_chars_per_token(self, inputs: list[ScoreInput], encoded: list[Encoded | ItemError]) -> None:
+        chars = tokens = 0
+        for item, enc in zip(inputs, encoded):
+            if isinstance(enc, Encoded) and not enc.truncated and not isinstance(item, TokenIds):
+                chars += sum(len(text) for _, text in texts_of(item))
+                tokens += enc.num_tokens
+        if chars and tokens:
+            self.chars_per_token = 0.9 * self.chars_per_token + 0.1 * (chars / tokens)
 
     def forward_all(self, encoded: list[Encoded]) -> list[RewardOutput]:
         """Blocking: every item, in batches, on the calling thread."""
@@ -123,46 +162,56 @@ class ModelRunner:
 
     async def score(self, inputs: list[ScoreInput], truncate: Truncate | None,
                     priority: Priority = Priority.interactive, deadline: float | None = None,
-                    cache_mode: CacheMode = CacheMode.use) -> list[RewardOutput]:
+                    cache_mode: CacheMode = CacheMode.use, item_errors: bool = False) -> list[RewardOutput | ItemError]:
         """Every item scored, in request order: cache hits answered at once, the rest
-        through the scheduler. `deadline` is a time.monotonic() instant; raises ItemError
-        for the first item that failed."""
+        through the scheduler. `deadline` is a time.monotonic() instant. The request is
+        admitted (or QueueFull) before it is tokenized. An item that fails raises its
+        ItemError, or with `item_errors` is answered by it while the rest are scored."""
         self.observer.request()
         try:
-            self.scheduler.refuse_if_full()  # before tokenizing: an overloaded server answers 429 at once
+            ticket = self.scheduler.admission.admit(len(inputs), self.estimated_tokens(inputs), priority)
         except QueueFull:
             self.observer.rejected(len(inputs))
             raise
+        try:
+            return await self._score(inputs, truncate, priority, deadline, cache_mode, item_errors, ticket)
+        finally:
+            self.scheduler.admission.release(ticket)
+
+    async def _score(self, inputs: list[ScoreInput], truncate: Truncate | None, priority: Priority,
+                     deadline: float | None, cache_mode: CacheMode, item_errors: bool,
+                     ticket: Ticket) -> list[RewardOutput | ItemError]:
         started = time.perf_counter()
-        encoded = await asyncio.to_thread(self.encode_all, inputs, truncate)
-        self.observer.tokenized(encoded, time.perf_counter() - started)
-        outputs: list[RewardOutput | None] = [None] * len(encoded)
-        keys = None
+        encoded = await asyncio.to_thread(self.encode_all, inputs, truncate, item_errors)
+        self._measure_chars_per_token(inputs, encoded)
+        results: list[RewardOutput | ItemError | None] = [e if isinstance(e, ItemError) else None for e in encoded]
+        todo = [i for i, result in enumerate(results) if result is None]
+        self.observer.tokenized([encoded[i] for i in todo], time.perf_counter() - started)
+        keys = {}
         if self.cache is not None and cache_mode != CacheMode.bypass:
-            keys = [cache_key(self.name, self.model.revision, enc) for enc in encoded]
+            keys = {i: cache_key(self.name, self.model.revision, encoded[i]) for i in todo}
             if cache_mode == CacheMode.use:
                 dimensions = self.model.info.dimensions
-                for index, (blob, _) in enumerate(await self.cache.get_many(keys, self.config.cache_ttl_s)):
-                    outputs[index] = decode_output(blob, dimensions) if blob is not None else None
-        misses = [i for i, out in enumerate(outputs) if out is None]
-        if len(misses) < len(encoded):
-            self.observer.cache_hits(len(encoded) - len(misses), time.perf_counter() - started)
+                for index, (blob, _) in zip(todo, await self.cache.get_many(list(keys.values()), self.config.cache_ttl_s)):
+                    results[index] = decode_output(blob, dimensions) if blob is not None else None
+        misses = [i for i in todo if results[i] is None]
+        if len(misses) < len(todo):
+            self.observer.cache_hits(len(todo) - len(misses), time.perf_counter() - started)
         timeout_s = None if deadline is None else deadline - time.monotonic()
-        try:
-            results = await self.scheduler.submit([encoded[i] for i in misses], priority, timeout_s) if misses else []
-        except QueueFull:
-            self.observer.rejected(len(misses))
-            raise
-        self.observer.scheduled(results)
+        outputs = await self.scheduler.submit([encoded[i] for i in misses], priority, timeout_s, ticket) if misses else []
+        self.observer.scheduled(outputs)
         returned = time.perf_counter()
-        for index, result in zip(misses, results):
-            if isinstance(result, BaseException):
-                raise ItemError(index, result)
-            outputs[index] = result
-        if keys is not None:
-            self.cache.put_many([(keys[i], encode_output(outputs[i])) for i in misses], self.config.cache_ttl_s)
-        self.observer.scored(outputs, time.perf_counter() - returned)
-        return outputs
+        for index, output in zip(misses, outputs):
+            if isinstance(output, BaseException):
+                output = ItemError(index, output)
+                if not item_errors:
+                    raise output
+            results[index] = output
+        if keys:
+            self.cache.put_many([(keys[i], encode_output(results[i])) for i in misses
+                                 if not isinstance(results[i], ItemError)], self.config.cache_ttl_s)
+        self.observer.scored([r for r in results if not isinstance(r, ItemError)], time.perf_counter() - returned)
+        return results
 
     def close(self) -> None:
         self.scheduler.close()

@@ -15,8 +15,8 @@ thread is free, the scheduler forms the next batch:
   work accumulates while the model is busy and batches anyway.
 
 Expired items are answered with a timeout before they reach the model; cancelled ones are
-dropped. The queue is bounded in items and tokens: past it, `submit` raises `QueueFull`
-with a retry hint, and nothing already admitted is lost. Identical items in flight are
+dropped. The queue's bounds are its `admission` (service.engine.admission): past them,
+`QueueFull` with a retry hint, and nothing already admitted is lost. Identical items in flight are
 computed once. A failing batch is split in halves and retried so only the offending item
 fails.
 """
@@ -33,6 +33,7 @@ from enum import Enum
 
 from models.heads import RewardOutput
 from models.inputs import Encoded
+from service.engine.admission import Admission, Ticket
 
 log = logging.getLogger("rewardserve")
 
@@ -40,12 +41,6 @@ log = logging.getLogger("rewardserve")
 class Priority(str, Enum):
     interactive = "interactive"
     bulk = "bulk"
-
-
-class QueueFull(Exception):
-    def __init__(self, message: str, retry_after_s: float):
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
 
 
 class ItemTimeout(Exception):
@@ -106,6 +101,7 @@ class Scheduler:
         bulk_max_delay_ms: float = 500.0,
         max_queue_items: int = 65536,
         max_queue_tokens: int = 16_777_216,
+        max_queue_wait_s: float | None = None,
         on_batch: Callable[[BatchRecord], None] | None = None,
     ):
         self._forward = forward
@@ -114,59 +110,42 @@ class Scheduler:
         self.max_batch_tokens = max_batch_tokens
         self.max_wait_s = max_wait_ms / 1000
         self.bulk_max_delay_s = bulk_max_delay_ms / 1000
-        self.max_queue_items = max_queue_items
-        self.max_queue_tokens = max_queue_tokens
+        self.admission = Admission(max_queue_items, max_queue_tokens, max_queue_wait_s, max_batch_tokens)
         self._on_batch = on_batch
         self._queues: dict[Priority, list[_Work]] = {p: [] for p in Priority}
         self._in_flight: dict[tuple, _Work] = {}
-        self._queued_items = 0
-        self._queued_tokens = 0
         self._wakeup = asyncio.Event()
         self._loop_task: asyncio.Task | None = None
-        self._recent_forward_s = 0.05
         self._last_class: Priority | None = None  # the class of the batch formed last
 
-    # ---- admission ---------------------------------------------------------------
+    # ---- queueing ----------------------------------------------------------------
 
     @property
     def queued_items(self) -> int:
-        return self._queued_items
+        return self.admission.queued_items
 
     @property
     def queued_tokens(self) -> int:
-        return self._queued_tokens
-
-    def depth(self, priority: Priority) -> tuple[int, int]:
-        """(items, tokens) queued in one priority class."""
-        queue = self._queues[priority]
-        return len(queue), sum(w.tokens for w in queue)
-
-    def refuse_if_full(self) -> None:
-        """QueueFull when the queue is at its item or token bound already, so a request is
-        refused before its items are tokenized (which takes seconds for a big request)."""
-        if self._queued_items >= self.max_queue_items or self._queued_tokens >= self.max_queue_tokens:
-            raise QueueFull(f"queue full ({self._queued_items} items, {self._queued_tokens} tokens queued)",
-                            retry_after_s=self._retry_hint())
+        return self.admission.queued_tokens
 
     async def submit(self, encoded: list[Encoded], priority: Priority = Priority.bulk,
-                     timeout_s: float | None = None) -> list[RewardOutput | Exception]:
+                     timeout_s: float | None = None, ticket: Ticket | None = None) -> list[RewardOutput | Exception]:
         """Queue every item and wait for all of them; per item, an output or the exception
-        that stopped it (ItemTimeout, ItemFailed). Cancelling the caller drops its items."""
+        that stopped it (ItemTimeout, ItemFailed). With the request's `ticket` it was
+        admitted already; without, it is admitted here (or QueueFull). Cancelling the
+        caller drops its items."""
         self._ensure_running()
         now = time.monotonic()
         deadline = now + timeout_s if timeout_s is not None else None
-        fresh = {}
-        for enc in encoded:
-            key = dedup_key(enc)
-            if key not in self._in_flight and key not in fresh:
-                fresh[key] = enc
-        new_tokens = sum(e.num_tokens for e in fresh.values())
-        if (self._queued_items + len(fresh) > self.max_queue_items
-                or self._queued_tokens + new_tokens > self.max_queue_tokens):
-            raise QueueFull(
-                f"queue full ({self._queued_items} items, {self._queued_tokens} tokens queued)",
-                retry_after_s=self._retry_hint(),
-            )
+        if ticket is not None:
+            self.admission.release(ticket)
+        else:
+            fresh = {}
+            for enc in encoded:
+                key = dedup_key(enc)
+                if key not in self._in_flight and key not in fresh:
+                    fresh[key] = enc
+            self.admission.check(len(fresh), sum(e.num_tokens for e in fresh.values()), priority)
         works: list[_Work] = []
         for enc in encoded:
             key = dedup_key(enc)
@@ -175,8 +154,7 @@ class Scheduler:
                 work = _Work(enc, priority, deadline, now, asyncio.get_running_loop().create_future(), key, waiters=0)
                 self._in_flight[key] = work
                 self._queues[priority].append(work)
-                self._queued_items += 1
-                self._queued_tokens += work.tokens
+                self.admission.queued(priority, work.tokens)
                 if timeout_s is not None:
                     work.timer = asyncio.get_running_loop().call_later(timeout_s, self._deadline_passed, work)
             else:
@@ -199,6 +177,8 @@ class Scheduler:
         if priority == Priority.interactive and work.priority == Priority.bulk:
             self._queues[Priority.bulk].remove(work)
             self._queues[Priority.interactive].append(work)
+            self.admission.queued(Priority.bulk, work.tokens, -1)
+            self.admission.queued(priority, work.tokens)
             work.priority = priority
         if work.deadline is not None:
             work.deadline = None if deadline is None else max(work.deadline, deadline)
@@ -229,8 +209,7 @@ class Scheduler:
         if work.timer is not None:
             work.timer.cancel()
             work.timer = None
-        self._queued_items -= 1
-        self._queued_tokens -= work.tokens
+        self.admission.queued(work.priority, work.tokens, -1)
 
     def _finish(self, work: _Work, result: RewardOutput | BaseException) -> None:
         self._in_flight.pop(work.key, None)
@@ -243,10 +222,6 @@ class Scheduler:
                 work.future.set_exception(result)
         else:
             work.future.set_result(result)
-
-    def _retry_hint(self) -> float:
-        batches_ahead = max(1, self._queued_tokens // self.max_batch_tokens + 1)
-        return round(max(0.05, batches_ahead * self._recent_forward_s), 3)
 
     # ---- batch formation ---------------------------------------------------------
 
@@ -317,7 +292,7 @@ class Scheduler:
             started = time.perf_counter()
             results = await loop.run_in_executor(self._executor, self._forward_isolating, [w.encoded for w in batch])
             forward_s = time.perf_counter() - started
-            self._recent_forward_s = 0.8 * self._recent_forward_s + 0.2 * forward_s
+            self.admission.forwarded(sum(w.tokens for w in batch), forward_s)
             for work, result in zip(batch, results):
                 self._finish(work, result)
             if self._on_batch:

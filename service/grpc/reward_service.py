@@ -57,7 +57,7 @@ def _options(request) -> dict:
     return body
 
 
-_OPTIONS = ("model", "truncate", "aggregate", "normalize", "priority", "cache")
+_OPTIONS = ("model", "truncate", "aggregate", "normalize", "priority", "cache", "on_item_error")
 
 
 def score_request(request: pb.ScoreRequest) -> ScoreRequest:
@@ -82,7 +82,8 @@ def item_result(index: int, out: RewardOutput) -> pb.ItemResult:
 def score_response(scored: Scored) -> pb.ScoreResponse:
     return pb.ScoreResponse(
         model=scored.model, revision=scored.revision, kind=scored.kind.value,
-        results=[item_result(i, out) for i, out in enumerate(scored.outputs)],
+        results=[pb.ItemResult(index=i, error=error_message(scored.errors[i])) if out is None else item_result(i, out)
+                 for i, out in enumerate(scored.outputs)],
         usage=pb.Usage(total_tokens=scored.total_tokens), normalized=getattr(scored, "normalized", False),
     )
 

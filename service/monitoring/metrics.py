@@ -264,6 +264,10 @@ class StateCollector:
                                   labels=["model", "priority"])
         tokens = GaugeMetricFamily("rewardserve_queue_tokens", "Tokens queued, per model and priority class.",
                                    labels=["model", "priority"])
+        wait = GaugeMetricFamily("rewardserve_queue_wait_estimate_seconds",
+                                 "Forward work queued ahead of a new item, per model and priority class, at the "
+                                 "measured throughput (what max_queue_wait_s bounds; absent before the first batch).",
+                                 labels=["model", "priority"])
         status = GaugeMetricFamily("rewardserve_model_status",
                                    "1 for the model's current status (loading: loading and warming up).",
                                    labels=["model", "status"])
@@ -271,14 +275,17 @@ class StateCollector:
                                  labels=["model"])
         for name, runner in self.registry.runners.items():
             for priority in Priority:
-                n, t = runner.scheduler.depth(priority)
+                n, t = runner.scheduler.admission.depth(priority)
                 items.add_metric([name, priority.value], n)
                 tokens.add_metric([name, priority.value], t)
+                estimate = runner.scheduler.admission.estimated_wait_s(priority)
+                if estimate is not None:
+                    wait.add_metric([name, priority.value], estimate)
             for state in MODEL_STATUSES:
                 status.add_metric([name, state], 1.0 if runner.status == state else 0.0)
             if runner.load_seconds is not None:
                 load.add_metric([name], runner.load_seconds)
-        yield from (items, tokens, status, load)
+        yield from (items, tokens, wait, status, load)
 
     def _cache(self, cache):
         """Per tier: the lookups that reached it and what became of them. The LRU sees
