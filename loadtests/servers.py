@@ -45,19 +45,20 @@ class ServerSpec:
 
 
 def ours_settings(model_name: str, model_path: str, onnx_file: Path | None = None, cache: str = "off",
-                  redis_url: str | None = None) -> dict:
+                  redis_url: str | None = None, extra: dict | None = None) -> dict:
     """rewardserve's settings for a benchmark: only the benchmarked model, its defaults
     otherwise, gRPC off (HTTP is measured) and, unless `cache` says otherwise, the result
     cache off (the workloads repeat requests across runs, and the batching engine is what
     is measured). `cache`: "off", "lru" (the in-process tier) or "redis" (Redis alone, as a
-    replica that did not see the first request finds it); `onnx_file` selects onnxruntime."""
+    replica that did not see the first request finds it); `onnx_file` selects onnxruntime;
+    `extra`: any other settings."""
     model = {"name": model_name, "path": model_path, "cache": cache != "off"}
     if onnx_file:
         model.update(backend="onnxruntime", onnx_file=str(onnx_file))
     settings = {"models": [model], "grpc_port": 0, "cache_max_bytes": 256 * 2**20 if cache == "lru" else 0}
     if cache == "redis":
         settings["redis_url"] = redis_url
-    return settings
+    return {**settings, **(extra or {})}
 
 
 def ours(model_name: str, model_path: str, workdir: Path, system: str = "rewardserve", **options) -> ServerSpec:
