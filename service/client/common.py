@@ -19,8 +19,9 @@ RESULT_TYPES: dict[str, type[BaseModel]] = {
     "score": ScoreResponse, "compare": CompareResponse, "rerank": RerankResponse, "steps": StepsResponse,
     "models": ModelList,
 }
-# 429 (queue full) and 503 (model loading, server unreachable) pass; other errors do not.
-RETRY_STATUSES = frozenset({429, 503})
+# 429 (queue full), 502 (a load balancer lost its replica) and 503 (model loading, server
+# unreachable) pass; other errors do not.
+RETRY_STATUSES = frozenset({429, 502, 503})
 
 
 class RewardServeError(Exception):

@@ -212,3 +212,10 @@ class ErrorBody(BaseModel):
 class Health(BaseModel):
     status: Literal["live", "ready", "loading", "failed"]
     models: dict[str, str] = Field(default_factory=dict)
+
+    @classmethod
+    def of(cls, models: dict[str, str]) -> Health:
+        """Readiness from each model's status: ready when all are, failed when one failed."""
+        statuses = set(models.values())
+        return cls(status="ready" if statuses <= {"ready"} else "failed" if "failed" in statuses else "loading",
+                   models=models)

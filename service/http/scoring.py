@@ -53,9 +53,7 @@ async def live() -> Health:
 
 @router.get("/health/ready", response_model=Health, responses={503: {"model": Health}})
 async def ready(request: Request):
-    registry = request.app.state.registry
-    statuses = registry.statuses
-    if registry.ready:
-        return Health(status="ready", models=statuses)
-    state = "failed" if "failed" in statuses.values() else "loading"
-    return JSONResponse(status_code=503, content=Health(status=state, models=statuses).model_dump())
+    health = Health.of(request.app.state.registry.statuses)
+    if health.status == "ready":
+        return health
+    return JSONResponse(status_code=503, content=health.model_dump())
