@@ -1,6 +1,7 @@
 """Engines run a reward model's graph (models.graph) on a padded batch of named inputs and
-return its named outputs as CPU tensors. The torch engine is the reference; the ONNX Runtime
-engine runs the same graph exported by `rewardserve export-onnx`."""
+return its named outputs as CPU tensors. The torch engine is the reference, and alone runs
+packed batches too; the ONNX Runtime engine runs the same graph exported by `rewardserve
+export-onnx`."""
 
 from __future__ import annotations
 
@@ -40,7 +41,22 @@ class TorchEngine:
 
     @torch.inference_mode()
     def __call__(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        outputs = self.graph(**{name: tensor.to(self.device) for name, tensor in inputs.items()})
+        return self._named(self.graph(**self._to_device(inputs)))
+
+    @torch.inference_mode()
+    def packed(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The packed forward (models.packing): the same named outputs, step logits at the
+        step markers only."""
+        return self._named(self.graph.packed(**self._to_device(inputs)))
+
+    def _to_device(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """On CUDA, copies from pinned host memory without blocking, so they overlap the
+        forward's launch (the caching host allocator keeps each buffer until its copy is done)."""
+        if self.device.type != "cuda":
+            return {name: tensor.to(self.device) for name, tensor in inputs.items()}
+        return {name: tensor.pin_memory().to(self.device, non_blocking=True) for name, tensor in inputs.items()}
+
+    def _named(self, outputs: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         return {name: tensor.float().cpu() for name, tensor in zip(self.graph.output_names, outputs)}
 
 

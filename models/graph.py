@@ -1,11 +1,13 @@
 """The tensor part of a reward model as one module: a right-padded batch in, the tensors the
 heads read out. The torch engine runs it as it is; `export-onnx` exports exactly this module,
-so every engine computes the same function.
+so every engine computes the same function. The torch engine may run decoders packed instead
+(`RewardGraph.packed`: the batch as one row, no padding), reading the same outputs.
 
 Outputs, by kind:
     scalar / multi-objective    values [B, K]
       + gating                  gating_weights [B, G], gated_score [B]
     process                     step_logits [B, T, C]: [bad, good] (or one) logits per position
+                                (packed: [M, C], at the M step markers only)
 """
 
 from __future__ import annotations
@@ -66,22 +68,35 @@ class RewardGraph(nn.Module):
         self.input_names = input_names(is_encoder, self.gated)
 
     def forward(self, input_ids, attention_mask, token_type_ids=None, prompt_end=None) -> tuple[torch.Tensor, ...]:
-        types = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        backbone = {"attention_mask": attention_mask}
+        if token_type_ids is not None:
+            backbone["token_type_ids"] = token_type_ids
         if self.kind == ModelKind.process:
-            return (self._step_logits(input_ids, attention_mask, types),)
-        if self.head is None:
-            return (self._sequence_logits(input_ids, attention_mask, types),)
-        hidden = self.hidden(input_ids, attention_mask, types)
-        values = self.head.reward(self.pool(hidden, attention_mask, input_ids))
-        if not self.gated:
-            return (values,)
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        weights = self.head.gate(hidden[rows, prompt_end])
-        return values, weights, self.head.gated_score(values, weights)
+            return (self._step_logits(input_ids, backbone),)
+        if self.is_encoder and self.head is None:  # through its own [CLS] pooler
+            return (self.model(input_ids=input_ids, **backbone, **self.call_options).logits,)
+        hidden = self.hidden(input_ids, backbone)
+        gate_states = hidden[torch.arange(hidden.shape[0], device=hidden.device), prompt_end] if self.gated else None
+        return self._read(self.pool(hidden, attention_mask, input_ids), gate_states)
 
-    def hidden(self, ids, mask, types: dict) -> torch.Tensor:
+    def packed(self, input_ids, position_ids, seq_starts, prompt_end=None,
+               step_positions=None) -> tuple[torch.Tensor, ...]:
+        """The padding-free forward of a decoder (torch engine only): the items end to end in
+        one row [1, N], `position_ids` restarting at 0 for each, no attention mask, so that
+        transformers' masking keeps every item to itself (a block-diagonal causal mask for
+        sdpa and eager, varlen kernels for flash attention). `seq_starts`, `prompt_end` and
+        `step_positions` are offsets into the row; process models give logits at the step
+        markers only."""
+        backbone = {"position_ids": position_ids, **self._varlen(seq_starts, input_ids.shape[1])}
+        if self.kind == ModelKind.process:
+            return (self._step_logits(input_ids, backbone)[0, step_positions],)
+        hidden = self.hidden(input_ids, backbone)[0]
+        gate_states = hidden[prompt_end] if self.gated else None
+        return self._read(self._pool_packed(hidden, input_ids[0], position_ids[0], seq_starts), gate_states)
+
+    def hidden(self, ids, backbone: dict) -> torch.Tensor:
         base = self.model if self.head is not None else self.model.base_model
-        return base(input_ids=ids, attention_mask=mask, **types, **self.call_options).last_hidden_state
+        return base(input_ids=ids, **backbone, **self.call_options).last_hidden_state
 
     def pool(self, hidden, mask, ids) -> torch.Tensor:
         if self.pooling == Pooling.cls:
@@ -93,35 +108,64 @@ class RewardGraph(nn.Module):
         return hidden[rows, self.read_position(mask, ids)]
 
     def read_position(self, mask, ids) -> torch.Tensor:
-        """The row's position `last` or `last_non_pad` pooling reads. Real tokens come from
-        the mask (padding is right of them whatever its id); `last_non_pad` then skips the
-        real tokens equal to the config's pad id, and reads position 0 if all are, as
-        transformers does."""
-        real = mask.bool()
-        if self.pooling == Pooling.last_non_pad and self.pad_token_id is not None:
-            real = real & (ids != self.pad_token_id)
+        """The row's position `last` or `last_non_pad` pooling reads: its last readable
+        token (`_readable`; real tokens come from the mask, padding is right of them whatever
+        its id), or position 0 if none is, as transformers does."""
+        real = self._readable(ids, mask.bool())
         positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
         return torch.where(real, positions, torch.zeros_like(positions)).amax(dim=1)
 
-    def _sequence_logits(self, ids, mask, types) -> torch.Tensor:
-        """A checkpoint's own head. Encoders pool [CLS] through their own pooler; decoders
-        read their score layer at the pooling position, or one vocabulary logit of their LM
-        head (`reward_logit_index`) at the last real token."""
-        if self.is_encoder:
-            return self.model(input_ids=ids, attention_mask=mask, **types, **self.call_options).logits
-        pooled = self.pool(self.hidden(ids, mask, types), mask, ids)
-        if self.reward_logit_index is None:
-            return self.model.score(pooled)
-        return _lm_logits(self.model, pooled, [self.reward_logit_index])
+    def _readable(self, ids, real) -> torch.Tensor:
+        """The real tokens `last` pooling may read; `last_non_pad` skips those equal to the
+        config's pad id (with pad = EOS, the token before a closing EOS is read)."""
+        if self.pooling == Pooling.last_non_pad and self.pad_token_id is not None:
+            return real & (ids != self.pad_token_id)
+        return real
 
-    def _step_logits(self, ids, mask, types) -> torch.Tensor:
+    def _pool_packed(self, hidden, ids, positions, starts) -> torch.Tensor:
+        """`pool` on the packed row [N, H]: item i is the tokens from starts[i] up to the
+        next item's start; `last` reads fall back to the item's first token, as in `pool`."""
+        if self.pooling == Pooling.cls:
+            return hidden[starts]
+        item = (positions == 0).cumsum(0) - 1  # the item each token belongs to
+        if self.pooling == Pooling.mean:
+            sums = hidden.new_zeros(starts.shape[0], hidden.shape[-1]).index_add_(0, item, hidden)
+            return sums / torch.bincount(item, minlength=starts.shape[0]).unsqueeze(-1).to(hidden.dtype)
+        readable = self._readable(ids, torch.ones_like(ids, dtype=torch.bool))
+        offsets = torch.arange(ids.shape[0], device=ids.device) * readable
+        return hidden[starts.scatter_reduce(0, item, offsets, "amax")]  # from starts: at least the item's first
+
+    def _varlen(self, starts, total: int) -> dict:
+        """Flash attention's varlen arguments, computed once per forward rather than
+        re-derived from position_ids in every layer; other attentions read position_ids."""
+        if not self.model.config._attn_implementation.startswith("flash"):
+            return {}
+        bounds = torch.cat([starts, starts.new_tensor([total])]).to(torch.int32)
+        longest = int((bounds[1:] - bounds[:-1]).max())
+        return {"cu_seq_lens_q": bounds, "cu_seq_lens_k": bounds, "max_length_q": longest, "max_length_k": longest}
+
+    def _read(self, pooled, gate_states) -> tuple[torch.Tensor, ...]:
+        """The sequence outputs from the pooled states: a decoder's own score layer, or one
+        vocabulary logit of its LM head (`reward_logit_index`), or the head file's reward
+        MLP and its gating network on `gate_states`."""
+        if self.head is None:
+            if self.reward_logit_index is None:
+                return (self.model.score(pooled),)
+            return (_lm_logits(self.model, pooled, [self.reward_logit_index]),)
+        values = self.head.reward(pooled)
+        if not self.gated:
+            return (values,)
+        weights = self.head.gate(gate_states)
+        return values, weights, self.head.gated_score(values, weights)
+
+    def _step_logits(self, ids, backbone: dict) -> torch.Tensor:
         """Per-position logits; the runner keeps those at step markers. For a step-tag LM
         only the good/bad rows of the LM head are computed, not the vocabulary."""
         if self.head is not None:
-            return self.head.reward(self.hidden(ids, mask, types))
+            return self.head.reward(self.hidden(ids, backbone))
         if self.step_tag_ids is not None:
-            return _lm_logits(self.model, self.hidden(ids, mask, types), self.step_tag_ids)
-        return self.model(input_ids=ids, attention_mask=mask, **types, **self.call_options).logits
+            return _lm_logits(self.model, self.hidden(ids, backbone), self.step_tag_ids)
+        return self.model(input_ids=ids, **backbone, **self.call_options).logits
 
 
 def _lm_logits(model: nn.Module, hidden: torch.Tensor, token_ids: list[int]) -> torch.Tensor:

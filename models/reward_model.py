@@ -1,5 +1,5 @@
-"""A reward model loaded from disk: tokenization, a padded batched forward, and the reading
-of scores at the right positions (never at padding)."""
+"""A reward model loaded from disk: tokenization, a padded (or, for decoders, packed) batched
+forward, and the reading of scores at the right positions (never at padding)."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ from models.heads import (
     weighted_score,
 )
 from models.inputs import Encoded, ScoreInput, StepsInput, TextPair, Truncate
+from models.packing import pack, use_packing
 from models.revision import fingerprint
 from models.spec import ModelKind, Pooling, RewardSpec, load_spec
 from models.triton_engine import TritonEngine, TritonTarget
@@ -72,7 +73,7 @@ class RewardModel:
     itself, or the same graph exported to ONNX (see models.engines)."""
 
     def __init__(self, name: str, spec: RewardSpec, config, tokenizer, engine: Engine, revision: str,
-                 device: str, dtype: str):
+                 device: str, dtype: str, packed: bool = False):
         self.name = name
         self.spec = spec
         self.config = config
@@ -80,6 +81,7 @@ class RewardModel:
         self.revision = revision
         self.device = torch.device(device)
         self.dtype = dtype
+        self.packed = packed  # forwards run the batch as one row (models.packing), not padded
         self.is_encoder = is_encoder_config(config)
         self.encoder = Encoder(tokenizer, spec, max_length_for(spec, config, tokenizer), config.vocab_size,
                                self.is_encoder)
@@ -91,11 +93,12 @@ class RewardModel:
     @classmethod
     def load(cls, name: str, path: str | Path, spec: dict | None = None, device: str = "cpu",
              dtype: str = "float32", backend: str = "torch", onnx_file: str | Path | None = None,
-             triton: TritonTarget | None = None) -> RewardModel:
+             triton: TritonTarget | None = None, packed: bool | None = None) -> RewardModel:
         """`backend` 'torch' loads the safetensors weights; 'onnxruntime' runs `onnx_file`
         (default: reward.onnx in the model directory, written by `rewardserve export-onnx`);
         'triton' sends batches to the `triton` server running that file. Only the torch
-        backend reads weights; the others need the directory's tokenizer, config and spec."""
+        backend reads weights; the others need the directory's tokenizer, config and spec.
+        `packed`: run batches packed, padded, or (None) packed where supported (use_packing)."""
         model_dir = Path(path).resolve()
         reward_spec = load_spec(model_dir, spec)
         backbone_dir = resolve_dir(reward_spec.backbone, model_dir) if reward_spec.backbone else model_dir
@@ -108,9 +111,10 @@ class RewardModel:
         remote = reward_spec.trust_remote_code
         tokenizer = AutoTokenizer.from_pretrained(backbone_dir, trust_remote_code=remote)
         config = AutoConfig.from_pretrained(backbone_dir, trust_remote_code=remote)
-        extra_spec, extra_files = "", []
+        extra_spec, extra_files, graph = "", [], None
         if backend == "torch":
-            engine = TorchEngine(build_graph(backbone_dir, model_dir, reward_spec, config, tokenizer, device, dtype))
+            graph = build_graph(backbone_dir, model_dir, reward_spec, config, tokenizer, device, dtype)
+            engine = TorchEngine(graph)
         elif backend == "onnxruntime":
             onnx_path = Path(onnx_file) if onnx_file else model_dir / ONNX_FILENAME
             if not onnx_path.is_file():
@@ -126,8 +130,9 @@ class RewardModel:
             extra_spec = engine.identity
         else:
             raise ModelLoadError(f"backend must be 'torch', 'onnxruntime' or 'triton', not {backend!r}")
+        packs = use_packing(name, packed, graph)
         revision = fingerprint([backbone_dir, model_dir], reward_spec.canonical_json() + extra_spec, extra_files)
-        return cls(name, reward_spec, config, tokenizer, engine, revision, device, dtype)
+        return cls(name, reward_spec, config, tokenizer, engine, revision, device, dtype, packs)
 
     def _check_head_width(self) -> None:
         width = self.engine.output_width
@@ -177,9 +182,13 @@ class RewardModel:
         return self.forward([self.encode(item, truncate) for item in items])
 
     def forward(self, batch: list[Encoded]) -> list[RewardOutput]:
-        tensors = self.engine(self.model_inputs(batch))
-        if self.spec.kind == ModelKind.process:
-            logits = tensors["step_logits"][self._marker_index(batch)].float()
+        process = self.spec.kind == ModelKind.process
+        if self.packed:
+            tensors = self.engine.packed(pack(batch, self.encoder.gates_on_prompt, process))
+        else:
+            tensors = self.engine(self.model_inputs(batch))
+        if process:
+            logits = tensors["step_logits"] if self.packed else tensors["step_logits"][self._marker_index(batch)]
             per_item = logits.split([len(enc.marker_positions) for enc in batch])
             return [self._process_output(enc, item_logits) for enc, item_logits in zip(batch, per_item)]
         gating = None
@@ -215,8 +224,8 @@ class RewardModel:
         on these guarantees it sees exactly what serving feeds it. Torch engine only."""
         graph = self.engine.graph
         inputs = {k: v.to(self.device) for k, v in self.model_inputs(batch).items()}
-        types = {"token_type_ids": inputs["token_type_ids"]} if "token_type_ids" in inputs else {}
-        hidden = graph.hidden(inputs["input_ids"], inputs["attention_mask"], types)
+        backbone = {k: v for k, v in inputs.items() if k in ("attention_mask", "token_type_ids")}
+        hidden = graph.hidden(inputs["input_ids"], backbone)
         if self.spec.kind == ModelKind.process:
             return hidden[self._marker_index(batch)]
         return graph.pool(hidden, inputs["attention_mask"], inputs["input_ids"])
@@ -267,7 +276,7 @@ def is_encoder_config(config) -> bool:
 def build_graph(backbone_dir: Path, model_dir: Path, spec: RewardSpec, config, tokenizer, device: str,
                 dtype: str) -> RewardGraph:
     """The torch graph of a model directory: backbone weights, our head file if any."""
-    model = _load_backbone(backbone_dir, spec, config, DTYPES[dtype]).to(device).eval()
+    model = _load_backbone(backbone_dir, spec, config, DTYPES[dtype], device).to(device).eval()
     head = None
     if spec.head_file:
         head = HeadFile.load(model_dir / spec.head_file).to(device=device, dtype=DTYPES[dtype]).eval()
@@ -311,14 +320,23 @@ def _check_readable(graph: RewardGraph, spec: RewardSpec) -> None:
                 "(remote-code) head, convert it with `rewardserve convert` or give a head_file")
 
 
-def _load_backbone(directory: Path, spec: RewardSpec, config, dtype: torch.dtype):
+def _attention(spec: RewardSpec, dtype: torch.dtype, device: str) -> dict:
+    """flash-attention 2 where it is installed and runs (transformers' own classes on a CUDA
+    device in half precision): its variable-length kernels let packed batches compute real
+    tokens only. Otherwise transformers' default (sdpa)."""
+    usable = (str(device).startswith("cuda") and dtype in (torch.bfloat16, torch.float16)
+              and not spec.trust_remote_code and importlib.util.find_spec("flash_attn") is not None)
+    return {"attn_implementation": "flash_attention_2"} if usable else {}
+
+
+def _load_backbone(directory: Path, spec: RewardSpec, config, dtype: torch.dtype, device: str):
     """The checkpoint as the transformers class the spec implies, every tensor accounted
     for: a missing, unexpected or mis-shaped weight is a load error naming it, never a
     randomly initialised layer (tensors left unread on purpose are named in unused_weights)."""
     remote = spec.trust_remote_code
     # mismatched shapes are reported in the loading info (and refused below), not raised
     kwargs = dict(dtype=dtype, use_safetensors=True, trust_remote_code=remote, output_loading_info=True,
-                  ignore_mismatched_sizes=True)
+                  ignore_mismatched_sizes=True, **_attention(spec, dtype, device))
     if spec.head_file:
         auto = AutoModel
     elif spec.kind == ModelKind.process:

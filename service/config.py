@@ -36,6 +36,11 @@ class ModelConfig(BaseModel):
     triton_model: str | None = Field(None, description="triton: the model's name there; default: this name")
     triton_model_version: str = Field("", pattern=r"^\d*$", description="triton: '' is the newest ready, pinned at load")
     triton_timeout_s: float = Field(60.0, gt=0, description="triton: bound on each call, a batch's inference included")
+    packed: bool | None = Field(None, description=(
+        "torch backend: run each batch padding-free, its items end to end in one row (transformers decoders); "
+        "null: wherever supported under flash or flex attention (installed flash-attn is used on CUDA in half "
+        "precision); true: also under sdpa and eager, a load error where unsupported "
+        "(encoders, remote code, other engines); false: always padded"))
     serve_graph: bool = Field(False, description="also serve the raw graph over KServe v2 as '<name>-graph'")
     cache: bool = Field(True, description="serve repeated inputs from the result cache")
     cache_ttl_s: float = Field(3600.0, gt=0, description="how long cached results live")

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -147,3 +150,45 @@ def test_cache_scenario_serves_repeats_from_cache(built, tiny_model_dirs):
     assert 0 < run.bulk.cached < run.bulk.items
     assert run.hits.cached == run.hits.items == len(singles)
     assert run.computed.ok == len(singles) and run.computed.cached == 0
+
+
+def _rows(markdown: str, header_start: str) -> dict[str, list[str]]:
+    """Rows of the Markdown table whose header begins with `header_start`, keyed by their
+    first cells ('system workload' for the throughput table, 'system' for the score check)."""
+    lines = markdown.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    rows = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[" ".join(cells[:2]) if header_start.startswith("| system | workload") else cells[0]] = cells
+    return rows
+
+
+def test_gpu_bench_smoke_reports_every_system_and_matching_scores(tmp_path):
+    """`loadtests.gpu_bench --smoke` runs the GPU benchmark's own code path on CPU with a tiny
+    Llama: every system gets a throughput row with numbers and no errors, and the scores
+    rewardserve and the naive server return equal the raw in-process forward (one request
+    per item, and all in one batched request) within the fp32 tolerance."""
+    out = tmp_path / "RESULTS.gpu.md"
+    done = subprocess.run([sys.executable, "-m", "loadtests.gpu_bench", "--smoke", "--out", str(out)], check=False,
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    text = out.read_text()
+    assert "failed" not in text and "stopped early" not in text, text
+    throughput = _rows(text, "| system | workload |")
+    expected = ["raw ceiling (forward only) all rollouts"] + [
+        f"{system} {workload}" for system in ("rewardserve", "naive") for workload in ("rl-single", "rl-bulk")]
+    assert sorted(throughput) == sorted(expected)
+    for key, (_, _, tokens_per_s, items_per_s, *_, errors) in throughput.items():
+        assert float(tokens_per_s.replace(",", "")) > 0 and float(items_per_s.replace(",", "")) > 0, key
+        assert errors == "0", key
+    for system in ("rewardserve", "naive"):
+        p50, p99 = (float(v.replace(",", "")) for v in throughput[f"{system} rl-single"][4:6])
+        assert 0 < p50 <= p99
+    checks = _rows(text, "| system | items |")
+    assert sorted(checks) == ["naive", "rewardserve"]
+    for system, (_, items, alone, together, tolerance, verdict) in checks.items():
+        assert int(items) >= 3 and float(tolerance) == 1e-3, system
+        assert float(alone) <= 1e-5 and float(together) <= 1e-3 and verdict == "ok", checks[system]

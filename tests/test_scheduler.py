@@ -17,7 +17,7 @@ import torch
 from sched_helpers import GatedForward, ids, until
 
 from models.inputs import Chat, Encoded, TextPair, TokenIds
-from service.engine.admission import QueueFull
+from service.engine.admission import ForwardCost, QueueFull
 from service.engine.scheduler import BatchRecord, ItemFailed, ItemTimeout, Priority, Scheduler
 
 TEST_LIMIT_S = 60
@@ -142,7 +142,7 @@ def test_batches_respect_budgets_and_group_lengths(model, make_tokens, check):
         assert (record.padded_tokens, record.real_tokens) == (longest * len(batch), sum(e.num_tokens for e in batch))
     assert [len(b) for b in batches if max(e.num_tokens for e in b) > max_tokens] == [1]
 
-    # each batch is the oldest queued item plus its nearest neighbours in length: nothing
+    # each batch is the oldest queued item and a run of items next to it in length: nothing
     # left in the queue when it formed lies strictly inside its length range
     remaining = [ids(e) for e in arrivals]  # queue order: the submits ran in creation order
     length = {ids(e): e.num_tokens for e in arrivals}
@@ -158,6 +158,27 @@ def test_batches_respect_budgets_and_group_lengths(model, make_tokens, check):
     scheduled_ratio = 1 - real / sum(r.padded_tokens for r in records)
     fifo_ratio = 1 - real / fifo_padded([e.num_tokens for e in arrivals], max_size, max_tokens)
     assert scheduled_ratio < fifo_ratio, (scheduled_ratio, fifo_ratio)
+
+
+def test_a_batch_is_the_run_around_the_anchor_that_pads_least(model, make_tokens, check):
+    """The oldest item (10 tokens) with three 7-token items queued before three 13-token
+    ones: the nearest lengths either side are equally near, but the run 10, 13, 13, 13
+    pads 3 tokens where 7, 7, 7, 10 pads 9, so it goes first."""
+    async def main():
+        gate = GatedForward(model.forward)
+        async with serving(gate, max_batch_size=4) as scheduler:
+            plug = await hold(scheduler, gate, make_tokens(4))
+            anchor, short, long = make_tokens(10), [make_tokens(7) for _ in range(3)], [make_tokens(13) for _ in range(3)]
+            tasks = [asyncio.create_task(scheduler.submit([e], Priority.bulk)) for e in [anchor, *short, *long]]
+            await queued(scheduler, 7)
+            gate.open()
+            results = await asyncio.gather(*tasks)
+            await plug
+            return [anchor, *short, *long], results, gate.forwarded[1:]
+
+    items, results, batches = run(main())
+    check([r[0] for r in results], items)
+    assert [sorted(e.num_tokens for e in b) for b in batches] == [[10, 13, 13, 13], [7, 7, 7]]
 
 
 def test_lone_item_goes_without_waiting_for_company_once_max_wait_passes(model, make_tokens, check):
@@ -450,6 +471,19 @@ def test_time_budget_bounds_the_work_ahead(model, make_tokens, check):
     results = run(main())
     for result, enc in zip(results, backlog + [urgent, late_bulk], strict=True):
         check(result, [enc])
+
+
+def test_forward_cost_tells_the_cost_per_batch_from_the_cost_per_token():
+    """Batches costing 20 ms each plus 0.1 ms a token: small batches' tokens/s would put
+    64k tokens at 25 s; the fitted cost gives their time in full 16k-token batches."""
+    cost = ForwardCost()
+    for tokens in (100, 800, 100, 3200, 400):
+        cost.add(tokens, 0.02 + 1e-4 * tokens)
+    assert cost.seconds(65_536, 16_384) == pytest.approx(4 * 0.02 + 65_536 * 1e-4)
+    same_size = ForwardCost()  # one batch size only: the average rate, overhead and all
+    for _ in range(3):
+        same_size.add(100, 0.03)
+    assert same_size.seconds(1000, 16_384) == pytest.approx(0.3)
 
 
 # ---- cancellation ----------------------------------------------------------------------

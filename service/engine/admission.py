@@ -3,15 +3,19 @@ seconds for a big one): `admit` holds the request's estimated room until the sch
 queues its items, so a burst of requests cannot all pass while none of them is queued yet.
 
 The queue is bounded in items and tokens (memory) and in time: the forward work ahead of
-a new item at the token throughput recent batches measured. A request is always admitted
-onto an empty queue (refusing one too big for the bounds there would refuse it forever).
+a new item, at the cost recent batches measured. A request is always admitted onto an
+empty queue (refusing one too big for the bounds there would refuse it forever).
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Hashable
 from dataclasses import dataclass
+
+# How fast the forward cost follows new batches: each weighs as much as the last ten together.
+COST_DECAY = 0.9
 
 
 class QueueFull(Exception):
@@ -31,14 +35,43 @@ class Ticket:
     held: bool = True
 
 
+class ForwardCost:
+    """A forward's time as a fixed cost per batch plus a cost per real token, fitted to
+    recent batches by exponentially weighted least squares. A rate alone (tokens / s of
+    recent batches) would take the small batches of a quiet model for its speed and refuse
+    a burst it clears in time in full batches."""
+
+    def __init__(self):
+        self._sums = [0.0] * 5  # weighted: count, tokens, seconds, tokens^2, tokens x seconds
+
+    def add(self, tokens: int, seconds: float) -> None:
+        for i, value in enumerate((1.0, tokens, seconds, tokens * tokens, tokens * seconds)):
+            self._sums[i] = COST_DECAY * self._sums[i] + value
+
+    @property
+    def measured(self) -> bool:
+        return self._sums[0] > 0
+
+    def seconds(self, tokens: int, batch_tokens: int) -> float:
+        """The forward time of `tokens` real tokens in batches of up to `batch_tokens`."""
+        count, n, t, nn, nt = self._sums
+        mean_n, mean_t = n / count, t / count
+        average = mean_t / max(mean_n, 1.0)  # seconds per token, overhead included
+        variance = nn / count - mean_n**2
+        slope = (nt / count - mean_n * mean_t) / variance if variance > 1e-9 * max(mean_n, 1.0)**2 else average
+        # a full batch is never taken for more than 10x the measured batches' throughput
+        per_token = min(max(slope, average / 10), average)
+        per_batch = max(0.0, mean_t - per_token * mean_n)
+        return per_token * tokens + per_batch * math.ceil(tokens / batch_tokens)
+
+
 class Admission:
     def __init__(self, max_items: int, max_tokens: int, max_wait_s: float | None, batch_tokens: int):
         self.max_items, self.max_tokens, self.max_wait_s = max_items, max_tokens, max_wait_s
         self._batch_tokens = batch_tokens
         self._queued: dict[Hashable, list[int]] = defaultdict(lambda: [0, 0])  # per class: [items, tokens]
         self._held: dict[Hashable, list[int]] = defaultdict(lambda: [0, 0])  # the same, of open tickets
-        self._recent_forward_s = 0.05
-        self.tokens_per_s: float | None = None  # real tokens per second of forward, once measured
+        self.cost = ForwardCost()
 
     # ---- what the scheduler reports ------------------------------------------------
 
@@ -50,9 +83,7 @@ class Admission:
 
     def forwarded(self, tokens: int, seconds: float) -> None:
         """A batch of `tokens` real tokens took `seconds` of forward."""
-        self._recent_forward_s = 0.8 * self._recent_forward_s + 0.2 * seconds
-        rate = tokens / max(seconds, 1e-6)
-        self.tokens_per_s = rate if self.tokens_per_s is None else 0.8 * self.tokens_per_s + 0.2 * rate
+        self.cost.add(tokens, seconds)
 
     # ---- what it answers -----------------------------------------------------------
 
@@ -73,11 +104,11 @@ class Admission:
         """Seconds of forward work ahead of a new item of this class (None before the first
         batch is measured): its own class's queued and held tokens, and as much of the
         others', which take every other batch while both have work."""
-        if self.tokens_per_s is None:
+        if not self.cost.measured:
             return None
         own = self._queued[priority][1] + self._held[priority][1]
         total = sum(t for _, t in self._queued.values()) + sum(t for _, t in self._held.values())
-        return (own + min(total - own, own)) / self.tokens_per_s
+        return self.cost.seconds(own + min(total - own, own), self._batch_tokens)
 
     def admit(self, items: int, tokens: int, priority: Hashable) -> Ticket:
         """Room for a request of `items` items and about `tokens` tokens, held until it is
@@ -108,8 +139,10 @@ class Admission:
                             retry_after_s=max(0.05, wait - self.max_wait_s))
 
     def retry_hint(self, ahead_tokens: int) -> float:
-        batches_ahead = max(1, ahead_tokens // self._batch_tokens + 1)
-        return round(max(0.05, batches_ahead * self._recent_forward_s), 3)
+        """About when the work ahead is done (a guess before the first batch is measured)."""
+        if not self.cost.measured:
+            return round(max(0.05, 0.05 * (ahead_tokens // self._batch_tokens + 1)), 3)
+        return round(max(0.05, self.cost.seconds(ahead_tokens, self._batch_tokens)), 3)
 
     def _hold(self, ticket: Ticket, sign: int) -> None:
         held = self._held[ticket.priority]

@@ -98,7 +98,7 @@ class ModelRunner:
             config = self.config
             model = RewardModel.load(self.name, config.resolved_path(), config.spec, device=config.resolved_device(),
                                      dtype=config.resolved_dtype(), backend=config.backend, onnx_file=config.onnx_file,
-                                     triton=config.triton_target())
+                                     triton=config.triton_target(), packed=config.packed)
             model.score(warmup_inputs(model.spec.kind), truncate="right")
             self._measure_warm_forward(model)
         except Exception as err:  # a model that fails to load must not take the others down
@@ -110,12 +110,14 @@ class ModelRunner:
         log.info("model %s ready in %.1fs (%s)", self.name, time.perf_counter() - started, model.revision[:19])
 
     def _measure_warm_forward(self, model: RewardModel) -> None:
-        """One more warm-up forward, timed, so the queue's time bound holds from the first
-        burst (a small batch: its throughput underestimates a full one's, erring strict)."""
+        """Two more warm-up forwards, timed, of a small and an 8x larger batch, so the
+        queue's time bound holds from the first burst: its forward cost, a cost per batch
+        plus a cost per token, needs two batch sizes to tell them apart."""
         encoded = [model.encode(item, "right") for item in warmup_inputs(model.spec.kind)]
-        started = time.perf_counter()
-        model.forward(encoded)
-        self.scheduler.admission.forwarded(sum(e.num_tokens for e in encoded), time.perf_counter() - started)
+        for batch in (encoded, encoded * 8):
+            started = time.perf_counter()
+            model.forward(batch)
+            self.scheduler.admission.forwarded(sum(e.num_tokens for e in batch), time.perf_counter() - started)
 
     def encode_all(self, inputs: list[ScoreInput], truncate: Truncate | None,
                    item_errors: bool = False) -> list[Encoded | ItemError]:

@@ -5,9 +5,10 @@ thread is free, the scheduler forms the next batch:
 
 - class: `interactive` first; once the oldest `bulk` item has waited past
   `bulk_max_delay_ms`, bulk takes every other batch (neither class is ever starved);
-- members: the oldest item of that class anchors the batch (FIFO progress), then the
-  queued items closest to it in length join while the padded-token budget
-  (longest x count) and the item budget allow, so padding stays low;
+- members: the oldest item of that class anchors the batch (FIFO progress); of the runs
+  of queued items in length order that hold it and fit the padded-token budget (longest
+  x count) and the item budget, the one with the most items, then the least padding per
+  real token, goes, so padding stays low;
 - fill: a `bulk` batch that is not full waits at most `max_wait_ms` (from the anchor's
   arrival) for more items, so one-rollout-per-request trainers still fill batches when
   the model is idle. An `interactive` batch goes at once: a ranker's request arrives
@@ -246,21 +247,26 @@ class Scheduler:
         return Priority.bulk if overdue and self._last_class != Priority.bulk else Priority.interactive
 
     def _form(self, priority: Priority) -> tuple[list[_Work], bool]:
-        """The anchor plus its nearest-length neighbours within budget; and whether the
-        batch is full (nothing more could join)."""
+        """Of the runs of queued items in length order that hold the anchor and fit the
+        budgets, the one with the most items, then the least padding per real token; and
+        whether the batch is full (nothing more could join)."""
         queue = self._queues[priority]
         anchor = queue[0]
-        batch, longest = [anchor], anchor.tokens
-        for work in sorted(queue[1:], key=lambda w: abs(w.tokens - anchor.tokens)):
-            if len(batch) >= self.max_batch_size:
-                break
-            width = max(longest, work.tokens)
-            if width * (len(batch) + 1) > self.max_batch_tokens:
-                continue
-            batch.append(work)
-            longest = width
-        full = len(batch) >= self.max_batch_size or longest * (len(batch) + 1) > self.max_batch_tokens
-        return batch, full
+        ordered = sorted(queue, key=lambda w: w.tokens)
+        at = ordered.index(anchor)
+        best, best_cost = [anchor], None
+        for start in range(max(0, at - self.max_batch_size + 1), at + 1):
+            run = ordered[start:start + self.max_batch_size]
+            while len(run) > at - start + 1 and run[-1].tokens * len(run) > self.max_batch_tokens:
+                run.pop()
+            if run[-1].tokens * len(run) > self.max_batch_tokens and len(run) > 1:
+                continue  # the anchor with the shorter items before it is over budget already
+            cost = (-len(run), run[-1].tokens * len(run) / sum(w.tokens for w in run))
+            if best_cost is None or cost < best_cost:
+                best, best_cost = run, cost
+        longest = best[-1].tokens
+        full = len(best) >= self.max_batch_size or longest * (len(best) + 1) > self.max_batch_tokens
+        return best, full
 
     async def _next_batch(self) -> list[_Work]:
         while True:
