@@ -304,5 +304,11 @@ def render(*, quick: bool, command: str, started: float, elapsed_s: float, load:
         _targets(refs, results, cache_runs),
         "",
     ]
+    return "\n".join(parts) + "\n" + with_analysis(previous)
+
+
+def with_analysis(previous: str) -> str:
+    """The marker and the hand-written analysis below it in `previous` (the file being
+    rewritten), to end a freshly rendered report with."""
     analysis = previous.split(ANALYSIS_MARKER, 1)[1].lstrip("\n") if ANALYSIS_MARKER in previous else "## Analysis\n\n(none yet)\n"
-    return "\n".join(parts) + "\n" + ANALYSIS_MARKER + "\n\n" + analysis
+    return ANALYSIS_MARKER + "\n\n" + analysis

@@ -58,7 +58,7 @@ def run_round(specs: dict[str, servers.ServerSpec], requests: list[loadgen.Reque
 
 
 def render(command: str, started: float, load: tuple[str, str], rounds: list[Round], requests: int,
-           in_flight: int) -> str:
+           in_flight: int, previous: str) -> str:
     rows = []
     for i, r in enumerate(rounds, 1):
         for system in SYSTEMS:
@@ -86,7 +86,7 @@ def render(command: str, started: float, load: tuple[str, str], rounds: list[Rou
                        "vs raw ceiling just before", "vs naive", "client CPU", "errors"], rows),
         "Medians over the rounds:",
         report._table(["system", "vs raw ceiling", "vs naive"], medians),
-    ]) + "\n"
+    ]) + "\n\n" + report.with_analysis(previous)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -106,8 +106,9 @@ def main(argv: list[str] | None = None) -> None:
                  "rewardserve": servers.ours(model.DEFAULT_MODEL, f"builtin:{model.DEFAULT_MODEL}", Path(tmp))}
         rounds = [run_round(specs, w.rl_single, w.rl_single_items, args.in_flight, FULL.time_limit_s)
                   for _ in range(args.rounds)]
+    previous = args.out.read_text() if args.out.exists() else ""
     args.out.write_text(render(command, started, (load_before, report.loadavg()), rounds, args.requests,
-                               args.in_flight))
+                               args.in_flight, previous))
     print(f"wrote {args.out}", flush=True)
 
 
