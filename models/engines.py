@@ -1,7 +1,7 @@
 """Engines run a reward model's graph (models.graph) on a padded batch of named inputs and
 return its named outputs as CPU tensors. The torch engine is the reference, and alone runs
-packed batches too; the ONNX Runtime engine runs the same graph exported by `rewardserve
-export-onnx`."""
+packed batches and shared-prefix groups too; the ONNX Runtime engine runs the same graph
+exported by `rewardserve export-onnx`."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Protocol
 import torch
 
 from models.graph import RewardGraph
+from models.shared_prefix import shared_forward
 
 ONNX_FILENAME = "reward.onnx"
 META_ARCHITECTURE = "rewardserve.architecture"
@@ -48,6 +49,12 @@ class TorchEngine:
         """The packed forward (models.packing): the same named outputs, step logits at the
         step markers only."""
         return self._named(self.graph.packed(**self._to_device(inputs)))
+
+    @torch.inference_mode()
+    def shared(self, inputs: dict[str, torch.Tensor], prefix_length: int) -> dict[str, torch.Tensor]:
+        """One group's forward with its shared prefix computed once (models.shared_prefix):
+        the same named outputs, step logits at the step markers only."""
+        return self._named(shared_forward(self.graph, prefix_length, **self._to_device(inputs)))
 
     def _to_device(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """On CUDA, copies from pinned host memory without blocking, so they overlap the

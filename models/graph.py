@@ -75,9 +75,7 @@ class RewardGraph(nn.Module):
             return (self._step_logits(input_ids, backbone),)
         if self.is_encoder and self.head is None:  # through its own [CLS] pooler
             return (self.model(input_ids=input_ids, **backbone, **self.call_options).logits,)
-        hidden = self.hidden(input_ids, backbone)
-        gate_states = hidden[torch.arange(hidden.shape[0], device=hidden.device), prompt_end] if self.gated else None
-        return self._read(self.pool(hidden, attention_mask, input_ids), gate_states)
+        return self.read_sequence(self.hidden(input_ids, backbone), attention_mask, input_ids, prompt_end)
 
     def packed(self, input_ids, position_ids, seq_starts, prompt_end=None,
                step_positions=None) -> tuple[torch.Tensor, ...]:
@@ -94,9 +92,19 @@ class RewardGraph(nn.Module):
         gate_states = hidden[prompt_end] if self.gated else None
         return self._read(self._pool_packed(hidden, input_ids[0], position_ids[0], seq_starts), gate_states)
 
+    @property
+    def base(self) -> nn.Module:
+        """The backbone whose final states the heads read (a head file's model is one)."""
+        return self.model if self.head is not None else self.model.base_model
+
     def hidden(self, ids, backbone: dict) -> torch.Tensor:
-        base = self.model if self.head is not None else self.model.base_model
-        return base(input_ids=ids, **backbone, **self.call_options).last_hidden_state
+        return self.base(input_ids=ids, **backbone, **self.call_options).last_hidden_state
+
+    def read_sequence(self, hidden, mask, ids, prompt_end=None) -> tuple[torch.Tensor, ...]:
+        """The sequence outputs from a right-padded batch's final states [B, T, H] (the
+        shared-prefix forward reads its rows so too, models.shared_prefix)."""
+        gate_states = hidden[torch.arange(hidden.shape[0], device=hidden.device), prompt_end] if self.gated else None
+        return self._read(self.pool(hidden, mask, ids), gate_states)
 
     def pool(self, hidden, mask, ids) -> torch.Tensor:
         if self.pooling == Pooling.cls:
@@ -161,11 +169,18 @@ class RewardGraph(nn.Module):
     def _step_logits(self, ids, backbone: dict) -> torch.Tensor:
         """Per-position logits; the runner keeps those at step markers. For a step-tag LM
         only the good/bad rows of the LM head are computed, not the vocabulary."""
+        if self.head is None and self.step_tag_ids is None:  # a token classifier, whole (remote code's too)
+            return self.model(input_ids=ids, **backbone, **self.call_options).logits
+        return self.step_read(self.hidden(ids, backbone))
+
+    def step_read(self, hidden) -> torch.Tensor:
+        """Step logits from final states [..., H]: the head file's, the step-tag LM's good/bad
+        rows, or a transformers token classifier's `score` layer (its dropout is off in eval)."""
         if self.head is not None:
-            return self.head.reward(self.hidden(ids, backbone))
+            return self.head.reward(hidden)
         if self.step_tag_ids is not None:
-            return _lm_logits(self.model, self.hidden(ids, backbone), self.step_tag_ids)
-        return self.model(input_ids=ids, **backbone, **self.call_options).logits
+            return _lm_logits(self.model, hidden, self.step_tag_ids)
+        return self.model.score(hidden)
 
 
 def _lm_logits(model: nn.Module, hidden: torch.Tensor, token_ids: list[int]) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """A reward model loaded from disk: tokenization, a padded (or, for decoders, packed) batched
-forward, and the reading of scores at the right positions (never at padding)."""
+forward, items sharing a prompt computing it once (models.shared_prefix), and the reading of
+scores at the right positions (never at padding)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from models.heads import (
 from models.inputs import Encoded, ScoreInput, StepsInput, TextPair, Truncate
 from models.packing import pack, use_packing
 from models.revision import fingerprint
+from models.shared_prefix import PrefixSharing, use_sharing
 from models.spec import ModelKind, Pooling, RewardSpec, load_spec
 from models.triton_engine import TritonEngine, TritonTarget
 
@@ -73,7 +75,7 @@ class RewardModel:
     itself, or the same graph exported to ONNX (see models.engines)."""
 
     def __init__(self, name: str, spec: RewardSpec, config, tokenizer, engine: Engine, revision: str,
-                 device: str, dtype: str, packed: bool = False):
+                 device: str, dtype: str, packed: bool = False, prefix_sharing: PrefixSharing | None = None):
         self.name = name
         self.spec = spec
         self.config = config
@@ -82,6 +84,7 @@ class RewardModel:
         self.device = torch.device(device)
         self.dtype = dtype
         self.packed = packed  # forwards run the batch as one row (models.packing), not padded
+        self.prefix_sharing = prefix_sharing  # groups with a common prefix run it once (models.shared_prefix)
         self.is_encoder = is_encoder_config(config)
         self.encoder = Encoder(tokenizer, spec, max_length_for(spec, config, tokenizer), config.vocab_size,
                                self.is_encoder)
@@ -93,12 +96,15 @@ class RewardModel:
     @classmethod
     def load(cls, name: str, path: str | Path, spec: dict | None = None, device: str = "cpu",
              dtype: str = "float32", backend: str = "torch", onnx_file: str | Path | None = None,
-             triton: TritonTarget | None = None, packed: bool | None = None) -> RewardModel:
+             triton: TritonTarget | None = None, packed: bool | None = None,
+             share_prefix: bool | None = None) -> RewardModel:
         """`backend` 'torch' loads the safetensors weights; 'onnxruntime' runs `onnx_file`
         (default: reward.onnx in the model directory, written by `rewardserve export-onnx`);
         'triton' sends batches to the `triton` server running that file. Only the torch
         backend reads weights; the others need the directory's tokenizer, config and spec.
-        `packed`: run batches packed, padded, or (None) packed where supported (use_packing)."""
+        `packed`: run batches packed, padded, or (None) packed where supported (use_packing).
+        `share_prefix`: items of a batch with a common prefix compute it once: always, never,
+        or (None) where supported (models.shared_prefix.use_sharing)."""
         model_dir = Path(path).resolve()
         reward_spec = load_spec(model_dir, spec)
         backbone_dir = resolve_dir(reward_spec.backbone, model_dir) if reward_spec.backbone else model_dir
@@ -130,9 +136,9 @@ class RewardModel:
             extra_spec = engine.identity
         else:
             raise ModelLoadError(f"backend must be 'torch', 'onnxruntime' or 'triton', not {backend!r}")
-        packs = use_packing(name, packed, graph)
+        packs, sharing = use_packing(name, packed, graph), use_sharing(name, share_prefix, graph)
         revision = fingerprint([backbone_dir, model_dir], reward_spec.canonical_json() + extra_spec, extra_files)
-        return cls(name, reward_spec, config, tokenizer, engine, revision, device, dtype, packs)
+        return cls(name, reward_spec, config, tokenizer, engine, revision, device, dtype, packs, sharing)
 
     def _check_head_width(self) -> None:
         width = self.engine.output_width
@@ -182,13 +188,23 @@ class RewardModel:
         return self.forward([self.encode(item, truncate) for item in items])
 
     def forward(self, batch: list[Encoded]) -> list[RewardOutput]:
-        process = self.spec.kind == ModelKind.process
+        if self.prefix_sharing is not None and len(batch) > 1:
+            return self.prefix_sharing.forward(self, batch)
+        return self.forward_unshared(batch)
+
+    def forward_unshared(self, batch: list[Encoded]) -> list[RewardOutput]:
+        """The batch in one forward, packed or padded."""
         if self.packed:
-            tensors = self.engine.packed(pack(batch, self.encoder.gates_on_prompt, process))
+            tensors = self.engine.packed(pack(batch, self.encoder.gates_on_prompt, self.spec.kind == ModelKind.process))
         else:
             tensors = self.engine(self.model_inputs(batch))
-        if process:
-            logits = tensors["step_logits"] if self.packed else tensors["step_logits"][self._marker_index(batch)]
+        return self.read_outputs(batch, tensors, at_markers=self.packed)
+
+    def read_outputs(self, batch: list[Encoded], tensors: dict[str, torch.Tensor], at_markers: bool):
+        """The engine's outputs as one RewardOutput per item; `at_markers`: step logits are
+        given at the step markers only (packed, shared prefix), not at every position."""
+        if self.spec.kind == ModelKind.process:
+            logits = tensors["step_logits"] if at_markers else tensors["step_logits"][self.marker_index(batch)]
             per_item = logits.split([len(enc.marker_positions) for enc in batch])
             return [self._process_output(enc, item_logits) for enc, item_logits in zip(batch, per_item)]
         gating = None
@@ -227,12 +243,12 @@ class RewardModel:
         backbone = {k: v for k, v in inputs.items() if k in ("attention_mask", "token_type_ids")}
         hidden = graph.hidden(inputs["input_ids"], backbone)
         if self.spec.kind == ModelKind.process:
-            return hidden[self._marker_index(batch)]
+            return hidden[self.marker_index(batch)]
         return graph.pool(hidden, inputs["attention_mask"], inputs["input_ids"])
 
     # ---- outputs -----------------------------------------------------------------
 
-    def _marker_index(self, batch: list[Encoded]) -> tuple[torch.Tensor, torch.Tensor]:
+    def marker_index(self, batch: list[Encoded]) -> tuple[torch.Tensor, torch.Tensor]:
         rows = torch.tensor([r for r, enc in enumerate(batch) for _ in enc.marker_positions], dtype=torch.long)
         cols = torch.tensor([p for enc in batch for p in enc.marker_positions], dtype=torch.long)
         return rows, cols

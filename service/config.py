@@ -41,6 +41,11 @@ class ModelConfig(BaseModel):
         "null: wherever supported under flash or flex attention (installed flash-attn is used on CUDA in half "
         "precision); true: also under sdpa and eager, a load error where unsupported "
         "(encoders, remote code, other engines); false: always padded"))
+    share_prefix: bool | None = Field(None, description=(
+        "torch backend: items of a batch that begin with the same >= 32 tokens (n responses to one prompt) "
+        "compute that prefix once, with a KV cache, and only their own tokens after it (transformers decoders); "
+        "null: wherever supported; true: a load error where unsupported (encoders, remote code, other engines); "
+        "false: never"))
     serve_graph: bool = Field(False, description="also serve the raw graph over KServe v2 as '<name>-graph'")
     cache: bool = Field(True, description="serve repeated inputs from the result cache")
     cache_ttl_s: float = Field(3600.0, gt=0, description="how long cached results live")

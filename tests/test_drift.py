@@ -92,6 +92,21 @@ def write_items(path: Path, items: list[dict]) -> Path:
     return path
 
 
+def distinct_copies(items: list[dict], n: int) -> list[dict]:
+    """`n` variants of each item, all different, so every score is a distinct value: a
+    rank statistic (KS) over repeated values would turn on float rounding, which batching
+    changes (within tolerance) where items are shared or packed differently."""
+    def variant(item: dict, k: int) -> dict:
+        if "input_ids" in item:
+            return {**item, "input_ids": [*item["input_ids"], 5 + k]}
+        if "messages" in item:
+            first, *rest = item["messages"]
+            return {**item, "messages": [{**first, "content": f"{first['content']} ({k})"}, *rest]}
+        return {**item, "prompt": f"{item['prompt']} ({k})"}
+
+    return [variant(item, k) for k in range(n) for item in items]
+
+
 def test_baseline_command_covers_every_dimension(tiny_model_dirs, load_tiny, tmp_path, capsys):
     """Scalar score and every multi-objective dimension; a process model's step aggregate
     and its pooled step rewards. Then a server streaming the reference items themselves
@@ -100,7 +115,7 @@ def test_baseline_command_covers_every_dimension(tiny_model_dirs, load_tiny, tmp
     for name, target in dirs.items():
         shutil.copytree(tiny_model_dirs[name], target)
     config = write_config(tmp_path / "config.yaml", dirs, drift_interval_s=0.2, drift_min_samples=5)
-    items = {name: sample_items(load_tiny(name)) * 3 for name in dirs}
+    items = {name: distinct_copies(sample_items(load_tiny(name)), 3) for name in dirs}
     for name in dirs:
         source = write_items(tmp_path / f"{name}.jsonl", items[name])
         main(["baseline", str(source), "--config", str(config), "--model", name, "--write", "--quiet"])

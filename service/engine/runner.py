@@ -98,7 +98,8 @@ class ModelRunner:
             config = self.config
             model = RewardModel.load(self.name, config.resolved_path(), config.spec, device=config.resolved_device(),
                                      dtype=config.resolved_dtype(), backend=config.backend, onnx_file=config.onnx_file,
-                                     triton=config.triton_target(), packed=config.packed)
+                                     triton=config.triton_target(), packed=config.packed,
+                                     share_prefix=config.share_prefix)
             model.score(warmup_inputs(model.spec.kind), truncate="right")
             self._measure_warm_forward(model)
         except Exception as err:  # a model that fails to load must not take the others down
@@ -112,11 +113,12 @@ class ModelRunner:
     def _measure_warm_forward(self, model: RewardModel) -> None:
         """Two more warm-up forwards, timed, of a small and an 8x larger batch, so the
         queue's time bound holds from the first burst: its forward cost, a cost per batch
-        plus a cost per token, needs two batch sizes to tell them apart."""
+        plus a cost per token, needs two batch sizes to tell them apart. Unshared: the larger
+        batch repeats its items, which prefix sharing would compute once."""
         encoded = [model.encode(item, "right") for item in warmup_inputs(model.spec.kind)]
         for batch in (encoded, encoded * 8):
             started = time.perf_counter()
-            model.forward(batch)
+            model.forward_unshared(batch)
             self.scheduler.admission.forwarded(sum(e.num_tokens for e in batch), time.perf_counter() - started)
 
     def encode_all(self, inputs: list[ScoreInput], truncate: Truncate | None,
