@@ -278,11 +278,14 @@ class RewardModel:
         return outputs
 
 
-def warmup_inputs(kind: ModelKind) -> list[ScoreInput]:
-    """Two small inputs of unequal lengths: for warm-up forwards and export tracing."""
+def warmup_inputs(kind: ModelKind, repeat: int = 1) -> list[ScoreInput]:
+    """Two inputs of unequal lengths, small unless their answers `repeat`: for warm-up
+    forwards and export tracing."""
     if kind == ModelKind.process:
-        return [StepsInput("1 + 1 = ?", ("2",)), StepsInput("What is 3 + 4?", ("3 + 4 = 7.", "The answer is 7."))]
-    return [TextPair("Hi", "Hello!"), TextPair("What is the capital of France?", "Paris is the capital of France.")]
+        return [StepsInput("1 + 1 = ?", ("2",) * repeat),
+                StepsInput("What is 3 + 4?", ("3 + 4 = 7.", "The answer is 7.") * repeat)]
+    return [TextPair("Hi", " ".join(["Hello!"] * repeat)),
+            TextPair("What is the capital of France?", " ".join(["Paris is the capital of France."] * repeat))]
 
 
 def is_encoder_config(config) -> bool:

@@ -111,12 +111,14 @@ class ModelRunner:
         log.info("model %s ready in %.1fs (%s)", self.name, time.perf_counter() - started, model.revision[:19])
 
     def _measure_warm_forward(self, model: RewardModel) -> None:
-        """Two more warm-up forwards, timed, of a small and an 8x larger batch, so the
-        queue's time bound holds from the first burst: its forward cost, a cost per batch
-        plus a cost per token, needs two batch sizes to tell them apart. Unshared: the larger
-        batch repeats its items, which prefix sharing would compute once."""
-        encoded = [model.encode(item, "right") for item in warmup_inputs(model.spec.kind)]
-        for batch in (encoded, encoded * 8):
+        """Two more warm-up forwards, timed, of a small batch and of 8 items of a few hundred
+        tokens, so the queue's time bound holds from the first burst: its forward cost, a
+        cost per batch plus a cost per token, needs two batch sizes to tell them apart, and
+        items of a realistic length for the cost per token. Unshared: the larger batch
+        repeats its items, which prefix sharing would compute once."""
+        small = [model.encode(item, "right") for item in warmup_inputs(model.spec.kind)]
+        large = [model.encode(item, "right") for item in warmup_inputs(model.spec.kind, repeat=32)] * 4
+        for batch in (small, large):
             started = time.perf_counter()
             model.forward_unshared(batch)
             self.scheduler.admission.forwarded(sum(e.num_tokens for e in batch), time.perf_counter() - started)
