@@ -181,6 +181,32 @@ def test_a_batch_is_the_run_around_the_anchor_that_pads_least(model, make_tokens
     assert [sorted(e.num_tokens for e in b) for b in batches] == [[10, 13, 13, 13], [7, 7, 7]]
 
 
+@pytest.mark.parametrize("per_batch_s,expected", [
+    (0.0001, [[10, 10, 10, 10], [40, 40, 40, 40]]),  # batches cost little beyond their tokens: no padding
+    (10.0, [[10, 10, 10, 10, 40, 40, 40, 40]]),  # every batch costs much: one batch, padding and all
+])
+def test_batches_are_chosen_by_their_measured_cost(model, make_tokens, check, per_batch_s, expected):
+    """Once batches of two sizes are measured, the run around the anchor taking the least
+    forward time per real token goes, at the fitted cost per batch and per token."""
+    async def main():
+        gate = GatedForward(model.forward)
+        async with serving(gate, max_batch_size=8) as scheduler:
+            plug = await hold(scheduler, gate, make_tokens(4))
+            for tokens in (50, 500, 50, 500):
+                scheduler.admission.cost.add(tokens, per_batch_s + 1e-2 * tokens)
+            items = [make_tokens(10) for _ in range(4)] + [make_tokens(40) for _ in range(4)]
+            tasks = [asyncio.create_task(scheduler.submit([e], Priority.bulk)) for e in items]
+            await queued(scheduler, 8)
+            gate.open()
+            results = await asyncio.gather(*tasks)
+            await plug
+            return items, results, gate.forwarded[1:]
+
+    items, results, batches = run(main())
+    check([r[0] for r in results], items)
+    assert [sorted(e.num_tokens for e in b) for b in batches] == expected
+
+
 def test_lone_item_goes_without_waiting_for_company_once_max_wait_passes(model, make_tokens, check):
     """An idle model with room in the batch still serves a lone item (the fill wait is
     bounded by max_wait_ms, not by the batch filling up)."""

@@ -52,16 +52,30 @@ class ForwardCost:
     def measured(self) -> bool:
         return self._sums[0] > 0
 
-    def seconds(self, tokens: int, batch_tokens: int) -> float:
-        """The forward time of `tokens` real tokens in batches of up to `batch_tokens`."""
-        count, n, t, nn, nt = self._sums
+    @property
+    def separable(self) -> bool:
+        """Whether batches of more than one size were measured, which the cost per batch
+        needs to be told from the cost per token."""
+        count, n, _, nn, _ = self._sums
+        return count > 0 and self._variance() > 1e-9 * max(n / count, 1.0)**2
+
+    def _variance(self) -> float:
+        count, n, _, nn, _ = self._sums
+        return nn / count - (n / count)**2
+
+    def terms(self) -> tuple[float, float]:
+        """(seconds per batch, seconds per real token) of the fit, once measured."""
+        count, n, t, _, nt = self._sums
         mean_n, mean_t = n / count, t / count
         average = mean_t / max(mean_n, 1.0)  # seconds per token, overhead included
-        variance = nn / count - mean_n**2
-        slope = (nt / count - mean_n * mean_t) / variance if variance > 1e-9 * max(mean_n, 1.0)**2 else average
+        slope = (nt / count - mean_n * mean_t) / self._variance() if self.separable else average
         # a full batch is never taken for more than 10x the measured batches' throughput
-        per_token = min(max(slope, average / 10), average)
-        per_batch = max(0.0, mean_t - per_token * mean_n)
+        per_token = max(min(max(slope, average / 10), average), 1e-12)
+        return max(0.0, mean_t - per_token * mean_n), per_token
+
+    def seconds(self, tokens: int, batch_tokens: int) -> float:
+        """The forward time of `tokens` real tokens in batches of up to `batch_tokens`."""
+        per_batch, per_token = self.terms()
         return per_token * tokens + per_batch * math.ceil(tokens / batch_tokens)
 
 

@@ -7,8 +7,9 @@ thread is free, the scheduler forms the next batch:
   `bulk_max_delay_ms`, bulk takes every other batch (neither class is ever starved);
 - members: the oldest item of that class anchors the batch (FIFO progress); of the runs
   of queued items in length order that hold it and fit the padded-token budget (longest
-  x count) and the item budget, the one with the most items, then the least padding per
-  real token, goes, so padding stays low;
+  x count) and the item budget, the one that takes the least forward time per real token
+  goes, at the model's measured cost (a cost per batch plus one per padded token: where
+  batches cost little beyond their tokens, a shorter run that pads less wins);
 - fill: a `bulk` batch that is not full waits at most `max_wait_ms` (from the anchor's
   arrival) for more items, so one-rollout-per-request trainers still fill batches when
   the model is idle. An `interactive` batch goes at once: a ranker's request arrives
@@ -248,24 +249,32 @@ class Scheduler:
 
     def _form(self, priority: Priority) -> tuple[list[_Work], bool]:
         """Of the runs of queued items in length order that hold the anchor and fit the
-        budgets, the one with the most items, then the least padding per real token; and
-        whether the batch is full (nothing more could join)."""
+        budgets, the one of least forward time per real token at the measured cost (a cost
+        per batch plus one per padded token; until batches of two sizes are measured: the
+        most items, then the least padding); and whether the batch is full (nothing more
+        could join, or items that could were left for a better batch)."""
         queue = self._queues[priority]
         anchor = queue[0]
         ordered = sorted(queue, key=lambda w: w.tokens)
         at = ordered.index(anchor)
-        best, best_cost = [anchor], None
+        per_batch, per_token = self.admission.cost.terms() if self.admission.cost.separable else (None, None)
+        best, best_key = [anchor], None
         for start in range(max(0, at - self.max_batch_size + 1), at + 1):
-            run = ordered[start:start + self.max_batch_size]
-            while len(run) > at - start + 1 and run[-1].tokens * len(run) > self.max_batch_tokens:
-                run.pop()
-            if run[-1].tokens * len(run) > self.max_batch_tokens and len(run) > 1:
-                continue  # the anchor with the shorter items before it is over budget already
-            cost = (-len(run), run[-1].tokens * len(run) / sum(w.tokens for w in run))
-            if best_cost is None or cost < best_cost:
-                best, best_cost = run, cost
+            real = sum(w.tokens for w in ordered[start:at])
+            for end in range(at + 1, min(len(ordered), start + self.max_batch_size) + 1):
+                count, padded = end - start, ordered[end - 1].tokens * (end - start)
+                if padded > self.max_batch_tokens and count > 1:
+                    break
+                real += ordered[end - 1].tokens
+                if per_batch is None:
+                    key = (-count, padded / real)
+                else:  # in token-equivalents per real token, rounded so that equal costs tie on size
+                    key = (round((per_batch / per_token + padded) / real, 6), -count)
+                if best_key is None or key < best_key:
+                    best, best_key = ordered[start:end], key
         longest = best[-1].tokens
-        full = len(best) >= self.max_batch_size or longest * (len(best) + 1) > self.max_batch_tokens
+        full = (len(best) >= self.max_batch_size or longest * (len(best) + 1) > self.max_batch_tokens
+                or len(best) < len(queue))
         return best, full
 
     async def _next_batch(self) -> list[_Work]:
