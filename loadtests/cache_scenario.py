@@ -44,7 +44,7 @@ def _singles(w: CacheWorkload, cache: str) -> list[Request]:
 
 
 async def measure(url: str, w: CacheWorkload, cached: bool) -> CacheRun:
-    async with loadgen.client(url, w.concurrency + 2) as http:
+    async with loadgen.Clients(url, w.concurrency + 2) as http:
         # warm-up of both request shapes, computed and not stored, so the cache starts empty
         await loadgen.closed_loop(http, _singles(w, "bypass")[:4], 1, w.time_limit_s)
         bulk = await loadgen.closed_loop(http, w.bulk, w.concurrency, w.time_limit_s)

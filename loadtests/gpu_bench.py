@@ -211,7 +211,7 @@ def server_specs(plan: Plan, model_dir: Path, workdir: Path) -> list[servers.Ser
     return [ours, replace(naive, argv=[*naive.argv, "--device", plan.device, "--dtype", plan.dtype])]
 
 
-async def scores(http: httpx.AsyncClient, items: list[dict]) -> list[float]:
+async def scores(http: loadgen.Clients, items: list[dict]) -> list[float]:
     reply = await http.post("/v1/score", content=loadgen.make_request(items, 0, MODEL_NAME, "interactive").body)
     reply.raise_for_status()
     return [result["score"] for result in reply.json()["results"]]
@@ -221,7 +221,7 @@ async def drive(server: servers.Server, plan: Plan, w: Rollouts, budget: Budget,
     """Warm-up (the bulk request first, so rewardserve's admission has measured full batches
     before the burst of singles), the score check (one request per item, one at a time, then
     all in one request), then rl-single and rl-bulk; (check, {workload: Run})."""
-    async with loadgen.client(server.url, plan.single_in_flight + 8) as http:
+    async with loadgen.Clients(server.url, plan.single_in_flight + 8) as http:
         await loadgen.closed_loop(http, w.warm, 1, budget.bound(plan.run_s, keep_s))
         await loadgen.closed_loop(http, w.single[:plan.warm_items], plan.warm_items, budget.bound(plan.run_s, keep_s))
         check = [(await scores(http, [item]))[0] for item in w.check], await scores(http, w.check)

@@ -61,7 +61,7 @@ async def burst(url: str, items: list[dict], model_name: str, time_limit_s: floa
         else:
             out.other[f"http {reply.status_code}"] = out.other.get(f"http {reply.status_code}", 0) + 1
 
-    async with loadgen.client(url, len(bodies)) as http:
+    async with loadgen.Clients(url, len(bodies)) as http:
         started = time.perf_counter()
         tasks = [asyncio.create_task(send(http, i, body)) for i, body in enumerate(bodies)]
         done, pending = await asyncio.wait(tasks, timeout=time_limit_s)

@@ -47,7 +47,7 @@ def run_round(specs: dict[str, servers.ServerSpec], requests: list[loadgen.Reque
         r.ceiling[system] = raw.ceiling(rm, items, MAX_BATCH_SIZE, MAX_BATCH_TOKENS)
         with servers.Server.fresh_log(spec, HERE) as server:
             async def measure():
-                async with loadgen.client(server.url, in_flight + 8) as http:
+                async with loadgen.Clients(server.url, in_flight + 8) as http:
                     await loadgen.closed_loop(http, requests[:32], 8, 60)  # warm-up, not measured
                     return await _timed(server, system, loadgen.closed_loop(http, requests, in_flight, time_limit_s))
             run = asyncio.run(measure())

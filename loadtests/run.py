@@ -139,7 +139,7 @@ async def _timed(server: servers.Server, label: str, coro) -> Run:
 async def run_system(server: servers.Server, plan: Plan, w: Workloads, refs: References) -> dict[str, Run]:
     """Every workload against one running system; {workload key: Run}."""
     limit = plan.time_limit_s
-    async with loadgen.client(server.url, plan.rl_single_in_flight + 8) as http:
+    async with loadgen.Clients(server.url, plan.rl_single_in_flight + 8) as http:
         # warm-up: every request shape once, not measured
         await loadgen.closed_loop(http, w.rl_bulk[:1] + w.rerank[:2] + w.rl_single[:8], 4, min(limit, 60))
         out = {

@@ -95,7 +95,7 @@ def _check(summary: loadgen.Summary, requests: list[loadgen.Request]) -> None:
 
 
 async def _drive(url: str, bulk, single, rerank, gaps) -> list[tuple[loadgen.Summary, list]]:
-    async with loadgen.client(url, 32) as http:
+    async with loadgen.Clients(url, 32) as http:
         return [
             (await loadgen.closed_loop(http, bulk, 2, TIME_LIMIT_S), bulk),
             (await loadgen.closed_loop(http, single, 16, TIME_LIMIT_S), single),
