@@ -168,17 +168,22 @@ class Server:
 
     def stop(self, grace_s: float = 20.0) -> None:
         """SIGTERM to the server, then SIGKILL to its whole process group."""
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                pass
+        if self.process is not None:
+            stop_group(self.process, signal.SIGTERM, grace_s)
+            self.process = None
+
+
+def stop_group(process: subprocess.Popen, signum: int, grace_s: float) -> None:
+    """`signum` to a process started in a session of its own, up to `grace_s` to exit, then
+    SIGKILL to its whole process group (whatever it left running), in bounded time."""
+    if process.poll() is None:
+        process.send_signal(signum)
         try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
+            process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
             pass
-        self.process.wait(timeout=10)
-        self.process = None
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait(timeout=10)

@@ -19,7 +19,7 @@ from typing import Self
 import httpx
 import yaml
 
-from loadtests.servers import ROOT, Server, free_port, ours
+from loadtests.servers import ROOT, Server, free_port, ours, stop_group
 
 DEPLOY = ROOT / "deploy"
 NGINX_DIR = DEPLOY / "nginx"
@@ -161,20 +161,9 @@ class Nginx:
 
     def stop(self) -> None:
         """SIGQUIT (graceful), then SIGKILL to the process group (master and workers)."""
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGQUIT)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.process.wait(timeout=10)
-        self.process = None
+        if self.process is not None:
+            stop_group(self.process, signal.SIGQUIT, 10)
+            self.process = None
 
     def access_log(self) -> list[dict]:
         """The requests logged so far (deploy/nginx's JSON log format), oldest first."""
@@ -183,16 +172,18 @@ class Nginx:
 
 
 class Prometheus:
-    """A Prometheus scraping `targets` (host:port) every second as job "rewardserve",
-    evaluating `rule_files` every second; `api` is an HTTP client for its API."""
+    """A Prometheus scraping `targets` (host:port, with `labels` on their series) every
+    second as job "rewardserve", evaluating `rule_files` every second; `api` is an HTTP
+    client for its API."""
 
-    def __init__(self, targets: list[str], rule_files: list[Path], workdir: Path):
+    def __init__(self, targets: list[str], rule_files: list[Path], workdir: Path, labels: dict[str, str] | None = None):
         self.dir = workdir
         self.port = free_port()
         self.config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(path) for path in rule_files],
-            "scrape_configs": [{"job_name": "rewardserve", "static_configs": [{"targets": targets}]}],
+            "scrape_configs": [{"job_name": "rewardserve",
+                                "static_configs": [{"targets": targets, "labels": labels or {}}]}],
         }
         self.process: subprocess.Popen | None = None
         self.api: httpx.Client | None = None
@@ -222,17 +213,6 @@ class Prometheus:
         if self.api is not None:
             self.api.close()
             self.api = None
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.process.wait(timeout=10)
-        self.process = None
+        if self.process is not None:
+            stop_group(self.process, signal.SIGTERM, 15)
+            self.process = None

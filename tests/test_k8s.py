@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
@@ -32,7 +31,9 @@ from k8s_crds import CRD_SCHEMAS
 from metrics_helpers import scrape
 from pydantic import SecretStr
 from redis_helpers import needs_redis
+from replica_helpers import Prometheus, bounded_wait
 from starlette.routing import Match
+from test_prometheus_e2e import query
 
 from service.app import create_app
 from service.config import Settings, load_settings
@@ -118,16 +119,6 @@ def quantity_bytes(text: str) -> int:
     number, unit = re.fullmatch(r"(\d+)([A-Za-z]*)", text).groups()
     scale = {"": 1, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "kb": 2**10, "mb": 2**20, "gb": 2**30}[unit]
     return int(number) * scale
-
-
-def until(condition, process: subprocess.Popen, what: str):
-    """`condition()` once it is truthy, polled while `process` runs, for at most WAIT_S."""
-    deadline = time.monotonic() + WAIT_S
-    while not (value := condition()):
-        assert process.poll() is None, f"the process exited waiting for {what}"
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.2)
-    return value
 
 
 # ---- rendering and schemas -------------------------------------------------------------
@@ -323,7 +314,8 @@ def test_redis_server_takes_the_arguments():
             except redis.ConnectionError:
                 return None
 
-        config = until(answered, process, "redis-server to answer (with the manifest's arguments)")
+        config = bounded_wait(lambda: process.poll() is None and answered(),
+                              "redis-server to answer (with the manifest's arguments)")
         assert config["maxmemory"] == str(quantity_bytes(args["maxmemory"]))
         assert (config["maxmemory-policy"], config["save"], config["appendonly"]) == ("allkeys-lru", "", "no")
     finally:
@@ -352,9 +344,9 @@ def test_autoscale_owns_the_replica_count():
 
 def test_autoscaler_queries_select_the_scraped_service():
     docs = render("overlays/autoscale")
-    for query in scaler_queries(docs):
-        assert METRIC.search(query), query
-        matchers = dict(re.findall(r'(\w+)="([^"]*)"', query))
+    for promql in scaler_queries(docs):
+        assert METRIC.search(promql), promql
+        matchers = dict(re.findall(r'(\w+)="([^"]*)"', promql))
         assert matchers == {"namespace": NAMESPACE, "service": one(docs, "Service", "rewardserve")["metadata"]["name"]}
 
 
@@ -424,8 +416,8 @@ def test_service_monitor_scrapes_the_metrics_route(target, live, tmp_path, monke
 def test_autoscaler_queries_name_exported_metrics(live):
     _, client = live
     exported = scrape(client).names()
-    for query in scaler_queries(render("overlays/autoscale")):
-        assert set(METRIC.findall(query)) - exported == set(), query
+    for promql in scaler_queries(render("overlays/autoscale")):
+        assert set(METRIC.findall(promql)) - exported == set(), promql
 
 
 @pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus is not installed")
@@ -434,33 +426,8 @@ def test_autoscaler_queries_in_prometheus(live, tmp_path):
     labels a ServiceMonitor's (namespace, service): each query gives KEDA the one number it
     needs."""
     _, client = live
-    port = free_port()
-    config = {"global": {"scrape_interval": "1s"}, "scrape_configs": [{
-        "job_name": "rewardserve", "static_configs": [{
-            "targets": [str(client.base_url).removeprefix("http://")],
-            "labels": {"namespace": NAMESPACE, "service": "rewardserve", "pod": "rewardserve-0"}}]}]}
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    process = subprocess.Popen(
-        ["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as api:
-            def ready() -> bool:
-                try:
-                    return api.get("/-/ready").status_code == 200
-                except httpx.TransportError:
-                    return False
-
-            def result(query: str) -> list:
-                reply = api.get("/api/v1/query", params={"query": query})
-                assert reply.status_code == 200, reply.text  # a query Prometheus refuses fails here
-                return reply.json()["data"]["result"]
-
-            until(ready, process, "Prometheus to start")
-            for query in scaler_queries(render("overlays/autoscale")):
-                [sample] = until(lambda: result(query), process, f"a scraped sample for {query}")
-                assert math.isfinite(float(sample["value"][1])) and float(sample["value"][1]) >= 0
-    finally:
-        process.terminate()
-        process.wait(timeout=15)
+    labels = {"namespace": NAMESPACE, "service": "rewardserve", "pod": "rewardserve-0"}
+    with Prometheus([str(client.base_url).removeprefix("http://")], [], tmp_path, labels) as prometheus:
+        for promql in scaler_queries(render("overlays/autoscale")):
+            [sample] = bounded_wait(lambda: query(prometheus.api, promql), f"a scraped sample for {promql}")
+            assert math.isfinite(float(sample["value"][1])) and float(sample["value"][1]) >= 0

@@ -7,12 +7,12 @@ model's counters, that the shared path really ran."""
 
 from __future__ import annotations
 
-import random
 
 import httpx
 import pytest
 from http_helpers import live_server, wait_until_loaded
 from model_cards.checkpoints import qwen25_math_prm, skywork_gemma2
+from test_models_packed import filler
 
 from models.errors import ModelLoadError
 from models.inputs import StepsInput, TextPair, TokenIds
@@ -48,14 +48,6 @@ def shared_and_plain(tiny_model_dirs):
     return load
 
 
-def ids(model: RewardModel, n: int, seed: int) -> list[int]:
-    """`n` ordinary token ids: no special token (so no EOS = pad), no step marker."""
-    avoid = model.encoder.special_ids | {model.encoder.marker_id}
-    usable = [t for t in range(model.encoder.vocab_size) if t not in avoid]
-    rng = random.Random(seed)
-    return [rng.choice(usable) for _ in range(n)]
-
-
 def assert_shared_agrees(shared, plain, items, assert_outputs_match, groups: int = 1) -> None:
     """`items` scored by the sharing model (in this order and reversed), by the unshared
     batch and one at a time agree, and the sharing model ran `groups` shared groups each time."""
@@ -73,7 +65,7 @@ def group_items(model: RewardModel, prefix: list[int], seed: int = 0) -> list[To
     alternate between inside the prefix and after it."""
     items = []
     for i, n in enumerate((1, 5, 17, 30)):
-        body = prefix + ids(model, n, seed + i)
+        body = prefix + filler(model, n, seed + i)
         items.append(TokenIds(tuple(body), prompt_length=P // 2 if i % 2 else min(len(body), P + 3)))
     return items
 
@@ -82,8 +74,8 @@ def group_items(model: RewardModel, prefix: list[int], seed: int = 0) -> list[To
 def test_sequence_reads_equal_unshared_and_unbatched(shared_and_plain, assert_outputs_match, name):
     shared, plain = shared_and_plain(name)
     assert isinstance(shared.prefix_sharing, PrefixSharing) and plain.prefix_sharing is None
-    items = group_items(shared, ids(shared, P, 1))
-    others = [TokenIds(tuple(ids(shared, 25, 2)), prompt_length=10), TextPair("Hi", "Yo"),
+    items = group_items(shared, filler(shared, P, 1))
+    others = [TokenIds(tuple(filler(shared, 25, 2)), prompt_length=10), TextPair("Hi", "Yo"),
               TextPair("What is 3 plus 4?", "It is 7.")]
     saved = shared.prefix_sharing.tokens_saved
     assert_shared_agrees(shared, plain, items[:2] + others + items[2:], assert_outputs_match)
@@ -98,7 +90,7 @@ def test_head_file_pooling(shared_and_plain, tiny_models, assert_outputs_match, 
     """Every pooling a head file may read, over prefix and suffix states alike."""
     spec = {**tiny_models["llama-gating"].spec.model_dump(mode="json"), "pooling": pooling}
     shared, plain = shared_and_plain("llama-gating", spec=spec)
-    items = group_items(shared, ids(shared, P, 25)) + [TokenIds(tuple(ids(shared, 12, 26)), prompt_length=4)]
+    items = group_items(shared, filler(shared, P, 25)) + [TokenIds(tuple(filler(shared, 12, 26)), prompt_length=4)]
     assert_shared_agrees(shared, plain, items, assert_outputs_match)
 
 
@@ -108,15 +100,15 @@ def test_step_markers_in_the_prefix_and_the_suffix(shared_and_plain, assert_outp
     inside the shared prefix (read from the prefix forward) and after it."""
     shared, plain = shared_and_plain(name)
     marker = shared.encoder.marker_id
-    prefix = ids(shared, P, 3)
+    prefix = filler(shared, P, 3)
     prefix[12] = prefix[P - 1] = marker
-    items = [TokenIds(tuple(prefix + ids(shared, 4, 4))),  # the prefix's markers only
-             *(TokenIds(tuple(prefix + ids(shared, n, 5 + n) + [marker] + ids(shared, 2, 9) + [marker]))
+    items = [TokenIds(tuple(prefix + filler(shared, 4, 4))),  # the prefix's markers only
+             *(TokenIds(tuple(prefix + filler(shared, n, 5 + n) + [marker] + filler(shared, 2, 9) + [marker]))
                for n in (1, 8, 20))]
     positions = [shared.encode(item).marker_positions for item in items]
     assert positions[0] == [12, P - 1] and all(max(p) >= P for p in positions[1:])
     others = [StepsInput("What is 3 + 4?", ("Add 3 and 4.", "The answer is 7.")),
-              TokenIds(tuple(ids(shared, 9, 10) + [marker]))]
+              TokenIds(tuple(filler(shared, 9, 10) + [marker]))]
     assert_shared_agrees(shared, plain, [items[0], others[0], *items[1:], others[1]], assert_outputs_match)
 
 
@@ -127,7 +119,7 @@ def test_pad_eos_items_read_before_their_closing_eos(shared_and_plain, assert_ou
     shared, plain = shared_and_plain(name)
     eos = shared.encoder.tokenizer.eos_token_id
     assert eos == shared.config.pad_token_id
-    prefix, body = ids(shared, P, 11), ids(shared, 6, 12)
+    prefix, body = filler(shared, P, 11), filler(shared, 6, 12)
     items = [TokenIds(tuple(prefix + body + [eos])), TokenIds(tuple(prefix + [eos])),
              TokenIds(tuple(prefix + body[:2] + [eos, eos])), TokenIds(tuple(prefix + body))]
     assert_shared_agrees(shared, plain, items, assert_outputs_match)
@@ -140,14 +132,14 @@ def test_mixed_batches_two_groups_and_a_prefix_too_short(shared_and_plain, asser
     sharing its whole prompt, not one sharing the system prompt; a 20-token common prefix
     is not shared at all (the batch runs unshared, and agrees)."""
     shared, plain = shared_and_plain("llama-scalar")
-    system = ids(shared, 35, 13)
-    first, second = system + ids(shared, 60, 14), system + ids(shared, 60, 15)
-    items = [TokenIds(tuple(prompt + ids(shared, n, 16 + n))) for n in (3, 9, 14) for prompt in (first, second)]
-    items.insert(3, TokenIds(tuple(ids(shared, 50, 30))))
+    system = filler(shared, 35, 13)
+    first, second = system + filler(shared, 60, 14), system + filler(shared, 60, 15)
+    items = [TokenIds(tuple(prompt + filler(shared, n, 16 + n))) for n in (3, 9, 14) for prompt in (first, second)]
+    items.insert(3, TokenIds(tuple(filler(shared, 50, 30))))
     groups = prefix_groups([shared.encode(item).input_ids for item in items])
     assert sorted(groups, key=lambda g: g.members) == [Group((0, 2, 5), 95), Group((1, 4, 6), 95)]
     assert_shared_agrees(shared, plain, items, assert_outputs_match, groups=2)
-    short = [TokenIds(tuple(ids(shared, 20, 17) + ids(shared, n, 18 + n))) for n in (5, 10, 15)]
+    short = [TokenIds(tuple(filler(shared, 20, 17) + filler(shared, n, 18 + n))) for n in (5, 10, 15)]
     assert_shared_agrees(shared, plain, short, assert_outputs_match, groups=0)
 
 
@@ -155,7 +147,7 @@ def test_shared_with_packed_rest(shared_and_plain, assert_outputs_match):
     """A packed model's ungrouped items still run packed beside the shared group."""
     shared, plain = shared_and_plain("llama-gating", packed=True)
     assert shared.packed and plain.packed
-    items = group_items(shared, ids(shared, P, 19)) + [TokenIds(tuple(ids(shared, 12, 20)), prompt_length=4)]
+    items = group_items(shared, filler(shared, P, 19)) + [TokenIds(tuple(filler(shared, 12, 20)), prompt_length=4)]
     assert_shared_agrees(shared, plain, items, assert_outputs_match)
 
 
@@ -193,8 +185,8 @@ def test_gemma2_sliding_window_shares(tmp_path, assert_outputs_match):
     plain = RewardModel.load("gemma2", directory, share_prefix=False)
     config = shared.engine.graph.model.config
     assert set(config.layer_types) == {"sliding_attention", "full_attention"} and config.sliding_window < 10
-    prefix = ids(shared, P, 21)
-    items = [TokenIds(tuple(prefix + ids(shared, n, 22 + n))) for n in (1, 7, 12, 20)] + [TextPair("Hi", "Yo")]
+    prefix = filler(shared, P, 21)
+    items = [TokenIds(tuple(prefix + filler(shared, n, 22 + n))) for n in (1, 7, 12, 20)] + [TextPair("Hi", "Yo")]
     assert_shared_agrees(shared, plain, items, assert_outputs_match)
 
 
@@ -240,7 +232,7 @@ def test_http_group_request_equals_one_item_per_request(tiny_model_dirs, load_ti
             model = app.state.registry.runners[name].model
             assert model.spec.kind != ModelKind.process and model.prefix_sharing is not None
             items = [{"input_ids": list(item.input_ids), "prompt_length": item.prompt_length}
-                     for item in group_items(load_tiny(name), ids(load_tiny(name), P, 23), seed=24)]
+                     for item in group_items(load_tiny(name), filler(load_tiny(name), P, 23), seed=24)]
             before = model.prefix_sharing.groups
             group = client.post("/v1/score", json={"model": name, "items": items, "cache": "bypass"})
             assert group.status_code == 200, group.text

@@ -11,16 +11,14 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-import yaml
-from http_helpers import free_port, live_server, sample_items, wait_until_loaded, write_config
+from http_helpers import live_server, sample_items, wait_until_loaded, write_config
 from metrics_helpers import scrape
 from prometheus_client.parser import text_string_to_metric_families
+from replica_helpers import Prometheus, bounded_wait
 
 from service.cli import main
 from service.config import load_settings
@@ -107,45 +105,9 @@ needs_prometheus = pytest.mark.skipif(shutil.which("prometheus") is None, reason
 @pytest.fixture(scope="module")
 def prometheus(server, tmp_path_factory):
     """A Prometheus scraping `server` every second; yields an HTTP client for its API."""
-    root = tmp_path_factory.mktemp("prometheus")
-    port = free_port()
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(ALERTS)],
-        "scrape_configs": [{"job_name": "rewardserve", "static_configs": [
-            {"targets": [str(server.base_url).removeprefix("http://")]}]}],
-    }
-    (root / "prometheus.yml").write_text(yaml.safe_dump(config))
-    log = (root / "prometheus.log").open("w")
-    process = subprocess.Popen(
-        ["prometheus", f"--config.file={root / 'prometheus.yml'}", f"--storage.tsdb.path={root / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-        stdout=log, stderr=subprocess.STDOUT)
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as api:
-            wait(lambda: process.poll() is None and api.get("/-/ready").status_code == 200,
-                 f"Prometheus ready (log: {root / 'prometheus.log'})")
-            yield api
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
-        log.close()
-
-
-def wait(condition, what: str, timeout: float = WAIT_S):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if result := condition():
-                return result
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.2)
+    targets = [str(server.base_url).removeprefix("http://")]
+    with Prometheus(targets, [ALERTS], tmp_path_factory.mktemp("prometheus")) as prometheus:
+        yield prometheus.api
 
 
 def query(api: httpx.Client, promql: str) -> list[dict]:
@@ -162,12 +124,12 @@ def scalar(api: httpx.Client, promql: str) -> float | None:
 
 @needs_prometheus
 def test_promql_over_scraped_metrics(server, prometheus):
-    wait(lambda: scalar(prometheus, 'up{job="rewardserve"}') == 1, "a first successful scrape")
+    bounded_wait(lambda: scalar(prometheus, 'up{job="rewardserve"}') == 1, "a first successful scrape")
     counters = {"scored": f'sum(rewardserve_scored_items_total{{model="{MODEL}"}})',
                 "hits": "sum(rewardserve_cache_hits_total)", "lookups": "sum(rewardserve_cache_lookups_total)"}
     before = {name: scalar(prometheus, promql) or 0.0 for name, promql in counters.items()}
     scored = traffic(server, "prometheus")
-    wait(lambda: scalar(prometheus, counters["scored"]) == before["scored"] + scored,
+    bounded_wait(lambda: scalar(prometheus, counters["scored"]) == before["scored"] + scored,
          "Prometheus to scrape the traffic")
     after = {name: scalar(prometheus, promql) for name, promql in counters.items()}
 
@@ -185,7 +147,7 @@ def test_promql_over_scraped_metrics(server, prometheus):
     assert windowed is not None and 0 < windowed <= 1
 
     drift = server.get("/v1/drift").json()["models"][MODEL]["dimensions"]["score"]["statistics"]
-    psi = wait(lambda: scalar(prometheus, f'rewardserve_drift_psi{{model="{MODEL}", dimension="score"}}'),
+    psi = bounded_wait(lambda: scalar(prometheus, f'rewardserve_drift_psi{{model="{MODEL}", dimension="score"}}'),
                "a drift gauge in Prometheus")
     assert psi == pytest.approx(drift["psi"], rel=1e-6)
     deviation = scalar(prometheus, f'rewardserve_canary_max_abs_deviation{{model="{MODEL}"}}')
