@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -188,17 +189,25 @@ class RewardModel:
         return self.forward([self.encode(item, truncate) for item in items])
 
     def forward(self, batch: list[Encoded]) -> list[RewardOutput]:
+        return self.prepare(batch)()
+
+    def prepare(self, batch: list[Encoded]) -> Callable[[], list[RewardOutput]]:
+        """The batch's inputs built (prefix groups found, rows padded or packed), returned as
+        the forward that runs them: a server builds the next batch while this one runs."""
         if self.prefix_sharing is not None and len(batch) > 1:
-            return self.prefix_sharing.forward(self, batch)
-        return self.forward_unshared(batch)
+            return self.prefix_sharing.prepare(self, batch)
+        return self.prepare_unshared(batch)
 
     def forward_unshared(self, batch: list[Encoded]) -> list[RewardOutput]:
-        """The batch in one forward, packed or padded."""
+        return self.prepare_unshared(batch)()
+
+    def prepare_unshared(self, batch: list[Encoded]) -> Callable[[], list[RewardOutput]]:
+        """The batch as one forward, packed or padded."""
         if self.packed:
-            tensors = self.engine.packed(pack(batch, self.encoder.gates_on_prompt, self.spec.kind == ModelKind.process))
-        else:
-            tensors = self.engine(self.model_inputs(batch))
-        return self.read_outputs(batch, tensors, at_markers=self.packed)
+            inputs = pack(batch, self.encoder.gates_on_prompt, self.spec.kind == ModelKind.process)
+            return lambda: self.read_outputs(batch, self.engine.packed(inputs), at_markers=True)
+        inputs = self.model_inputs(batch)
+        return lambda: self.read_outputs(batch, self.engine(inputs), at_markers=False)
 
     def read_outputs(self, batch: list[Encoded], tensors: dict[str, torch.Tensor], at_markers: bool):
         """The engine's outputs as one RewardOutput per item; `at_markers`: step logits are

@@ -22,6 +22,7 @@ model shares at all is decided at load (`use_sharing`).
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -115,27 +116,38 @@ class PrefixSharing:
         self.groups = 0
         self.tokens_saved = 0
 
-    def forward(self, model, batch: list[Encoded]) -> list:
-        """`model.forward` of `batch` (a RewardModel): each group through the shared
-        forward, the other items through the model's usual forward, in batch order."""
+    def prepare(self, model, batch: list[Encoded]) -> Callable[[], list]:
+        """`model.prepare` of `batch` (a RewardModel): its groups found and their inputs
+        built, returned as the forward that runs each group through the shared forward and
+        the other items through the model's usual forward, answering in batch order."""
         groups = prefix_groups([enc.input_ids for enc in batch], self.min_prefix, self.group_cost)
-        outputs: list = [None] * len(batch)
         grouped = {i for group in groups for i in group.members}
         rest = [i for i in range(len(batch)) if i not in grouped]
-        if rest:
-            for i, out in zip(rest, model.forward_unshared([batch[i] for i in rest])):
-                outputs[i] = out
+        parts = [(rest, model.prepare_unshared([batch[i] for i in rest]))] if rest else []
         for group in groups:
             items = [batch[i] for i in group.members]
             inputs = model.model_inputs(items)
             if model.spec.kind == ModelKind.process:
                 inputs["step_rows"], inputs["step_positions"] = model.marker_index(items)
-            tensors = model.engine.shared(inputs, group.prefix_length)
-            for i, out in zip(group.members, model.read_outputs(items, tensors, at_markers=True)):
-                outputs[i] = out
+            parts.append((group.members, self._group_forward(model, items, inputs, group.prefix_length)))
+
+        def run() -> list:
+            outputs: list = [None] * len(batch)
+            for members, forward in parts:
+                for i, out in zip(members, forward()):
+                    outputs[i] = out
+            return outputs
+
+        return run
+
+    def _group_forward(self, model, items: list[Encoded], inputs: dict, prefix_length: int) -> Callable[[], list]:
+        def run() -> list:
+            tensors = model.engine.shared(inputs, prefix_length)
             self.groups += 1
-            self.tokens_saved += (len(items) - 1) * group.prefix_length
-        return outputs
+            self.tokens_saved += (len(items) - 1) * prefix_length
+            return model.read_outputs(items, tensors, at_markers=True)
+
+        return run
 
 
 def shared_forward(graph: RewardGraph, prefix_length: int, input_ids, attention_mask, prompt_end=None,

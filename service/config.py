@@ -46,6 +46,9 @@ class ModelConfig(BaseModel):
         "compute that prefix once, with a KV cache, and only their own tokens after it (transformers decoders); "
         "null: wherever supported; true: a load error where unsupported (encoders, remote code, other engines); "
         "false: never"))
+    pipeline: bool | None = Field(None, description=(
+        "build the next batch's inputs on a thread of their own while the forward runs; null: on GPUs, where "
+        "the forward leaves the CPU free (on a CPU, the forward's threads take every core)"))
     serve_graph: bool = Field(False, description="also serve the raw graph over KServe v2 as '<name>-graph'")
     cache: bool = Field(True, description="serve repeated inputs from the result cache")
     cache_ttl_s: float = Field(3600.0, gt=0, description="how long cached results live")
@@ -82,6 +85,9 @@ class ModelConfig(BaseModel):
 
         return "cuda" if torch.cuda.is_available() else "cpu"
 
+    def pipelines(self) -> bool:
+        return self.pipeline if self.pipeline is not None else self.resolved_device().startswith("cuda")
+
     def resolved_dtype(self) -> str:
         if self.dtype != "auto":
             return self.dtype
@@ -117,7 +123,11 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(32, ge=1, description="items per forward")
     max_batch_tokens: int = Field(16384, ge=1, description="padded tokens (longest x items) per forward")
     max_wait_ms: float = Field(2.0, ge=0, description="longest an idle model waits for a bulk batch to fill (interactive ones go at once)")
-    bulk_max_delay_ms: float = Field(500.0, ge=0, description="bulk work waiting this long goes before interactive")
+    bulk_max_delay_ms: float = Field(500.0, ge=0, description=(
+        "bulk work waiting this long (since queued, or since the last bulk batch) goes before interactive"))
+    interactive_bulk_wait_ms: float | None = Field(500.0, gt=0, description=(
+        "while interactive requests are being served, bulk batches are cut to about this much forward time, "
+        "the longest an interactive item waits behind one (null: bulk batches always fill)"))
     max_queue_wait_s: float | None = Field(30.0, gt=0, description=(
         "429 when the work queued ahead of a new request would take longer than this at the model's measured "
         "throughput (null: no time bound)"))

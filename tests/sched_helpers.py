@@ -6,6 +6,7 @@ with these, never with sleeps of a guessed length."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -15,6 +16,16 @@ from models.inputs import Encoded
 
 def ids(enc: Encoded) -> tuple[int, ...]:
     return tuple(enc.input_ids)
+
+
+def intercept_forward(monkeypatch, model, wrap: Callable[[Callable], Callable]) -> Callable:
+    """Route every batch a served RewardModel runs through `wrap(its own forward)`, which is
+    returned: `forward`, and `prepare` (what the scheduler calls, to run the batch later)."""
+    own_prepare = model.prepare
+    wrapped = wrap(lambda batch: own_prepare(batch)())
+    monkeypatch.setattr(model, "forward", wrapped)
+    monkeypatch.setattr(model, "prepare", lambda batch: functools.partial(wrapped, batch))
+    return wrapped
 
 
 class GatedForward:

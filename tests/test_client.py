@@ -14,7 +14,7 @@ import httpx
 import pytest
 from http_helpers import (assert_result_matches, free_port, live_server, reference, sample_items, wait_until_loaded,
                           within_tol)
-from sched_helpers import GatedForward
+from sched_helpers import GatedForward, intercept_forward
 from test_grpc import wait_for
 
 from service.client import AsyncRewardClient, RewardClient, RewardServeError, reward_fn
@@ -242,8 +242,7 @@ def small_queue(tiny_model_dirs):
 def gate(small_queue, monkeypatch):
     """The small-queue model's forward held until the test opens it (opened at the end)."""
     model = small_queue[0].state.registry.runners["llama-scalar"].model
-    gated = GatedForward(model.forward)
-    monkeypatch.setattr(model, "forward", gated)
+    gated = intercept_forward(monkeypatch, model, GatedForward)
     yield gated
     gated.open()
     assert not gated.stuck, "a forward waited on the gate past its limit"

@@ -25,7 +25,7 @@ from http_helpers import (
     served_input,
     wait_until_loaded,
 )
-from sched_helpers import GatedForward, ids
+from sched_helpers import GatedForward, ids, intercept_forward
 
 from models.tiny_models import BUILDERS
 from service.config import ModelConfig, Settings
@@ -89,8 +89,7 @@ def gate_model(monkeypatch):
 
     def install(app, name: str) -> GatedForward:
         model = app.state.registry.runners[name].model
-        gate = GatedForward(model.forward)
-        monkeypatch.setattr(model, "forward", gate)
+        gate = intercept_forward(monkeypatch, model, GatedForward)
         gates.append(gate)
         return gate
 

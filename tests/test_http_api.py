@@ -22,6 +22,7 @@ from http_helpers import (
     sample_items,
     wait_until_loaded,
 )
+from sched_helpers import intercept_forward
 
 from models.tiny_models import BUILDERS, HELPSTEER
 from service.config import ModelConfig, Settings
@@ -164,8 +165,7 @@ def test_score_matches_unbatched_reference(name, app, client, load_tiny, monkeyp
     items = sample_items(model)
     served = app.state.registry.runners[name].model
     batch_sizes: list[int] = []
-    forward = served.forward
-    monkeypatch.setattr(served, "forward", lambda batch: batch_sizes.append(len(batch)) or forward(batch))
+    intercept_forward(monkeypatch, served, lambda forward: lambda batch: batch_sizes.append(len(batch)) or forward(batch))
 
     response = client.post("/v1/score", json={"model": name, "items": items})
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 from http_helpers import LONG_TEXT, assert_error, live_server, reference, wait_until_loaded
+from sched_helpers import intercept_forward
 
 from models.inputs import TokenIds
 from models.spec import SPEC_FILENAME
@@ -109,8 +110,7 @@ def test_get_reward_one_rollout_per_request_is_bulk_and_batched(app, client, loa
     monkeypatch.setattr(scorer, "score", lambda job: priorities.append(job.priority) or original_score(job))
     served = app.state.registry.runners[SCALAR].model
     batch_sizes: list[int] = []
-    forward = served.forward
-    monkeypatch.setattr(served, "forward", lambda batch: batch_sizes.append(len(batch)) or forward(batch))
+    intercept_forward(monkeypatch, served, lambda forward: lambda batch: batch_sizes.append(len(batch)) or forward(batch))
 
     prompts = [f"Question {i}: what is {i} + {i}?" for i in range(12)]
     answers = [f" It is {2 * i}." for i in range(12)]

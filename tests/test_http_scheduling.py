@@ -20,7 +20,7 @@ from http_helpers import (
     served_input,
     wait_until_loaded,
 )
-from sched_helpers import GatedForward, ids, until
+from sched_helpers import GatedForward, ids, intercept_forward, until
 
 from models.spec import ModelKind
 from service.config import ModelConfig, Settings
@@ -80,8 +80,7 @@ def gate_model(monkeypatch):
 
     def install(app, name: str, **options) -> GatedForward:
         model = app.state.registry.runners[name].model
-        gate = GatedForward(model.forward, **options)
-        monkeypatch.setattr(model, "forward", gate)
+        gate = intercept_forward(monkeypatch, model, lambda forward: GatedForward(forward, **options))
         gates.append(gate)
         return gate
 
@@ -357,3 +356,32 @@ def test_concurrent_requests_equal_the_unbatched_reference(start, app, base_url,
             assert Counter(k for k in forwarded if k in owners[name]) == Counter(owners[name].keys())
             spans = [set().union(*(owners[name].get(dedup_key(e), set()) for e in b)) for b in gate.forwarded[1:]]
             assert max(len(s) for s in spans) > 1
+
+
+def test_pipelined_batches_equal_the_unbatched_reference(tiny_model_dirs, load_tiny, monkeypatch):
+    """With `pipeline: true` (each batch's inputs built on their own thread while the forward
+    before it runs, the default on GPUs) 24 concurrent requests on three models, and a group
+    of responses to one long prompt (shared-prefix groups are prepared too): every number
+    equals the item scored alone."""
+    models = [ModelConfig(name=n, path=str(tiny_model_dirs[n]), pipeline=True) for n in NAMES]
+    app = create_app(Settings(models=models, cache_max_bytes=0, max_batch_size=8, max_batch_tokens=1024))
+    prompt = " ".join(f"step {i} of the question," for i in range(12))
+    group = {"model": NAMES[0], "items": [{"prompt": prompt, "response": f"Answer {k}."} for k in range(4)]}
+    requests = _load(load_tiny) + [(NAMES[0], group)]
+    prepared = Counter()
+
+    async def main(url):
+        for name in NAMES:
+            model = app.state.registry.runners[name].model
+            own = model.prepare
+            monkeypatch.setattr(model, "prepare", lambda batch, own=own, name=name: prepared.update([name]) or own(batch))
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            return await asyncio.gather(*(client.post("/v1/score", json=body) for _, body in requests))
+
+    for url in _serve(app):
+        responses = run(main(url))
+    for (name, body), response in zip(requests, responses, strict=True):
+        assert response.status_code == 200, response.text
+        assert_scored(response, load_tiny(name), body["items"])
+    assert set(prepared) == set(NAMES)
+    assert app.state.registry.runners[NAMES[0]].model.prefix_sharing.groups >= 1

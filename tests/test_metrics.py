@@ -17,7 +17,7 @@ import tritonclient.grpc as triton_grpc
 from http_helpers import assert_error, assert_result_matches, free_port, live_server, reference, sample_items
 from http_helpers import wait_until_loaded
 from metrics_helpers import Scrape, scrape
-from sched_helpers import GatedForward, until
+from sched_helpers import GatedForward, intercept_forward, until
 
 from service.config import ModelConfig, Settings
 from service.engine.scheduler import Priority
@@ -222,8 +222,7 @@ def test_rejected_timed_out_and_queue_depth(small_queue_app, small_queue_client,
     its items as timed out; queued items and tokens show per priority class; a request the
     full queue refuses (429) counts as rejected."""
     model = small_queue_app.state.registry.runners["llama-scalar"].model
-    gate = GatedForward(model.forward)
-    monkeypatch.setattr(model, "forward", gate)
+    gate = intercept_forward(monkeypatch, model, GatedForward)
     scheduler = small_queue_app.state.registry.runners["llama-scalar"].scheduler
     client = small_queue_client
     url = str(client.base_url)

@@ -7,6 +7,7 @@ and every wait is bounded."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +19,8 @@ from sched_helpers import GatedForward, ids, until
 
 from models.inputs import Chat, Encoded, TextPair, TokenIds
 from service.engine.admission import ForwardCost, QueueFull
-from service.engine.scheduler import BatchRecord, ItemFailed, ItemTimeout, Priority, Scheduler
+from service.engine.batching import BatchRecord
+from service.engine.scheduler import ItemFailed, ItemTimeout, Priority, Scheduler
 
 TEST_LIMIT_S = 60
 
@@ -191,7 +193,7 @@ def test_batches_are_chosen_by_their_measured_cost(model, make_tokens, check, pe
     async def main():
         gate = GatedForward(model.forward)
         async with serving(gate, max_batch_size=8) as scheduler:
-            plug = await hold(scheduler, gate, make_tokens(4))
+            plug = await hold(scheduler, gate, make_tokens(4), Priority.bulk)
             for tokens in (50, 500, 50, 500):
                 scheduler.admission.cost.add(tokens, per_batch_s + 1e-2 * tokens)
             items = [make_tokens(10) for _ in range(4)] + [make_tokens(40) for _ in range(4)]
@@ -220,6 +222,36 @@ def test_lone_item_goes_without_waiting_for_company_once_max_wait_passes(model, 
     item, result, batches = run(main())
     check(result, [item])
     assert [[ids(e) for e in b] for b in batches] == [[ids(item)]]
+
+
+@pytest.mark.parametrize("ranker_seen,wait_ms,expected", [
+    (True, 250, [2, 2, 2, 2]),  # 2 items of 10 tokens take about 0.2 s at the measured cost
+    (False, 250, [8]),  # no interactive request served: bulk batches fill
+    (True, None, [8]),  # the cut turned off
+])
+def test_bulk_batches_are_cut_to_the_interactive_wait_while_rankers_are_served(
+        model, make_tokens, check, ranker_seen, wait_ms, expected):
+    """While interactive requests are being served, a bulk batch takes about
+    interactive_bulk_wait_ms of forward at the measured cost (0.01 s a token here), so an
+    interactive item arriving behind one waits about that long at most."""
+    async def main():
+        gate = GatedForward(model.forward)
+        async with serving(gate, max_batch_size=8, interactive_bulk_wait_ms=wait_ms) as scheduler:
+            plug = await hold(scheduler, gate, make_tokens(4), Priority.bulk)
+            for tokens in (50, 500):
+                scheduler.admission.cost.add(tokens, 1e-3 + 1e-2 * tokens)
+            tasks = [asyncio.create_task(scheduler.submit([make_tokens(3)], Priority.interactive))] if ranker_seen else []
+            items = [make_tokens(10) for _ in range(8)]
+            tasks += [asyncio.create_task(scheduler.submit([e], Priority.bulk)) for e in items]
+            await queued(scheduler, len(tasks))
+            gate.open()
+            results = await asyncio.gather(*tasks)
+            await plug
+            return items, results[len(tasks) - len(items):], scheduler.records[1:]
+
+    items, results, records = run(main())
+    check([r[0] for r in results], items)
+    assert [r.size for r in records if r.priority == Priority.bulk] == expected
 
 
 # ---- priorities ------------------------------------------------------------------------
@@ -277,6 +309,32 @@ def test_interactive_is_not_starved_by_an_overdue_bulk_backlog(model, make_token
     assert all(r.priority == Priority.bulk for r in records[4:])
 
 
+def test_overdue_bulk_cuts_into_interactive_work_once_per_bulk_max_delay(model, make_tokens, check):
+    """A bulk backlog overdue since it was queued gets a batch, and then waits
+    bulk_max_delay_ms again from the end of that batch: an interactive request split into
+    several batches meanwhile runs them back to back, not each behind a bulk batch."""
+    async def main():
+        gate = GatedForward(model.forward)
+        async with serving(gate, max_batch_size=1, bulk_max_delay_ms=2_000) as scheduler:
+            plug = await hold(scheduler, gate, make_tokens(5), Priority.bulk)
+            bulk = [make_tokens(n) for n in (6, 7, 8)]
+            bulk_task = asyncio.create_task(scheduler.submit(bulk, Priority.bulk))
+            await queued(scheduler, 3)
+            interactive = [make_tokens(n) for n in (9, 10, 11)]
+            task = asyncio.create_task(scheduler.submit(interactive, Priority.interactive))
+            await queued(scheduler, 6)
+            gate.open()
+            results = await asyncio.gather(bulk_task, task)
+            await plug
+            return bulk, interactive, results, scheduler.records[1:]
+
+    bulk, interactive, results, records = run(main())
+    for request, result in zip([bulk, interactive], results, strict=True):
+        check(result, request)
+    # the plug, a bulk batch, ended just before: every interactive batch goes first
+    assert [r.priority for r in records] == [Priority.interactive] * 3 + [Priority.bulk] * 3
+
+
 @pytest.mark.parametrize("bulk_delay_ms", [0, 20])
 def test_bulk_is_not_starved_by_a_continuous_interactive_stream(bulk_delay_ms, model, make_tokens, check):
     """The model runs one batch at a time and, before each, the test tops the interactive
@@ -312,6 +370,101 @@ def test_bulk_is_not_starved_by_a_continuous_interactive_stream(bulk_delay_ms, m
     assert waiting_interactive is not None, f"bulk item not served within {max_steps} batches"
     assert waiting_interactive >= 2  # it went ahead of interactive work that was waiting
     check(result, [target])
+
+
+# ---- pipelining ------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def pipelined(gate: GatedForward, per_token_s: float, **options):
+    """`serving`, with each batch prepared on a thread of its own (what was prepared is in
+    scheduler.prepared) and a measured cost of `per_token_s` a token."""
+    prepare_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-prepare")
+    prepared: list[list[Encoded]] = []
+
+    def prepare(batch: list[Encoded]):
+        prepared.append(list(batch))
+        return functools.partial(gate, batch)
+
+    try:
+        async with serving(gate, prepare=prepare, prepare_executor=prepare_thread, **options) as scheduler:
+            for tokens in (50, 500):
+                scheduler.admission.cost.add(tokens, 1e-4 + per_token_s * tokens)
+            scheduler.prepared = prepared
+            yield scheduler
+    finally:
+        await asyncio.to_thread(prepare_thread.shutdown, True)
+
+
+def test_the_next_batch_is_prepared_while_the_forward_runs(model, make_tokens, check):
+    """At a cost that says the running forward is about done, the next batch is formed and
+    prepared while that forward is still held; it runs as prepared once the forward ends."""
+    async def main():
+        gate = GatedForward(model.forward)
+        async with pipelined(gate, per_token_s=1e-6) as scheduler:
+            plug = await hold(scheduler, gate, make_tokens(5), Priority.bulk)
+            items = [make_tokens(n) for n in (6, 7)]
+            task = asyncio.create_task(scheduler.submit(items, Priority.bulk))
+            await until(lambda: len(scheduler.prepared) == 2, "the next batch prepared")
+            assert len(gate.entered) == 1 and not gate.forwarded  # the plug is still held
+            gate.open()
+            result = await task
+            await plug
+            return items, result, scheduler.prepared, gate.forwarded
+
+    items, result, prepared, forwarded = run(main())
+    check(result, items)
+    assert [[ids(e) for e in b] for b in prepared[1:]] == [[ids(e) for e in b] for b in forwarded[1:]]
+    assert {ids(e) for e in prepared[1]} == {ids(e) for e in items}
+
+
+def test_items_arriving_during_a_long_forward_join_the_next_batch(model, make_tokens, check):
+    """At a cost that says the running forward has long to go, the next batch is not formed
+    early: items queued one by one while it runs all join it."""
+    async def main():
+        gate = GatedForward(model.forward)
+        async with pipelined(gate, per_token_s=100.0) as scheduler:
+            plug = await hold(scheduler, gate, make_tokens(5), Priority.bulk)
+            items = [make_tokens(6) for _ in range(4)]  # of one length, so no padding tells them apart
+            tasks = []
+            for count, enc in enumerate(items, 1):
+                tasks.append(asyncio.create_task(scheduler.submit([enc], Priority.bulk)))
+                await queued(scheduler, count)
+            assert len(scheduler.prepared) == 1
+            gate.open()
+            results = await asyncio.gather(*tasks)
+            await plug
+            return items, results, gate.forwarded
+
+    items, results, forwarded = run(main())
+    check([r[0] for r in results], items)
+    assert [{ids(e) for e in b} for b in forwarded[1:]] == [{ids(e) for e in items}]
+
+
+def test_a_batch_that_fails_to_prepare_fails_only_its_offending_item(model, make_tokens, check):
+    """Preparing raised (a bad item): the forward thread isolates it as it does a failing
+    forward, and its batch-mates are scored."""
+    bad = make_tokens(7)
+
+    async def main():
+        gate = GatedForward(model.forward, held=False, poison=lambda enc: ids(enc) == ids(bad))
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-prepare")
+
+        def prepare(batch: list[Encoded]):
+            if any(ids(e) == ids(bad) for e in batch):
+                raise ValueError("cannot build this batch")
+            return functools.partial(gate, batch)
+
+        try:
+            async with serving(gate, prepare=prepare, prepare_executor=executor, max_wait_ms=50) as scheduler:
+                good = [make_tokens(n) for n in (6, 8)]
+                return good, await scheduler.submit([good[0], bad, good[1]], Priority.bulk)
+        finally:
+            await asyncio.to_thread(executor.shutdown, True)
+
+    good, results = run(main())
+    assert isinstance(results[1], ItemFailed)
+    check([results[0], results[2]], good)
 
 
 # ---- deadlines -------------------------------------------------------------------------

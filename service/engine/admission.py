@@ -117,7 +117,7 @@ class Admission:
     def estimated_wait_s(self, priority: Hashable) -> float | None:
         """Seconds of forward work ahead of a new item of this class (None before the first
         batch is measured): its own class's queued and held tokens, and as much of the
-        others', which take every other batch while both have work."""
+        others', which share the forward with it while both have work."""
         if not self.cost.measured:
             return None
         own = self._queued[priority][1] + self._held[priority][1]

@@ -1,8 +1,9 @@
-"""One served model: its load and warm-up, its scheduler, and the thread its forwards run on.
+"""One served model: its load and warm-up, its scheduler, and the threads its batches run on.
 
-Tokenization runs in the shared thread pool and forwards on the model's own thread, so the
-event loop stays responsive and tokenizing one request never waits behind another's
-forward. The scheduler batches items across requests; offline scoring (`forward_all`),
+Tokenization runs in the shared thread pool, forwards on the model's own thread and the
+building of the next batch's inputs on another, so the event loop stays responsive,
+tokenizing one request never waits behind another's forward, and a batch is ready to run
+when the forward before it ends. The scheduler batches items across requests; offline scoring (`forward_all`),
 which holds every item up front, cuts length-sorted batches directly.
 """
 
@@ -70,13 +71,17 @@ class ModelRunner:
         self.chars_per_token = 4.0  # measured as items are tokenized; sizes requests before they are
         self.observer = RunnerObserver()  # service.monitoring installs the real one
         self._forward_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"forward-{config.name}")
+        self._prepare_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"prepare-{config.name}")
         self.scheduler = Scheduler(
             lambda batch: self.model.forward(batch),
             self._forward_thread,
+            prepare=(lambda batch: self.model.prepare(batch)) if config.pipelines() else None,
+            prepare_executor=self._prepare_thread,
             max_batch_size=settings.max_batch_size,
             max_batch_tokens=settings.max_batch_tokens,
             max_wait_ms=settings.max_wait_ms,
             bulk_max_delay_ms=settings.bulk_max_delay_ms,
+            interactive_bulk_wait_ms=settings.interactive_bulk_wait_ms,
             max_queue_items=settings.max_queue_items,
             max_queue_tokens=settings.max_queue_tokens,
             max_queue_wait_s=settings.max_queue_wait_s,
@@ -221,4 +226,5 @@ class ModelRunner:
 
     def close(self) -> None:
         self.scheduler.close()
-        self._forward_thread.shutdown(wait=False, cancel_futures=True)
+        for thread in (self._prepare_thread, self._forward_thread):
+            thread.shutdown(wait=False, cancel_futures=True)

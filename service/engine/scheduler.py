@@ -3,18 +3,23 @@
 Requests are split into items and queued by priority class. Whenever the model's forward
 thread is free, the scheduler forms the next batch:
 
-- class: `interactive` first; once the oldest `bulk` item has waited past
-  `bulk_max_delay_ms`, bulk takes every other batch (neither class is ever starved);
-- members: the oldest item of that class anchors the batch (FIFO progress); of the runs
-  of queued items in length order that hold it and fit the padded-token budget (longest
-  x count) and the item budget, the one that takes the least forward time per real token
-  goes, at the model's measured cost (a cost per batch plus one per padded token: where
-  batches cost little beyond their tokens, a shorter run that pads less wins);
+- class: `interactive` first; bulk work that has waited `bulk_max_delay_ms` (since it was
+  queued, or since the last bulk batch ended) takes the next batch, so neither class is
+  ever starved and a standing bulk backlog cuts into interactive work at most once per
+  `bulk_max_delay_ms`;
+- members: the oldest item of that class anchors a run of queued items in length order,
+  chosen by its forward time per real token (service.engine.batching). While interactive
+  requests are being served (one within `INTERACTIVE_RECENT_S`), a bulk batch is cut to about
+  `interactive_bulk_wait_ms` of forward: the most an interactive item arriving just after
+  it started waits behind it (forwards are not preemptible);
 - fill: a `bulk` batch that is not full waits at most `max_wait_ms` (from the anchor's
   arrival) for more items, so one-rollout-per-request trainers still fill batches when
   the model is idle. An `interactive` batch goes at once: a ranker's request arrives
   whole, and the next one rarely comes within milliseconds; under load, interactive
   work accumulates while the model is busy and batches anyway.
+
+Batches are pipelined: the next is formed and prepared (its inputs built, on a thread of its
+own) just before the running forward should end, overlapping it while late arrivals still join.
 
 Expired items are answered with a timeout before they reach the model; cancelled ones are
 dropped. The queue's bounds are its `admission` (service.engine.admission): past them,
@@ -26,18 +31,28 @@ fails.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 
 from models.heads import RewardOutput
 from models.inputs import Encoded
 from service.engine.admission import Admission, Ticket
+from service.engine.batching import BatchRecord, Budgets, best_run
 
 log = logging.getLogger("rewardserve")
+
+# How recent an interactive request keeps bulk batches cut to `interactive_bulk_wait_ms`: a
+# ranker's traffic comes seconds apart, and between two requests the bulk batch that starts
+# is the one the next request waits behind.
+INTERACTIVE_RECENT_S = 60.0
+PREPARE_DECAY = 0.9  # how fast the measured preparation time follows new batches
+
+Prepared = Callable[[], list[RewardOutput]]  # a batch whose inputs are built: runs its forward
 
 
 class Priority(str, Enum):
@@ -53,22 +68,6 @@ class ItemFailed(Exception):
     """The model raised on this item alone (after its batch was split down to it)."""
 
 
-@dataclass
-class BatchRecord:
-    """What one forward looked like, for metrics and tests."""
-
-    size: int
-    padded_tokens: int
-    real_tokens: int
-    priority: Priority
-    forward_s: float = 0.0
-    queue_wait_s: list[float] = field(default_factory=list)  # per item: queued until its batch formed
-
-    @property
-    def padding_ratio(self) -> float:
-        return 1.0 - self.real_tokens / self.padded_tokens
-
-
 @dataclass(eq=False)
 class _Work:
     encoded: Encoded
@@ -78,7 +77,7 @@ class _Work:
     future: asyncio.Future
     key: tuple
     waiters: int = 1
-    queued: bool = field(default=True)
+    queued: bool = True
     timer: asyncio.TimerHandle | None = None
 
     @property
@@ -92,15 +91,22 @@ def dedup_key(enc: Encoded) -> tuple:
 
 
 class Scheduler:
+    """`forward` runs a batch on `executor` (the model's one forward thread). `prepare`, run on
+    `prepare_executor`, builds a batch's inputs ahead of its forward and returns it ready to
+    run (a Prepared); without it, batches are built as they run."""
+
     def __init__(
         self,
         forward: Callable[[list[Encoded]], list[RewardOutput]],
         executor: Executor,
         *,
+        prepare: Callable[[list[Encoded]], Prepared] | None = None,
+        prepare_executor: Executor | None = None,
         max_batch_size: int = 32,
         max_batch_tokens: int = 16384,
         max_wait_ms: float = 2.0,
         bulk_max_delay_ms: float = 500.0,
+        interactive_bulk_wait_ms: float | None = 500.0,
         max_queue_items: int = 65536,
         max_queue_tokens: int = 16_777_216,
         max_queue_wait_s: float | None = None,
@@ -108,10 +114,13 @@ class Scheduler:
     ):
         self._forward = forward
         self._executor = executor
+        self._prepare = prepare
+        self._prepare_executor = prepare_executor
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
         self.max_wait_s = max_wait_ms / 1000
         self.bulk_max_delay_s = bulk_max_delay_ms / 1000
+        self.interactive_bulk_wait_s = None if interactive_bulk_wait_ms is None else interactive_bulk_wait_ms / 1000
         self.admission = Admission(max_queue_items, max_queue_tokens, max_queue_wait_s, max_batch_tokens)
         self._on_batch = on_batch
         self._queues: dict[Priority, list[_Work]] = {p: [] for p in Priority}
@@ -119,6 +128,10 @@ class Scheduler:
         self._wakeup = asyncio.Event()
         self._loop_task: asyncio.Task | None = None
         self._last_class: Priority | None = None  # the class of the batch formed last
+        self._last_bulk_end = float("-inf")  # when the last bulk forward finished
+        self._last_interactive = float("-inf")  # when the last interactive request came
+        self._prepare_s = 0.0  # recent batches' preparation time
+        self._preparing: list[_Work] = []  # the batch formed next, until its forward starts
 
     # ---- queueing ----------------------------------------------------------------
 
@@ -139,6 +152,8 @@ class Scheduler:
         self._ensure_running()
         now = time.monotonic()
         deadline = now + timeout_s if timeout_s is not None else None
+        if priority == Priority.interactive:
+            self._last_interactive = now
         if ticket is not None:
             self.admission.release(ticket)
         else:
@@ -238,42 +253,32 @@ class Scheduler:
                 self._finish(work, ItemTimeout("deadline passed while queued"))
 
     def _pick_class(self, now: float) -> Priority | None:
-        """Interactive first. Bulk work that has waited past bulk_max_delay_ms takes every
-        other batch: bulk always progresses, and under a standing bulk backlog (whose oldest
-        item is always overdue) interactive work still waits behind one bulk batch at most."""
+        """Interactive first. Bulk work that has waited bulk_max_delay_ms, since it was queued
+        or since the last bulk batch ended, takes the next batch, and never two in a row
+        while interactive work waits: bulk always progresses, and a standing bulk backlog
+        (whose oldest item is always overdue) cuts into a stream of interactive batches once
+        per bulk_max_delay_ms, not after every one of them."""
         bulk, interactive = self._queues[Priority.bulk], self._queues[Priority.interactive]
         if not interactive:
             return Priority.bulk if bulk else None
-        overdue = bool(bulk) and now - bulk[0].enqueued >= self.bulk_max_delay_s
+        overdue = bool(bulk) and now - max(bulk[0].enqueued, self._last_bulk_end) >= self.bulk_max_delay_s
         return Priority.bulk if overdue and self._last_class != Priority.bulk else Priority.interactive
 
-    def _form(self, priority: Priority) -> tuple[list[_Work], bool]:
-        """Of the runs of queued items in length order that hold the anchor and fit the
-        budgets, the one of least forward time per real token at the measured cost (a cost
-        per batch plus one per padded token; until batches of two sizes are measured: the
-        most items, then the least padding); and whether the batch is full (nothing more
-        could join, or items that could were left for a better batch)."""
+    def _slice_s(self, priority: Priority, now: float) -> float | None:
+        """The forward time a bulk batch is cut to while interactive requests are being
+        served (None: uncut)."""
+        recent = now - self._last_interactive < INTERACTIVE_RECENT_S
+        return self.interactive_bulk_wait_s if priority == Priority.bulk and recent else None
+
+    def _form(self, priority: Priority, slice_s: float | None = None) -> tuple[list[_Work], bool]:
+        """The class's next batch (service.engine.batching), and whether it is full: nothing
+        more could join, or items that could were left for a better batch."""
         queue = self._queues[priority]
-        anchor = queue[0]
         ordered = sorted(queue, key=lambda w: w.tokens)
-        at = ordered.index(anchor)
-        per_batch, per_token = self.admission.cost.terms() if self.admission.cost.separable else (None, None)
-        best, best_key = [anchor], None
-        for start in range(max(0, at - self.max_batch_size + 1), at + 1):
-            real = sum(w.tokens for w in ordered[start:at])
-            for end in range(at + 1, min(len(ordered), start + self.max_batch_size) + 1):
-                count, padded = end - start, ordered[end - 1].tokens * (end - start)
-                if padded > self.max_batch_tokens and count > 1:
-                    break
-                real += ordered[end - 1].tokens
-                if per_batch is None:
-                    key = (-count, padded / real)
-                else:  # in token-equivalents per real token, rounded so that equal costs tie on size
-                    key = (round((per_batch / per_token + padded) / real, 6), -count)
-                if best_key is None or key < best_key:
-                    best, best_key = ordered[start:end], key
-        longest = best[-1].tokens
-        full = (len(best) >= self.max_batch_size or longest * (len(best) + 1) > self.max_batch_tokens
+        start, end = best_run([w.tokens for w in ordered], ordered.index(queue[0]),
+                              Budgets(self.max_batch_size, self.max_batch_tokens, slice_s), self.admission.cost)
+        best = ordered[start:end]
+        full = (len(best) >= self.max_batch_size or best[-1].tokens * (len(best) + 1) > self.max_batch_tokens
                 or len(best) < len(queue))
         return best, full
 
@@ -286,7 +291,7 @@ class Scheduler:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            batch, full = self._form(priority)
+            batch, full = self._form(priority, self._slice_s(priority, now))
             wait = batch[0].enqueued + self.max_wait_s - now if priority == Priority.bulk else 0.0
             if full or wait <= 0:
                 for work in batch:
@@ -301,25 +306,67 @@ class Scheduler:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        running: asyncio.Future | None = None  # the forward in flight
+        expected_end = 0.0  # when it should finish, at the measured cost
         while True:
-            batch = await self._next_batch()
+            if running is not None:
+                await self._until_next_is_due(running, expected_end)
+            self._preparing = batch = await self._next_batch()
             formed = time.monotonic()
+            prepared = await self._prepared(loop, [w.encoded for w in batch])
+            if running is not None:
+                await asyncio.wait([running])
+            self._preparing = []
             started = time.perf_counter()
-            results = await loop.run_in_executor(self._executor, self._forward_isolating, [w.encoded for w in batch])
-            forward_s = time.perf_counter() - started
-            self.admission.forwarded(sum(w.tokens for w in batch), forward_s)
-            for work, result in zip(batch, results):
-                self._finish(work, result)
-            if self._on_batch:
-                longest = max(w.tokens for w in batch)
-                self._on_batch(BatchRecord(len(batch), longest * len(batch), sum(w.tokens for w in batch),
-                                           batch[0].priority, forward_s, [formed - w.enqueued for w in batch]))
+            running = loop.run_in_executor(self._executor, self._forward_isolating,
+                                           [w.encoded for w in batch], prepared)
+            running.add_done_callback(functools.partial(self._forwarded, batch, formed, started))
+            tokens = sum(w.tokens for w in batch)
+            expected_end = time.monotonic() + (self.admission.cost.seconds(tokens, tokens)
+                                               if self.admission.cost.measured else float("inf"))
 
-    def _forward_isolating(self, batch: list[Encoded]) -> list[RewardOutput | Exception]:
-        """Runs on the forward thread. A failing batch is halved until the failure is
-        pinned on single items; the rest still get their scores."""
+    async def _until_next_is_due(self, running: asyncio.Future, expected_end: float) -> None:
+        """Wait while the running forward is not about to end: the next batch is formed then,
+        with time to prepare it before the forward is done, so late arrivals still join it
+        (with nothing to prepare, when the forward is done)."""
+        wait = expected_end - (2 * self._prepare_s + 0.001) - time.monotonic() if self._prepare else float("inf")
+        if wait > 0 and not running.done():
+            await asyncio.wait([running], timeout=None if wait == float("inf") else wait)
+
+    async def _prepared(self, loop: asyncio.AbstractEventLoop, batch: list[Encoded]) -> Prepared | Exception:
+        """The batch ready to run (or what preparing it raised, for the forward thread to
+        isolate), built on the preparation thread while the running forward goes on."""
+        if self._prepare is None:
+            return functools.partial(self._forward, batch)
+        started = time.perf_counter()
+        prepared = await loop.run_in_executor(self._prepare_executor, _attempt, self._prepare, batch)
+        self._prepare_s = PREPARE_DECAY * self._prepare_s + (1 - PREPARE_DECAY) * (time.perf_counter() - started)
+        return prepared
+
+    def _forwarded(self, batch: list[_Work], formed: float, started: float, done: asyncio.Future) -> None:
+        """A forward finished: its items answered, its cost measured and recorded."""
+        forward_s = time.perf_counter() - started
+        if done.cancelled():
+            return
+        tokens = sum(w.tokens for w in batch)
+        self.admission.forwarded(tokens, forward_s)
+        if batch[0].priority == Priority.bulk:
+            self._last_bulk_end = time.monotonic()
+        error = done.exception()
+        for work, result in zip(batch, done.result() if error is None else [error] * len(batch)):
+            self._finish(work, result)
+        if self._on_batch:
+            self._on_batch(BatchRecord(len(batch), max(w.tokens for w in batch) * len(batch), tokens,
+                                       batch[0].priority, forward_s, [formed - w.enqueued for w in batch]))
+
+    def _forward_isolating(self, batch: list[Encoded], prepared: Prepared | Exception | None = None
+                           ) -> list[RewardOutput | Exception]:
+        """Runs on the forward thread: the batch `prepared`, or built now. A failing batch is
+        halved until the failure is pinned on single items; the rest still get their scores."""
         try:
-            return self._forward(batch)
+            if isinstance(prepared, Exception):
+                raise prepared
+            return prepared() if prepared is not None else self._forward(batch)
         except Exception as err:  # noqa: BLE001 - any model failure is isolated, then reported per item
             if len(batch) == 1:
                 log.warning("item failed in forward: %s: %s", type(err).__name__, err)
@@ -335,6 +382,15 @@ class Scheduler:
             for work in list(queue):
                 self._dequeue(work)
                 self._finish(work, asyncio.CancelledError())
+        for work in self._preparing:
+            self._finish(work, asyncio.CancelledError())
+
+
+def _attempt(prepare: Callable[[list[Encoded]], Prepared], batch: list[Encoded]) -> Prepared | Exception:
+    try:
+        return prepare(batch)
+    except Exception as err:  # noqa: BLE001 - the forward thread isolates it like a failing forward
+        return err
 
 
 def _free_device_cache() -> None:
