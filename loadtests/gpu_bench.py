@@ -36,7 +36,8 @@ from transformers import AutoModelForSequenceClassification, LlamaConfig
 from loadtests import loadgen, raw, report, servers, workloads
 from loadtests.model import to_input
 from loadtests.run import Run, _timed
-from models.reward_model import DTYPES, RewardModel
+from models.loading import DTYPES
+from models.reward_model import RewardModel
 from models.tiny_models import _llama_tokenizer, _save
 from service.config import Settings
 

@@ -10,6 +10,7 @@ from typing import Protocol
 
 import torch
 
+from models.dispatch import input_device
 from models.graph import RewardGraph
 from models.shared_prefix import shared_forward
 
@@ -36,7 +37,7 @@ def graph_output_width(graph: RewardGraph) -> int | None:
 class TorchEngine:
     def __init__(self, graph: RewardGraph):
         self.graph = graph
-        self.device = next(graph.parameters()).device
+        self.device = input_device(graph.model)  # with a device_map: where its input embeddings run
         self.architecture = type(graph.model).__name__
         self.output_width = graph_output_width(graph)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from models.dispatch import onloaded
 from models.heads import HeadFile
 from models.spec import ModelKind, Pooling, RewardSpec
 
@@ -98,7 +99,7 @@ class RewardGraph(nn.Module):
         return self.model if self.head is not None else self.model.base_model
 
     def hidden(self, ids, backbone: dict) -> torch.Tensor:
-        return self.base(input_ids=ids, **backbone, **self.call_options).last_hidden_state
+        return on_device_of(ids, self.base(input_ids=ids, **backbone, **self.call_options).last_hidden_state)
 
     def read_sequence(self, hidden, mask, ids, prompt_end=None) -> tuple[torch.Tensor, ...]:
         """The sequence outputs from a right-padded batch's final states [B, T, H] (the
@@ -183,13 +184,24 @@ class RewardGraph(nn.Module):
         return self.model.score(hidden)
 
 
+def on_device_of(like: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` where `like` is: a backbone dispatched over several GPUs (device_map) gives
+    its final states on the last one, and the graph reads them with indices built from its
+    inputs."""
+    return tensor if tensor.device == like.device else tensor.to(like.device)
+
+
 def _lm_logits(model: nn.Module, hidden: torch.Tensor, token_ids: list[int]) -> torch.Tensor:
     """A causal LM's logits for a few vocabulary entries only (its LM head's rows of them,
-    soft-capped as the model caps its logits, e.g. Gemma 2)."""
+    soft-capped as the model caps its logits, e.g. Gemma 2). The rows are read outside the
+    head's forward, so from a dispatched model's offloaded head too (models.dispatch)."""
     lm_head = model.get_output_embeddings()
-    logits = hidden @ lm_head.weight[token_ids].T
-    if getattr(lm_head, "bias", None) is not None:
-        logits = logits + lm_head.bias[token_ids]
+    with onloaded(lm_head):
+        rows = on_device_of(hidden, lm_head.weight[token_ids])
+        bias = on_device_of(hidden, lm_head.bias[token_ids]) if getattr(lm_head, "bias", None) is not None else None
+    logits = hidden @ rows.T
+    if bias is not None:
+        logits = logits + bias
     cap = getattr(model.config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap

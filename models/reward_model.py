@@ -11,23 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForCausalLM,
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
-    AutoTokenizer,
-)
-from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
-from transformers.utils import logging as hf_logging
+from transformers import AutoConfig, AutoTokenizer
 
-from models.encoding import Encoder, max_length_for, single_token_id
+from models.dispatch import device_map_of, placement_of
+from models.encoding import Encoder, max_length_for
 from models.engines import ONNX_FILENAME, Engine, OnnxEngine, TorchEngine
-from models.graph import RewardGraph, contract_shape, input_names, output_names
+from models.graph import contract_shape, input_names, output_names
 from models.errors import ModelLoadError
 from models.heads import (
-    HeadFile,
     RewardOutput,
     aggregate_steps,
     named_dimensions,
@@ -35,15 +26,12 @@ from models.heads import (
     weighted_score,
 )
 from models.inputs import Encoded, ScoreInput, StepsInput, TextPair, Truncate
+from models.loading import DTYPES, build_graph, is_encoder_config
 from models.packing import pack, use_packing
 from models.revision import fingerprint
 from models.shared_prefix import PrefixSharing, use_sharing
-from models.spec import ModelKind, Pooling, RewardSpec, load_spec
+from models.spec import ModelKind, RewardSpec, load_spec
 from models.triton_engine import TritonEngine, TritonTarget
-
-hf_logging.disable_progress_bar()
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -55,7 +43,7 @@ class ModelInfo:
     architecture: str
     dimensions: list[str] | None
     step_aggregate: str | None
-    device: str
+    device: str  # as configured ('cpu', 'cuda:1'); with a device_map its devices ('cuda:0,cuda:1', 'cpu,disk')
     dtype: str
 
 
@@ -76,13 +64,15 @@ class RewardModel:
     itself, or the same graph exported to ONNX (see models.engines)."""
 
     def __init__(self, name: str, spec: RewardSpec, config, tokenizer, engine: Engine, revision: str,
-                 device: str, dtype: str, packed: bool = False, prefix_sharing: PrefixSharing | None = None):
+                 device: str, dtype: str, packed: bool = False, prefix_sharing: PrefixSharing | None = None,
+                 placement: str | None = None):
         self.name = name
         self.spec = spec
         self.config = config
         self.engine = engine
         self.revision = revision
-        self.device = torch.device(device)
+        self.device = torch.device(device)  # where inputs go
+        self.placement = placement or str(self.device)  # where the model is (devices of a device_map)
         self.dtype = dtype
         self.packed = packed  # forwards run the batch as one row (models.packing), not padded
         self.prefix_sharing = prefix_sharing  # groups with a common prefix run it once (models.shared_prefix)
@@ -98,15 +88,21 @@ class RewardModel:
     def load(cls, name: str, path: str | Path, spec: dict | None = None, device: str = "cpu",
              dtype: str = "float32", backend: str = "torch", onnx_file: str | Path | None = None,
              triton: TritonTarget | None = None, packed: bool | None = None,
-             share_prefix: bool | None = None) -> RewardModel:
+             share_prefix: bool | None = None, device_map: str | dict | None = None,
+             max_memory: dict | None = None, offload_folder: str | Path | None = None) -> RewardModel:
         """`backend` 'torch' loads the safetensors weights; 'onnxruntime' runs `onnx_file`
         (default: reward.onnx in the model directory, written by `rewardserve export-onnx`);
         'triton' sends batches to the `triton` server running that file. Only the torch
         backend reads weights; the others need the directory's tokenizer, config and spec.
         `packed`: run batches packed, padded, or (None) packed where supported (use_packing).
         `share_prefix`: items of a batch with a common prefix compute it once: always, never,
-        or (None) where supported (models.shared_prefix.use_sharing)."""
+        or (None) where supported (models.shared_prefix.use_sharing).
+        `device_map` (torch only): spread the model over devices as transformers does (a
+        strategy such as "auto", or {module: device}), bounded by `max_memory` ({device: size});
+        weights it puts on disk are read in place, or written to `offload_folder` when they
+        cannot be; `device` is then unused (models.dispatch)."""
         model_dir = Path(path).resolve()
+        dispatch = device_map_of(name, backend, device_map, max_memory, offload_folder)
         reward_spec = load_spec(model_dir, spec)
         backbone_dir = resolve_dir(reward_spec.backbone, model_dir) if reward_spec.backbone else model_dir
         if backend == "torch" and not any(backbone_dir.glob("*.safetensors")):
@@ -118,10 +114,12 @@ class RewardModel:
         remote = reward_spec.trust_remote_code
         tokenizer = AutoTokenizer.from_pretrained(backbone_dir, trust_remote_code=remote)
         config = AutoConfig.from_pretrained(backbone_dir, trust_remote_code=remote)
-        extra_spec, extra_files, graph = "", [], None
+        extra_spec, extra_files, graph, where = "", [], None, None
         if backend == "torch":
-            graph = build_graph(backbone_dir, model_dir, reward_spec, config, tokenizer, device, dtype)
+            graph = build_graph(backbone_dir, model_dir, reward_spec, config, tokenizer, device, dtype, dispatch)
             engine = TorchEngine(graph)
+            if dispatch:
+                device, where = str(engine.device), placement_of(graph.model)
         elif backend == "onnxruntime":
             onnx_path = Path(onnx_file) if onnx_file else model_dir / ONNX_FILENAME
             if not onnx_path.is_file():
@@ -139,7 +137,7 @@ class RewardModel:
             raise ModelLoadError(f"backend must be 'torch', 'onnxruntime' or 'triton', not {backend!r}")
         packs, sharing = use_packing(name, packed, graph), use_sharing(name, share_prefix, graph)
         revision = fingerprint([backbone_dir, model_dir], reward_spec.canonical_json() + extra_spec, extra_files)
-        return cls(name, reward_spec, config, tokenizer, engine, revision, device, dtype, packs, sharing)
+        return cls(name, reward_spec, config, tokenizer, engine, revision, device, dtype, packs, sharing, where)
 
     def _check_head_width(self) -> None:
         width = self.engine.output_width
@@ -167,7 +165,7 @@ class RewardModel:
             architecture=self.engine.architecture,
             dimensions=list(spec.multi_objective.dimensions) if spec.multi_objective else None,
             step_aggregate=spec.process.aggregate.value if spec.process else None,
-            device=str(self.device),
+            device=self.placement,
             dtype=self.dtype,
         )
 
@@ -295,112 +293,3 @@ def warmup_inputs(kind: ModelKind, repeat: int = 1) -> list[ScoreInput]:
                 StepsInput("What is 3 + 4?", ("3 + 4 = 7.", "The answer is 7.") * repeat)]
     return [TextPair("Hi", " ".join(["Hello!"] * repeat)),
             TextPair("What is the capital of France?", " ".join(["Paris is the capital of France."] * repeat))]
-
-
-def is_encoder_config(config) -> bool:
-    return config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
-
-
-def build_graph(backbone_dir: Path, model_dir: Path, spec: RewardSpec, config, tokenizer, device: str,
-                dtype: str) -> RewardGraph:
-    """The torch graph of a model directory: backbone weights, our head file if any."""
-    model = _load_backbone(backbone_dir, spec, config, DTYPES[dtype], device).to(device).eval()
-    head = None
-    if spec.head_file:
-        head = HeadFile.load(model_dir / spec.head_file).to(device=device, dtype=DTYPES[dtype]).eval()
-    step_tag_ids = None
-    if spec.process and spec.process.convention == "step_tag" and head is None:
-        p = spec.process
-        step_tag_ids = [single_token_id(tokenizer, p.bad_token, "process.bad_token"),
-                        single_token_id(tokenizer, p.good_token, "process.good_token")]
-    encoder = is_encoder_config(config)
-    pooling = spec.pooling or default_pooling(spec, encoder)
-    pad_token_id = config.get_text_config().pad_token_id
-    graph = RewardGraph(model, head, spec, encoder, pooling, step_tag_ids, pad_token_id).eval()
-    _check_readable(graph, spec)
-    return graph
-
-
-def default_pooling(spec: RewardSpec, is_encoder: bool) -> Pooling:
-    """[CLS] for encoders; for decoders transformers' own rule when the checkpoint's
-    classification head is read, else the last real token."""
-    if is_encoder:
-        return Pooling.cls
-    if spec.head_file or spec.reward_logit_index is not None:
-        return Pooling.last
-    return Pooling.last_non_pad
-
-
-def _check_readable(graph: RewardGraph, spec: RewardSpec) -> None:
-    """The loaded module has the part the graph reads scores from (a remote-code class may
-    have none of the standard ones)."""
-    model = graph.model
-    token_ids = graph.step_tag_ids or ([spec.reward_logit_index] if spec.reward_logit_index is not None else None)
-    if token_ids is not None:
-        lm_head = model.get_output_embeddings()
-        rows = lm_head.weight.shape[0] if lm_head is not None else 0
-        if max(token_ids) >= rows:
-            raise ModelLoadError(f"{type(model).__name__}: no LM head row {max(token_ids)} to read a logit from")
-    elif graph.head is None and not graph.is_encoder and spec.kind != ModelKind.process:
-        if not isinstance(getattr(model, "score", None), torch.nn.Module):
-            raise ModelLoadError(
-                f"{type(model).__name__} has no `score` layer to read a sequence score from; for a custom "
-                "(remote-code) head, convert it with `rewardserve convert` or give a head_file")
-
-
-def _attention(spec: RewardSpec, dtype: torch.dtype, device: str) -> dict:
-    """flash-attention 2 where it is installed and runs (transformers' own classes on a CUDA
-    device in half precision): its variable-length kernels let packed batches compute real
-    tokens only. Otherwise transformers' default (sdpa)."""
-    usable = (str(device).startswith("cuda") and dtype in (torch.bfloat16, torch.float16)
-              and not spec.trust_remote_code and importlib.util.find_spec("flash_attn") is not None)
-    return {"attn_implementation": "flash_attention_2"} if usable else {}
-
-
-def _load_backbone(directory: Path, spec: RewardSpec, config, dtype: torch.dtype, device: str):
-    """The checkpoint as the transformers class the spec implies, every tensor accounted
-    for: a missing, unexpected or mis-shaped weight is a load error naming it, never a
-    randomly initialised layer (tensors left unread on purpose are named in unused_weights)."""
-    remote = spec.trust_remote_code
-    # mismatched shapes are reported in the loading info (and refused below), not raised
-    kwargs = dict(dtype=dtype, use_safetensors=True, trust_remote_code=remote, output_loading_info=True,
-                  ignore_mismatched_sizes=True, **_attention(spec, dtype, device))
-    if spec.head_file:
-        auto = AutoModel
-    elif spec.kind == ModelKind.process:
-        auto = AutoModelForCausalLM if spec.process.convention == "step_tag" else AutoModelForTokenClassification
-    elif spec.reward_logit_index is not None:
-        auto = AutoModelForCausalLM
-    else:
-        auto = AutoModelForSequenceClassification
-    try:
-        model, info = auto.from_pretrained(directory, config=config, **kwargs)
-    except ValueError as err:
-        if not remote:
-            raise ModelLoadError(f"{directory}: cannot load as {auto.__name__}: {err}") from err
-        # remote-code reward models often register only AutoModel
-        model, info = AutoModel.from_pretrained(directory, config=config, **kwargs)
-    _check_loading_info(directory, info, spec.unused_weights)
-    return model
-
-
-def _mismatch(entry) -> str:
-    """transformers 5 reports (name, checkpoint shape, model shape); 4.x the name alone."""
-    if isinstance(entry, str):
-        return entry
-    name, *shapes = entry
-    return f"{name} {' vs '.join(str(tuple(s)) for s in shapes)}"
-
-
-def _check_loading_info(directory: Path, info: dict, unused: list[str]) -> None:
-    """transformers' loading report, refused unless every tensor was read as it is."""
-    unexpected = sorted(k for k in info["unexpected_keys"] if not any(k.startswith(p) for p in unused))
-    problems = [f"{what}: {', '.join(names[:12])}{' ...' if len(names) > 12 else ''}"
-                for what, names in (
-                    ("missing (would be random)", sorted(info["missing_keys"])),
-                    ("unexpected (not read)", unexpected),
-                    ("shape mismatch", sorted(map(_mismatch, info["mismatched_keys"]))),
-                    ("errors", list(info["error_msgs"])),
-                ) if names]
-    if problems:
-        raise ModelLoadError(f"{directory}: the checkpoint does not fit the model class: " + "; ".join(problems))

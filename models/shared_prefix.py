@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from models.errors import ModelLoadError
-from models.graph import RewardGraph
+from models.graph import RewardGraph, on_device_of
 from models.inputs import Encoded
 from models.packing import why_not_packed
 from models.spec import ModelKind
@@ -163,7 +163,8 @@ def shared_forward(graph: RewardGraph, prefix_length: int, input_ids, attention_
     positions = torch.arange(prefix_length, input_ids.shape[1], device=input_ids.device).expand(n, -1)
     suffix = base(input_ids=input_ids[:, prefix_length:], attention_mask=attention_mask, position_ids=positions,
                   use_cache=True, **{name: cache}).last_hidden_state
-    hidden = torch.cat([prefix.last_hidden_state.expand(n, -1, -1), suffix], dim=1)  # the unshared rows' states
+    states = [on_device_of(input_ids, s) for s in (prefix.last_hidden_state.expand(n, -1, -1), suffix)]
+    hidden = torch.cat(states, dim=1)  # the unshared rows' states
     if graph.kind == ModelKind.process:
         return (graph.step_read(hidden[step_rows, step_positions]),)
     return graph.read_sequence(hidden, attention_mask, input_ids, prompt_end)

@@ -27,6 +27,17 @@ class ModelConfig(BaseModel):
         "path a trainer was configured with); the configured `path` is accepted too"))
     spec: dict | None = Field(None, description="inline reward spec; overrides the directory's reward_spec.yaml")
     device: str = Field("auto", description="'auto' (cuda when present), 'cpu', 'cuda', 'cuda:1', ...")
+    device_map: Literal["auto", "balanced", "balanced_low_0", "sequential"] | dict[str, int | str] | None = Field(
+        None, description=(
+            "torch backend: spread a model too large for one GPU over the host's devices, as transformers' "
+            "device_map does: a strategy ('auto': evenly over the GPUs, then CPU memory, then disk) or "
+            "{module name: GPU index, 'cpu' or 'disk'}; null: the whole model on `device`"))
+    max_memory: dict[int | str, int | str] | None = Field(None, description=(
+        "with device_map: the most each device may hold, {GPU index, 'cpu' or 'disk': size}, e.g. "
+        "{'0': '70GiB', '1': '70GiB'}"))
+    offload_folder: str | None = Field(None, description=(
+        "with device_map: where weights it puts on 'disk' are written when they cannot be read in place from "
+        "the checkpoint's safetensors (weights converted at load, as some MoE models' are)"))
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     backend: Literal["torch", "onnxruntime", "triton"] = Field("torch", description="engine running the model's graph")
     onnx_file: str | None = Field(None, description="onnxruntime: the exported graph; default <path>/reward.onnx")
@@ -52,6 +63,12 @@ class ModelConfig(BaseModel):
     serve_graph: bool = Field(False, description="also serve the raw graph over KServe v2 as '<name>-graph'")
     cache: bool = Field(True, description="serve repeated inputs from the result cache")
     cache_ttl_s: float = Field(3600.0, gt=0, description="how long cached results live")
+
+    @model_validator(mode="after")
+    def _one_placement(self) -> ModelConfig:
+        if self.device_map is not None and self.device != "auto":
+            raise ValueError(f"model {self.name!r}: device_map places the model; leave device at 'auto'")
+        return self
 
     @model_validator(mode="after")
     def _triton_needs_a_server(self) -> ModelConfig:

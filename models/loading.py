@@ -1,0 +1,147 @@
+"""A checkpoint directory as a verified torch module: the transformers class its reward spec
+implies, every tensor of the checkpoint read and none left random, on one device or spread
+over several by a device map (models.dispatch), with our head file where the backbone's
+final states come out, as the graph the engines run (models.graph)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+)
+from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+from transformers.utils import logging as hf_logging
+
+from models.dispatch import DeviceMap, input_device
+from models.encoding import single_token_id
+from models.errors import ModelLoadError
+from models.graph import RewardGraph
+from models.heads import HeadFile
+from models.spec import ModelKind, Pooling, RewardSpec
+
+hf_logging.disable_progress_bar()
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def is_encoder_config(config) -> bool:
+    return config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+def build_graph(backbone_dir: Path, model_dir: Path, spec: RewardSpec, config, tokenizer, device: str,
+                dtype: str, device_map: DeviceMap | None = None) -> RewardGraph:
+    """The torch graph of a model directory: backbone weights, our head file if any. With a
+    `device_map` the backbone stays where transformers dispatched it (`device` is unused)
+    and gives its final states back on its input device, where the head file goes."""
+    model = _load_backbone(backbone_dir, spec, config, DTYPES[dtype], device, device_map).eval()
+    if device_map is None:
+        model = model.to(device)
+    head = None
+    if spec.head_file:
+        head_device = input_device(model) if device_map else device
+        head = HeadFile.load(model_dir / spec.head_file).to(device=head_device, dtype=DTYPES[dtype]).eval()
+    step_tag_ids = None
+    if spec.process and spec.process.convention == "step_tag" and head is None:
+        p = spec.process
+        step_tag_ids = [single_token_id(tokenizer, p.bad_token, "process.bad_token"),
+                        single_token_id(tokenizer, p.good_token, "process.good_token")]
+    encoder = is_encoder_config(config)
+    pooling = spec.pooling or default_pooling(spec, encoder)
+    pad_token_id = config.get_text_config().pad_token_id
+    graph = RewardGraph(model, head, spec, encoder, pooling, step_tag_ids, pad_token_id).eval()
+    _check_readable(graph, spec)
+    return graph
+
+
+def default_pooling(spec: RewardSpec, is_encoder: bool) -> Pooling:
+    """[CLS] for encoders; for decoders transformers' own rule when the checkpoint's
+    classification head is read, else the last real token."""
+    if is_encoder:
+        return Pooling.cls
+    if spec.head_file or spec.reward_logit_index is not None:
+        return Pooling.last
+    return Pooling.last_non_pad
+
+
+def _check_readable(graph: RewardGraph, spec: RewardSpec) -> None:
+    """The loaded module has the part the graph reads scores from (a remote-code class may
+    have none of the standard ones)."""
+    model = graph.model
+    token_ids = graph.step_tag_ids or ([spec.reward_logit_index] if spec.reward_logit_index is not None else None)
+    if token_ids is not None:
+        lm_head = model.get_output_embeddings()
+        rows = lm_head.weight.shape[0] if lm_head is not None else 0
+        if max(token_ids) >= rows:
+            raise ModelLoadError(f"{type(model).__name__}: no LM head row {max(token_ids)} to read a logit from")
+    elif graph.head is None and not graph.is_encoder and spec.kind != ModelKind.process:
+        if not isinstance(getattr(model, "score", None), torch.nn.Module):
+            raise ModelLoadError(
+                f"{type(model).__name__} has no `score` layer to read a sequence score from; for a custom "
+                "(remote-code) head, convert it with `rewardserve convert` or give a head_file")
+
+
+def _attention(spec: RewardSpec, dtype: torch.dtype, on_cuda: bool) -> dict:
+    """flash-attention 2 where it is installed and runs (transformers' own classes on a CUDA
+    device in half precision): its variable-length kernels let packed batches compute real
+    tokens only. Otherwise transformers' default (sdpa)."""
+    usable = (on_cuda and dtype in (torch.bfloat16, torch.float16)
+              and not spec.trust_remote_code and importlib.util.find_spec("flash_attn") is not None)
+    return {"attn_implementation": "flash_attention_2"} if usable else {}
+
+
+def _load_backbone(directory: Path, spec: RewardSpec, config, dtype: torch.dtype, device: str,
+                   device_map: DeviceMap | None):
+    """The checkpoint as the transformers class the spec implies, every tensor accounted
+    for: a missing, unexpected or mis-shaped weight is a load error naming it, never a
+    randomly initialised layer (tensors left unread on purpose are named in unused_weights)."""
+    remote = spec.trust_remote_code
+    on_cuda = device_map.uses_cuda if device_map else str(device).startswith("cuda")
+    # mismatched shapes are reported in the loading info (and refused below), not raised
+    kwargs = dict(dtype=dtype, use_safetensors=True, trust_remote_code=remote, output_loading_info=True,
+                  ignore_mismatched_sizes=True, **_attention(spec, dtype, on_cuda),
+                  **(device_map.from_pretrained_kwargs() if device_map else {}))
+    if spec.head_file:
+        auto = AutoModel
+    elif spec.kind == ModelKind.process:
+        auto = AutoModelForCausalLM if spec.process.convention == "step_tag" else AutoModelForTokenClassification
+    elif spec.reward_logit_index is not None:
+        auto = AutoModelForCausalLM
+    else:
+        auto = AutoModelForSequenceClassification
+    try:
+        model, info = auto.from_pretrained(directory, config=config, **kwargs)
+    except ValueError as err:
+        if not remote:
+            raise ModelLoadError(f"{directory}: cannot load as {auto.__name__}: {err}") from err
+        # remote-code reward models often register only AutoModel
+        model, info = AutoModel.from_pretrained(directory, config=config, **kwargs)
+    _check_loading_info(directory, info, spec.unused_weights)
+    return model
+
+
+def _mismatch(entry) -> str:
+    """transformers 5 reports (name, checkpoint shape, model shape); 4.x the name alone."""
+    if isinstance(entry, str):
+        return entry
+    name, *shapes = entry
+    return f"{name} {' vs '.join(str(tuple(s)) for s in shapes)}"
+
+
+def _check_loading_info(directory: Path, info: dict, unused: list[str]) -> None:
+    """transformers' loading report, refused unless every tensor was read as it is."""
+    unexpected = sorted(k for k in info["unexpected_keys"] if not any(k.startswith(p) for p in unused))
+    problems = [f"{what}: {', '.join(names[:12])}{' ...' if len(names) > 12 else ''}"
+                for what, names in (
+                    ("missing (would be random)", sorted(info["missing_keys"])),
+                    ("unexpected (not read)", unexpected),
+                    ("shape mismatch", sorted(map(_mismatch, info["mismatched_keys"]))),
+                    ("errors", list(info["error_msgs"])),
+                ) if names]
+    if problems:
+        raise ModelLoadError(f"{directory}: the checkpoint does not fit the model class: " + "; ".join(problems))
