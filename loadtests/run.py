@@ -1,16 +1,20 @@
 """The benchmark runner: every workload against every system, one system at a time, then
 `loadtests/RESULTS.md`.
 
-    python -m loadtests.run            # full run, ~25 minutes on 2 cores
+    python -m loadtests.run            # full run, over an hour on 2 cores
     python -m loadtests.run --quick    # tiny counts, < 3 minutes, for smoke testing
 
-Order: the workload files are (re)generated from their seed; the model is exported to ONNX
-into a temporary directory; the raw ceilings (torch and onnxruntime) and single forwards are
-measured in this process; then the naive server, Ray Serve (skipped, with a note, when its
-venv is missing), `rewardserve serve` and `rewardserve serve` on onnxruntime are each
-started, warmed up, run through every workload and stopped; last, the result-cache scenario
-(loadtests.cache_scenario). Rerank rates are set as fractions of the capacity implied by the
-single-forward time, so the load levels mean the same on any machine.
+Order: the workload files are (re)generated from their seed; the model is loaded in this
+process on torch, exported to ONNX into a temporary directory and loaded on onnxruntime
+(both stay loaded, idle while the servers run); then, for each of the naive server, Ray
+Serve (skipped, with a note, when its venv is missing), `rewardserve serve` and `rewardserve
+serve` on onnxruntime: the references (raw ceilings on torch and onnxruntime, single
+forwards) are measured in this process with no server running, then the system is started,
+warmed up, run through every workload and stopped; last, the result-cache scenario
+(loadtests.cache_scenario). The machine's speed drifts over a run, so each system is set
+against the references measured right before it. Rerank rates are set once, as fractions of
+the capacity implied by the first single-forward measurement, so every system gets the same
+arrival schedule and the load levels mean the same on any machine.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import hashlib
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from loadtests import cache_scenario, loadgen, model, raw, report, servers, workloads
@@ -94,25 +98,42 @@ def prepare(plan: Plan, model_name: str, seed: int) -> Workloads:
     )
 
 
+Rates = list[tuple[float, float, int]]  # rerank loads: (fraction of single-forward capacity, requests/s, requests)
+
+
 @dataclass
 class References:
+    """What one system is set against, measured in this process right before it ran."""
+
     rl_bulk: raw.Ceiling
     rl_bulk_onnx: raw.Ceiling  # the same batches on onnxruntime
     rl_single: raw.Ceiling
     single: raw.SingleForward  # over the low-load rerank requests
-    rates: list[tuple[float, float, int]]  # (fraction, requests/s, requests)
+    measured_at: float  # time.time() when the measurement began
+
+    def ceiling(self, workload: str, onnx: bool = False) -> raw.Ceiling:
+        """The raw ceiling of `workload` ("rl-bulk" or "rl-single"); with `onnx`, the one on
+        onnxruntime where it was measured (rl-bulk), torch's otherwise."""
+        if workload == "rl-single":
+            return self.rl_single
+        return self.rl_bulk_onnx if onnx else self.rl_bulk
 
 
 def measure_references(plan: Plan, w: Workloads, rm: RewardModel, rm_onnx: RewardModel) -> References:
     """The references, on the torch model `rm` and the same model on onnxruntime."""
+    measured_at = time.time()
     ceiling_onnx = raw.ceiling(rm_onnx, w.rl_bulk_items, MAX_BATCH_SIZE, MAX_BATCH_TOKENS)
     ceiling_bulk = raw.ceiling(rm, w.rl_bulk_items, MAX_BATCH_SIZE, MAX_BATCH_TOKENS)
     ceiling_single = raw.ceiling(rm, w.rl_single_items, MAX_BATCH_SIZE, MAX_BATCH_TOKENS)
-    low_n = plan.rerank_loads[0][1]
-    single = raw.single_forward(rm, w.rerank_items[:low_n])
-    capacity = len(single.encode_forward_s) / sum(single.encode_forward_s)  # requests/s, one at a time
-    rates = [(fraction, fraction * capacity, n) for fraction, n in plan.rerank_loads]
-    return References(ceiling_bulk, ceiling_onnx, ceiling_single, single, rates)
+    single = raw.single_forward(rm, w.rerank_items[:plan.rerank_loads[0][1]])
+    return References(ceiling_bulk, ceiling_onnx, ceiling_single, single, measured_at)
+
+
+def rerank_rates(plan: Plan, single: raw.SingleForward) -> Rates:
+    """The rerank arrival rates: the plan's fractions of the capacity `single` implies
+    (requests answered one at a time)."""
+    capacity = len(single.encode_forward_s) / sum(single.encode_forward_s)  # requests/s
+    return [(fraction, fraction * capacity, n) for fraction, n in plan.rerank_loads]
 
 
 @dataclass
@@ -136,7 +157,7 @@ async def _timed(server: servers.Server, label: str, coro) -> Run:
     return run
 
 
-async def run_system(server: servers.Server, plan: Plan, w: Workloads, refs: References) -> dict[str, Run]:
+async def run_system(server: servers.Server, plan: Plan, w: Workloads, rates: Rates) -> dict[str, Run]:
     """Every workload against one running system; {workload key: Run}."""
     limit = plan.time_limit_s
     async with loadgen.Clients(server.url, plan.rl_single_in_flight + 8) as http:
@@ -148,18 +169,18 @@ async def run_system(server: servers.Server, plan: Plan, w: Workloads, refs: Ref
             "rl-single": await _timed(server, "rl-single",
                                       loadgen.closed_loop(http, w.rl_single, plan.rl_single_in_flight, limit)),
         }
-        for fraction, rate, n in refs.rates:
+        for fraction, rate, n in rates:
             key = f"rerank@{fraction}"
             arrivals = loadgen.arrivals(w.rerank_gaps[:n], rate)
             out[key] = await _timed(server, key, loadgen.open_loop(http, w.rerank[:n], arrivals, limit))
-        out["mixed"] = await _timed(server, "mixed", _mixed(http, plan, w, refs))
+        out["mixed"] = await _timed(server, "mixed", _mixed(http, plan, w, rates))
         return out
 
 
-async def _mixed(http, plan: Plan, w: Workloads, refs: References) -> tuple[Summary, Summary]:
+async def _mixed(http, plan: Plan, w: Workloads, rates: Rates) -> tuple[Summary, Summary]:
     """Low-rate rerank (the same requests and arrivals as rerank-online's low load) while
     rl-bulk requests keep coming closed-loop; (interactive, bulk) summaries."""
-    _, rate, n = refs.rates[0]
+    _, rate, n = rates[0]
     stop = asyncio.Event()
     cycles = 10  # bulk requests repeat until the rerank traffic is done (bounded)
     bulk = asyncio.create_task(loadgen.closed_loop(http, w.rl_bulk * cycles, plan.mixed_bulk_concurrency,
@@ -170,9 +191,54 @@ async def _mixed(http, plan: Plan, w: Workloads, refs: References) -> tuple[Summ
     return interactive, await bulk
 
 
+def system_specs(args: argparse.Namespace, model_path: str, workdir: Path, onnx_file: Path,
+                 chosen: set[str]) -> tuple[list[servers.ServerSpec], dict[str, str]]:
+    """The chosen systems in the order they run, and {system: why it does not run}."""
+    specs = [servers.naive(args.model_name, args.model_dir)]
+    skipped = {}
+    if args.ray_python.exists():
+        specs.append(servers.ray(args.model_name, args.model_dir, args.ray_python))
+    else:
+        skipped["ray-serve"] = f"no Ray venv at {args.ray_python} (make bench creates it)"
+    specs.append(servers.ours(args.model_name, model_path, workdir))
+    specs.append(servers.ours(args.model_name, model_path, workdir, system="rewardserve-onnxruntime",
+                              onnx_file=onnx_file))
+    skipped.update({system: "not chosen (--systems)" for system in SYSTEMS if system not in chosen})
+    return [spec for spec in specs if spec.system in chosen], skipped
+
+
+@dataclass
+class Measured:
+    """Per system: the references measured right before it, its runs and its torch threads;
+    and the rerank rates every system got."""
+
+    refs: dict[str, References] = field(default_factory=dict)
+    results: dict[str, dict[str, Run]] = field(default_factory=dict)
+    threads: dict[str, int | None] = field(default_factory=dict)
+    rates: Rates | None = None  # from the first system's references
+
+
+def run_systems(specs: list[servers.ServerSpec], plan: Plan, w: Workloads, rm: RewardModel,
+                rm_onnx: RewardModel) -> Measured:
+    """Each system in turn, its references measured in this process just before its server
+    starts, so nothing else runs while they are taken."""
+    m = Measured()
+    for spec in specs:
+        refs = m.refs[spec.system] = measure_references(plan, w, rm, rm_onnx)
+        m.rates = m.rates or rerank_rates(plan, refs.single)
+        print(f"references before {spec.system}: raw ceiling rl-bulk {refs.rl_bulk.tokens_per_s:.0f} tok/s "
+              f"(onnxruntime {refs.rl_bulk_onnx.tokens_per_s:.0f}), rl-single {refs.rl_single.tokens_per_s:.0f}; "
+              f"single forward p50 {refs.single.forward_p50_ms:.1f} ms", flush=True)
+        with servers.Server.fresh_log(spec, HERE) as server:
+            m.threads[spec.system] = server.health().get("torch_threads")
+            m.results[spec.system] = asyncio.run(run_system(server, plan, w, m.rates))
+        print(f"{spec.system} done", flush=True)
+    return m
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny counts (< 2 minutes), for smoke tests")
+    parser.add_argument("--quick", action="store_true", help="tiny counts (< 3 minutes), for smoke tests")
     parser.add_argument("--out", type=Path, help="report path (default: loadtests/RESULTS.md, or RESULTS.quick.md with --quick)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model-name", default=model.DEFAULT_MODEL)
@@ -196,28 +262,9 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="loadtests-") as tmp:
         rm = model.load(args.model_dir, args.model_name)
         onnx_file = export_onnx(rm, Path(tmp) / "reward.onnx")  # what `rewardserve export-onnx` writes
-        refs = measure_references(plan, w, rm, model.load(args.model_dir, args.model_name, onnx_file=onnx_file))
-        del rm  # the servers need the memory and cores, not this process
-        print(f"raw ceiling rl-bulk {refs.rl_bulk.tokens_per_s:.0f} tok/s (onnxruntime "
-              f"{refs.rl_bulk_onnx.tokens_per_s:.0f}); single forward p50 {refs.single.forward_p50_ms:.1f} ms",
-              flush=True)
-        specs = [servers.naive(args.model_name, args.model_dir)]
-        skipped = {}
-        if args.ray_python.exists():
-            specs.append(servers.ray(args.model_name, args.model_dir, args.ray_python))
-        else:
-            skipped["ray-serve"] = f"no Ray venv at {args.ray_python} (make bench creates it)"
-        specs.append(servers.ours(args.model_name, model_path, Path(tmp)))
-        specs.append(servers.ours(args.model_name, model_path, Path(tmp), system="rewardserve-onnxruntime",
-                                  onnx_file=onnx_file))
-        skipped.update({system: "not chosen (--systems)" for system in SYSTEMS if system not in chosen})
-        specs = [spec for spec in specs if spec.system in chosen]
-        results, threads = {}, {}
-        for spec in specs:
-            with servers.Server.fresh_log(spec, HERE) as server:
-                threads[spec.system] = server.health().get("torch_threads")
-                results[spec.system] = asyncio.run(run_system(server, plan, w, refs))
-            print(f"{spec.system} done", flush=True)
+        rm_onnx = model.load(args.model_dir, args.model_name, onnx_file=onnx_file)
+        specs, skipped = system_specs(args, model_path, Path(tmp), onnx_file, chosen)
+        m = run_systems(specs, plan, w, rm, rm_onnx)
         cache_workload = cache_scenario.CacheWorkload(
             w.rl_bulk_repeats, w.rl_bulk_repeat_items[:plan.cache_singles], args.model_name,
             plan.rl_bulk_concurrency, plan.time_limit_s)
@@ -225,8 +272,9 @@ def main(argv: list[str] | None = None) -> None:
 
     text = report.render(
         quick=args.quick, command=command, started=started, elapsed_s=time.time() - started,
-        load=(load_before, report.loadavg()), plan=plan, w=w, refs=refs, results=results,
-        threads=threads, skipped=skipped, cache_runs=cache_runs, ray_python=args.ray_python, previous=out.read_text() if out.exists() else "",
+        load=(load_before, report.loadavg()), plan=plan, w=w, refs=m.refs, rates=m.rates, results=m.results,
+        threads=m.threads, skipped=skipped, cache_runs=cache_runs, ray_python=args.ray_python,
+        previous=out.read_text() if out.exists() else "",
     )
     out.write_text(text)
     print(f"wrote {out}", flush=True)
