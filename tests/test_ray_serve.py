@@ -81,8 +81,11 @@ class Cluster(NamedTuple):
 
 
 def ray_env() -> dict[str, str]:
+    """The caller's environment without its Ray settings. Token auth is off explicitly: a
+    head turns it on by itself once any earlier local Ray left a ~/.ray/auth_token, and
+    then the worker and the drivers of this loopback cluster would be refused."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    return env | {"RAY_USAGE_STATS_ENABLED": "0"}
+    return env | {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 
 
 def ray_venv() -> Path:
