@@ -1,7 +1,7 @@
 # Two commands for a fresh machine with Python 3.11 and pip:
 #   make serve   serve the embedded default models on http://127.0.0.1:8000
 #   make test    run the test suite
-# and one for the benchmarks (loadtests/RESULTS.md, over an hour on 2 cores):
+# and one for the benchmarks (loadtests/RESULTS.md, about 45 minutes on 2 cores):
 #   make bench
 VENV ?= .venv
 PY := $(VENV)/bin/python

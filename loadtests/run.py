@@ -1,7 +1,7 @@
 """The benchmark runner: every workload against every system, one system at a time, then
 `loadtests/RESULTS.md`.
 
-    python -m loadtests.run            # full run, over an hour on 2 cores
+    python -m loadtests.run            # full run, about 45 minutes on 2 cores
     python -m loadtests.run --quick    # tiny counts, < 3 minutes, for smoke testing
 
 Order: the workload files are (re)generated from their seed; the model is loaded in this
