@@ -28,10 +28,10 @@ FROZEN = ("embeddings.",)  # backbone parameters left as published
 
 @dataclass(frozen=True)
 class Example:
-    """One training record as the loss takes it (an Encoded, or a pair of them), and its
+    """One training record as the loss takes it (an encoded (chosen, rejected) pair), and its
     length for batching neighbours together."""
 
-    encoded: Encoded | tuple[Encoded, Encoded]
+    encoded: tuple[Encoded, Encoded]
     length: int
 
 
@@ -57,13 +57,6 @@ def sequence_values(model: RewardModel, batch: list[Encoded]) -> torch.Tensor:
     """The graph's `values` output [N, outputs], with gradients."""
     inputs = {k: v.to(model.device) for k, v in model.model_inputs(batch).items()}
     return model.engine.graph(**inputs)[0].float()
-
-
-def step_logits(model: RewardModel, batch: list[Encoded]) -> torch.Tensor:
-    """[bad, good] logits at every step marker of the batch, in order, with gradients."""
-    inputs = {k: v.to(model.device) for k, v in model.model_inputs(batch).items()}
-    rows, cols = model.marker_index(batch)
-    return model.engine.graph(**inputs)[0][rows, cols].float()
 
 
 def trained_parameters(model: RewardModel) -> tuple[list, list]:
