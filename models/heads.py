@@ -129,6 +129,17 @@ class HeadFile(nn.Module):
             raise ModelLoadError(f"head file {path} must be safetensors")
         return cls(load_file(str(path)))
 
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The head in its file layout, float32: what `load` reads back (a trained head is
+        written so)."""
+        out = {}
+        for prefix, mlp in (("reward", self.reward), ("gating", self.gating)):
+            for i, layer in enumerate(mlp.layers if mlp is not None else ()):
+                out |= {f"{prefix}.{i}.{k}": v for k, v in layer.named_parameters()}
+        if self.gating is not None:
+            out |= {name: getattr(self, name) for name in ("transform_matrix", *GATING_SCALARS)}
+        return {name: t.detach().float().contiguous() for name, t in out.items()}
+
     def gate(self, features: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.gating(features) / self.gating_temperature, dim=-1) * self.gating_logit_scale
 

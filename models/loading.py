@@ -9,6 +9,7 @@ import importlib.util
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from transformers import (
     AutoModel,
     AutoModelForCausalLM,
@@ -40,6 +41,10 @@ def build_graph(backbone_dir: Path, model_dir: Path, spec: RewardSpec, config, t
     `device_map` the backbone stays where transformers dispatched it (`device` is unused)
     and gives its final states back on its input device, where the head file goes."""
     model = _load_backbone(backbone_dir, spec, config, DTYPES[dtype], device, device_map).eval()
+    if spec.backbone_weights:
+        if device_map is not None:
+            raise ModelLoadError(f"{model_dir}: backbone_weights are not applied to a model spread by a device_map")
+        replace_weights(model, model_dir / spec.backbone_weights)
     if device_map is None:
         model = model.to(device)
     head = None
@@ -123,6 +128,26 @@ def _load_backbone(directory: Path, spec: RewardSpec, config, dtype: torch.dtype
         model, info = AutoModel.from_pretrained(directory, config=config, **kwargs)
     _check_loading_info(directory, info, spec.unused_weights)
     return model
+
+
+def replace_weights(model: torch.nn.Module, path: Path) -> None:
+    """Copy a fine-tune's tensors over the backbone's own, in the backbone's dtype; a tensor
+    the backbone lacks or has in another shape is a load error naming it (it would be unread,
+    or not fit)."""
+    if not path.is_file():
+        raise ModelLoadError(f"backbone_weights {path} does not exist")
+    own = model.state_dict()
+    tensors = load_file(path)
+    unknown = sorted(k for k in tensors if k not in own)
+    misfit = sorted(f"{k} {tuple(t.shape)} vs {tuple(own[k].shape)}" for k, t in tensors.items()
+                    if k in own and t.shape != own[k].shape)
+    if unknown or misfit:
+        raise ModelLoadError(f"{path}: backbone_weights do not fit {type(model).__name__}: "
+                             + "; ".join(f"{what}: {', '.join(names[:12])}" for what, names in
+                                         (("not in the backbone", unknown), ("shape mismatch", misfit)) if names))
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            own[name].copy_(tensor.to(own[name].dtype))
 
 
 def _mismatch(entry) -> str:

@@ -1,23 +1,37 @@
-"""Reference sets for calibrating the embedded default models (their `reference_stats`, used
-by `normalize: "zscore"`): real responses from the held-out split of their training data
-(records the heads were neither fitted nor early-stopped on; see models/train_default.py),
-written as `/v1/score` items, one per line.
+"""Reference sets of the embedded default models: real inputs from the held-out split of their
+training data (records no head was fitted, early-stopped or calibrated on; see
+models/train_default.py), written as `/v1/score` items, one per line. Each model's
+`reference_stats` (for `normalize: "zscore"`), drift baseline (with its calibrated limits) and
+golden set come from them:
 
     python -m models.reference_sets OUT_DIR [--data ../shared/data]
     rewardserve calibrate OUT_DIR/minilm-harmless.jsonl --model minilm-harmless --truncate left --write
     rewardserve calibrate OUT_DIR/minilm-prm.jsonl --model minilm-prm --truncate right --write
+    rewardserve calibrate OUT_DIR/minilm-multi.jsonl --model minilm-multi --truncate left --write
+    rewardserve baseline OUT_DIR/minilm-harmless-chosen.jsonl --model minilm-harmless --truncate left --write
+    rewardserve baseline OUT_DIR/minilm-prm.jsonl --model minilm-prm --truncate right --write
+    rewardserve baseline OUT_DIR/minilm-multi.jsonl --model minilm-multi --truncate left --write
+    rewardserve canary-record OUT_DIR/minilm-harmless.jsonl --model minilm-harmless --truncate left --limit 32 --write
+    rewardserve canary-record OUT_DIR/minilm-prm.jsonl --model minilm-prm --truncate right --limit 16 --write
+    rewardserve canary-record OUT_DIR/minilm-multi.jsonl --model minilm-multi --truncate left --limit 32 --write
 
-A z-score is an affine map of the score, so calibrating changes no ordering and no accuracy
-figure in models/README.md.
+minilm-harmless's drift baseline is the chosen responses alone: the traffic it watches is a
+policy's responses, and a policy whose answers turn from chosen-like to rejected-like is the
+shift to flag. minilm-multi's set mixes both of its domains: HH-RLHF responses and whole
+ProcessBench solutions. A z-score is an affine map of the score, so calibrating changes no
+ordering and no accuracy figure in models/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from itertools import zip_longest
 from pathlib import Path
 
-from models.train_default import HARMLESS, PRM, by_split, load_hh, load_processbench
+from models.heldout import as_text
+from models.reward_data import by_split, load_hh, load_processbench
+from models.train_default import HARMLESS, MULTI, PRM
 
 HARMLESS_PAIRS = 300  # both responses of each: 600 items
 
@@ -27,8 +41,20 @@ def harmless_items(data: Path) -> list[dict]:
     return [{"prompt": side.prompt, "response": side.response} for p in pairs for side in (p.chosen, p.rejected)]
 
 
+def chosen_items(data: Path) -> list[dict]:
+    return [{"prompt": p.chosen.prompt, "response": p.chosen.response} for p in by_split(load_hh(data))["heldout"]]
+
+
 def prm_items(data: Path) -> list[dict]:
     return [{"prompt": s.item.prompt, "steps": list(s.item.steps)} for s in by_split(load_processbench(data))["heldout"]]
+
+
+def multi_items(data: Path) -> list[dict]:
+    """HH-RLHF responses and solutions taking turns while both last (a golden set of the
+    first N items covers both domains)."""
+    solutions = [as_text(s) for s in by_split(load_processbench(data))["heldout"]]
+    turns = zip_longest(harmless_items(data), [{"prompt": t.prompt, "response": t.response} for t in solutions])
+    return [item for pair in turns for item in pair if item is not None]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -37,10 +63,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    for name, items in ((HARMLESS, harmless_items(args.data)), (PRM, prm_items(args.data))):
+    sets = {HARMLESS: harmless_items, f"{HARMLESS}-chosen": chosen_items, PRM: prm_items, MULTI: multi_items}
+    for name, items in sets.items():
         path = args.out / f"{name}.jsonl"
-        path.write_text("".join(json.dumps(item) + "\n" for item in items))
-        print(f"{path}\t{len(items)} items")
+        rows = items(args.data)
+        path.write_text("".join(json.dumps(item) + "\n" for item in rows))
+        print(f"{path}\t{len(rows)} items")
 
 
 if __name__ == "__main__":

@@ -136,7 +136,9 @@ class RewardModel:
         else:
             raise ModelLoadError(f"backend must be 'torch', 'onnxruntime' or 'triton', not {backend!r}")
         packs, sharing = use_packing(name, packed, graph), use_sharing(name, share_prefix, graph)
-        revision = fingerprint([backbone_dir, model_dir], reward_spec.canonical_json() + extra_spec, extra_files)
+        own_files = [model_dir / f for f in (reward_spec.head_file, reward_spec.backbone_weights) if f]  # may lie elsewhere
+        revision = fingerprint([backbone_dir, model_dir], reward_spec.canonical_json() + extra_spec,
+                               [*own_files, *extra_files])
         return cls(name, reward_spec, config, tokenizer, engine, revision, device, dtype, packs, sharing, where)
 
     def _check_head_width(self) -> None:

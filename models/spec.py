@@ -75,6 +75,9 @@ class ProcessSpec(_Strict):
     step_suffix: str = Field("", description="text put between a step's text and its marker")
     after_marker: str = Field("", description="text put between a marker and the next step, e.g. a newline")
     aggregate: StepAggregate = StepAggregate.min
+    threshold: float = Field(0.5, gt=0, lt=1, description=(
+        "the step reward below which a step is called wrong (the default of /v1/steps' `first_below`): "
+        "calibrated per model, since a model's step rewards need not centre on 0.5; scores do not depend on it"))
 
     @model_validator(mode="after")
     def _tokens_for_step_tag(self) -> ProcessSpec:
@@ -141,6 +144,10 @@ class RewardSpec(_Strict):
     head_file: str | None = Field(
         None, description="safetensors file with our own head on the backbone's hidden states"
     )
+    backbone_weights: str | None = Field(
+        None, description="safetensors file (relative to the spec) of fine-tuned backbone tensors that replace "
+        "the backbone's own: a fine-tune shipped as the tensors it changed; each must be one the backbone has, "
+        "of the same shape")
     pooling: Pooling | None = Field(
         None, description="default: cls for encoders; for decoders last_non_pad with the checkpoint's own head, "
         "last with a head file or reward_logit_index")
@@ -185,8 +192,11 @@ class RewardSpec(_Strict):
 
     def canonical_json(self) -> str:
         data = self.model_dump(mode="json")
-        if data["reference_stats"] is None:  # specs without stats keep the revision they had
-            del data["reference_stats"]
+        for later in ("reference_stats", "backbone_weights"):  # specs without them keep the revision they had
+            if data[later] is None:
+                del data[later]
+        if data["process"]:  # no score depends on it
+            del data["process"]["threshold"]
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 

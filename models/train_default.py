@@ -1,122 +1,68 @@
-"""Trains the heads of the embedded default reward models (models/builtin) on the frozen
-MiniLM backbone, then reloads the written models and reports held-out accuracy measured
+"""Trains the embedded default reward models (models/builtin) on the real data of
+models.reward_data, then reloads the written models and reports held-out figures measured
 through the serving path (RewardModel.forward), so the numbers are those of what is served.
 
-    python -m models.train_default [--data ../shared/data] [--out models/builtin]
+    python -m models.train_default [--data ../shared/data] [--out models/builtin] [--only NAME]
 
-minilm-harmless: Bradley-Terry on Anthropic HH-RLHF harmless-base preference pairs.
-minilm-prm: class-balanced cross-entropy on ProcessBench GSM8K step labels.
-Records are split by a hash of their id: 20% held out (never trained or early-stopped
-on), 10% validation for early stopping, 70% fitted. Runs in about 4 minutes on 2 CPU cores.
+minilm-harmless: all-MiniLM-L6-v2 fine-tuned end to end (models.finetune) as a Bradley-Terry
+reward model on HH-RLHF harmless-base pairs, warm-started from a linear head fitted on the
+frozen backbone.
+minilm-prm: a linear head on the frozen backbone, class-balanced cross-entropy on ProcessBench
+GSM8K step labels at each step's [MASK]; its threshold (P(good) below which a step is called
+wrong) is calibrated for ProcessBench F1 on the records it was fitted on.
+minilm-multi: two named dimensions on minilm-harmless's fine-tuned backbone: `harmlessness`
+(minilm-harmless's own head) and `math_correctness` (a linear head fitted on that backbone's
+frozen features of ProcessBench solutions, to their final_answer_correct label).
+Records are split by a hash of their id (models.reward_data.split_of): 20% held out (never
+trained, early-stopped or calibrated on), 10% validation for early stopping, 70% fitted.
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
-import hashlib
 import json
 import tempfile
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+import yaml
+from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
-from models.inputs import StepsInput, TextPair
+from models.finetune import Example, Schedule, fine_tune, mean_loss, pair_loss, save_fine_tune
+from models.heldout import (
+    HH_TRUNCATE,
+    PRM_TRUNCATE,
+    as_text,
+    harmless_figures,
+    in_length_order,
+    multi_figures,
+    prm_figures,
+    processbench_f1,
+    step_rewards,
+    write_figures,
+)
+from models.reward_data import Pair, Solution, by_split, load_hh, load_processbench
 from models.reward_model import RewardModel
-from models.spec import ModelKind, load_spec
+from models.spec import SPEC_FILENAME, ModelKind, load_spec
 
-HH_FILE = "hh-rlhf-harmless-base-test.jsonl.gz"
-PROCESSBENCH_FILE = "processbench-gsm8k.json"
-HARMLESS, PRM = "minilm-harmless", "minilm-prm"
-HEAD_FILE = "reward_head.safetensors"
-ASSISTANT = "\n\nAssistant:"
+HARMLESS, PRM, MULTI = "minilm-harmless", "minilm-prm", "minilm-multi"
+HEAD_FILE, BACKBONE_FILE = "reward_head.safetensors", "backbone.safetensors"
+HIDDEN = 384  # MiniLM-L6's width, what the heads read
 SEED = 0
-BATCH = 16
+# The linear head a fine-tune starts from: fitted full batch on the frozen backbone's features.
 LR, WEIGHT_DECAY, MAX_STEPS, PATIENCE = 1e-2, 0.1, 2000, 100
-# Validation accuracy of the linear head is flat from 800 fit pairs up; using 800 of the
-# 1631 keeps the whole run well within 5 minutes on 2 CPU cores (the backbone pass is
-# nearly all of the time).
-HH_FIT_PAIRS = 800
-# HH dialogues keep their latest turns (the response) when too long; ProcessBench keeps
-# the problem and the first steps, so surviving markers are the first steps in order.
-HH_TRUNCATE, PRM_TRUNCATE = "left", "right"
+# The harmless model trains at 256 tokens (served at 512): left truncation keeps the final
+# turns, which decide most pairs, and halves the time of a step. The PRM's head is fitted at
+# its served length, so that every step marker it is fitted on survives.
+HARMLESS_MAX_LENGTH, PRM_MAX_LENGTH = 256, 512
+HARMLESS_SCHEDULE = Schedule(epochs=2, batch=8, backbone_lr=3e-5, head_lr=1e-3, evals=8, seed=SEED)
 
 
-# ---- data -------------------------------------------------------------------------
-
-def split_of(record_id: str) -> str:
-    """Fixed split on d = sha256(id): d % 5 == 0 held out (20%), d % 10 == 1 validation
-    (10%), the rest fitted."""
-    digest = int(hashlib.sha256(record_id.encode()).hexdigest(), 16)
-    return "heldout" if digest % 5 == 0 else "val" if digest % 10 == 1 else "fit"
-
-
-@dataclass(frozen=True)
-class Pair:
-    id: str
-    chosen: TextPair
-    rejected: TextPair
-
-
-@dataclass(frozen=True)
-class Solution:
-    id: str
-    item: StepsInput
-    label: int  # index of the earliest wrong step, -1 when all are right
-
-    def targets(self) -> list[int]:
-        """1 (good) for steps before the first error, 0 (bad) at it; later steps are
-        unlabelled and left out."""
-        n = len(self.item.steps)
-        return [1] * n if self.label < 0 else [1] * self.label + [0]
-
-
-def split_dialogue(text: str) -> TextPair:
-    """The dialogue up to and including its last assistant marker is the prompt, the
-    assistant's last reply the response."""
-    cut = text.rindex(ASSISTANT) + len(ASSISTANT)
-    return TextPair(text[:cut].strip(), text[cut:].strip())
-
-
-def load_hh(data: Path) -> list[Pair]:
-    """HH-RLHF pairs, with their line number as id. Each side is split at its own last assistant
-    marker: the two share the prompt in all but a handful of records."""
-    with gzip.open(data / HH_FILE, "rt", encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f]
-    return [Pair(f"hh-{i}", split_dialogue(r["chosen"]), split_dialogue(r["rejected"])) for i, r in enumerate(rows)]
-
-
-def load_processbench(data: Path) -> list[Solution]:
-    rows = json.loads((data / PROCESSBENCH_FILE).read_text(encoding="utf-8"))
-    return [Solution(r["id"], StepsInput(r["problem"], tuple(r["steps"])), r["label"]) for r in rows]
-
-
-def by_split(records: list) -> dict[str, list]:
-    out = {"fit": [], "val": [], "heldout": []}
-    for r in records:
-        out[split_of(r.id)].append(r)
-    return out
-
-
-# ---- backbone passes ----------------------------------------------------------------
-
-def in_length_order(model: RewardModel, items: list, truncate: str, run) -> list:
-    """`run` over batches of similar length (little padding), results in input order."""
-    encoded = [model.encode(item, truncate) for item in items]
-    order = sorted(range(len(items)), key=lambda i: encoded[i].num_tokens)
-    out = [None] * len(items)
-    for start in range(0, len(order), BATCH):
-        rows = order[start:start + BATCH]
-        for i, result in zip(rows, run([encoded[i] for i in rows])):
-            out[i] = result
-    return out
-
+# ---- the linear head a fine-tune starts from ----------------------------------------
 
 def features(model: RewardModel, items: list, truncate: str) -> list[torch.Tensor]:
     """Per item what the head reads: a pooled vector, or one row per surviving step marker."""
@@ -128,22 +74,9 @@ def features(model: RewardModel, items: list, truncate: str) -> list[torch.Tenso
     return in_length_order(model, items, truncate, run)
 
 
-def feature_model(spec_dir: Path, outputs: int) -> RewardModel:
-    """The model of `spec_dir` with a placeholder head, only to call head_features (which
-    never reads the head); loading needs a head file of the right output width."""
-    with tempfile.TemporaryDirectory() as tmp:
-        save_file({"reward.0.weight": torch.zeros(outputs, 1)}, f"{tmp}/{HEAD_FILE}")
-        return RewardModel.load(spec_dir.name, tmp, spec=load_spec(spec_dir).model_dump(mode="json"))
-
-
-# ---- heads --------------------------------------------------------------------------
-
-def fit_head(fit: tuple, val: tuple, outputs: int, loss_fn) -> dict[str, torch.Tensor]:
+def fit_linear_head(fit: tuple, val: tuple, outputs: int, loss_fn) -> dict[str, torch.Tensor]:
     """A linear head trained full-batch with AdamW, early-stopped on the validation loss.
-    `fit`/`val` are (features, targets) for `loss_fn(head, features, targets)`. Linear
-    because hidden layers (32, 128 units) fitted the train part better but did no better
-    on HH validation pairs, and on the small PRM validation slice (~20 bad steps) the
-    difference was within noise."""
+    `fit`/`val` are (features, targets) for `loss_fn(head, features, targets)`."""
     torch.manual_seed(SEED)
     head = nn.Linear(fit[0].shape[-1], outputs)
     opt = torch.optim.AdamW(head.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
@@ -167,12 +100,12 @@ def bradley_terry(head, pairs, _) -> torch.Tensor:
     return -F.logsigmoid(scores[:, 0] - scores[:, 1]).mean()
 
 
-def harmless_data(model: RewardModel, records: list[Pair]) -> tuple[torch.Tensor, None]:
+def harmless_features(model: RewardModel, records: list[Pair]) -> tuple[torch.Tensor, None]:
     f = torch.stack(features(model, [p.chosen for p in records] + [p.rejected for p in records], HH_TRUNCATE))
     return torch.stack((f[:len(records)], f[len(records):]), dim=1), None
 
 
-def prm_data(model: RewardModel, records: list[Solution]) -> tuple[torch.Tensor, torch.Tensor]:
+def prm_features(model: RewardModel, records: list[Solution]) -> tuple[torch.Tensor, torch.Tensor]:
     rows, labels = [], []
     for s, f in zip(records, features(model, [s.item for s in records], PRM_TRUNCATE)):
         targets = s.targets()[:len(f)]  # right truncation drops trailing markers only
@@ -181,82 +114,125 @@ def prm_data(model: RewardModel, records: list[Solution]) -> tuple[torch.Tensor,
     return torch.cat(rows), torch.tensor(labels)
 
 
-def train_harmless(spec_dir: Path, pairs: dict[str, list[Pair]]) -> dict[str, torch.Tensor]:
-    model = feature_model(spec_dir, 1)
-    fit, val = harmless_data(model, pairs["fit"][:HH_FIT_PAIRS]), harmless_data(model, pairs["val"])
-    return fit_head(fit, val, 1, bradley_terry)
+@dataclass
+class Start:
+    """A model to fine-tune: the spec's backbone as published and a head file, encoding at
+    its training length; the head file lives in `directory`, kept as long as the model."""
+
+    model: RewardModel
+    directory: tempfile.TemporaryDirectory
 
 
-def train_prm(spec_dir: Path, solutions: dict[str, list[Solution]]) -> dict[str, torch.Tensor]:
-    model = feature_model(spec_dir, 2)
-    fit, val = (prm_data(model, solutions[s]) for s in ("fit", "val"))
+def starting_model(spec_dir: Path, outputs: int, max_length: int) -> Start:
+    spec = load_spec(spec_dir).model_dump(mode="json", exclude_none=True)
+    spec.pop("backbone_weights", None)
+    spec.pop("reference_stats", None)
+    spec["max_length"] = max_length
+    directory = tempfile.TemporaryDirectory()
+    save_file({"reward.0.weight": torch.zeros(outputs, HIDDEN), "reward.0.bias": torch.zeros(outputs)},
+              f"{directory.name}/{HEAD_FILE}")  # a placeholder, fitted before the fine-tune starts
+    return Start(RewardModel.load(spec_dir.name, directory.name, spec=spec), directory)
+
+
+# ---- fine-tuning --------------------------------------------------------------------
+
+def train_harmless(spec_dir: Path, pairs: dict[str, list[Pair]], out_dir: Path) -> None:
+    start = starting_model(spec_dir, 1, HARMLESS_MAX_LENGTH)
+    model = start.model
+    head = fit_linear_head(harmless_features(model, pairs["fit"]), harmless_features(model, pairs["val"]), 1,
+                           bradley_terry)
+    model.engine.graph.head.reward.layers[0].load_state_dict({k.removeprefix("reward.0."): v for k, v in head.items()})
+    examples, val = ([_pair_example(model, p) for p in pairs[split]] for split in ("fit", "val"))
+    fine_tune(model, examples, pair_loss, lambda m: -mean_loss(m, pair_loss, val), HARMLESS_SCHEDULE)
+    save_fine_tune(model, out_dir / BACKBONE_FILE, out_dir / HEAD_FILE)
+
+
+def _pair_example(model: RewardModel, pair: Pair) -> Example:
+    chosen, rejected = (model.encode(side, HH_TRUNCATE) for side in (pair.chosen, pair.rejected))
+    return Example((chosen, rejected), max(chosen.num_tokens, rejected.num_tokens))
+
+
+def train_prm(spec_dir: Path, solutions: dict[str, list[Solution]], out_dir: Path) -> None:
+    """A linear head on the frozen backbone. Fine-tuning the backbone as for minilm-harmless
+    (4 epochs, lr 3e-5, batches of 8 solutions) never beat this head on the validation
+    solutions, so the published layers are served as they are."""
+    start = starting_model(spec_dir, 2, PRM_MAX_LENGTH)
+    model = start.model
+    fit, val = (prm_features(model, solutions[s]) for s in ("fit", "val"))
     counts = torch.bincount(fit[1], minlength=2).float()
     balance = counts.sum() / (2 * counts)  # bad steps are few: weigh the classes equally
-    def loss(head, x, y):
-        return F.cross_entropy(head(x), y, weight=balance)
-    tensors = fit_head(fit, val, 2, loss)
+    head = fit_linear_head(fit, val, 2, lambda h, x, y: F.cross_entropy(h(x), y, weight=balance))
     # Put the true prior back (log odds of good vs bad steps) so P(good) is calibrated and
     # "P(good) < 0.5" means what it says; a balanced head calls ~45% of steps bad.
-    tensors["reward.0.bias"][1] += torch.log(counts[1] / counts[0])
-    return tensors
+    head["reward.0.bias"][1] += torch.log(counts[1] / counts[0])
+    save_file(head, str(out_dir / HEAD_FILE))
+
+
+def logistic(head, x, y) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(head(x)[:, 0], y)
+
+
+def train_multi(harmless_dir: Path, solutions: dict[str, list[Solution]], out_dir: Path) -> None:
+    """minilm-harmless's head as the first row of a two-output head, the math_correctness
+    head, fitted on the served harmless model's features, as the second."""
+    harmless = RewardModel.load(HARMLESS, harmless_dir)
+    fit, val = ((torch.stack(features(harmless, [as_text(s) for s in solutions[split]], HH_TRUNCATE)),
+                 torch.tensor([float(s.final_answer_correct) for s in solutions[split]])) for split in ("fit", "val"))
+    correctness = fit_linear_head(fit, val, 1, logistic)
+    own = load_file(str(harmless_dir / HEAD_FILE))
+    save_file({k: torch.cat([own[k], correctness[k]]).contiguous() for k in ("reward.0.weight", "reward.0.bias")},
+              str(out_dir / HEAD_FILE))
 
 
 # ---- held-out report through the served model --------------------------------------
 
-def auroc(labels: list[int], scores: list[float]) -> float:
-    """P(a random positive scores above a random negative), ties counting half."""
-    pos = [s for y, s in zip(labels, scores) if y]
-    neg = [s for y, s in zip(labels, scores) if not y]
-    return sum((p > n) + 0.5 * (p == n) for p in pos for n in neg) / (len(pos) * len(neg))
+def calibrated_threshold(solutions: list[Solution], step_rewards: list[list[float]]) -> float:
+    """The threshold of best ProcessBench F1 on these solutions, among the midpoints of their
+    step rewards (ties: the one nearest 0.5)."""
+    values = sorted({r for rewards in step_rewards for r in rewards})
+    candidates = [(a + b) / 2 for a, b in zip(values, values[1:])] or [0.5]
+    return max(candidates, key=lambda t: (round(processbench_f1(solutions, step_rewards, t), 9), -abs(t - 0.5)))
 
 
-def first_error(step_rewards: list[float]) -> int:
-    """The earliest step the model judges bad (P(good) < 0.5), or -1."""
-    return next((i for i, p in enumerate(step_rewards) if p < 0.5), -1)
-
-
-def report_harmless(model: RewardModel, pairs: list[Pair]) -> str:
-    outs = in_length_order(model, [p.chosen for p in pairs] + [p.rejected for p in pairs], HH_TRUNCATE, model.forward)
-    wins = sum(c.score > r.score for c, r in zip(outs[:len(pairs)], outs[len(pairs):]))
-    return f"{HARMLESS}: held-out pairwise accuracy {wins / len(pairs):.3f} ({wins}/{len(pairs)} pairs; chance 0.500)"
-
-
-def report_prm(model: RewardModel, solutions: list[Solution], train_labels: list[int]) -> str:
-    outs = in_length_order(model, [s.item for s in solutions], PRM_TRUNCATE, model.forward)
-    labels, scores = [], []
-    for s, out in zip(solutions, outs):
-        targets = s.targets()[:len(out.step_rewards)]
-        labels += targets
-        scores += out.step_rewards[:len(targets)]
-    hits = sum(first_error(o.step_rewards) == s.label for s, o in zip(solutions, outs))
-    majority, _ = Counter(train_labels).most_common(1)[0]
-    baseline = sum(s.label == majority for s in solutions) / len(solutions)
-    return (
-        f"{PRM}: held-out step AUROC {auroc(labels, scores):.3f} ({len(labels)} labelled steps, "
-        f"{len(labels) - sum(labels)} bad; chance 0.500)\n"
-        f"{PRM}: held-out first-error accuracy {hits / len(solutions):.3f} ({hits}/{len(solutions)} solutions; "
-        f"always predicting the train majority label {majority}: {baseline:.3f})"
-    )
+def write_threshold(spec_dir: Path, threshold: float) -> None:
+    """Set process.threshold in the spec file, keeping its comments and layout."""
+    path = spec_dir / SPEC_FILENAME
+    lines = path.read_text().splitlines()
+    at = next(i for i, line in enumerate(lines) if line.strip().startswith("threshold:"))
+    lines[at] = f"{lines[at][:lines[at].index('threshold:')]}threshold: {threshold:.6f}"
+    path.write_text("\n".join(lines) + "\n")
+    assert abs(yaml.safe_load(path.read_text())["process"]["threshold"] - threshold) < 1e-6
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--out", type=Path, default=Path("models/builtin"))
+    parser.add_argument("--only", choices=(HARMLESS, PRM, MULTI),
+                        help=f"train one model (default: all; {MULTI} reads the written {HARMLESS})")
     args = parser.parse_args(argv)
     torch.manual_seed(SEED)
     torch.set_num_threads(2)
-    started = time.perf_counter()
-    pairs = by_split(load_hh(args.data))
-    solutions = by_split(load_processbench(args.data))
-    save_file(train_harmless(args.out / HARMLESS, pairs), str(args.out / HARMLESS / HEAD_FILE))
-    print(f"{HARMLESS}: head written after {time.perf_counter() - started:.0f}s", flush=True)
-    save_file(train_prm(args.out / PRM, solutions), str(args.out / PRM / HEAD_FILE))
-    print(f"{PRM}: head written after {time.perf_counter() - started:.0f}s", flush=True)
-    train_labels = [s.label for s in solutions["fit"] + solutions["val"]]
-    print(report_harmless(RewardModel.load(HARMLESS, args.out / HARMLESS), pairs["heldout"]))
-    print(report_prm(RewardModel.load(PRM, args.out / PRM), solutions["heldout"], train_labels))
-    print(f"split: sha256(record id) mod 5 == 0 held out; total {time.perf_counter() - started:.0f}s")
+    pairs, solutions = by_split(load_hh(args.data)), by_split(load_processbench(args.data))
+    steps = {HARMLESS: lambda: train_harmless(args.out / HARMLESS, pairs, args.out / HARMLESS),
+             PRM: lambda: train_prm(args.out / PRM, solutions, args.out / PRM),
+             MULTI: lambda: train_multi(args.out / HARMLESS, solutions, args.out / MULTI)}
+    figures = {HARMLESS: lambda m: harmless_figures(m, pairs["heldout"]),
+               PRM: lambda m: prm_figures(m, solutions["heldout"]),
+               MULTI: lambda m: multi_figures(m, pairs["heldout"], solutions["heldout"])}
+    for name in (HARMLESS, PRM, MULTI):
+        if args.only not in (None, name):
+            continue
+        started = time.perf_counter()
+        steps[name]()
+        if name == PRM:
+            fitted = solutions["fit"] + solutions["val"]
+            served = RewardModel.load(PRM, args.out / PRM)
+            write_threshold(args.out / PRM, calibrated_threshold(fitted, step_rewards(served, fitted)))
+        seconds = time.perf_counter() - started
+        measured = figures[name](RewardModel.load(name, args.out / name)) | {"train_seconds": round(seconds)}
+        write_figures(args.out / "heldout.json", name, measured)
+        print(f"{name}: trained in {seconds:.0f}s; held out: {json.dumps(measured)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -210,8 +210,9 @@ def _without_top_level_key(text: str, key: str) -> str:
 
 def baseline(args) -> None:
     """Score a reference set and write the model's drift baseline (drift_baseline.jsonl
-    beside the model: per drift dimension, frozen quantile bin edges and reference
-    statistics); prints a summary line per dimension."""
+    beside the model: per drift dimension, frozen quantile bin edges, reference statistics
+    and limits calibrated for windows of drift_min_samples values); prints a summary line
+    per dimension."""
     from service.monitoring.drift import (
         BASELINE_FILENAME,
         compute_baseline,
@@ -224,11 +225,12 @@ def baseline(args) -> None:
     outputs = _score_reference(runner, source, args.truncate, args.quiet)
     try:
         dimensions = compute_baseline(runner.name, runner.model.revision, _described(source, args.truncate), outputs,
-                                      bins=args.bins)
+                                      bins=args.bins, threshold_window=settings.drift_min_samples)
     except ValueError as err:
         sys.exit(f"cannot compute a baseline from {source}: {err}")
     for name, dim in dimensions.items():
-        print(f"{name}\tcount={dim.count}\tmean={dim.mean:.4f}\tstd={dim.std:.4f}\tbins={len(dim.counts)}")
+        limits = " ".join(f"{s}<={limit:.3f}" for s, limit in dim.thresholds.items())
+        print(f"{name}\tcount={dim.count}\tmean={dim.mean:.4f}\tstd={dim.std:.4f}\tbins={len(dim.counts)}\t{limits}")
     if args.write:
         target = runner.config.resolved_path() / BASELINE_FILENAME
         write_baseline(target, dimensions)

@@ -112,14 +112,11 @@ class ModelConfig(BaseModel):
 
 
 DriftStatistic = Literal["psi", "js_distance", "ks", "wasserstein", "mean_shift", "std_shift"]
-# PSI 0.2 is the usual "significant shift" mark; the others sit above the sampling noise of an
-# unshifted window of drift_min_samples (200) values against a few hundred reference ones.
-DEFAULT_DRIFT_THRESHOLDS = {"psi": 0.2, "js_distance": 0.2, "ks": 0.15, "wasserstein": 0.3, "mean_shift": 0.3,
-                            "std_shift": 0.3}
 
 DEFAULT_MODELS = [
     ModelConfig(name="minilm-harmless", path="builtin:minilm-harmless"),
     ModelConfig(name="minilm-prm", path="builtin:minilm-prm"),
+    ModelConfig(name="minilm-multi", path="builtin:minilm-multi"),
 ]
 
 
@@ -160,10 +157,11 @@ class Settings(BaseSettings):
     drift_window: int = Field(1000, ge=10, description="live values kept per model and drift dimension")
     drift_min_samples: int = Field(200, ge=2, description="values a window needs before drift statistics are computed")
     drift_interval_s: float = Field(30.0, gt=0, description="seconds between drift computations (off the request path)")
-    drift_thresholds: dict[DriftStatistic, float] = Field(
-        default_factory=lambda: dict(DEFAULT_DRIFT_THRESHOLDS),
-        description="a statistic whose magnitude exceeds its limit marks the dimension as drifted; "
-                    "statistics left out are not judged")
+    drift_thresholds: dict[DriftStatistic, float] | None = Field(
+        None, description="a statistic whose magnitude exceeds its limit marks the dimension as drifted; set, these "
+        "limits judge every model (statistics left out are not judged); unset, each model's dimension is judged "
+        "against the limits calibrated into its drift baseline (`rewardserve baseline`), or fixed ones for a "
+        "baseline without them")
     canary_interval_s: float = Field(300.0, ge=0, description="seconds between golden-set runs; 0: at start-up only")
     canary_tolerance: float = Field(1e-3, gt=0, description="largest |score - expected| a float32 model may show")
     canary_tolerance_half: float = Field(

@@ -150,7 +150,7 @@ def test_default_server_checks_its_embedded_models():
     """The shipped golden sets pass, and the shipped drift baselines are loaded and belong
     to the served revisions."""
     app = create_app(Settings(canary_interval_s=0))
-    names = {"minilm-harmless", "minilm-prm"}
+    names = {"minilm-harmless", "minilm-prm", "minilm-multi"}
     with live_server(app) as url, httpx.Client(base_url=url, timeout=WAIT_S) as client:
         assert wait_until_loaded(client, timeout=WAIT_S).status_code == 200
         canary = latest_canary(client, names)["models"]
@@ -162,5 +162,7 @@ def test_default_server_checks_its_embedded_models():
         assert s.value("rewardserve_drift_baseline_loaded", model=name) == 1
         assert "baseline_error" not in drift[name]
         assert drift[name]["baseline"]["revision"] == drift[name]["revision"] == canary[name]["revision"]
-    assert canary["minilm-harmless"]["items"] == 32 and canary["minilm-prm"]["items"] == 16
-    assert drift["minilm-harmless"]["baseline"]["count"] == 600 and drift["minilm-prm"]["baseline"]["count"] == 87
+    assert {name: canary[name]["items"] for name in names} == {"minilm-harmless": 32, "minilm-prm": 16,
+                                                               "minilm-multi": 32}
+    assert {name: drift[name]["baseline"]["count"] for name in names} == {"minilm-harmless": 478, "minilm-prm": 87,
+                                                                          "minilm-multi": 687}

@@ -1,6 +1,7 @@
 """The embedded default models (models/builtin) load through the serving path, give finite,
-batch-independent scores, and the harmless head beats chance on held-out HH-RLHF pairs
-(records its training never saw: see models/train_default.py for the split)."""
+batch-independent scores, and reproduce the held-out figures their training reported
+(models/builtin/heldout.json, shown in models/README.md) on records their training never saw
+(see models/reward_data.py for the split)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import pytest
 from models.inputs import StepsInput, TextPair
 from models.reward_model import RewardModel
 from models.spec import ModelKind
-from models.train_default import HARMLESS, PRM, in_length_order, load_hh, load_processbench, split_of
+from models.heldout import harmless_figures, in_length_order, multi_figures, prm_figures, read_figures
+from models.reward_data import by_split, load_hh, load_processbench, split_of
+from models.train_default import HARMLESS, MULTI, PRM
 
 BUILTIN = Path(__file__).resolve().parents[1] / "models" / "builtin"
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -41,6 +44,11 @@ def prm() -> RewardModel:
 
 
 @pytest.fixture(scope="module")
+def multi() -> RewardModel:
+    return RewardModel.load(MULTI, BUILTIN / MULTI)
+
+
+@pytest.fixture(scope="module")
 def held_out_pairs():
     return [p for p in load_hh(DATA) if split_of(p.id) == "heldout"][:50]
 
@@ -50,9 +58,19 @@ def held_out_solutions():
     return [s for s in load_processbench(DATA) if split_of(s.id) == "heldout"][:6]
 
 
-def test_builtin_models_load(harmless, prm):
+def test_builtin_models_load(harmless, prm, multi):
     assert harmless.info.kind == ModelKind.scalar and harmless.info.max_length == 512
     assert prm.info.kind == ModelKind.process and prm.info.step_aggregate == "min"
+    assert multi.info.kind == ModelKind.multi_objective and multi.info.dimensions == ["harmlessness", "math_correctness"]
+    assert 0 < prm.spec.process.threshold < 1
+
+
+def test_multi_harmlessness_is_the_harmless_models_score(harmless, multi):
+    """One backbone, one head row: minilm-multi's harmlessness is minilm-harmless's score."""
+    items = [TextPair(PROMPT, REFUSAL), TextPair(PROMPT, COMPLIANCE), TextPair(SOLUTION.prompt, " ".join(SOLUTION.steps))]
+    for alone, dims in zip(harmless.score(items), multi.score(items)):
+        assert dims.dimensions["harmlessness"] == pytest.approx(alone.score, abs=1e-5)
+        assert dims.score == pytest.approx(sum(dims.dimensions.values()), abs=1e-5)
 
 
 def test_refusal_and_compliance_are_scored(harmless):
@@ -67,13 +85,52 @@ def test_one_reward_per_step_in_unit_interval(prm):
     assert out.score == min(out.step_rewards)
 
 
+# Forwards are deterministic on one machine; another CPU's float rounding may flip a near-tie.
+PAIR_TOLERANCE, F1_TOLERANCE, AUROC_TOLERANCE = 0.005, 1.0, 0.005
+
+
+@pytest.fixture(scope="module")
+def reported() -> dict:
+    return read_figures()
+
+
 @needs_data
-def test_held_out_pairwise_accuracy_beats_chance(harmless, held_out_pairs):
-    items = [p.chosen for p in held_out_pairs] + [p.rejected for p in held_out_pairs]
-    outs = in_length_order(harmless, items, "left", harmless.forward)  # little padding: fast
-    n = len(held_out_pairs)
-    accuracy = sum(c.score > r.score for c, r in zip(outs[:n], outs[n:])) / n
-    assert accuracy > 0.5, accuracy
+def test_harmless_reproduces_its_held_out_accuracy(harmless, reported):
+    measured = harmless_figures(harmless, by_split(load_hh(DATA))["heldout"])
+    assert measured["pairs"] == reported[HARMLESS]["pairs"]
+    assert measured["pairwise_accuracy"] == pytest.approx(reported[HARMLESS]["pairwise_accuracy"], abs=PAIR_TOLERANCE)
+    assert measured["pairwise_accuracy"] > 0.6  # chance: 0.5
+
+
+@needs_data
+def test_prm_reproduces_its_held_out_processbench_f1(prm, reported):
+    measured = prm_figures(prm, by_split(load_processbench(DATA))["heldout"])
+    expected = reported[PRM]
+    assert measured["threshold"] == expected["threshold"] == prm.spec.process.threshold
+    for figure in ("processbench_f1", "processbench_f1_at_0.5"):
+        assert measured[figure] == pytest.approx(expected[figure], abs=F1_TOLERANCE), figure
+    assert measured["step_auroc"] == pytest.approx(expected["step_auroc"], abs=AUROC_TOLERANCE)
+    assert measured["processbench_f1"] > measured["processbench_f1_at_0.5"]  # the calibrated threshold pays
+
+
+@needs_data
+def test_multi_reproduces_its_held_out_figures(multi, reported):
+    measured = multi_figures(multi, by_split(load_hh(DATA))["heldout"], by_split(load_processbench(DATA))["heldout"])
+    expected = reported[MULTI]
+    assert measured["harmlessness_pairwise_accuracy"] == pytest.approx(
+        reported[HARMLESS]["pairwise_accuracy"], abs=PAIR_TOLERANCE)
+    assert measured["math_correctness_auroc"] == pytest.approx(expected["math_correctness_auroc"], abs=AUROC_TOLERANCE)
+    assert measured["math_correctness_auroc"] > 0.6  # chance: 0.5
+
+
+def test_models_readme_shows_the_reported_figures(reported):
+    """The tables of models/README.md are the figures training wrote."""
+    text = (BUILTIN.parent / "README.md").read_text()
+    shown = [reported[HARMLESS]["pairwise_accuracy"], reported[PRM]["step_auroc"],
+             reported[MULTI]["math_correctness_auroc"]]
+    for value in shown:
+        assert f"**{value:.3f}**" in text, value
+    assert f"**{reported[PRM]['processbench_f1']:.1f}**" in text
 
 
 @needs_data

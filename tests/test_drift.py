@@ -1,9 +1,9 @@
 """Reward drift: the statistics against scipy's, the bounded live window, baseline files
 (`rewardserve baseline`, read at start-up, a broken one reported without stopping
-serving), and end to end on real data: the embedded minilm-harmless model served a stream
-of HH-RLHF chosen responses stays below the thresholds of a baseline taken on other chosen
-responses, and a switch to the rejected responses of the same conversations pushes the
-drift gauges past them."""
+serving), limits calibrated per model and dimension from the baseline's own reference run,
+and end to end on real data: the embedded minilm-harmless model as shipped, served a stream
+of HH-RLHF chosen responses, stays under its calibrated limits, and a switch to the rejected
+responses of the same conversations pushes the drift gauges past them."""
 
 from __future__ import annotations
 
@@ -22,11 +22,13 @@ from scipy.spatial.distance import jensenshannon
 
 from models.heads import RewardOutput
 from models.tiny_models import HELPSTEER
-from models.train_default import by_split, load_hh
+from models.reward_data import by_split, load_hh
 from service.cli import main
-from service.config import BUILTIN_DIR, load_settings
+from service.config import BUILTIN_DIR, ModelConfig, Settings, load_settings
 from service.monitoring.drift import (
     BASELINE_FILENAME,
+    FALLBACK_THRESHOLDS,
+    DriftMonitor,
     ModelWindow,
     compare,
     dimension_baseline,
@@ -71,6 +73,61 @@ def test_statistics_agree_with_scipy():
     same = compare(rng.normal(1.0, 2.0, 3000), baseline)
     assert same["psi"] < 0.02 and same["ks"] < 0.05 and abs(same["mean_shift"]) < 0.1
     assert got["psi"] > 0.1 and got["ks"] > 0.1
+
+
+def exceeded_share(baseline, windows) -> float:
+    """The share of windows in which any statistic passes the baseline's calibrated limit."""
+    return float(np.mean([any(abs(v) > baseline.thresholds[s] for s, v in compare(w, baseline).items())
+                          for w in windows]))
+
+
+@pytest.mark.parametrize("draw", [lambda rng, n: rng.normal(0.0, 1.0, n), lambda rng, n: rng.lognormal(0.0, 1.0, n),
+                                  lambda rng, n: rng.integers(0, 4, n).astype(float)],
+                         ids=["normal", "skewed", "discrete"])
+def test_calibrated_limits_pass_unshifted_windows_and_catch_a_shift(draw):
+    """Limits calibrated on 600 reference values for windows of 200: fresh windows from the
+    same distribution seldom pass any of them, whatever its shape; the same windows moved by
+    half a reference standard deviation nearly always do."""
+    rng = np.random.default_rng(1)
+    reference_values = draw(rng, 600)
+    baseline = dimension_baseline("m", "sha256:x", "synthetic", "score", reference_values, threshold_window=200)
+    assert baseline.threshold_window == 200 and set(baseline.thresholds) == set(DRIFT_GAUGES)
+    fresh = [draw(rng, 200) for _ in range(200)]
+    assert exceeded_share(baseline, fresh) <= 0.05
+    assert exceeded_share(baseline, [w + 0.5 * baseline.std for w in fresh]) >= 0.95
+
+
+def test_limits_widen_for_smaller_windows_and_fewer_references():
+    rng = np.random.default_rng(2)
+    values = rng.normal(0.0, 1.0, 1000)
+    limits = {(n, window): dimension_baseline("m", "r", "s", "score", values[:n], threshold_window=window).thresholds
+              for n, window in ((1000, 200), (1000, 50), (300, 200))}
+    for statistic in DRIFT_GAUGES:
+        assert limits[1000, 50][statistic] > limits[1000, 200][statistic], statistic
+        assert limits[300, 200][statistic] > limits[1000, 200][statistic], statistic
+
+
+def test_operator_thresholds_override_calibrated_ones_and_uncalibrated_baselines_use_fixed_ones():
+    rng = np.random.default_rng(3)
+    values = rng.normal(0.0, 1.0, 600)
+    calibrated = dimension_baseline("m", "r", "s", "score", values, threshold_window=200)
+    uncalibrated = dimension_baseline("m", "r", "s", "score", values)
+    window = rng.normal(0.0, 1.0, 200)
+    live = {"score": window - window.mean() + calibrated.mean + 0.27 * calibrated.std}  # moved by 0.27 std exactly
+    snapshot = {"m": (live, live["score"], np.full(200, 10.0))}
+
+    def judged(thresholds, baseline) -> tuple[dict, list]:
+        monitor = DriftMonitor(window=200, min_samples=200, thresholds=thresholds)
+        monitor.windows["m"], monitor.baselines["m"] = ModelWindow(200), {"score": baseline}
+        report = monitor.compute(snapshot)["m"].dimensions["score"]
+        return report.thresholds, report.exceeded
+
+    assert judged(None, calibrated)[0] == calibrated.thresholds
+    assert judged(None, uncalibrated)[0] == FALLBACK_THRESHOLDS
+    assert judged({"ks": 0.99}, calibrated) == ({"ks": 0.99}, [])
+    assert "mean_shift" in judged(None, calibrated)[1]  # past the limit calibrated for 200 values against 600
+    assert calibrated.thresholds["mean_shift"] < 0.27
+    assert "mean_shift" not in judged(None, uncalibrated)[1]  # but under the fixed 0.3
 
 
 def test_window_keeps_the_last_values_only():
@@ -129,6 +186,7 @@ def test_baseline_command_covers_every_dimension(tiny_model_dirs, load_tiny, tmp
     assert multi["dim:verbosity"].std == pytest.approx(np.std([r.dimensions["verbosity"] for r in refs]), abs=1e-6)
     assert multi["score"].revision == load_tiny("llama-helpsteer").revision
     assert multi["score"].source.startswith("llama-helpsteer.jsonl (sha256:")
+    assert multi["score"].threshold_window == 5 and set(multi["score"].thresholds) == set(DRIFT_GAUGES)
     prm = read_baseline(dirs["qwen2-prm"] / BASELINE_FILENAME)
     steps = [r for item in items["qwen2-prm"] for r in reference(load_tiny("qwen2-prm"), item).step_rewards]
     assert set(prm) == {"score", "step"} and prm["step"].count == len(steps)
@@ -144,10 +202,14 @@ def test_baseline_command_covers_every_dimension(tiny_model_dirs, load_tiny, tmp
         for name in dirs:
             dims = report["models"][name]["dimensions"]
             assert set(dims) == set(read_baseline(dirs[name] / BASELINE_FILENAME))
-            for dim in dims.values():
+            baseline = read_baseline(dirs[name] / BASELINE_FILENAME)
+            for dim_name, dim in dims.items():
                 assert dim["exceeded"] == [] and dim["statistics"]["mean_shift"] == pytest.approx(0, abs=1e-5)
                 assert dim["statistics"]["ks"] < 0.1
+                assert dim["thresholds"] == baseline[dim_name].thresholds  # calibrated limits judge by default
         s = scrape(client)
+    assert s.value("rewardserve_drift_threshold", model="qwen2-prm", dimension="step", statistic="ks") == \
+        pytest.approx(prm["step"].thresholds["ks"])
     assert s.value("rewardserve_drift_baseline_loaded", model="llama-helpsteer") == 1
     assert s.value("rewardserve_drift_psi", model="llama-helpsteer", dimension="dim:helpfulness") < 0.05
     assert s.value("rewardserve_drift_window_observations", model="qwen2-prm", dimension="step") == len(steps)
@@ -183,57 +245,85 @@ def poll_drift(client: httpx.Client, since: float, done, timeout: float = WAIT_S
 
 
 BASELINE_PAIRS, WINDOW = 300, 200
-JUDGED = {"mean_shift": 0.2, "wasserstein": 0.2, "ks": 0.16}
 
 
-@needs_data
-def test_switch_from_chosen_to_rejected_responses_raises_drift(tmp_path, capsys):
-    """Baseline: minilm-harmless's scores of the chosen responses of 300 HH-RLHF
-    conversations. Live: the chosen responses of 200 other conversations (no drift), then
-    the rejected responses of those same 200 (the model scores them lower: drift)."""
-    pairs = by_split(load_hh(DATA))["fit"][:BASELINE_PAIRS + WINDOW]
-    model_dir = tmp_path / "minilm-harmless"
-    shutil.copytree(BUILTIN_DIR / "minilm-harmless", model_dir, ignore=shutil.ignore_patterns("*.jsonl"))
-    config = write_config(tmp_path / "config.yaml", {"minilm-harmless": model_dir}, drift_window=WINDOW,
-                          drift_min_samples=WINDOW, drift_interval_s=0.2, drift_thresholds=JUDGED)
-    source = write_items(tmp_path / "chosen.jsonl", [
-        {"prompt": p.chosen.prompt, "response": p.chosen.response} for p in pairs[:BASELINE_PAIRS]])
-    main(["baseline", str(source), "--config", str(config), "--truncate", "left", "--write", "--quiet"])
-    capsys.readouterr()
-
-    app = create_app(load_settings(config))
+def streamed_reports(settings: Settings, pairs: list) -> tuple[tuple[dict, dict], tuple[dict, dict]]:
+    """(report, scrape) of minilm-harmless after the chosen responses of `pairs`, then after
+    their rejected responses, on a fresh server whose window holds WINDOW values."""
+    app = create_app(settings)
     with live_server(app) as url, httpx.Client(base_url=url, timeout=WAIT_S) as client:
         assert wait_until_loaded(client, timeout=WAIT_S).status_code == 200
 
         def stream(side: str) -> tuple[dict, dict]:
-            live = pairs[BASELINE_PAIRS:]
-            for start in range(0, len(live), 25):
+            for start in range(0, len(pairs), 25):
                 items = [{"prompt": getattr(p, side).prompt, "response": getattr(p, side).response}
-                         for p in live[start:start + 25]]
+                         for p in pairs[start:start + 25]]
                 reply = client.post("/v1/score", json={"items": items, "truncate": "left", "priority": "bulk"})
                 assert reply.status_code == 200, reply.text
             body = poll_drift(client, time.time(), lambda b: True)
             return body["models"]["minilm-harmless"], scrape(client)
 
-        chosen, chosen_scrape = stream("chosen")
-        rejected, rejected_scrape = stream("rejected")
+        return stream("chosen"), stream("rejected")
 
+
+@needs_data
+def test_switch_from_chosen_to_rejected_responses_raises_drift(tmp_path, capsys):
+    """Baseline: minilm-harmless's scores of the chosen responses of 300 HH-RLHF
+    conversations, with limits calibrated for windows of 200 (the default). Live: the chosen
+    responses of 200 other conversations (no drift), then the rejected responses of those
+    same 200 (the model scores them lower: drift). These are training conversations, where
+    the model tells chosen from rejected well enough (73% of pairs) for the switch to move
+    its mean by a third of a standard deviation; on unseen ones (62%) it moves by a fifth,
+    which a window of 200 cannot tell from noise (see the next test)."""
+    pairs = by_split(load_hh(DATA))["fit"][:BASELINE_PAIRS + WINDOW]
+    model_dir = tmp_path / "minilm-harmless"
+    shutil.copytree(BUILTIN_DIR / "minilm-harmless", model_dir, ignore=shutil.ignore_patterns("*.jsonl"))
+    config = write_config(tmp_path / "config.yaml", {"minilm-harmless": model_dir}, drift_window=WINDOW,
+                          drift_interval_s=0.2)
+    source = write_items(tmp_path / "chosen.jsonl", [
+        {"prompt": p.chosen.prompt, "response": p.chosen.response} for p in pairs[:BASELINE_PAIRS]])
+    main(["baseline", str(source), "--config", str(config), "--truncate", "left", "--write", "--quiet"])
+    capsys.readouterr()
+    baseline = read_baseline(model_dir / BASELINE_FILENAME)["score"]
+    assert baseline.threshold_window == load_settings(config).drift_min_samples == WINDOW
+
+    (chosen, chosen_scrape), (rejected, rejected_scrape) = streamed_reports(load_settings(config),
+                                                                           pairs[BASELINE_PAIRS:])
     for report in (chosen, rejected):
         assert report["dimensions"]["score"]["observations"] == WINDOW
-        assert report["baseline"]["count"] == BASELINE_PAIRS
+        assert report["baseline"]["count"] == baseline.count
         assert -1 <= report["length_correlation"] <= 1 and report["reference_length_correlation"] is not None
     calm, drifted = chosen["dimensions"]["score"], rejected["dimensions"]["score"]
+    assert calm["thresholds"] == drifted["thresholds"] == baseline.thresholds  # calibrated, no drift_thresholds
     assert calm["exceeded"] == [], calm
-    assert set(drifted["exceeded"]) == set(JUDGED), drifted
-    assert drifted["statistics"]["mean_shift"] < -JUDGED["mean_shift"]  # rejected responses score lower
+    assert {"mean_shift", "wasserstein"} <= set(drifted["exceeded"]), drifted
+    assert drifted["statistics"]["mean_shift"] < -baseline.thresholds["mean_shift"]  # rejected responses score lower
     for statistic in DRIFT_GAUGES:  # every statistic moves away from the baseline
         assert abs(drifted["statistics"][statistic]) > abs(calm["statistics"][statistic]), statistic
     labels = {"model": "minilm-harmless", "dimension": "score"}
-    for statistic in JUDGED:
+    for statistic in DRIFT_GAUGES:
         assert chosen_scrape.value("rewardserve_drift_exceeded", statistic=statistic, **labels) == 0
-        assert rejected_scrape.value("rewardserve_drift_exceeded", statistic=statistic, **labels) == 1
-    assert rejected_scrape.value("rewardserve_drift_ks_statistic", **labels) > JUDGED["ks"] > \
-        chosen_scrape.value("rewardserve_drift_ks_statistic", **labels)
+        assert rejected_scrape.value("rewardserve_drift_threshold", statistic=statistic, **labels) == \
+            pytest.approx(baseline.thresholds[statistic])
+    assert rejected_scrape.value("rewardserve_drift_exceeded", statistic="mean_shift", **labels) == 1
+    assert rejected_scrape.value("rewardserve_drift_wasserstein_normalized", **labels) > \
+        baseline.thresholds["wasserstein"] > chosen_scrape.value("rewardserve_drift_wasserstein_normalized", **labels)
     assert rejected_scrape.value("rewardserve_drift_window_observations", **labels) == WINDOW
     assert rejected_scrape.value("rewardserve_drift_last_computed_timestamp_seconds", model="minilm-harmless") > \
         chosen_scrape.value("rewardserve_drift_last_computed_timestamp_seconds", model="minilm-harmless")
+
+
+@needs_data
+def test_shipped_baseline_stays_calm_on_unseen_chosen_responses():
+    """The embedded minilm-harmless as shipped: its baseline (held-out chosen responses) and
+    the limits calibrated into it. The chosen responses of 200 validation conversations raise
+    no statistic; their rejected responses score lower, by less than the limits of a window
+    of 200 (the model is weak: the tables of models/README.md)."""
+    settings = Settings(models=[ModelConfig(name="minilm-harmless", path="builtin:minilm-harmless")],
+                        drift_window=WINDOW, drift_interval_s=0.2, canary_interval_s=0, grpc_port=0)
+    baseline = read_baseline(BUILTIN_DIR / "minilm-harmless" / BASELINE_FILENAME)["score"]
+    assert baseline.threshold_window == settings.drift_min_samples == WINDOW and baseline.thresholds
+    (chosen, _), (rejected, _) = streamed_reports(settings, by_split(load_hh(DATA))["val"][:WINDOW])
+    calm, lower = chosen["dimensions"]["score"], rejected["dimensions"]["score"]
+    assert calm["thresholds"] == baseline.thresholds and calm["exceeded"] == [], calm
+    assert lower["statistics"]["mean_shift"] < calm["statistics"]["mean_shift"]

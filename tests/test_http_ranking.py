@@ -34,10 +34,14 @@ MULTI_STATS = {"score": {"mean": 0.25, "std": 2.0},
                "dimensions": {d: {"mean": 0.1 * i, "std": 0.5 + 0.25 * i} for i, d in enumerate(HELPSTEER)},
                "count": 100, "source": "hand-made"}
 PRM_STATS = {"score": {"mean": 0.5, "std": 0.1}, "aggregate": "min", "count": 100, "source": "hand-made"}
+PRM_THRESHOLD = 0.999999  # prm-z's calibrated threshold: above every step reward of the tiny PRM
 
 
 def _spec(directory, stats: dict) -> dict:
-    return {**yaml.safe_load((directory / SPEC_FILENAME).read_text()), "reference_stats": stats}
+    spec = yaml.safe_load((directory / SPEC_FILENAME).read_text())
+    if "process" in spec:
+        spec["process"] |= {"threshold": PRM_THRESHOLD}
+    return {**spec, "reference_stats": stats}
 
 
 @pytest.fixture(scope="module")
@@ -300,6 +304,17 @@ def test_steps_rewards_aggregate_and_first_below(client, load_tiny):
     result = nothing_below["results"][0]
     assert result["first_below"] is None and "first_below" in result  # null, not left out
     assert nothing_below["aggregate"] == "min" and result["score"] == pytest.approx(min(ref.step_rewards), abs=1e-5)
+
+
+def test_steps_threshold_defaults_to_the_models_calibrated_one(client, load_tiny):
+    """No threshold in the request: the spec's process.threshold (0.5 when it sets none)."""
+    item = {"prompt": "What is (3 + 4) * 2?", "steps": STEPS}
+    rewards = reference(load_tiny(PRM), item).step_rewards
+    calibrated = ok(client.post("/v1/steps", json={"model": PRM_Z, "items": [item]}))
+    assert calibrated["threshold"] == PRM_THRESHOLD and calibrated["results"][0]["first_below"] == 0
+    plain = ok(client.post("/v1/steps", json={"model": PRM, "items": [item]}))
+    assert plain["threshold"] == 0.5
+    assert plain["results"][0]["first_below"] == next((i for i, r in enumerate(rewards) if r < 0.5), None)
 
 
 def test_steps_after_left_truncation_count_from_the_callers_first_step(client, load_tiny):

@@ -256,3 +256,41 @@ def test_checkpoint_of_another_head_class_is_a_load_error(tiny_model_dirs):
     do not fit, which is reported instead of a model with a fresh head."""
     with pytest.raises(ModelLoadError, match=r"score\.bias"):
         RewardModel.load("wrong-kind", tiny_model_dirs["qwen2-prm"], spec={"kind": "scalar"})
+
+
+# ---- backbone_weights: a fine-tune shipped as the tensors it changed ----------------------
+
+
+def test_backbone_weights_replace_the_checkpoints_tensors(copy_model):
+    """Tensors laid over the checkpoint score exactly as a checkpoint holding them, and the
+    revision follows the file."""
+    base = copy_model("llama-scalar")
+    tuned = shutil.copytree(base, base.parent / "tuned")
+    original = load_file(str(base / "model.safetensors"))
+    changed = {"score.weight": original["score.weight"] * 2, "model.norm.weight": original["model.norm.weight"] + 0.1}
+    rewrite_weights(tuned, lambda t: t.update(changed))
+    save_file(changed, str(base / "tuned.safetensors"))
+    spec = {"kind": "scalar", "backbone_weights": "tuned.safetensors"}
+    overlaid = RewardModel.load("overlaid", base, spec=spec)
+    expected = RewardModel.load("tuned", tuned).score([ITEM])[0].score
+    assert overlaid.score([ITEM])[0].score == pytest.approx(expected, abs=1e-6)
+    assert expected != pytest.approx(RewardModel.load("base", base).score([ITEM])[0].score, abs=1e-4)
+    before = overlaid.revision
+    assert before != revision(base)
+    save_file({"score.weight": original["score.weight"] * 3}, str(base / "tuned.safetensors"))
+    assert revision(base, spec) != before
+
+
+@pytest.mark.parametrize("tensors,match", [
+    ({"score.extra": torch.zeros(2)}, r"not in the backbone: score\.extra"),
+    ({"score.weight": torch.zeros(1, 3)}, r"shape mismatch: score\.weight \(1, 3\)"),
+    (None, "does not exist"),
+])
+def test_backbone_weights_that_do_not_fit_are_a_load_error(copy_model, tensors, match):
+    """A tensor the backbone lacks would go unread, one of another shape cannot be laid over;
+    a missing file is no fine-tune at all: each fails the load instead of serving the base."""
+    model_dir = copy_model("llama-scalar")
+    if tensors is not None:
+        save_file(tensors, str(model_dir / "tuned.safetensors"))
+    with pytest.raises(ModelLoadError, match=match):
+        RewardModel.load("tuned", model_dir, spec={"kind": "scalar", "backbone_weights": "tuned.safetensors"})

@@ -21,7 +21,7 @@ from service.config import Settings
 from service.app import create_app
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-EMBEDDED = ("minilm-harmless", "minilm-prm")
+EMBEDDED = ("minilm-harmless", "minilm-prm", "minilm-multi")
 # Numbers that differ from run to run: times and ids.
 VOLATILE = {"created", "computed_at", "checked_at", "seconds"}
 

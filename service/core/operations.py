@@ -246,7 +246,9 @@ async def rerank_documents(scorer: Scorer, body: RerankRequest) -> RerankRespons
 
 class StepsRequest(_Options):
     items: list[ScoreItem] = Field(min_length=1, description="{prompt, steps} or {input_ids}")
-    threshold: FiniteFloat = Field(0.5, description="report the first step whose reward is below this")
+    threshold: FiniteFloat | None = Field(None, description=(
+        "report the first step whose reward is below this; default: the model's calibrated threshold "
+        "(its spec's process.threshold, 0.5 unless set)"))
 
 
 class StepsResult(BaseModel):
@@ -277,16 +279,17 @@ async def score_steps(scorer: Scorer, body: StepsRequest) -> StepsResponse:
         raise APIError(422, "invalid_request", f"/v1/steps needs a process reward model; this one is {spec.kind.value}",
                        "model")
     inputs = [item.to_input() for item in body.items]
+    threshold = spec.process.threshold if body.threshold is None else body.threshold
     scored = await scorer.score_as(body.job(inputs), in_list("items"), "items")
     results = []
     for i, (item, out) in enumerate(zip(inputs, scored.outputs)):
         offset = 0
         if out.truncated and body.truncate == "left" and isinstance(item, StepsInput):
             offset = len(item.steps) - len(out.step_rewards)
-        below = first_below(out.step_rewards, body.threshold)
+        below = first_below(out.step_rewards, threshold)
         results.append(StepsResult(index=i, score=out.score, step_rewards=out.step_rewards,
                                    first_below=None if below is None else offset + below, step_offset=offset,
                                    num_tokens=out.num_tokens, truncated=out.truncated))
     return StepsResponse(model=scored.model, revision=scored.revision, aggregate=default_aggregate(spec, body.aggregate),
-                         threshold=body.threshold, normalized=scored.normalized, results=results,
+                         threshold=threshold, normalized=scored.normalized, results=results,
                          usage=Usage(total_tokens=scored.total_tokens))

@@ -17,6 +17,13 @@ compares it with the model's baseline:
 - the mean shift, in reference standard deviations, and the std shift (live std / reference
   std - 1).
 
+Each statistic is judged against a limit per model and dimension: the one calibrated into the
+baseline (`calibrated_thresholds`: what an unshifted window of `drift_min_samples` values stays
+under, every statistic at once, 99% of the time, resampled from the reference run itself), or the operator's
+`drift_thresholds` for every model when set, or FALLBACK_THRESHOLDS for a baseline without
+calibrated limits. Fixed limits cannot fit every model: how far an unshifted window wanders
+depends on the reference's size and on the shape of the model's scores.
+
 Style bias: the Pearson correlation between the score and the item's length (`num_tokens`,
 prompt and response together) over the window, next to the same correlation in the
 reference run.
@@ -52,6 +59,12 @@ DEFAULT_BINS = 10
 QUANTILE_LEVELS = np.linspace(0.0, 1.0, 101)
 W1_GRID = (np.arange(200) + 0.5) / 200
 PSI_PSEUDOCOUNT = 0.5  # per bin, so an empty bin gives a large but finite PSI
+# For a baseline without calibrated limits. PSI 0.2 is the usual "significant shift" mark;
+# the others sit above the sampling noise of an unshifted window of 200 values against a few
+# hundred reference ones.
+FALLBACK_THRESHOLDS = {"psi": 0.2, "js_distance": 0.2, "ks": 0.15, "wasserstein": 0.3, "mean_shift": 0.3,
+                       "std_shift": 0.3}
+CALIBRATION_ROUNDS, CALIBRATION_LEVEL, CALIBRATION_SEED = 2000, 0.99, 0  # level: windows passing every limit
 SCORE, STEP = "score", "step"
 
 
@@ -89,6 +102,8 @@ class DimensionBaseline(BaseModel):
     counts: list[int] = Field(description="reference values per bin (len(edges) + 1 bins)")
     quantiles: list[float] = Field(min_length=101, max_length=101, description="reference quantiles at 0, 0.01, ..., 1")
     length_correlation: float | None = Field(None, description="Pearson(value, num_tokens) over the reference run")
+    thresholds: dict[str, float] | None = Field(None, description="limits calibrated for this dimension")
+    threshold_window: int | None = Field(None, description="the window size the limits were calibrated for")
 
     @model_validator(mode="after")
     def _consistent(self) -> DimensionBaseline:
@@ -107,7 +122,9 @@ def bin_index(edges: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 
 def dimension_baseline(model: str, revision: str, source: str, dimension: str, values, lengths=None,
-                       bins: int = DEFAULT_BINS) -> DimensionBaseline:
+                       bins: int = DEFAULT_BINS, threshold_window: int | None = None) -> DimensionBaseline:
+    """The baseline of one dimension; with `threshold_window`, limits calibrated for windows
+    of that many values too."""
     x = np.asarray(values, dtype=np.float64)
     if x.size < 2 or not np.all(np.isfinite(x)):
         raise ValueError(f"{dimension}: need at least 2 finite values, got {x.size}")
@@ -116,23 +133,49 @@ def dimension_baseline(model: str, revision: str, source: str, dimension: str, v
     correlation = None
     if lengths is not None:
         correlation = pearson(x, np.asarray(lengths, dtype=np.float64))
-    return DimensionBaseline(
+    baseline = DimensionBaseline(
         model=model, revision=revision, source=source, dimension=dimension, count=int(x.size),
         mean=float(x.mean()), std=float(x.std()), edges=edges.tolist(), counts=counts.tolist(),
         quantiles=np.quantile(x, QUANTILE_LEVELS).tolist(), length_correlation=correlation,
     )
+    if threshold_window is None:
+        return baseline
+    return baseline.model_copy(update={"thresholds": calibrated_thresholds(x, baseline, threshold_window),
+                                       "threshold_window": threshold_window})
+
+
+def calibrated_thresholds(values: np.ndarray, baseline: DimensionBaseline, window: int) -> dict[str, float]:
+    """Limits an unshifted window of `window` values passes, all of them at once, with
+    probability CALIBRATION_LEVEL: over windows resampled (with replacement) from the
+    reference values, each statistic's magnitude quantile at the lowest common level that
+    CALIBRATION_LEVEL of the windows pass together; then widened by sqrt(1 + window / count)
+    for the baseline's own sampling noise (a resampled window is judged against the very
+    values it was drawn from, a live one against a reference that is itself a sample).
+    Larger live windows wander less, so the limits are conservative for them."""
+    rng = np.random.default_rng(CALIBRATION_SEED)
+    draws = [compare(rng.choice(values, window, replace=True), baseline) for _ in range(CALIBRATION_ROUNDS)]
+    names = list(draws[0])
+    magnitudes = np.abs(np.array([[d[s] for s in names] for d in draws]))
+    for level in np.linspace(CALIBRATION_LEVEL, 1.0, 201):
+        limits = np.quantile(magnitudes, level, axis=0)
+        if np.mean((magnitudes <= limits).all(axis=1)) >= CALIBRATION_LEVEL:
+            break
+    widen = math.sqrt(1 + window / values.size)
+    return {s: float(limit * widen) for s, limit in zip(names, limits)}
 
 
 def compute_baseline(model: str, revision: str, source: str, outputs: list[RewardOutput],
-                     bins: int = DEFAULT_BINS) -> dict[str, DimensionBaseline]:
-    """The baseline of every dimension the outputs carry."""
+                     bins: int = DEFAULT_BINS, threshold_window: int | None = None) -> dict[str, DimensionBaseline]:
+    """The baseline of every dimension the outputs carry (with limits calibrated for windows
+    of `threshold_window` values, when given)."""
     values: dict[str, list[float]] = {}
     for out in outputs:
         for dim, vals in observations(out).items():
             values.setdefault(dim, []).extend(vals)
     lengths = [out.num_tokens for out in outputs]
     return {
-        dim: dimension_baseline(model, revision, source, dim, vals, lengths if dim != STEP else None, bins)
+        dim: dimension_baseline(model, revision, source, dim, vals, lengths if dim != STEP else None, bins,
+                                threshold_window)
         for dim, vals in values.items()
     }
 
@@ -234,6 +277,7 @@ class DimensionReport:
     live_std: float | None
     statistics: dict[str, float] | None  # None: no baseline, or fewer than min_samples values
     exceeded: list[str] = field(default_factory=list)
+    thresholds: dict[str, float] | None = None  # the limits judged against, with the statistics
 
 
 @dataclass
@@ -288,10 +332,10 @@ class ModelWindow:
 class DriftMonitor:
     """Windows and baselines of every served model, and the latest report of each."""
 
-    def __init__(self, window: int, min_samples: int, thresholds: dict[str, float]):
+    def __init__(self, window: int, min_samples: int, thresholds: dict[str, float] | None):
         self.window = window
         self.min_samples = min_samples
-        self.thresholds = thresholds
+        self.thresholds = thresholds  # the operator's, for every model; None: per model and dimension
         self.windows: dict[str, ModelWindow] = {}
         self.baselines: dict[str, dict[str, DimensionBaseline]] = {}
         self.reports: dict[str, ModelReport] = {}
@@ -325,7 +369,8 @@ class DriftMonitor:
                                          float(live.std()) if live.size else None, None)
                 if dim in baseline and live.size >= self.min_samples:
                     report.statistics = compare(live, baseline[dim])
-                    report.exceeded = [s for s, limit in self.thresholds.items()
+                    report.thresholds = self.limits(baseline[dim])
+                    report.exceeded = [s for s, limit in report.thresholds.items()
                                        if abs(report.statistics.get(s, 0.0)) > limit]
                 dims[dim] = report
             score_ref = baseline.get(SCORE)
@@ -337,6 +382,12 @@ class DriftMonitor:
                 reference_length_correlation=score_ref.length_correlation if score_ref else None,
             )
         return reports
+
+    def limits(self, baseline: DimensionBaseline) -> dict[str, float]:
+        """The limits a dimension is judged against (see the module's docstring)."""
+        if self.thresholds is not None:
+            return self.thresholds
+        return baseline.thresholds if baseline.thresholds is not None else FALLBACK_THRESHOLDS
 
     async def refresh(self) -> dict[str, ModelReport]:
         now = time.time()  # before the snapshot: a report covers what was observed until computed_at

@@ -333,12 +333,12 @@ class StateCollector:
         loaded = GaugeMetricFamily("rewardserve_drift_baseline_loaded", "1 when the model has a drift baseline.",
                                    labels=["model"])
         exceeded = GaugeMetricFamily("rewardserve_drift_exceeded",
-                                     "1 when the statistic was past its threshold (drift_thresholds), last computed.",
+                                     "1 when the statistic was past its limit, last computed.",
                                      labels=["model", "dimension", "statistic"])
-        thresholds = GaugeMetricFamily("rewardserve_drift_threshold", "The configured limit of each drift statistic.",
-                                       labels=["statistic"])
-        for statistic, limit in drift.thresholds.items():
-            thresholds.add_metric([statistic], limit)
+        thresholds = GaugeMetricFamily("rewardserve_drift_threshold",
+                                       "The limit each drift statistic of a model's dimension is judged against "
+                                       "(calibrated into its baseline, or drift_thresholds).",
+                                       labels=["model", "dimension", "statistic"])
         for name in drift.windows:
             loaded.add_metric([name], 1.0 if drift.baselines.get(name) else 0.0)
             report = drift.reports.get(name)
@@ -353,8 +353,9 @@ class StateCollector:
                 observed.add_metric([name, dim], dim_report.observations)
                 for s, value in (dim_report.statistics or {}).items():
                     stats[s].add_metric([name, dim], value)
-                    if s in drift.thresholds:
-                        exceeded.add_metric([name, dim, s], 1.0 if s in dim_report.exceeded else 0.0)
+                for s, limit in (dim_report.thresholds or {}).items():
+                    thresholds.add_metric([name, dim, s], limit)
+                    exceeded.add_metric([name, dim, s], 1.0 if s in dim_report.exceeded else 0.0)
         yield from (*stats.values(), observed, capacity, computed, corr, ref_corr, loaded, exceeded, thresholds)
 
     def _canary(self):

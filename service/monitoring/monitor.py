@@ -20,7 +20,7 @@ class Monitoring:
         self.registry = registry
         self.settings = settings
         self.metrics = Metrics()
-        self.drift = DriftMonitor(settings.drift_window, settings.drift_min_samples, dict(settings.drift_thresholds))
+        self.drift = DriftMonitor(settings.drift_window, settings.drift_min_samples, settings.drift_thresholds)
         self.canary = CanaryMonitor(registry, settings.canary_tolerance, settings.canary_tolerance_half,
                                     settings.canary_min_spearman)
         for name, runner in registry.runners.items():
