@@ -213,11 +213,7 @@ def baseline(args) -> None:
     beside the model: per drift dimension, frozen quantile bin edges, reference statistics
     and limits calibrated for windows of drift_min_samples values); prints a summary line
     per dimension."""
-    from service.monitoring.drift import (
-        BASELINE_FILENAME,
-        compute_baseline,
-        write_baseline,
-    )
+    from service.monitoring.baseline import BASELINE_FILENAME, compute_baseline, write_baseline
 
     settings = _settings(args)
     runner = _runner(settings, args.model or settings.default_model_name)

@@ -25,15 +25,8 @@ from models.tiny_models import HELPSTEER
 from models.reward_data import by_split, load_hh
 from service.cli import main
 from service.config import BUILTIN_DIR, ModelConfig, Settings, load_settings
-from service.monitoring.drift import (
-    BASELINE_FILENAME,
-    FALLBACK_THRESHOLDS,
-    DriftMonitor,
-    ModelWindow,
-    compare,
-    dimension_baseline,
-    read_baseline,
-)
+from service.monitoring.baseline import BASELINE_FILENAME, compare, dimension_baseline, read_baseline
+from service.monitoring.drift import FALLBACK_THRESHOLDS, DriftMonitor, ModelWindow
 from service.app import create_app
 from service.monitoring.metrics import DRIFT_GAUGES
 

@@ -61,7 +61,7 @@ LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0
 TOKEN_BUCKETS = tuple(2.0 ** k for k in range(4, 17))  # 16 .. 65536
 BATCH_SIZE_BUCKETS = tuple(2.0 ** k for k in range(10))  # 1 .. 512
 RATIO_BUCKETS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
-DRIFT_GAUGES = {  # statistic (service.monitoring.drift.compare) -> metric name
+DRIFT_GAUGES = {  # statistic (service.monitoring.baseline.compare) -> metric name
     "psi": "rewardserve_drift_psi",
     "js_distance": "rewardserve_drift_js_distance",
     "ks": "rewardserve_drift_ks_statistic",
