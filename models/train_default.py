@@ -53,7 +53,8 @@ HARMLESS, PRM, MULTI = "minilm-harmless", "minilm-prm", "minilm-multi"
 HEAD_FILE, BACKBONE_FILE = "reward_head.safetensors", "backbone.safetensors"
 HIDDEN = 384  # MiniLM-L6's width, what the heads read
 SEED = 0
-# The linear head a fine-tune starts from: fitted full batch on the frozen backbone's features.
+# Linear heads (the PRM's, and the start of minilm-harmless's fine-tune): full batch on the
+# frozen backbone's features.
 LR, WEIGHT_DECAY, MAX_STEPS, PATIENCE = 1e-2, 0.1, 2000, 100
 # The harmless model trains at 256 tokens (served at 512): left truncation keeps the final
 # turns, which decide most pairs, and halves the time of a step. The PRM's head is fitted at
@@ -62,7 +63,7 @@ HARMLESS_MAX_LENGTH, PRM_MAX_LENGTH = 256, 512
 HARMLESS_SCHEDULE = Schedule(epochs=2, batch=8, backbone_lr=3e-5, head_lr=1e-3, evals=8, seed=SEED)
 
 
-# ---- the linear head a fine-tune starts from ----------------------------------------
+# ---- linear heads on the frozen backbone ---------------------------------------------
 
 def features(model: RewardModel, items: list, truncate: str) -> list[torch.Tensor]:
     """Per item what the head reads: a pooled vector, or one row per surviving step marker."""
@@ -116,8 +117,9 @@ def prm_features(model: RewardModel, records: list[Solution]) -> tuple[torch.Ten
 
 @dataclass
 class Start:
-    """A model to fine-tune: the spec's backbone as published and a head file, encoding at
-    its training length; the head file lives in `directory`, kept as long as the model."""
+    """A model to fit a head on (and, for minilm-harmless, fine-tune): the spec's backbone as
+    published and a placeholder head file, encoding at its training length; the head file
+    lives in `directory`, kept as long as the model."""
 
     model: RewardModel
     directory: tempfile.TemporaryDirectory
@@ -134,7 +136,7 @@ def starting_model(spec_dir: Path, outputs: int, max_length: int) -> Start:
     return Start(RewardModel.load(spec_dir.name, directory.name, spec=spec), directory)
 
 
-# ---- fine-tuning --------------------------------------------------------------------
+# ---- training each model ----------------------------------------------------------
 
 def train_harmless(spec_dir: Path, pairs: dict[str, list[Pair]], out_dir: Path) -> None:
     start = starting_model(spec_dir, 1, HARMLESS_MAX_LENGTH)
