@@ -1,10 +1,15 @@
 """Revision fingerprint: one hash that changes whenever anything that can change a score
-changes (weights, tokenizer, chat template, model config, head, spec)."""
+changes (weights, tokenizer, chat template, model config, head, spec). The spec enters as
+its parsed canonical form only, not as the bytes of reward_spec.yaml, so an edit that changes
+no score (a comment, process.threshold) keeps the revision, and with it the cache, the drift
+baseline and the golden set recorded for it."""
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+
+from models.spec import SPEC_FILENAME
 
 FINGERPRINTED_SUFFIXES = (".safetensors", ".json", ".txt", ".model", ".jinja", ".tiktoken", ".yaml", ".py")
 # The version of how this code reads scores out of the same files (tokenization, pooling,
@@ -19,7 +24,8 @@ def fingerprint(dirs: list[Path], spec_json: str, extra_files: list[Path] = ()) 
     digest.update(f"rules:{SCORING_RULES}".encode())
     digest.update(spec_json.encode())
     seen = set()
-    candidates = [p for d in dirs for p in sorted(d.iterdir()) if p.suffix in FINGERPRINTED_SUFFIXES]
+    candidates = [p for d in dirs for p in sorted(d.iterdir())
+                  if p.suffix in FINGERPRINTED_SUFFIXES and p.name != SPEC_FILENAME]
     for path in [*candidates, *extra_files]:
         if not path.is_file() or path.resolve() in seen:
             continue

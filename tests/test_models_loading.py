@@ -184,6 +184,21 @@ def test_revision_changes_with_spec(copy_model):
     assert revision(model_dir, spec=spec) == changed  # inline or in the file, same spec
 
 
+def test_spec_file_edits_that_change_no_score_keep_the_revision(copy_model):
+    """A comment or a new process.threshold in reward_spec.yaml: the revision (and so the
+    cache, drift baseline and golden set recorded for it) stays; a scoring field moves it."""
+    model_dir = copy_model("qwen2-prm")
+    path = model_dir / SPEC_FILENAME
+    before = revision(model_dir)
+    spec = yaml.safe_load(path.read_text())
+    spec["process"]["threshold"] = 0.8
+    path.write_text("# recalibrated\n" + yaml.safe_dump(spec))
+    assert revision(model_dir) == before
+    spec["process"]["aggregate"] = "mean"
+    path.write_text(yaml.safe_dump(spec))
+    assert revision(model_dir) != before
+
+
 @pytest.mark.parametrize("change", [{"marker": "two words"}, {"good_token": "plus sign"}])
 def test_process_tokens_must_be_single_tokens(tiny_model_dirs, change):
     """A spec naming a marker or candidate token the tokenizer splits cannot be served:
