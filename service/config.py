@@ -96,8 +96,12 @@ class ModelConfig(BaseModel):
         return Path(self.path).expanduser()
 
     def resolved_device(self) -> str:
+        """'auto' is cuda when present, unless a device_map puts every module on the CPU or
+        disk: that model runs on the CPU (in float32 under dtype 'auto') whatever the host has."""
         if self.device != "auto":
             return self.device
+        if isinstance(self.device_map, dict) and not any(_is_gpu(v) for v in self.device_map.values()):
+            return "cpu"
         import torch
 
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -109,6 +113,11 @@ class ModelConfig(BaseModel):
         if self.dtype != "auto":
             return self.dtype
         return "bfloat16" if self.resolved_device().startswith("cuda") else "float32"
+
+
+def _is_gpu(placement: int | str) -> bool:
+    """A device_map value naming a GPU: its index (an int or digits) or 'cuda[:i]'."""
+    return isinstance(placement, int) or placement.isdigit() or placement.startswith("cuda")
 
 
 DriftStatistic = Literal["psi", "js_distance", "ks", "wasserstein", "mean_shift", "std_shift"]

@@ -187,6 +187,22 @@ def test_model_config_validates_and_passes_the_placement(tiny_model_dirs):
     runner.close()
 
 
+@pytest.mark.parametrize("device_map, placed", [
+    ({"": "cpu"}, ("cpu", "float32")),
+    ({"model.layers": "disk", "": "cpu"}, ("cpu", "float32")),
+    ({"model.layers": 0, "": "cpu"}, ("cuda", "bfloat16")),
+    ({"model.layers": "cuda:1", "": "cpu"}, ("cuda", "bfloat16")),
+    ("auto", ("cuda", "bfloat16")),
+])
+def test_auto_device_and_dtype_follow_the_device_map_on_a_gpu_host(tiny_model_dirs, monkeypatch, device_map, placed):
+    """On a host with a GPU, a map that puts nothing on it runs on the CPU in float32 (bfloat16
+    is slow there, and rounds scores for nothing); one that uses a GPU, or a strategy, gets
+    the GPU defaults."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    config = ModelConfig(name="m", path=str(tiny_model_dirs["llama-scalar"]), device_map=device_map)
+    assert (config.resolved_device(), config.resolved_dtype()) == placed
+
+
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
 def test_auto_splits_across_gpus(tiny_model_dirs, assert_outputs_match):
     """GPU 0 bounded to 3/4 of the model, as the CPU above: its modules go to both GPUs, and
