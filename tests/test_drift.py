@@ -25,7 +25,7 @@ from models.tiny_models import HELPSTEER
 from models.reward_data import by_split, load_hh
 from service.cli import main
 from service.config import BUILTIN_DIR, ModelConfig, Settings, load_settings
-from service.monitoring.baseline import BASELINE_FILENAME, compare, dimension_baseline, read_baseline
+from service.monitoring.baseline import BASELINE_FILENAME, compare, dimension_baseline, read_baseline, window_limits
 from service.monitoring.drift import FALLBACK_THRESHOLDS, DriftMonitor, ModelWindow
 from service.app import create_app
 from service.monitoring.metrics import DRIFT_GAUGES
@@ -68,15 +68,18 @@ def test_statistics_agree_with_scipy():
     assert got["psi"] > 0.1 and got["ks"] > 0.1
 
 
+DRAWS = [lambda rng, n: rng.normal(0.0, 1.0, n), lambda rng, n: rng.lognormal(0.0, 1.0, n),
+         lambda rng, n: rng.integers(0, 4, n).astype(float)]
+
+
 def exceeded_share(baseline, windows) -> float:
-    """The share of windows in which any statistic passes the baseline's calibrated limit."""
-    return float(np.mean([any(abs(v) > baseline.thresholds[s] for s, v in compare(w, baseline).items())
+    """The share of windows in which any statistic passes the baseline's calibrated limit, as
+    tightened or widened to the window's size."""
+    return float(np.mean([any(abs(v) > window_limits(baseline, w.size)[s] for s, v in compare(w, baseline).items())
                           for w in windows]))
 
 
-@pytest.mark.parametrize("draw", [lambda rng, n: rng.normal(0.0, 1.0, n), lambda rng, n: rng.lognormal(0.0, 1.0, n),
-                                  lambda rng, n: rng.integers(0, 4, n).astype(float)],
-                         ids=["normal", "skewed", "discrete"])
+@pytest.mark.parametrize("draw", DRAWS, ids=["normal", "skewed", "discrete"])
 def test_calibrated_limits_pass_unshifted_windows_and_catch_a_shift(draw):
     """Limits calibrated on 600 reference values for windows of 200: fresh windows from the
     same distribution seldom pass any of them, whatever its shape; the same windows moved by
@@ -88,6 +91,22 @@ def test_calibrated_limits_pass_unshifted_windows_and_catch_a_shift(draw):
     fresh = [draw(rng, 200) for _ in range(200)]
     assert exceeded_share(baseline, fresh) <= 0.05
     assert exceeded_share(baseline, [w + 0.5 * baseline.std for w in fresh]) >= 0.95
+
+
+@pytest.mark.parametrize("draw", DRAWS, ids=["normal", "skewed", "discrete"])
+def test_limits_tighten_as_the_live_window_grows(draw):
+    """Limits calibrated for 200 values judge a window of 1,000 by tighter limits: fresh
+    unshifted windows still seldom pass them, and a shift of a quarter standard deviation,
+    often lost in 200 values, is flagged in nearly every window of 1,000."""
+    rng = np.random.default_rng(1)
+    baseline = dimension_baseline("m", "r", "s", "score", draw(rng, 600), threshold_window=200)
+    assert window_limits(baseline, 200) == pytest.approx(baseline.thresholds)
+    for statistic, limit in window_limits(baseline, 1000).items():
+        assert limit < baseline.thresholds[statistic] < window_limits(baseline, 100)[statistic], statistic
+    small, large = ([draw(rng, n) for _ in range(200)] for n in (200, 1000))
+    assert exceeded_share(baseline, large) <= 0.05
+    shift = 0.25 * baseline.std
+    assert exceeded_share(baseline, [w + shift for w in large]) >= max(0.95, exceeded_share(baseline, [w + shift for w in small]))
 
 
 def test_limits_widen_for_smaller_windows_and_fewer_references():
@@ -199,10 +218,11 @@ def test_baseline_command_covers_every_dimension(tiny_model_dirs, load_tiny, tmp
             for dim_name, dim in dims.items():
                 assert dim["exceeded"] == [] and dim["statistics"]["mean_shift"] == pytest.approx(0, abs=1e-5)
                 assert dim["statistics"]["ks"] < 0.1
-                assert dim["thresholds"] == baseline[dim_name].thresholds  # calibrated limits judge by default
+                # calibrated limits judge by default, fitted to the window's size
+                assert dim["thresholds"] == pytest.approx(window_limits(baseline[dim_name], dim["observations"]))
         s = scrape(client)
     assert s.value("rewardserve_drift_threshold", model="qwen2-prm", dimension="step", statistic="ks") == \
-        pytest.approx(prm["step"].thresholds["ks"])
+        pytest.approx(window_limits(prm["step"], len(steps))["ks"])
     assert s.value("rewardserve_drift_baseline_loaded", model="llama-helpsteer") == 1
     assert s.value("rewardserve_drift_psi", model="llama-helpsteer", dimension="dim:helpfulness") < 0.05
     assert s.value("rewardserve_drift_window_observations", model="qwen2-prm", dimension="step") == len(steps)
@@ -320,3 +340,22 @@ def test_shipped_baseline_stays_calm_on_unseen_chosen_responses():
     calm, lower = chosen["dimensions"]["score"], rejected["dimensions"]["score"]
     assert calm["thresholds"] == baseline.thresholds and calm["exceeded"] == [], calm
     assert lower["statistics"]["mean_shift"] < calm["statistics"]["mean_shift"]
+
+
+@needs_data
+def test_shipped_baseline_flags_a_full_window_of_rejected_responses():
+    """The shipped model and baseline again, the window holding every held-out conversation
+    (478): after their chosen responses, the baseline's own, all is calm; after their rejected
+    ones (never trained on) the mean has fallen past the limits tightened to that window,
+    though the same shift would pass the limits of a window of 200."""
+    heldout = by_split(load_hh(DATA))["heldout"]
+    settings = Settings(models=[ModelConfig(name="minilm-harmless", path="builtin:minilm-harmless")],
+                        drift_window=len(heldout), drift_interval_s=0.2, canary_interval_s=0, grpc_port=0)
+    baseline = read_baseline(BUILTIN_DIR / "minilm-harmless" / BASELINE_FILENAME)["score"]
+    (chosen, _), (rejected, _) = streamed_reports(settings, heldout)
+    calm, drifted = chosen["dimensions"]["score"], rejected["dimensions"]["score"]
+    assert calm["observations"] == drifted["observations"] == len(heldout)
+    assert calm["exceeded"] == [], calm
+    assert drifted["thresholds"] == pytest.approx(window_limits(baseline, len(heldout)))
+    assert "mean_shift" in drifted["exceeded"], drifted
+    assert baseline.thresholds["mean_shift"] > -drifted["statistics"]["mean_shift"] > drifted["thresholds"]["mean_shift"]

@@ -20,7 +20,9 @@ Statistics of a live sample against a baseline:
 Limits (`calibrated_thresholds`): what an unshifted window of `drift_min_samples` values stays
 under, every statistic at once, 99% of the time, resampled from the reference run itself.
 Fixed limits cannot fit every model: how far an unshifted window wanders depends on the
-reference's size and on the shape of the model's scores.
+reference's size and on the shape of the model's scores. A live window holding more values
+than that wanders less, and `window_limits` tightens the limits to its size, so that a shift
+too small to tell from noise in 200 values is flagged once the window holds enough.
 
 The baseline is written by `rewardserve baseline FILE.jsonl --model NAME --write`. It is
 monitoring metadata, not part of the model: `.jsonl` files are not in the model's revision
@@ -91,6 +93,8 @@ class DimensionBaseline(BaseModel):
             raise ValueError("edges must be strictly increasing")
         if sum(self.counts) != self.count:
             raise ValueError("counts must add up to count")
+        if (self.thresholds is None) != (self.threshold_window is None):
+            raise ValueError("thresholds and threshold_window come together")
         return self
 
 
@@ -140,6 +144,18 @@ def calibrated_thresholds(values: np.ndarray, baseline: DimensionBaseline, windo
             break
     widen = math.sqrt(1 + window / values.size)
     return {s: float(limit * widen) for s, limit in zip(names, limits)}
+
+
+def window_limits(baseline: DimensionBaseline, size: int) -> dict[str, float]:
+    """The calibrated limits moved from the window they were calibrated for (W values) to a
+    live window of `size` (n): an unshifted window's distance from a reference of N values
+    comes from the sampling noise of both, whose variance goes as 1/n + 1/N, and every limit
+    is scaled by the root of that, as calibration widened them for N. (PSI's own noise
+    shrinks faster, as the variance itself; scaling it by the root keeps its limit on the
+    safe side, where it is most prone to false alarms against a reference of a few hundred.)"""
+    window, count = baseline.threshold_window, baseline.count
+    scale = math.sqrt((1 / size + 1 / count) / (1 / window + 1 / count))
+    return {s: limit * scale for s, limit in baseline.thresholds.items()}
 
 
 def compute_baseline(model: str, revision: str, source: str, outputs: list[RewardOutput],

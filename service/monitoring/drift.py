@@ -6,8 +6,9 @@ live values (a bounded deque, appended to on the request path and nothing more) 
 `drift_interval_s` seconds in a background task, compares it with the model's baseline.
 
 Each statistic is judged against a limit per model and dimension: the one calibrated into the
-baseline, or the operator's `drift_thresholds` for every model when set, or
-FALLBACK_THRESHOLDS for a baseline without calibrated limits.
+baseline (tightened to the live window's size, `window_limits`), or the operator's
+`drift_thresholds` for every model when set, or FALLBACK_THRESHOLDS for a baseline without
+calibrated limits.
 
 Style bias: the Pearson correlation between the score and the item's length (`num_tokens`,
 prompt and response together) over the window, next to the same correlation in the
@@ -29,7 +30,15 @@ from pathlib import Path
 import numpy as np
 
 from models.heads import RewardOutput
-from service.monitoring.baseline import SCORE, DimensionBaseline, compare, observations, pearson, read_baseline
+from service.monitoring.baseline import (
+    SCORE,
+    DimensionBaseline,
+    compare,
+    observations,
+    pearson,
+    read_baseline,
+    window_limits,
+)
 
 log = logging.getLogger("rewardserve")
 
@@ -141,7 +150,7 @@ class DriftMonitor:
                                          float(live.std()) if live.size else None, None)
                 if dim in baseline and live.size >= self.min_samples:
                     report.statistics = compare(live, baseline[dim])
-                    report.thresholds = self.limits(baseline[dim])
+                    report.thresholds = self.limits(baseline[dim], live.size)
                     report.exceeded = [s for s, limit in report.thresholds.items()
                                        if abs(report.statistics.get(s, 0.0)) > limit]
                 dims[dim] = report
@@ -155,11 +164,12 @@ class DriftMonitor:
             )
         return reports
 
-    def limits(self, baseline: DimensionBaseline) -> dict[str, float]:
-        """The limits a dimension is judged against (see the module's docstring)."""
+    def limits(self, baseline: DimensionBaseline, size: int) -> dict[str, float]:
+        """The limits a dimension's window of `size` values is judged against (see the
+        module's docstring)."""
         if self.thresholds is not None:
             return self.thresholds
-        return baseline.thresholds if baseline.thresholds is not None else FALLBACK_THRESHOLDS
+        return window_limits(baseline, size) if baseline.thresholds is not None else FALLBACK_THRESHOLDS
 
     async def refresh(self) -> dict[str, ModelReport]:
         now = time.time()  # before the snapshot: a report covers what was observed until computed_at
