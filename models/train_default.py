@@ -12,7 +12,8 @@ GSM8K step labels at each step's [MASK]; its threshold (P(good) below which a st
 wrong) is calibrated for ProcessBench F1 on the records it was fitted on.
 minilm-multi: two named dimensions on minilm-harmless's fine-tuned backbone: `harmlessness`
 (minilm-harmless's own head) and `math_correctness` (a linear head fitted on that backbone's
-frozen features of ProcessBench solutions, to their final_answer_correct label).
+frozen features of ProcessBench solutions, to their final_answer_correct label), weighed into
+the score by 1 / their spread on the fitted records.
 Records are split by a hash of their id (models.reward_data.split_of): 20% held out (never
 trained, early-stopped or calibrated on), 10% validation for early stopping, 70% fitted.
 """
@@ -27,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
@@ -174,9 +174,13 @@ def logistic(head, x, y) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(head(x)[:, 0], y)
 
 
-def train_multi(harmless_dir: Path, solutions: dict[str, list[Solution]], out_dir: Path) -> None:
+def train_multi(harmless_dir: Path, pairs: dict[str, list[Pair]], solutions: dict[str, list[Solution]],
+                out_dir: Path) -> None:
     """minilm-harmless's head as the first row of a two-output head, the math_correctness
-    head, fitted on the served harmless model's features, as the second."""
+    head, fitted on the served harmless model's features, as the second. The spec's weights
+    are 1 / each dimension's standard deviation on its own fitted records (HH-RLHF responses,
+    solutions), so a typical change in either moves the score alike: harmlessness spans
+    several times math_correctness's range, and a plain sum would be harmlessness alone."""
     harmless = RewardModel.load(HARMLESS, harmless_dir)
     fit, val = ((torch.stack(features(harmless, [as_text(s) for s in solutions[split]], HH_TRUNCATE)),
                  torch.tensor([float(s.final_answer_correct) for s in solutions[split]])) for split in ("fit", "val"))
@@ -184,6 +188,11 @@ def train_multi(harmless_dir: Path, solutions: dict[str, list[Solution]], out_di
     own = load_file(str(harmless_dir / HEAD_FILE))
     save_file({k: torch.cat([own[k], correctness[k]]).contiguous() for k in ("reward.0.weight", "reward.0.bias")},
               str(out_dir / HEAD_FILE))
+    responses = harmless_features(harmless, pairs["fit"])[0].flatten(0, 1)
+    spreads = {"harmlessness": (responses @ own["reward.0.weight"][0]).std(),
+               "math_correctness": (fit[0] @ correctness["reward.0.weight"][0]).std()}
+    weights = ", ".join(f"{name}: {1 / spread.item():.3f}" for name, spread in spreads.items())
+    set_spec_line(out_dir, "weights", f"{{{weights}}}")
 
 
 # ---- held-out report through the served model --------------------------------------
@@ -196,14 +205,15 @@ def calibrated_threshold(solutions: list[Solution], step_rewards: list[list[floa
     return max(candidates, key=lambda t: (round(processbench_f1(solutions, step_rewards, t), 9), -abs(t - 0.5)))
 
 
-def write_threshold(spec_dir: Path, threshold: float) -> None:
-    """Set process.threshold in the spec file, keeping its comments and layout."""
+def set_spec_line(spec_dir: Path, key: str, value: str) -> None:
+    """Set the value of the spec file's (first) `key:` line, keeping its comments and
+    layout; the file must still load as a spec."""
     path = spec_dir / SPEC_FILENAME
     lines = path.read_text().splitlines()
-    at = next(i for i, line in enumerate(lines) if line.strip().startswith("threshold:"))
-    lines[at] = f"{lines[at][:lines[at].index('threshold:')]}threshold: {threshold:.6f}"
+    at = next(i for i, line in enumerate(lines) if line.strip().startswith(f"{key}:"))
+    lines[at] = f"{lines[at][:lines[at].index(f'{key}:')]}{key}: {value}"
     path.write_text("\n".join(lines) + "\n")
-    assert abs(yaml.safe_load(path.read_text())["process"]["threshold"] - threshold) < 1e-6
+    load_spec(spec_dir)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -218,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     pairs, solutions = by_split(load_hh(args.data)), by_split(load_processbench(args.data))
     steps = {HARMLESS: lambda: train_harmless(args.out / HARMLESS, pairs, args.out / HARMLESS),
              PRM: lambda: train_prm(args.out / PRM, solutions, args.out / PRM),
-             MULTI: lambda: train_multi(args.out / HARMLESS, solutions, args.out / MULTI)}
+             MULTI: lambda: train_multi(args.out / HARMLESS, pairs, solutions, args.out / MULTI)}
     figures = {HARMLESS: lambda m: harmless_figures(m, pairs["heldout"]),
                PRM: lambda m: prm_figures(m, solutions["heldout"]),
                MULTI: lambda m: multi_figures(m, pairs["heldout"], solutions["heldout"])}
@@ -230,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
         if name == PRM:
             fitted = solutions["fit"] + solutions["val"]
             served = RewardModel.load(PRM, args.out / PRM)
-            write_threshold(args.out / PRM, calibrated_threshold(fitted, step_rewards(served, fitted)))
+            set_spec_line(args.out / PRM, "threshold", f"{calibrated_threshold(fitted, step_rewards(served, fitted)):.6f}")
         seconds = time.perf_counter() - started
         measured = figures[name](RewardModel.load(name, args.out / name)) | {"train_seconds": round(seconds)}
         write_figures(args.out / "heldout.json", name, measured)

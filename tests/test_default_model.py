@@ -6,6 +6,7 @@ batch-independent scores, and reproduce the held-out figures their training repo
 from __future__ import annotations
 
 import math
+import statistics
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from models.inputs import StepsInput, TextPair
 from models.reward_model import RewardModel
 from models.spec import ModelKind
-from models.heldout import harmless_figures, in_length_order, multi_figures, prm_figures, read_figures
+from models.heldout import as_text, harmless_figures, in_length_order, multi_figures, prm_figures, read_figures
 from models.reward_data import by_split, load_hh, load_processbench, split_of
 from models.train_default import HARMLESS, MULTI, PRM
 
@@ -66,11 +67,13 @@ def test_builtin_models_load(harmless, prm, multi):
 
 
 def test_multi_harmlessness_is_the_harmless_models_score(harmless, multi):
-    """One backbone, one head row: minilm-multi's harmlessness is minilm-harmless's score."""
+    """One backbone, one head row: minilm-multi's harmlessness is minilm-harmless's score;
+    its score is the spec's weighted sum of the two."""
     items = [TextPair(PROMPT, REFUSAL), TextPair(PROMPT, COMPLIANCE), TextPair(SOLUTION.prompt, " ".join(SOLUTION.steps))]
+    weights = multi.spec.multi_objective.weights
     for alone, dims in zip(harmless.score(items), multi.score(items)):
         assert dims.dimensions["harmlessness"] == pytest.approx(alone.score, abs=1e-5)
-        assert dims.score == pytest.approx(sum(dims.dimensions.values()), abs=1e-5)
+        assert dims.score == pytest.approx(sum(weights[d] * v for d, v in dims.dimensions.items()), abs=1e-5)
 
 
 def test_refusal_and_compliance_are_scored(harmless):
@@ -121,6 +124,20 @@ def test_multi_reproduces_its_held_out_figures(multi, reported):
         reported[HARMLESS]["pairwise_accuracy"], abs=PAIR_TOLERANCE)
     assert measured["math_correctness_auroc"] == pytest.approx(expected["math_correctness_auroc"], abs=AUROC_TOLERANCE)
     assert measured["math_correctness_auroc"] > 0.6  # chance: 0.5
+
+
+@needs_data
+def test_multi_weights_move_its_score_alike_in_both_dimensions(multi):
+    """On held-out records of each dimension's own domain, weight x standard deviation is
+    about the same for both: neither dimension drowns the other in the score."""
+    pairs, solutions = by_split(load_hh(DATA))["heldout"][:100], by_split(load_processbench(DATA))["heldout"]
+    responses = in_length_order(multi, [p.chosen for p in pairs] + [p.rejected for p in pairs], "left", multi.forward)
+    answers = in_length_order(multi, [as_text(s) for s in solutions], "left", multi.forward)
+    weights = multi.spec.multi_objective.weights
+    moves = {"harmlessness": weights["harmlessness"] * statistics.pstdev(o.dimensions["harmlessness"] for o in responses),
+             "math_correctness": weights["math_correctness"]
+             * statistics.pstdev(o.dimensions["math_correctness"] for o in answers)}
+    assert 0.67 < moves["harmlessness"] / moves["math_correctness"] < 1.5, moves
 
 
 def test_models_readme_shows_the_reported_figures(reported):
