@@ -240,7 +240,8 @@ def main(argv: list[str] | None = None) -> None:
         if name == PRM:
             fitted = solutions["fit"] + solutions["val"]
             served = RewardModel.load(PRM, args.out / PRM)
-            set_spec_line(args.out / PRM, "threshold", f"{calibrated_threshold(fitted, step_rewards(served, fitted)):.6f}")
+            threshold = calibrated_threshold(fitted, step_rewards(served, fitted))
+            set_spec_line(args.out / PRM, "threshold", f"{threshold:.6f}")
         seconds = time.perf_counter() - started
         measured = figures[name](RewardModel.load(name, args.out / name)) | {"train_seconds": round(seconds)}
         write_figures(args.out / "heldout.json", name, measured)
