@@ -12,7 +12,7 @@ from __future__ import annotations
 from jinja2 import TemplateError
 
 from models.errors import InputError, ModelLoadError
-from models.inputs import Chat, Encoded, ScoreInput, StepsInput, TextPair, TokenIds, Truncate
+from models.inputs import Chat, Encoded, RenderedText, ScoreInput, StepsInput, TextPair, TokenIds, Truncate
 from models.spec import ModelKind, RewardSpec
 
 CHAT_ROLES = frozenset({"system", "user", "assistant", "tool"})
@@ -67,8 +67,10 @@ class Encoder:
             if not item.steps:
                 raise InputError("steps", "steps must not be empty")
             encoded = self._encode_pair(item.prompt, self._render_steps(item.steps))
-        elif is_process and not isinstance(item, TokenIds):
+        elif is_process and not isinstance(item, (TokenIds, RenderedText)):
             raise InputError("steps", "this is a process reward model: send prompt and steps (or input_ids)")
+        elif isinstance(item, RenderedText):
+            encoded = self._encode_rendered(item)
         elif isinstance(item, TextPair):
             encoded = self._encode_pair(item.prompt, item.response)
         elif isinstance(item, Chat):
@@ -77,9 +79,10 @@ class Encoder:
             encoded = self._check_ids(item)
         encoded = self._fit(encoded, truncate)
         if self.gates_on_prompt:
-            encoded.gate_position = self._gate_position(encoded, "input_ids" if isinstance(item, TokenIds) else None)
+            encoded.gate_position = self._gate_position(encoded, item)
         if is_process:
-            encoded.marker_positions = self._markers(encoded, expected=None if isinstance(item, TokenIds) else len(item.steps))
+            expected = len(item.steps) if isinstance(item, StepsInput) else None
+            encoded.marker_positions = self._markers(encoded, expected, field_of(item))
         return encoded
 
     # ---- long texts --------------------------------------------------------------
@@ -110,6 +113,8 @@ class Encoder:
             cut[field] = piece
         if not cut or isinstance(item, StepsInput):
             return item
+        if isinstance(item, RenderedText):  # the prompt marks the text's start, which left truncation cut
+            return RenderedText(cut["text"], item.prompt if truncate == "right" else None)
         if isinstance(item, TextPair):
             return TextPair(cut.get("prompt", item.prompt), cut.get("response", item.response))
         return Chat(tuple((role, cut.get(f"messages[{i}].content", content))
@@ -164,6 +169,16 @@ class Encoder:
         ids, prompt_ids = self._tokenize_rendered(full), self._tokenize_rendered(prompt)
         return Encoded(ids, None, prompt_length=_common_prefix(ids, prompt_ids))
 
+    def _encode_rendered(self, item: RenderedText) -> Encoded:
+        """The text's own tokens (an encoder's with its [CLS] and [SEP]); the prompt's length
+        in tokens where the text starts with it."""
+        ids = self.tokenizer.encode(item.text, add_special_tokens=self.is_encoder, verbose=False)
+        prompt_length = None
+        if item.prompt and item.text.startswith(item.prompt):
+            prompt_ids = self.tokenizer.encode(item.prompt, add_special_tokens=self.is_encoder, verbose=False)
+            prompt_length = _common_prefix(ids, prompt_ids) or None
+        return Encoded(ids, None, prompt_length=prompt_length)
+
     def _tokenize_rendered(self, text: str) -> list[int]:
         """A rendered chat as the model cards tokenize it: with the tokenizer's own special
         tokens, less a BOS the template already wrote (so one BOS, whether the template
@@ -213,12 +228,15 @@ class Encoder:
         types = [enc.token_type_ids[i] for i in kept] if enc.token_type_ids else None
         return Encoded([ids[i] for i in kept], types, prompt_length, truncated=True)
 
-    def _gate_position(self, enc: Encoded, field: str | None) -> int:
+    def _gate_position(self, enc: Encoded, item: ScoreInput) -> int:
         """Where the gating network reads: the first token of the last occurrence of
         `gating_at` (searched over the whole input, as ArmoRM's own code does), else the
         last prompt token."""
+        field = field_of(item) if isinstance(item, (TokenIds, RenderedText)) else None
         if self.gating_at_ids is None:
             if not enc.prompt_length:
+                if isinstance(item, RenderedText):
+                    raise InputError(field, "this model gates on the prompt: give the prompt the text starts with")
                 raise InputError("prompt_length", "this model gates on the prompt: give prompt_length with input_ids")
             return enc.prompt_length - 1
         pattern, ids = self.gating_at_ids, enc.input_ids
@@ -228,7 +246,7 @@ class Encoder:
         raise InputError(field, f"the input does not contain the gating position marker "
                                 f"{self.spec.multi_objective.gating_at!r} ({list(pattern)})")
 
-    def _markers(self, enc: Encoded, expected: int | None) -> list[int]:
+    def _markers(self, enc: Encoded, expected: int | None, field: str) -> list[int]:
         start = enc.prompt_length or 0
         positions = [i for i in range(start, enc.num_tokens) if enc.input_ids[i] == self.marker_id]
         if expected is not None and not enc.truncated and len(positions) != expected:
@@ -238,7 +256,6 @@ class Encoder:
                 f"{self.spec.process.marker!r} merged with neighbouring text when tokenized",
             )
         if not positions:
-            field = "input_ids" if expected is None else "steps"
             why = "truncation removed every step marker" if enc.truncated else f"no step marker {self.spec.process.marker!r} found"
             raise InputError(field, why)
         return positions
@@ -252,6 +269,11 @@ def single_token_id(tokenizer, token: str, what: str) -> int:
     return ids[0]
 
 
+def field_of(item: ScoreInput) -> str:
+    """The request field an item's tokens come from, for errors about them."""
+    return {StepsInput: "steps", RenderedText: "text", TokenIds: "input_ids"}.get(type(item), "messages")
+
+
 def texts_of(item: ScoreInput) -> list[tuple[str, str]]:
     """(field, text) of every text in an item."""
     if isinstance(item, TextPair):
@@ -260,6 +282,8 @@ def texts_of(item: ScoreInput) -> list[tuple[str, str]]:
         return [("prompt", item.prompt), *((f"steps[{i}]", step) for i, step in enumerate(item.steps))]
     if isinstance(item, Chat):
         return [(f"messages[{i}].content", content) for i, (_, content) in enumerate(item.messages)]
+    if isinstance(item, RenderedText):
+        return [("text", item.text)]
     return []
 
 

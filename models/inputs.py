@@ -40,7 +40,18 @@ class StepsInput:
     steps: tuple[str, ...]
 
 
-ScoreInput = Union[TextPair, Chat, TokenIds, StepsInput]
+@dataclass(frozen=True)
+class RenderedText:
+    """A text already rendered for the model, as an RL policy decodes its rollouts: chat
+    template applied, special tokens written out. Tokenized as it is, with no special tokens
+    added (an encoder, whose input no policy renders, still gets its [CLS] and [SEP]).
+    `prompt`, when known, is the text's start that is the prompt."""
+
+    text: str
+    prompt: str | None = None
+
+
+ScoreInput = Union[TextPair, Chat, TokenIds, StepsInput, RenderedText]
 
 
 @dataclass

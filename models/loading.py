@@ -24,6 +24,7 @@ from models.encoding import single_token_id
 from models.errors import ModelLoadError
 from models.graph import RewardGraph
 from models.heads import HeadFile
+from models.openrlhf import value_head_weight
 from models.spec import ModelKind, Pooling, RewardSpec
 
 hf_logging.disable_progress_bar()
@@ -48,9 +49,11 @@ def build_graph(backbone_dir: Path, model_dir: Path, spec: RewardSpec, config, t
     if device_map is None:
         model = model.to(device)
     head = None
-    if spec.head_file:
+    if spec.head_file or spec.value_head:
         head_device = input_device(model) if device_map else device
-        head = HeadFile.load(model_dir / spec.head_file).to(device=head_device, dtype=DTYPES[dtype]).eval()
+        head = (HeadFile.load(model_dir / spec.head_file) if spec.head_file
+                else HeadFile({"reward.0.weight": value_head_weight(backbone_dir, spec.value_head)}))
+        head = head.to(device=head_device, dtype=DTYPES[dtype]).eval()
     step_tag_ids = None
     if spec.process and spec.process.convention == "step_tag" and head is None:
         p = spec.process
@@ -66,10 +69,10 @@ def build_graph(backbone_dir: Path, model_dir: Path, spec: RewardSpec, config, t
 
 def default_pooling(spec: RewardSpec, is_encoder: bool) -> Pooling:
     """[CLS] for encoders; for decoders transformers' own rule when the checkpoint's
-    classification head is read, else the last real token."""
+    classification head is read, else the last real token (OpenRLHF's value head's rule too)."""
     if is_encoder:
         return Pooling.cls
-    if spec.head_file or spec.reward_logit_index is not None:
+    if spec.head_file or spec.value_head or spec.reward_logit_index is not None:
         return Pooling.last
     return Pooling.last_non_pad
 
@@ -111,7 +114,7 @@ def _load_backbone(directory: Path, spec: RewardSpec, config, dtype: torch.dtype
     kwargs = dict(dtype=dtype, use_safetensors=True, trust_remote_code=remote, output_loading_info=True,
                   ignore_mismatched_sizes=True, **_attention(spec, dtype, on_cuda),
                   **(device_map.from_pretrained_kwargs() if device_map else {}))
-    if spec.head_file:
+    if spec.head_file or spec.value_head:
         auto = AutoModel
     elif spec.kind == ModelKind.process:
         auto = AutoModelForCausalLM if spec.process.convention == "step_tag" else AutoModelForTokenClassification
@@ -126,7 +129,8 @@ def _load_backbone(directory: Path, spec: RewardSpec, config, dtype: torch.dtype
             raise ModelLoadError(f"{directory}: cannot load as {auto.__name__}: {err}") from err
         # remote-code reward models often register only AutoModel
         model, info = AutoModel.from_pretrained(directory, config=config, **kwargs)
-    _check_loading_info(directory, info, spec.unused_weights)
+    read_elsewhere = [f"{spec.value_head}."] if spec.value_head else []  # the graph's head reads it
+    _check_loading_info(directory, info, [*spec.unused_weights, *read_elsewhere])
     return model
 
 

@@ -4,7 +4,9 @@ and how to read a score out of it.
 A model directory in Hugging Face format (config.json, safetensors, tokenizer) becomes a
 reward model once it has a `reward_spec.yaml` beside it, or a spec given inline in the
 server config. Without either, a single-label `*ForSequenceClassification` is taken as
-a scalar reward model, which is what most published reward models are.
+a scalar reward model, which is what most published reward models are, and so is a
+checkpoint in OpenRLHF's value-head layout (models.openrlhf); the mean and standard
+deviation OpenRLHF's training writes into config.json become its reference statistics.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from models.errors import ModelLoadError
+from models.openrlhf import reward_moments, value_head_name
 
 SPEC_FILENAME = "reward_spec.yaml"
 
@@ -128,7 +131,7 @@ class ReferenceStats(_Strict):
     score: Moments
     dimensions: dict[str, Moments] = Field(default_factory=dict)
     aggregate: StepAggregate | None = Field(None, description="process models: the step aggregate `score` was taken with")
-    count: int = Field(ge=2, description="items in the reference set")
+    count: int | None = Field(None, ge=2, description="items in the reference set, where known")
     source: str = Field("", description="what the reference set was")
 
 
@@ -144,6 +147,10 @@ class RewardSpec(_Strict):
     head_file: str | None = Field(
         None, description="safetensors file with our own head on the backbone's hidden states"
     )
+    value_head: str | None = Field(
+        None, description="scalar models in OpenRLHF's layout (models.openrlhf): the name of the linear value head "
+        "the checkpoint holds beside its base model's tensors (`value_head`, or `score` in newer releases), read at "
+        "the last real token as OpenRLHF reads it")
     backbone_weights: str | None = Field(
         None, description="safetensors file (relative to the spec) of fine-tuned backbone tensors that replace "
         "the backbone's own: a fine-tune shipped as the tensors it changed; each must be one the backbone has, "
@@ -181,6 +188,9 @@ class RewardSpec(_Strict):
             raise ValueError("multi_objective gating needs a head_file holding the gating network")
         if self.reward_logit_index is not None and (self.kind != ModelKind.scalar or self.head_file):
             raise ValueError("reward_logit_index reads a causal LM's own logits: scalar models without head_file only")
+        if self.value_head is not None and (self.kind != ModelKind.scalar or self.head_file
+                                            or self.reward_logit_index is not None):
+            raise ValueError("value_head is the head of a scalar model: without head_file or reward_logit_index")
         stats = self.reference_stats
         if stats is not None:
             dims = set(self.multi_objective.dimensions) if self.multi_objective else set()
@@ -192,7 +202,7 @@ class RewardSpec(_Strict):
 
     def canonical_json(self) -> str:
         data = self.model_dump(mode="json")
-        for later in ("reference_stats", "backbone_weights"):  # specs without them keep the revision they had
+        for later in ("reference_stats", "backbone_weights", "value_head"):  # specs without them keep the revision they had
             if data[later] is None:
                 del data[later]
         if data["process"]:  # no score depends on it
@@ -218,8 +228,14 @@ def _infer_from_config(model_dir: Path) -> RewardSpec:
     config = json.loads(config_file.read_text())
     architectures = config.get("architectures") or []
     num_labels = len(config.get("id2label") or {}) or config.get("num_labels", 2)
+    moments = reward_moments(config)
+    stats = ReferenceStats(score=Moments(mean=moments[0], std=moments[1]), source="config.json mean and std") \
+        if moments else None
     if any(a.endswith("ForSequenceClassification") for a in architectures) and num_labels == 1:
-        return RewardSpec(kind=ModelKind.scalar)
+        return RewardSpec(kind=ModelKind.scalar, reference_stats=stats)
+    value_head = value_head_name(model_dir, config)
+    if value_head is not None:
+        return RewardSpec(kind=ModelKind.scalar, value_head=value_head, reference_stats=stats)
     raise ModelLoadError(
         f"{model_dir}: cannot tell what kind of reward model this is from config.json "
         f"(architectures={architectures}, num_labels={num_labels}); add a {SPEC_FILENAME}"

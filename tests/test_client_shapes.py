@@ -280,10 +280,11 @@ def test_process_models_refuse_activation_off(client):
 # ---- OpenRLHF on a SentencePiece policy -----------------------------------------------------
 
 
-def test_openrlhf_sentencepiece_queries_are_scored(client, sentencepiece_dir, tmp_path):
+def test_openrlhf_sentencepiece_queries_split_at_their_prompts(client, sentencepiece_dir, tmp_path):
     """OpenRLHF decodes prompt and response token ids together with the policy's tokenizer,
     special tokens kept; a SentencePiece tokenizer puts a space after `<s>` there, so the
-    query no longer starts with the prompt string it also sends."""
+    query no longer starts with the prompt string it also sends: mode split finds the
+    response after it all the same."""
     model = RewardModel.load(SENTENCEPIECE, sentencepiece_dir)
     tok = mistral_v01(tmp_path / "policy")  # the policy's own tokenizer, as OpenRLHF loads it
     prompts = ["<s>[INST] What is 2 + 2? [/INST]", "<s>[INST] Name a prime. [/INST]"]
@@ -292,7 +293,7 @@ def test_openrlhf_sentencepiece_queries_are_scored(client, sentencepiece_dir, tm
                           skip_special_tokens=False) for p, r in zip(prompts, responses)]
     assert not queries[0].startswith(prompts[0]) and queries[0].startswith("<s> [INST]")
     body = ok(client.post("/get_reward", json={"query": queries, "prompts": prompts, "labels": ["4", "7"],
-                                               "model": SENTENCEPIECE}))
+                                               "model": SENTENCEPIECE, "mode": "split"}))
     for query, prompt, reward in zip(queries, prompts, body["rewards"], strict=True):
         rest = response_after(query, prompt)
         assert rest is not None and rest.strip().startswith(("It is 4.", "Seven."))

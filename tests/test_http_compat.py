@@ -15,7 +15,7 @@ import yaml
 from http_helpers import LONG_TEXT, assert_error, live_server, reference, wait_until_loaded
 from sched_helpers import intercept_forward
 
-from models.inputs import TokenIds
+from models.inputs import RenderedText, TokenIds
 from models.spec import SPEC_FILENAME
 from models.tiny_models import HELPSTEER
 from service.config import ModelConfig, Settings
@@ -68,6 +68,12 @@ def raw(model, text: str):
     return model.score([TokenIds(tuple(ids))])[0]
 
 
+def as_served(model, query: str, truncate: str | None = None):
+    """The reference for a /get_reward query in mode serve_rm (with no padding or EOS on
+    its ends): the text with the model's EOS appended, tokenized as it is."""
+    return model.score([RenderedText(query + model.encoder.tokenizer.eos_token)], truncate)[0]
+
+
 def sigmoid(x: float) -> float:
     return 1 / (1 + math.exp(-x))
 
@@ -88,15 +94,15 @@ def test_get_reward_answers_what_openrlhf_reads(client, load_tiny):
         assert set(info) == {"rewards", "scores", "extra_logs", "truncate"} and info["truncate"] == "left"
         assert info["scores"] == info["rewards"]
         assert info["extra_logs"] == {"rm/truncated": [0.0] * len(info["rewards"])}
-    expected = [reference(model, pair(p, r)).score for p, r in zip(PROMPTS, RESPONSES)]
+    expected = [as_served(model, query).score for query in queries]
     rewards = torch.cat([torch.as_tensor(info["rewards"]) for info in infos], dim=0)
     assert rewards.tolist() == pytest.approx(expected, abs=1e-5)
     logs = torch.cat([torch.as_tensor(info["extra_logs"]["rm/truncated"]) for info in infos], dim=0).split([2, 1])
     assert [len(part) for part in logs] == [2, 1]
 
 
-def test_get_reward_without_prompts_scores_the_whole_query(client, load_tiny):
-    body = ok(client.post("/get_reward", json={"query": ["Hello there, friend."]}))
+def test_get_reward_split_without_prompts_scores_the_whole_query(client, load_tiny):
+    body = ok(client.post("/get_reward", json={"query": ["Hello there, friend."], "mode": "split"}))
     assert body["rewards"] == pytest.approx([reference(load_tiny(SCALAR), pair("", "Hello there, friend.")).score],
                                             abs=1e-5)
 
@@ -122,7 +128,7 @@ def test_get_reward_one_rollout_per_request_is_bulk_and_batched(app, client, loa
         bodies = list(pool.map(post, range(12)))
     model = load_tiny(SCALAR)
     for i, body in enumerate(bodies):
-        assert body["rewards"] == pytest.approx([reference(model, pair(prompts[i], answers[i])).score], abs=1e-5)
+        assert body["rewards"] == pytest.approx([as_served(model, prompts[i] + answers[i]).score], abs=1e-5)
     assert priorities == [Priority.bulk] * 12
     assert max(batch_sizes) >= 2, batch_sizes
 
@@ -134,8 +140,8 @@ def test_get_reward_one_rollout_per_request_is_bulk_and_batched(app, client, loa
 
 def test_get_reward_multi_objective_logs_dimensions_per_query(client, load_tiny):
     model = load_tiny(MULTI)
-    body = ok(client.post(f"/get_reward?model={MULTI}", json={"query": [p + r for p, r in zip(PROMPTS, RESPONSES)],
-                                                            "prompts": PROMPTS}))
+    body = ok(client.post(f"/get_reward?model={MULTI}&mode=split",
+                          json={"query": [p + r for p, r in zip(PROMPTS, RESPONSES)], "prompts": PROMPTS}))
     refs = [reference(model, pair(p, r)) for p, r in zip(PROMPTS, RESPONSES)]
     assert body["rewards"] == pytest.approx([r.score for r in refs], abs=1e-5)
     assert list(body["extra_logs"]) == [f"rm/{d}" for d in HELPSTEER] + ["rm/truncated"]
@@ -147,7 +153,8 @@ def test_get_reward_normalized_rewards_and_raw_scores(client, load_tiny):
     model = load_tiny(MULTI)
     queries = [p + r for p, r in zip(PROMPTS, RESPONSES)]
     refs = [reference(model, pair(p, r)) for p, r in zip(PROMPTS, RESPONSES)]
-    body = ok(client.post(f"/get_reward?model={MULTI_Z}&normalize=zscore", json={"query": queries, "prompts": PROMPTS}))
+    body = ok(client.post(f"/get_reward?model={MULTI_Z}&normalize=zscore&mode=split",
+                          json={"query": queries, "prompts": PROMPTS}))
     assert body["scores"] == pytest.approx([r.score for r in refs], abs=1e-5)
     assert body["rewards"] == pytest.approx([(r.score + 0.5) / 4.0 for r in refs], abs=1e-5)
     assert body["extra_logs"]["rm/helpfulness"] == pytest.approx(
@@ -156,7 +163,7 @@ def test_get_reward_normalized_rewards_and_raw_scores(client, load_tiny):
                  422, "invalid_request", "normalize")
 
 
-def test_get_reward_process_model_cuts_steps_at_blank_lines(client, load_tiny):
+def test_get_reward_process_model_splits_and_cuts_steps_at_blank_lines(client, load_tiny):
     model = load_tiny(PRM)
     prompt, steps = "What is (3 + 4) * 2?", ["Add 3 and 4 to get 7.", "Multiply 7 by 2 to get 14.", "The answer is 14."]
     query = prompt + "\n\n" + "\n\n".join(steps)
@@ -168,15 +175,15 @@ def test_get_reward_process_model_cuts_steps_at_blank_lines(client, load_tiny):
 
 def test_get_reward_errors_name_the_query(client, load_tiny):
     too_long = "Summarize. " + " ".join([LONG_TEXT] * 6)
-    assert_error(client.post("/get_reward", json={"query": ["Hi there", "Bye"], "prompts": ["Hi", "Hi"]}),
-                 422, "invalid_request", "query[1]")
+    split = {"query": ["Hi there", "Bye"], "prompts": ["Hi", "Hi"], "mode": "split"}
+    assert_error(client.post("/get_reward", json=split), 422, "invalid_request", "query[1]")
     assert_error(client.post("/get_reward", json={"query": ["Hi there"], "prompts": ["Hi", "Hi"]}),
                  422, "invalid_request", "prompts")
     assert_error(client.post("/get_reward?model=nope", json={"query": ["x"]}), 404, "model_not_found", "model")
     assert_error(client.post("/get_reward", json={"query": []}), 422, "invalid_request", "query")
     cut = ok(client.post("/get_reward", json={"query": ["ok", too_long]}))  # cut from the left by default
     assert cut["extra_logs"]["rm/truncated"] == [0.0, 1.0] and cut["truncate"] == "left"
-    assert cut["rewards"][1] == pytest.approx(reference(load_tiny(SCALAR), pair("", too_long), "left").score, abs=1e-5)
+    assert cut["rewards"][1] == pytest.approx(as_served(load_tiny(SCALAR), too_long, "left").score, abs=1e-5)
 
 
 # ---- vLLM -----------------------------------------------------------------------------------

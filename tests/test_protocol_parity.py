@@ -150,8 +150,8 @@ def kserve(transport: str, as_tokens: bool):
 
 
 def get_reward(p: Protocols, name, model, items):
-    """OpenRLHF: each query is its prompt followed by the response."""
-    body = ok(p.http.post("/get_reward", params={"model": name}, json={
+    """OpenRLHF in mode split: each query is its prompt followed by the response."""
+    body = ok(p.http.post("/get_reward", params={"model": name, "mode": "split"}, json={
         "query": [i["prompt"] + response_text(i) for i in items], "prompts": [i["prompt"] for i in items]}))
     dims = model.info.dimensions
     return [numbers(score, dims and [body["extra_logs"][f"rm/{d}"][i] for d in dims])

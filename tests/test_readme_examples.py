@@ -89,7 +89,8 @@ def same_as_shown(actual, shown) -> bool:
     if isinstance(shown, list):
         return isinstance(actual, list) and len(actual) == len(shown) and all(map(same_as_shown, actual, shown))
     digits = len(str(shown).split(".")[1]) if "." in str(shown) else 0
-    return math.isclose(round(actual, digits), shown, abs_tol=10 ** -digits / 2 + 1e-12)
+    # shown rounded, from a score within float tolerance of this machine's (CPUs round apart)
+    return math.isclose(actual, shown, abs_tol=10 ** -digits / 2 + 1e-5)
 
 
 @pytest.fixture(scope="module")

@@ -32,8 +32,10 @@ async def get_reward(
     truncate: Literal["left", "right"] | None = Query(None, description="when the body says nothing"),
     normalize: Normalize | None = Query(None, description="when the body says nothing"),
     priority: Priority | None = Query(None, description="when the body says nothing; default: bulk"),
+    mode: openrlhf.Mode | None = Query(None, description="when the body says nothing; default: serve_rm for decoders' "
+                                        "sequence scores, else split"),
 ) -> openrlhf.GetRewardResponse:
-    work = openrlhf.get_reward(request.app.state.scorer, body, model, truncate, normalize, priority)
+    work = openrlhf.get_reward(request.app.state.scorer, body, model, truncate, normalize, priority, mode)
     return await unless_disconnected(request, work)
 
 

@@ -22,8 +22,10 @@ from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
     LlamaForSequenceClassification,
+    LlamaModel,
     MistralConfig,
     MistralForCausalLM,
+    MistralModel,
     Qwen2Config,
     Qwen2Model,
     Qwen3Config,
@@ -229,6 +231,55 @@ def math_shepherd(out: Path) -> Path:
     return _save(out, MistralForCausalLM(config), tok)
 
 
+# ---- OpenRLHF ------------------------------------------------------------------------------
+
+
+def _openrlhf(out: Path, base, tok, value_head: str, moments: tuple[float, float]) -> Path:
+    """A reward model as OpenRLHF's training saves it (get_llm_for_sequence_regression): the
+    base model's tensors under its base_model_prefix, a [1, hidden] value head without bias,
+    config.json with its RewardModel class, `normalize_reward` false and the reward `mean`
+    and `std` of its evaluation; pad = EOS where the tokenizer has none (get_tokenizer)."""
+    out.mkdir(parents=True, exist_ok=True)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    gen = torch.Generator().manual_seed(7)
+    tensors = {f"{base.base_model_prefix}.{k}": v for k, v in base.state_dict().items()}
+    tensors[f"{value_head}.weight"] = torch.randn(1, base.config.hidden_size, generator=gen) * 0.3
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    config = base.config.to_dict()
+    config.update(architectures=["RewardModel"], normalize_reward=False, mean=moments[0], std=moments[1],
+                  pad_token_id=tok.pad_token_id)
+    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    tok.save_pretrained(out)
+    return out
+
+
+def openrlhf_llama3(out: Path) -> Path:
+    """OpenRLHF/Llama-3-8b-rm-700k: LlamaModel tensors under `model.`, `value_head.weight`,
+    the Llama 3 tokenizer and template with EOS <|eot_id|> and no pad token of its own."""
+    tok = tokenizers.llama3(template("llama-3"))
+    config = LlamaConfig(vocab_size=128256, bos_token_id=128000, eos_token_id=128009, max_position_embeddings=8192,
+                         **TINY)
+    return _openrlhf(out, LlamaModel(config), tok, "value_head", (0.37, 2.11))
+
+
+def openrlhf_qwen2(out: Path) -> Path:
+    """A Qwen2 reward model trained by newer OpenRLHF releases: the value head named `score`."""
+    tok = tokenizers.qwen(tokenizers.qwen3_template(), through="<|file_sep|>")
+    config = Qwen2Config(vocab_size=151936, bos_token_id=151643, eos_token_id=151645, max_position_embeddings=4096,
+                         **TINY)
+    return _openrlhf(out, Qwen2Model(config), tok, "score", (-0.52, 1.43))
+
+
+def openrlhf_mistral(out: Path) -> Path:
+    """A Mistral-7B-v0.1 reward model trained by OpenRLHF: its SentencePiece tokenizer (no pad
+    token, so pad = </s>), `value_head.weight`."""
+    tok = tokenizers.mistral_v01(out)
+    config = MistralConfig(vocab_size=32000, bos_token_id=1, eos_token_id=2, max_position_embeddings=32768,
+                           sliding_window=4096, **TINY)
+    return _openrlhf(out, MistralModel(config), tok, "value_head", (1.25, 0.8))
+
+
 BUILDERS = {
     "skywork-llama31": skywork_llama31,
     "skywork-qwen3": skywork_qwen3,
@@ -239,4 +290,10 @@ BUILDERS = {
     "nemotron-steerlm": nemotron_steerlm,
     "qwen2.5-math-prm": qwen25_math_prm,
     "math-shepherd": math_shepherd,
+}
+# reward models trained by OpenRLHF, served as its serve_rm serves them (tests/test_openrlhf.py)
+OPENRLHF_BUILDERS = {
+    "openrlhf-llama3": openrlhf_llama3,
+    "openrlhf-qwen2": openrlhf_qwen2,
+    "openrlhf-mistral": openrlhf_mistral,
 }
