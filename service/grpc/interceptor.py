@@ -11,7 +11,7 @@ from functools import partial
 
 import grpc
 
-from service.core.auth import KeyRing, presented_key
+from service.core.auth import KeyRing, key_headers, presented_key
 from service.core.errors import APIError
 from service.grpc.calls import abort
 from service.monitoring.metrics import Metrics, task_labels
@@ -138,7 +138,7 @@ OPEN_METHODS = frozenset({
 class Authentication(grpc.aio.ServerInterceptor):
     """API keys in call metadata (`authorization: Bearer KEY` or `x-api-key: KEY`) on every
     method but health and KServe's server liveness and readiness; a refused call ends with
-    UNAUTHENTICATED before its method runs."""
+    UNAUTHENTICATED (INVALID_ARGUMENT for a key entry sent twice) before its method runs."""
 
     def __init__(self, keys: KeyRing):
         self.keys = keys
@@ -147,9 +147,9 @@ class Authentication(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or not self.keys.enabled or handler_call_details.method in OPEN_METHODS:
             return handler
-        metadata = {k.lower(): v for k, v in handler_call_details.invocation_metadata or ()}
         try:
-            self.keys.check(presented_key(metadata.get("authorization"), metadata.get("x-api-key")), admin=False)
+            sent = key_headers(handler_call_details.invocation_metadata or ())
+            self.keys.check(presented_key(sent.get("authorization"), sent.get("x-api-key")), admin=False)
         except APIError as err:
             return _refusing(handler, err)
         return handler
