@@ -199,7 +199,8 @@ def test_every_method_through_the_interceptors(server):
 
 
 def test_watch_streams_every_status_change(tiny_model_dirs, monkeypatch):
-    """Loading, loaded, stopping: each watched service (overall and per service) hears each."""
+    """Loading, loaded, stopping: each watcher (overall and per service) hears each, even
+    after another watcher of its service has left."""
     release = threading.Event()
     load_all = ModelRegistry.load_all
 
@@ -215,8 +216,9 @@ def test_watch_streams_every_status_change(tiny_model_dirs, monkeypatch):
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.state.grpc_port}") as channel:
             health = health_pb2_grpc.HealthStub(channel)
             calls = [health.Watch(health_pb2.HealthCheckRequest(service=service), timeout=WAIT_S)
-                     for service in ("", "rewardserve.v1.RewardService", "inference.GRPCInferenceService")]
-            assert [(await c.read()).status for c in calls] == [NOT_SERVING] * 3
+                     for service in ("", "rewardserve.v1.RewardService", "inference.GRPCInferenceService", "")]
+            assert [(await c.read()).status for c in calls] == [NOT_SERVING] * 4
+            calls.pop().cancel()  # the others watching its service still hear every change
             release.set()
             assert [(await c.read()).status for c in calls] == [SERVING] * 3
             stopped = asyncio.ensure_future(asyncio.to_thread(stopping.close))
