@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Iterable
 from pathlib import Path
 
 from service.config import Settings
 from service.core.errors import APIError
 
 API, ADMIN = "api", "admin"
+KEY_HEADERS = ("authorization", "x-api-key")
 
 
 def _digest(key: str) -> bytes:
@@ -79,3 +81,16 @@ def presented_key(authorization: str | None, api_key: str | None) -> str | None:
         if scheme.lower() == "bearer" and token.strip():
             return token.strip()
     return api_key or None
+
+
+def key_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """{name: value} of the headers (or gRPC metadata) that can carry a key, names in lower
+    case; 400 naming one sent more than once, as the two copies could present two keys."""
+    found: dict[str, str] = {}
+    for name, value in headers:
+        name = name.lower()
+        if name in KEY_HEADERS:
+            if name in found:
+                raise APIError(400, "invalid_request", f"{name} is sent more than once; send one key", name)
+            found[name] = value
+    return found

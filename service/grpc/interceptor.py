@@ -4,12 +4,14 @@ metrics, its API key checked, and requests that do not parse refused as INVALID_
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
-from contextlib import contextmanager
+from contextlib import asynccontextmanager
+from functools import partial
 
 import grpc
 
-from service.core.auth import KeyRing, presented_key
+from service.core.auth import KeyRing, key_headers, presented_key
 from service.core.errors import APIError
 from service.grpc.calls import abort
 from service.monitoring.metrics import Metrics, task_labels
@@ -19,10 +21,27 @@ METHOD_KINDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream") 
 
 
 def with_behavior(handler, wrap, **changes):
-    """`handler` with its method replaced by `wrap(kind, method)`, `kind` one of
-    METHOD_KINDS (a streaming response's replacement must be an async generator)."""
+    """`handler` with its method replaced by `wrap(method)`."""
     kind = next(k for k in METHOD_KINDS if getattr(handler, k) is not None)
-    return handler._replace(**{kind: wrap(kind, getattr(handler, kind))}, **changes)
+    return handler._replace(**{kind: wrap(getattr(handler, kind))}, **changes)
+
+
+def inside(behavior, around):
+    """`behavior` run inside `around(request, context)`, an async context manager giving the
+    request to pass on; of the same sort as `behavior`, which grpc.aio looks at to run it: a
+    coroutine (it answers with its result, or writes a stream with `context.write`, as the
+    stock health servicer's Watch does) or an async generator (it yields a stream)."""
+    if inspect.isasyncgenfunction(behavior):
+        async def streamed(request, context):
+            async with around(request, context) as request:
+                async for response in behavior(request, context):
+                    yield response
+        return streamed
+
+    async def awaited(request, context):
+        async with around(request, context) as request:
+            return await behavior(request, context)
+    return awaited
 
 
 class GrpcMetricsInterceptor(grpc.aio.ServerInterceptor):
@@ -38,31 +57,17 @@ class GrpcMetricsInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        method = handler_call_details.method
-        return with_behavior(handler, lambda kind, behavior: (
-            self._streaming if kind.endswith("_stream") else self._unary)(behavior, method))
+        timed = partial(self._timed, handler_call_details.method)
+        return with_behavior(handler, lambda behavior: inside(behavior, timed))
 
-    def _unary(self, behavior, method: str):
-        async def timed(request, context):
-            with self._timed(method, context):
-                return await behavior(request, context)
-        return timed
-
-    def _streaming(self, behavior, method: str):
-        async def timed(request, context):
-            with self._timed(method, context):
-                async for response in behavior(request, context):
-                    yield response
-        return timed
-
-    @contextmanager
-    def _timed(self, method: str, context):
+    @asynccontextmanager
+    async def _timed(self, method: str, request, context):
         started = time.perf_counter()
         status = "OK"
         labels = task_labels()  # grpc.aio runs each call in a task of its own
         self._in_flight.inc()
         try:
-            yield
+            yield request
         except asyncio.CancelledError:
             status = "CANCELLED"
             raise
@@ -113,33 +118,15 @@ class RequestDecoding(grpc.aio.ServerInterceptor):
                 await refuse(request, context)
                 yield request
 
-        def unary_unary(behavior):
-            async def call(request, context):
+        @asynccontextmanager
+        async def decoded(request, context):
+            if handler.request_streaming:
+                yield checked(request, context)
+            else:
                 await refuse(request, context)
-                return await behavior(request, context)
-            return call
+                yield request
 
-        def unary_stream(behavior):
-            async def call(request, context):
-                await refuse(request, context)
-                async for response in behavior(request, context):
-                    yield response
-            return call
-
-        def stream_unary(behavior):
-            async def call(requests, context):
-                return await behavior(checked(requests, context), context)
-            return call
-
-        def stream_stream(behavior):
-            async def call(requests, context):
-                async for response in behavior(checked(requests, context), context):
-                    yield response
-            return call
-
-        wrappers = {"unary_unary": unary_unary, "unary_stream": unary_stream, "stream_unary": stream_unary,
-                    "stream_stream": stream_stream}
-        return with_behavior(handler, lambda kind, behavior: wrappers[kind](behavior), request_deserializer=tolerant)
+        return with_behavior(handler, lambda behavior: inside(behavior, decoded), request_deserializer=tolerant)
 
 
 OPEN_METHODS = frozenset({
@@ -151,7 +138,7 @@ OPEN_METHODS = frozenset({
 class Authentication(grpc.aio.ServerInterceptor):
     """API keys in call metadata (`authorization: Bearer KEY` or `x-api-key: KEY`) on every
     method but health and KServe's server liveness and readiness; a refused call ends with
-    UNAUTHENTICATED before its method runs."""
+    UNAUTHENTICATED (INVALID_ARGUMENT for a key entry sent twice) before its method runs."""
 
     def __init__(self, keys: KeyRing):
         self.keys = keys
@@ -160,21 +147,18 @@ class Authentication(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or not self.keys.enabled or handler_call_details.method in OPEN_METHODS:
             return handler
-        metadata = {k.lower(): v for k, v in handler_call_details.invocation_metadata or ()}
         try:
-            self.keys.check(presented_key(metadata.get("authorization"), metadata.get("x-api-key")), admin=False)
+            sent = key_headers(handler_call_details.invocation_metadata or ())
+            self.keys.check(presented_key(sent.get("authorization"), sent.get("x-api-key")), admin=False)
         except APIError as err:
             return _refusing(handler, err)
         return handler
 
 
 def _refusing(handler, err: APIError):
-    """`handler` with its method replaced by one that ends the call with `err`'s status."""
-    async def unary(request, context):
+    """`handler` with its method replaced by one that ends the call with `err`'s status (a
+    coroutine, which grpc.aio runs for every kind of method)."""
+    async def refuse(request, context):
         await abort(context, err)
 
-    async def streaming(request, context):
-        await abort(context, err)
-        yield  # never reached: makes this an async generator, as streaming methods are
-
-    return with_behavior(handler, lambda kind, _: streaming if kind.endswith("_stream") else unary)
+    return with_behavior(handler, lambda _: refuse)

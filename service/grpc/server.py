@@ -11,11 +11,12 @@ from collections.abc import Awaitable
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2_grpc
 
 from service.core.auth import KeyRing
 from service.core.scoring import Scorer
+from service.grpc.health import HealthServicer
 from service.grpc.interceptor import Authentication, GrpcMetricsInterceptor, RequestDecoding
 from service.grpc.kserve_service import KServeService
 from service.grpc.proto import rewardserve_pb2_grpc as pb_grpc
@@ -47,7 +48,7 @@ class GrpcServer:
         ], interceptors=[GrpcMetricsInterceptor(metrics), Authentication(keys), RequestDecoding()])
         pb_grpc.add_RewardServiceServicer_to_server(RewardService(scorer), self.server)
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(KServeService(scorer), self.server)
-        self.health = health.aio.HealthServicer()
+        self.health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.services = ["", SERVICE_NAME, KServeService.NAME]
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
