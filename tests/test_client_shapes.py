@@ -154,6 +154,27 @@ def test_openai_sdk_lists_every_name_and_our_listing_stays(server, tiny_model_di
     assert [card["name"] for card in body["models"]] == [SCALAR, PRM, SENTENCEPIECE, MULTI]
 
 
+def test_openai_sdk_retrieves_a_model_by_name_or_alias_with_our_card(server, tiny_model_dirs):
+    url, http = server
+    sdk = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    try:
+        for name in (SCALAR, SKYWORK_PATH):
+            model = sdk.models.retrieve(name)
+            assert (model.id, model.object, model.owned_by) == (name, "model", "rewardserve")
+            assert isinstance(model.created, int) and model.created > 0
+            extra = model.model_extra  # our fields, beside OpenAI's
+            assert (extra["name"], extra["status"], extra["kind"]) == (SCALAR, "ready", "scalar")
+            assert extra["revision"].startswith("sha256:") and extra["root"] == str(tiny_model_dirs[SCALAR])
+            assert extra.get("parent") == (None if name == SCALAR else SCALAR)
+        with pytest.raises(openai.NotFoundError) as raised:
+            sdk.models.retrieve("no-such-model")
+    finally:
+        sdk.close()
+    assert raised.value.status_code == 404 and "no model named 'no-such-model'" in raised.value.message
+    listed = ok(http.get("/v1/models"))["data"][0]
+    assert {k: v for k, v in ok(http.get(f"/v1/models/{SCALAR}")).items() if k in listed} == listed
+
+
 # ---- vLLM request forms ---------------------------------------------------------------------
 
 

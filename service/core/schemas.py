@@ -191,6 +191,11 @@ class ModelObject(BaseModel):
     max_model_len: int | None = Field(None, description="the model's max_length, once it has loaded")
 
 
+class ModelDetail(ModelObject, ModelCard):
+    """One model as OpenAI's `GET /v1/models/{model}` answers it (what the OpenAI SDK's
+    `models.retrieve` reads), with our card beside it."""
+
+
 class ModelList(BaseModel):
     """Both listings: OpenAI/vLLM's (`object`, `data`) and ours, richer (`models`)."""
 

@@ -17,8 +17,8 @@ from models.spec import ModelKind, RewardSpec, StepAggregate
 from service.config import Settings
 from service.core.errors import APIError, ItemNamer, renamed, status_message, validation_error
 from service.core.normalize import Normalize, reference_stats_for, zscore
-from service.core.schemas import (FailedItem, ItemErrorDetail, ItemResult, ModelCard, ModelList, ModelObject,
-                                  ScoreRequest, ScoreResponse, Usage)
+from service.core.schemas import (FailedItem, ItemErrorDetail, ItemResult, ModelCard, ModelDetail, ModelList,
+                                  ModelObject, ScoreRequest, ScoreResponse, Usage)
 from service.engine.admission import QueueFull
 from service.engine.cache import CacheMode
 from service.engine.registry import ModelNotFound, ModelNotReady, ModelRegistry
@@ -76,14 +76,22 @@ class Scorer:
         return [model_card(runner) for runner in self.registry.runners.values()]
 
     def model_list(self) -> ModelList:
-        objects = []
-        for runner in self.registry.runners.values():
-            length = runner.info.max_length if runner.info else None
-            for name in (runner.name, *runner.config.aliases):
-                objects.append(ModelObject(id=name, created=self.registry.created, root=runner.config.path,
-                                           parent=None if name == runner.name else runner.name,
-                                           max_model_len=length))
+        objects = [self._model_object(runner, name)
+                   for runner in self.registry.runners.values() for name in (runner.name, *runner.config.aliases)]
         return ModelList(data=objects, models=self.model_cards())
+
+    def model_detail(self, name: str) -> ModelDetail:
+        """The model a request may call `name` (404 when none): its OpenAI object and card."""
+        try:
+            runner = self.registry.find(name)
+        except ModelNotFound:
+            raise APIError(404, "model_not_found", f"no model named {name!r}", "name") from None
+        return ModelDetail(**self._model_object(runner, name).__dict__, **model_card(runner).__dict__)
+
+    def _model_object(self, runner: ModelRunner, name: str) -> ModelObject:
+        return ModelObject(id=name, created=self.registry.created, root=runner.config.path,
+                           parent=None if name == runner.name else runner.name,
+                           max_model_len=runner.info.max_length if runner.info else None)
 
     async def score(self, job: ScoreJob) -> Scored:
         """Every item of `job` scored by one model, in order; cancelling the caller drops

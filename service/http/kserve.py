@@ -41,11 +41,13 @@ async def server_metadata():
 
 
 @router.get("/health/live")
+@router.head("/health/live", include_in_schema=False)
 async def server_live():
     return {"live": True}
 
 
 @router.get("/health/ready")
+@router.head("/health/ready", include_in_schema=False)
 async def server_ready(request: Request):
     ready = request.app.state.registry.ready
     return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
@@ -53,6 +55,8 @@ async def server_ready(request: Request):
 
 @router.get("/models/{name}/ready")
 @router.get("/models/{name}/versions/{version}/ready")
+@router.head("/models/{name}/ready", include_in_schema=False)
+@router.head("/models/{name}/versions/{version}/ready", include_in_schema=False)
 async def model_ready(name: str, request: Request, version: str | None = None):
     try:
         if graph := kserve_graph.find(request.app.state.registry, name):

@@ -6,16 +6,14 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from service.core.errors import APIError
 from service.core.schemas import (
     Health,
-    ModelCard,
+    ModelDetail,
     ModelList,
     ScoreRequest,
     ScoreResponse,
 )
-from service.core.scoring import model_card, score_job, score_response
-from service.engine.registry import ModelNotFound
+from service.core.scoring import score_job, score_response
 from service.http.disconnect import unless_disconnected
 from service.http.errors import ERROR_RESPONSES
 
@@ -37,21 +35,22 @@ async def list_models(request: Request) -> ModelList:
     return request.app.state.scorer.model_list()
 
 
-@router.get("/v1/models/{name}", response_model=ModelCard, response_model_exclude_none=True,
+@router.get("/v1/models/{name:path}", response_model=ModelDetail, response_model_exclude_none=True,
             responses=ERROR_RESPONSES)
-async def get_model(name: str, request: Request) -> ModelCard:
-    try:
-        return model_card(request.app.state.registry.find(name))
-    except ModelNotFound:
-        raise APIError(404, "model_not_found", f"no model named {name!r}", "name") from None
+async def get_model(name: str, request: Request) -> ModelDetail:
+    """One model (by its name or an alias) in OpenAI's shape (`id`, `object`, `created`,
+    `owned_by`: what the OpenAI SDK's `models.retrieve` reads) and ours beside it."""
+    return request.app.state.scorer.model_detail(name)
 
 
 @router.get("/health/live", response_model=Health)
+@router.head("/health/live", include_in_schema=False)
 async def live() -> Health:
     return Health(status="live")
 
 
 @router.get("/health/ready", response_model=Health, responses={503: {"model": Health}})
+@router.head("/health/ready", include_in_schema=False)
 async def ready(request: Request):
     health = Health.of(request.app.state.registry.statuses)
     if health.status == "ready":

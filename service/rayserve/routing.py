@@ -19,9 +19,9 @@ from service.http.errors import error_response
 from service.http.limits import WBITS, inflate
 from service.rayserve.asgi import Call, Reply
 
-PATH_MODEL = re.compile(r"^/v2/models/([^/]+)|^/v1/models/([^/]+)$")
+PATH_MODEL = re.compile(r"^/v2/models/([^/]+)|^/v1/models/(.+)$")
 EVERY_MODEL = {("GET", "/v1/models"), ("GET", "/health/ready"), ("GET", "/v2/health/ready"),
-               ("POST", "/v2/repository/index")}
+               ("HEAD", "/health/ready"), ("HEAD", "/v2/health/ready"), ("POST", "/v2/repository/index")}
 # Per-replica state: with several replicas of a model, the gateway would show one at random.
 PER_REPLICA = ("/metrics", "/v1/drift", "/v1/admin/canary")
 
