@@ -31,6 +31,7 @@ class ScoreJob:
     inputs: list[ScoreInput]
     model: str | None = None
     truncate: Truncate | None = None
+    keep: int | None = None  # the tokens `truncate` cuts to (vLLM's truncate_prompt_tokens); default max_length
     aggregate: StepAggregate | None = None
     priority: Priority | None = None
     timeout_ms: float | None = None
@@ -108,7 +109,7 @@ class Scorer:
         deadline = None if job.timeout_ms is None else time.monotonic() + job.timeout_ms / 1000
         try:
             results = await runner.score(job.inputs, job.truncate, priority, deadline, job.cache,
-                                         item_errors=job.on_item_error == "item")
+                                         item_errors=job.on_item_error == "item", keep=job.keep)
         except ItemError as err:
             raise APIError.from_item_error(err) from err
         except QueueFull as err:
