@@ -90,6 +90,9 @@ ScoreItem = Annotated[
     ),
 ]
 ITEM_FORMS = ("text", "chat", "tokens", "steps")
+# /v1/score's body forms, ours and vLLM's (service.http.scoring): validation puts the form's
+# tag first in an error's location.
+BODY_FORMS = ("rewardserve", "vllm")
 
 
 class ScoreRequest(_Body):

@@ -1,12 +1,18 @@
-"""HTTP routes of the scoring API: `POST /v1/score`, the model listing and the health
-probes (liveness answers at once; readiness turns true when every model has warmed up)."""
+"""HTTP routes of the scoring API: `POST /v1/score` (our body, or vLLM's, answered as vLLM's
+/score answers it), the model listing and the health probes (liveness answers at once;
+readiness turns true when every model has warmed up)."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from pydantic import Discriminator, Tag
 
+from service.compat import vllm
 from service.core.schemas import (
+    BODY_FORMS,
     Health,
     ModelDetail,
     ModelList,
@@ -18,14 +24,25 @@ from service.http.disconnect import unless_disconnected
 from service.http.errors import ERROR_RESPONSES
 
 router = APIRouter()
+OWN_FORM, VLLM_FORM = BODY_FORMS
+ScoreBody = Annotated[
+    Annotated[ScoreRequest, Tag(OWN_FORM)] | Annotated[vllm.VllmScoreRequest, Tag(VLLM_FORM)],
+    Discriminator(lambda body: VLLM_FORM if vllm.is_vllm_score(body) else OWN_FORM),
+]
 
 
-@router.post("/v1/score", response_model=ScoreResponse, response_model_exclude_none=True, responses=ERROR_RESPONSES)
-async def score(body: ScoreRequest, request: Request) -> ScoreResponse:
+@router.post("/v1/score", response_model=ScoreResponse | vllm.VllmScoreResponse, response_model_exclude_none=True,
+             responses=ERROR_RESPONSES)
+async def score(body: ScoreBody, request: Request):
     """Score a batch of items with one model: a score per item, per-dimension scores for
-    multi-objective models, step rewards for process models."""
-    scored = await unless_disconnected(request, request.app.state.scorer.score(score_job(body)))
-    return score_response(scored)
+    multi-objective models, step rewards for process models. A body in vLLM's form (a pair
+    of queries + documents, queries + items, data_1 + data_2 or text_1 + text_2: vLLM
+    clients post to /v1/score) is vLLM's score, answered in vLLM's shape exactly as /score."""
+    scorer = request.app.state.scorer
+    if isinstance(body, vllm.VllmScoreRequest):
+        answer = await unless_disconnected(request, vllm.score(scorer, body))
+        return JSONResponse(answer.model_dump(mode="json"))  # all of it, as /score: vLLM writes its nulls
+    return score_response(await unless_disconnected(request, scorer.score(score_job(body))))
 
 
 @router.get("/v1/models", response_model=ModelList, response_model_exclude_none=True)
