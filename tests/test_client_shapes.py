@@ -300,7 +300,8 @@ def test_truncate_prompt_tokens_keeps_k_tokens_wherever_vllm_takes_it(client, lo
         assert result["truncated"] and result["num_tokens"] == K
         assert result["score"] == pytest.approx(expected, abs=1e-5)
     for path in ("/score", "/v1/score"):
-        body = ok(client.post(path, json={"model": SCALAR, "text_1": query, "text_2": doc, "truncate_prompt_tokens": K}))
+        body = ok(client.post(path, json={"model": SCALAR, "text_1": query, "text_2": doc,
+                                          "truncate_prompt_tokens": K}))
         assert body["data"][0]["truncated"] and body["data"][0]["score"] == pytest.approx(expected, abs=1e-5)
         assert body["usage"]["prompt_tokens"] == K
     # the conversation of /classify's and /pooling's messages is the same pair through the chat template
@@ -321,8 +322,8 @@ def test_truncate_prompt_tokens_keeps_k_tokens_wherever_vllm_takes_it(client, lo
 @pytest.mark.parametrize("k", [0, 257])
 def test_truncate_prompt_tokens_past_max_length_or_zero_is_422(k, client, load_tiny):
     assert load_tiny(SCALAR).info.max_length == 256
-    for path, body in (("/v1/rerank", {"query": "q", "documents": ["d"]}), ("/rerank", {"query": "q", "documents": ["d"]}),
-                       ("/score", {"text_1": "q", "text_2": "d"}), ("/v1/score", {"text_1": "q", "text_2": "d"}),
+    rerank, pair = {"query": "q", "documents": ["d"]}, {"text_1": "q", "text_2": "d"}
+    for path, body in (("/v1/rerank", rerank), ("/rerank", rerank), ("/score", pair), ("/v1/score", pair),
                        ("/classify", {"input": "q"}), ("/pooling", {"messages": [{"role": "user", "content": "q"}]})):
         refused = client.post(path, json={"model": SCALAR, **body, "truncate_prompt_tokens": k})
         assert_error(refused, 422, "invalid_request", "truncate_prompt_tokens")

@@ -113,8 +113,7 @@ async def pooling(scorer: Scorer, body: PoolingRequest) -> PoolingResponse:
     """vLLM pooling: per input, the process model's step rewards, the multi-objective
     model's dimensions (in the model's order) or the scalar model's [score] (raw unless
     use_activation is true); `encoding_format: "base64"` sends them as float32 bytes."""
-    scored = await _score_inputs(scorer, body, body.input, body.messages, body.add_special_tokens,
-                                            body.normalize)
+    scored = await _score_inputs(scorer, body, body.input, body.messages, body.add_special_tokens, body.normalize)
     kind = scored.kind
 
     def vector(out) -> list[float]:

@@ -118,10 +118,11 @@ def conversation(messages: list[VllmMessage]) -> list[tuple[str, str]]:
 
 async def input_items(model: RewardModel, body: VllmRequest, entries: list[str | list[int]] | None,
                       messages: list[VllmMessage] | None, add_special_tokens: bool | None) -> list[ScoreInput]:
-    """The inputs of a classify or pooling request. `input` texts are read as they are:
-    tokenized with the tokenizer's special tokens unless add_special_tokens is false, no
-    pair split and no chat template. `messages` ending in the response go through the model's chat template
-    as /v1/score's do; any other conversation (a user turn alone, say) is rendered with the
+    """The inputs of a classify or pooling request (truncate_prompt_tokens cuts them when
+    they are scored: ScoreJob.keep). `input` texts are read as they are: tokenized with the
+    tokenizer's special tokens unless add_special_tokens is false, no pair split and no chat
+    template. `messages` ending in the response go through the model's chat template as
+    /v1/score's do; any other conversation (a user turn alone, say) is rendered with the
     template as vLLM renders it and scored whole."""
     if (entries is None) == (messages is None):
         raise APIError(422, "invalid_request", "give input or messages", "input")
