@@ -22,6 +22,8 @@ from models.errors import ModelLoadError
 from models.spec import SPEC_FILENAME, RewardSpec
 
 HEAD_FILENAME = "reward_head.safetensors"
+# What convert writes is read by the server, which may run as another user: whatever the umask.
+FILE_MODE, DIR_MODE = 0o644, 0o755
 
 # RLHFlow/ArmoRM-Llama3-8B-v0.1: its 19 objectives, in output order (model card), and where
 # its gating network reads: the <|eot_id|> that closes the last user turn (find_token_for_gating).
@@ -133,9 +135,13 @@ def convert(family: str, src: Path, dst: Path) -> Path:
     spec, head = CONVERTERS[family](src)
     spec = {"kind": spec.pop("kind"), "backbone": os.path.relpath(src, dst), "head_file": HEAD_FILENAME, **spec}
     RewardSpec.model_validate(spec)  # what is written must load
-    dst.mkdir(parents=True, exist_ok=True)
-    save_file(head, str(dst / HEAD_FILENAME), metadata={"converted_from": family})
-    spec_path = dst / SPEC_FILENAME
+    if not dst.is_dir():
+        dst.mkdir(parents=True)
+        dst.chmod(DIR_MODE)
+    head_path, spec_path = dst / HEAD_FILENAME, dst / SPEC_FILENAME
+    save_file(head, str(head_path), metadata={"converted_from": family})
     spec_path.write_text(f"# written by `rewardserve convert {family}` from {src}\n"
                          + yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
+    for path in (head_path, spec_path):
+        path.chmod(FILE_MODE)
     return spec_path

@@ -56,7 +56,9 @@ class Encoder:
 
     # ---- public ------------------------------------------------------------------
 
-    def encode(self, item: ScoreInput, truncate: Truncate | None = None) -> Encoded:
+    def encode(self, item: ScoreInput, truncate: Truncate | None = None, keep: int | None = None) -> Encoded:
+        """`item` as token ids; with `truncate`, cut to `keep` tokens (default, and at most:
+        max_length), keeping the leading and closing special tokens."""
         for field, text in texts_of(item):
             check_text(field, text)
         item = self._cut_long_texts(item, truncate)
@@ -77,7 +79,7 @@ class Encoder:
             encoded = self._encode_chat(item.messages)
         else:
             encoded = self._check_ids(item)
-        encoded = self._fit(encoded, truncate)
+        encoded = self._fit(encoded, truncate, min(keep, self.max_length) if keep and truncate else self.max_length)
         if self.gates_on_prompt:
             encoded.gate_position = self._gate_position(encoded, item)
         if is_process:
@@ -205,9 +207,9 @@ class Encoder:
 
     # ---- length and markers --------------------------------------------------------
 
-    def _fit(self, enc: Encoded, truncate: Truncate | None) -> Encoded:
+    def _fit(self, enc: Encoded, truncate: Truncate | None, limit: int) -> Encoded:
         n = enc.num_tokens
-        if n <= self.max_length:
+        if n <= limit:
             return enc
         if truncate is None:
             raise InputError(
@@ -217,9 +219,9 @@ class Encoder:
                 code="input_too_long",
             )
         ids = enc.input_ids
-        head = 1 if ids[0] in self.special_ids else 0
-        tail = 1 if ids[-1] in self.special_ids else 0
-        keep = self.max_length - head - tail
+        head = 1 if ids[0] in self.special_ids and limit > 1 else 0  # a one-token cut keeps the token itself
+        tail = 1 if ids[-1] in self.special_ids and limit > head + 1 else 0
+        keep = limit - head - tail
         start, stop = (n - tail - keep, n - tail) if truncate == "left" else (head, head + keep)
         kept = list(range(head)) + list(range(start, stop)) + list(range(n - tail, n))
         prompt_length = None

@@ -181,8 +181,8 @@ class RewardModel:
         return ({name: contract_shape(name, tuple(t.shape)) for name, t in inputs.items()},
                 {name: contract_shape(name, tuple(t.shape)) for name, t in outputs.items()})
 
-    def encode(self, item: ScoreInput, truncate: Truncate | None = None) -> Encoded:
-        return self.encoder.encode(item, truncate)
+    def encode(self, item: ScoreInput, truncate: Truncate | None = None, keep: int | None = None) -> Encoded:
+        return self.encoder.encode(item, truncate, keep)
 
     def score(self, items: list[ScoreInput], truncate: Truncate | None = None) -> list[RewardOutput]:
         """Encode and score in one batch: the unbatched reference when given one item."""

@@ -23,6 +23,7 @@ from service.grpc.server import GrpcServer, server_credentials
 from service.http import compat, kserve, monitoring, ranking, scoring
 from service.http.auth import ApiKeyAuth
 from service.http.content_type import JsonBodies
+from service.http.encoding import RequestEncoding
 from service.http.errors import install_error_handlers
 from service.http.limits import BodyLimit
 from service.http.middleware import MetricsMiddleware
@@ -66,6 +67,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.scorer = scorer
     app.state.monitoring = monitor
     install_error_handlers(app)
+    app.add_middleware(RequestEncoding, max_bytes=settings.max_request_bytes)
     app.add_middleware(JsonBodies)
     app.add_middleware(ApiKeyAuth, keys=keys)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)

@@ -184,6 +184,9 @@ class Settings(BaseSettings):
     auth_open_paths: list[str] = Field(
         default_factory=lambda: ["/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready", "/metrics"],
         description="HTTP paths served without a key (probes and the Prometheus scrape); gRPC health is always open")
+    metrics_require_key: bool = Field(False, description=(
+        "with API keys configured, /metrics needs a key like the API (Prometheus sends it with `authorization`), "
+        "even when auth_open_paths lists it"))
     cors_origins: list[str] = Field(default_factory=list, description=(
         "browser origins allowed to call the API cross-origin (CORS); none: no CORS headers, so browsers refuse"))
     log_level: str = "info"

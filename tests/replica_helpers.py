@@ -173,16 +173,17 @@ class Nginx:
 
 class Prometheus:
     """A Prometheus scraping `targets` (host:port, with `labels` on their series) every
-    second as job "rewardserve", evaluating `rule_files` every second; `api` is an HTTP
-    client for its API."""
+    second as job "rewardserve" (with the scrape options in `scrape`, `authorization` say),
+    evaluating `rule_files` every second; `api` is an HTTP client for its API."""
 
-    def __init__(self, targets: list[str], rule_files: list[Path], workdir: Path, labels: dict[str, str] | None = None):
+    def __init__(self, targets: list[str], rule_files: list[Path], workdir: Path, labels: dict[str, str] | None = None,
+                 scrape: dict | None = None):
         self.dir = workdir
         self.port = free_port()
         self.config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(path) for path in rule_files],
-            "scrape_configs": [{"job_name": "rewardserve",
+            "scrape_configs": [{"job_name": "rewardserve", **(scrape or {}),
                                 "static_configs": [{"targets": targets, "labels": labels or {}}]}],
         }
         self.process: subprocess.Popen | None = None

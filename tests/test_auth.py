@@ -64,6 +64,42 @@ def test_probes_and_the_scrape_stay_open(server):
         assert http.get(path).status_code == 200, path
 
 
+def test_probes_answer_head_without_a_body(server):
+    url, http, _ = server
+    for path in ("/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready", f"/v2/models/{SCALAR}/ready"):
+        got = http.get(path, headers=bearer(API_KEY))
+        head = http.head(path, headers=bearer(API_KEY))
+        assert (head.status_code, head.content) == (got.status_code, b""), path
+        assert head.headers["content-type"] == got.headers["content-type"], path
+    assert http.head("/health/ready").status_code == 200  # open, as GET is
+
+
+@pytest.mark.parametrize("header", ["Authorization", "x-api-key"])
+def test_a_key_header_sent_twice_is_400_naming_it(header, server):
+    _, http, _ = server
+    value = f"Bearer {API_KEY}" if header == "Authorization" else API_KEY
+    body = {"model": SCALAR, "items": [PAIR]}
+    for second in (value, "Bearer wrong" if header == "Authorization" else "wrong"):
+        twice = http.post("/v1/score", json=body, headers=[(header, value), (header.upper(), second)])
+        assert_error(twice, 400, "invalid_request", header.lower())
+        assert f"{header.lower()} is sent more than once" in twice.json()["error"]["message"]
+    both = http.post("/v1/score", json=body, headers={"authorization": f"Bearer {API_KEY}", "x-api-key": API_KEY})
+    assert both.status_code == 200  # one of each is not a repeat
+
+
+def test_metrics_can_need_a_key(tiny_model_dirs):
+    settings = Settings(models=[ModelConfig(name=SCALAR, path=str(tiny_model_dirs[SCALAR]))], grpc_port=0,
+                        api_keys=[API_KEY], metrics_require_key=True)
+    with live_server(create_app(settings)) as url, httpx.Client(base_url=url, timeout=60) as http:
+        assert_error(http.get("/metrics"), 401, "unauthorized")
+        assert_error(http.get("/metrics", headers=bearer("wrong")), 401, "unauthorized")
+        for headers in (bearer(API_KEY), {"x-api-key": API_KEY}):
+            scraped = http.get("/metrics", headers=headers)
+            assert scraped.status_code == 200 and "rewardserve_" in scraped.text
+        assert http.get("/health/live").status_code == 200  # the probes stay open
+    assert "/metrics" in KeyRing(settings.model_copy(update={"metrics_require_key": False})).open_paths
+
+
 def test_admin_routes_need_an_admin_key(server):
     _, http, _ = server
     assert_error(http.get("/v1/admin/canary", headers=bearer(API_KEY)), 403, "forbidden")

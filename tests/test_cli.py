@@ -173,3 +173,26 @@ def test_serve_becomes_ready_and_stops_cleanly(config_file, load_tiny, tmp_path)
 
 def test_console_script_is_installed():
     assert shutil.which("rewardserve", path=str(Path(sys.executable).parent)), "rewardserve not on the venv PATH"
+
+
+@pytest.mark.parametrize("family", ["armorm", "qwen2.5-math-prm"])
+def test_convert_writes_files_any_user_may_read(family, tmp_path):
+    """Under a umask that would make them private, what convert writes is 0644 (its new
+    directory 0755): the server reading them may run as another user."""
+    from model_cards.checkpoints import BUILDERS
+
+    from models.convert import HEAD_FILENAME
+    from models.spec import SPEC_FILENAME
+
+    src, dst = BUILDERS[family](tmp_path / "checkpoint"), tmp_path / "converted"
+    before = set(src.rglob("*"))
+    previous = os.umask(0o077)
+    try:
+        main(["convert", family, str(src), str(dst)])
+    finally:
+        os.umask(previous)
+    assert set(src.rglob("*")) == before  # nothing is written beside the checkpoint
+    written = list(dst.rglob("*"))
+    assert sorted(p.name for p in written) == sorted([HEAD_FILENAME, SPEC_FILENAME])
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in written} == {p.name: oct(0o644) for p in written}
+    assert oct(dst.stat().st_mode & 0o777) == oct(0o755)

@@ -18,7 +18,7 @@ from http_helpers import LONG_TEXT, assert_error, live_server, reference, wait_u
 from model_cards.tokenizers import mistral_v01
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
-from models.inputs import TokenIds
+from models.inputs import TextPair, TokenIds
 from models.reward_model import RewardModel
 from models.tiny_models import SMALL
 from service.app import create_app
@@ -154,6 +154,27 @@ def test_openai_sdk_lists_every_name_and_our_listing_stays(server, tiny_model_di
     assert [card["name"] for card in body["models"]] == [SCALAR, PRM, SENTENCEPIECE, MULTI]
 
 
+def test_openai_sdk_retrieves_a_model_by_name_or_alias_with_our_card(server, tiny_model_dirs):
+    url, http = server
+    sdk = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    try:
+        for name in (SCALAR, SKYWORK_PATH):
+            model = sdk.models.retrieve(name)
+            assert (model.id, model.object, model.owned_by) == (name, "model", "rewardserve")
+            assert isinstance(model.created, int) and model.created > 0
+            extra = model.model_extra  # our fields, beside OpenAI's
+            assert (extra["name"], extra["status"], extra["kind"]) == (SCALAR, "ready", "scalar")
+            assert extra["revision"].startswith("sha256:") and extra["root"] == str(tiny_model_dirs[SCALAR])
+            assert extra.get("parent") == (None if name == SCALAR else SCALAR)
+        with pytest.raises(openai.NotFoundError) as raised:
+            sdk.models.retrieve("no-such-model")
+    finally:
+        sdk.close()
+    assert raised.value.status_code == 404 and "no model named 'no-such-model'" in raised.value.message
+    listed = ok(http.get("/v1/models"))["data"][0]
+    assert {k: v for k, v in ok(http.get(f"/v1/models/{SCALAR}")).items() if k in listed} == listed
+
+
 # ---- vLLM request forms ---------------------------------------------------------------------
 
 
@@ -199,30 +220,114 @@ def test_score_refuses_mixed_pair_names(client):
                  "invalid_request", "text_1")
 
 
-def test_truncate_prompt_tokens_on_rerank(client, load_tiny):
+def without_ids(body: dict) -> dict:
+    return {k: v for k, v in body.items() if k not in ("id", "created")}
+
+
+@pytest.mark.parametrize("names", [("queries", "documents"), ("queries", "items"), ("data_1", "data_2"),
+                                   ("text_1", "text_2")])
+def test_v1_score_answers_a_vllm_body_as_score_does(names, client):
+    """vLLM's clients post their score requests to /v1/score: a body in vLLM's form gets
+    vLLM's response, the same as /score's; our `items` body keeps our shape."""
+    body = {"model": SCALAR, names[0]: "What is 2 + 2?", names[1]: ["It is 4.", "Five."], "use_activation": True}
+    vllm_shaped = ok(client.post("/v1/score", json=body))
+    assert without_ids(vllm_shaped) == without_ids(ok(client.post("/score", json=body)))
+    assert vllm_shaped["object"] == "list" and vllm_shaped["id"].startswith("score-")
+    assert vllm_shaped["usage"]["prompt_tokens_details"] is None and "prompt_tokens_details" in vllm_shaped["usage"]
+    ours = ok(client.post("/v1/score", json={"model": SCALAR, "items": [{"prompt": "What is 2 + 2?",
+                                                                          "response": "It is 4."}]}))
+    assert set(ours) == {"model", "revision", "kind", "results", "usage"}
+    assert vllm_shaped["data"][0]["score"] == pytest.approx(sigmoid(ours["results"][0]["score"]), abs=1e-6)
+
+
+@pytest.mark.parametrize("body", [
+    {"queries": "q", "text_2": "r"},
+    {"text_1": 5, "text_2": "r"},
+    {"text_1": "q", "text_2": []},
+    {"data_1": ["a", "b", "c"], "data_2": ["x", "y"]},
+    {"text_1": "q", "text_2": "r", "truncate_prompt_tokens": -2},
+    {"text_1": "q", "text_2": "r", "dimensions": 8},
+])
+def test_v1_score_refuses_a_bad_vllm_body_as_score_does(body, client):
+    refused = client.post("/v1/score", json={"model": SCALAR, **body})
+    assert refused.status_code == 422
+    assert refused.json() == client.post("/score", json={"model": SCALAR, **body}).json()
+    field = refused.json()["error"]["field"]
+    assert field and field.split("[")[0].split(".")[0] in body  # the request's own field, no form tag
+
+
+def test_truncate_prompt_tokens_minus_one_is_max_length(client, load_tiny):
     model = load_tiny(SCALAR)
     long_doc = " ".join([LONG_TEXT] * 6)
+    expected = reference(model, {"prompt": "Summarize.", "response": long_doc}, "left")
     for path in ("/v1/rerank", "/rerank"):
         body = ok(client.post(path, json={"model": SCALAR, "query": "Summarize.", "documents": ["Short.", long_doc],
                                           "truncate_prompt_tokens": -1}))
         long_result = next(r for r in body["results"] if r["index"] == 1)
-        expected = reference(model, {"prompt": "Summarize.", "response": long_doc}, "left")
         assert long_result["truncated"] and long_result["score"] == pytest.approx(expected.score, abs=1e-5)
         assert body["usage"]["prompt_tokens"] == body["usage"]["total_tokens"]
-        assert_error(client.post(path, json={"model": SCALAR, "query": "q", "documents": ["d"],
-                                             "truncate_prompt_tokens": 5}), 422, "invalid_request",
-                     "truncate_prompt_tokens")
-
-
-def test_truncate_prompt_tokens_on_score(client, load_tiny):
-    long_response = " ".join([LONG_TEXT] * 6)
-    body = ok(client.post("/score", json={"model": SCALAR, "queries": "Summarize.", "documents": [long_response],
+    for path in ("/score", "/v1/score"):
+        body = ok(client.post(path, json={"model": SCALAR, "queries": "Summarize.", "documents": [long_doc],
                                           "truncate_prompt_tokens": -1}))
-    expected = reference(load_tiny(SCALAR), {"prompt": "Summarize.", "response": long_response}, "left")
-    assert body["data"][0]["truncated"] and body["data"][0]["score"] == pytest.approx(expected.score, abs=1e-5)
-    assert_error(client.post("/score", json={"model": SCALAR, "queries": "q", "documents": "d",
-                                             "truncate_prompt_tokens": 5}), 422, "invalid_request",
-                 "truncate_prompt_tokens")
+        assert body["data"][0]["truncated"] and body["data"][0]["score"] == pytest.approx(expected.score, abs=1e-5)
+
+
+def kept_ids(model: RewardModel, ids: list[int], k: int, side: str = "left") -> list[int]:
+    """The k tokens truncate_prompt_tokens keeps of `ids`, as the tokenizer's own truncation
+    (vLLM's, for texts) keeps them: the leading BOS and the last k - 1 (the first k - 1
+    with side "right", here where the input ends in no special token)."""
+    assert ids[0] == model.encoder.tokenizer.bos_token_id and len(ids) > k
+    if side == "left":
+        return ids[:1] + ids[-(k - 1):]
+    assert ids[-1] not in model.encoder.special_ids
+    return ids[:k]
+
+
+K = 12
+
+
+def test_truncate_prompt_tokens_keeps_k_tokens_wherever_vllm_takes_it(client, load_tiny):
+    """The score of an input cut to k tokens is the model's forward on the ids it keeps."""
+    model = load_tiny(SCALAR)
+    query, doc = "Summarize.", "The quick brown fox jumps over the lazy dog while the cat sleeps."
+    pair = model.encode(TextPair(query, doc)).input_ids
+    expected = raw_score(model, kept_ids(model, pair, K))
+    assert expected != pytest.approx(raw_score(model, pair), abs=1e-3)  # the cut changes the score
+    for path in ("/v1/rerank", "/rerank"):
+        body = ok(client.post(path, json={"model": SCALAR, "query": query, "documents": [doc, "Hi."],
+                                          "truncate_prompt_tokens": K}))
+        result = next(r for r in body["results"] if r["index"] == 0)
+        assert result["truncated"] and result["num_tokens"] == K
+        assert result["score"] == pytest.approx(expected, abs=1e-5)
+    for path in ("/score", "/v1/score"):
+        body = ok(client.post(path, json={"model": SCALAR, "text_1": query, "text_2": doc,
+                                          "truncate_prompt_tokens": K}))
+        assert body["data"][0]["truncated"] and body["data"][0]["score"] == pytest.approx(expected, abs=1e-5)
+        assert body["usage"]["prompt_tokens"] == K
+    # the conversation of /classify's and /pooling's messages is the same pair through the chat template
+    messages = [{"role": "user", "content": query}, {"role": "assistant", "content": doc}]
+    for path, value in (("/classify", lambda d: d["probs"][0]), ("/pooling", lambda d: d["data"][0])):
+        body = ok(client.post(path, json={"model": SCALAR, "messages": messages, "truncate_prompt_tokens": K,
+                                          "use_activation": False}))
+        assert body["data"][0]["truncated"] and value(body["data"][0]) == pytest.approx(expected, abs=1e-5)
+    right = ok(client.post("/rerank", json={"model": SCALAR, "query": LONG_TEXT, "documents": [doc],
+                                            "truncate_prompt_tokens": K, "truncation_side": "right"}))
+    head = model.encode(TextPair(LONG_TEXT, doc)).input_ids
+    assert right["results"][0]["score"] == pytest.approx(raw_score(model, kept_ids(model, head, K, "right")), abs=1e-5)
+    fits = ok(client.post("/score", json={"model": SCALAR, "text_1": "Hi", "text_2": "Yo",
+                                          "truncate_prompt_tokens": model.info.max_length}))
+    assert not fits["data"][0]["truncated"]
+
+
+@pytest.mark.parametrize("k", [0, 257])
+def test_truncate_prompt_tokens_past_max_length_or_zero_is_422(k, client, load_tiny):
+    assert load_tiny(SCALAR).info.max_length == 256
+    rerank, pair = {"query": "q", "documents": ["d"]}, {"text_1": "q", "text_2": "d"}
+    for path, body in (("/v1/rerank", rerank), ("/rerank", rerank), ("/score", pair), ("/v1/score", pair),
+                       ("/classify", {"input": "q"}), ("/pooling", {"messages": [{"role": "user", "content": "q"}]})):
+        refused = client.post(path, json={"model": SCALAR, **body, "truncate_prompt_tokens": k})
+        assert_error(refused, 422, "invalid_request", "truncate_prompt_tokens")
+        assert ("max_length 256" if k else "at least one token") in refused.json()["error"]["message"]
 
 
 def test_classify_keeps_the_last_k_tokens_and_says_so(client, load_tiny):
@@ -231,11 +336,16 @@ def test_classify_keeps_the_last_k_tokens_and_says_so(client, load_tiny):
     ids = model.encoder.tokenizer(text, add_special_tokens=True)["input_ids"]
     body = ok(client.post("/classify", json={"model": SCALAR, "input": [text, "Hi"], "truncate_prompt_tokens": 5,
                                              "use_activation": False}))
-    assert body["data"][0]["probs"][0] == pytest.approx(raw_score(model, ids[-5:]), abs=1e-5)
+    assert body["data"][0]["probs"][0] == pytest.approx(raw_score(model, kept_ids(model, ids, 5)), abs=1e-5)
     assert [d["truncated"] for d in body["data"]] == [True, False]
     right = ok(client.post("/classify", json={"model": SCALAR, "input": text, "truncate_prompt_tokens": 5,
                                               "truncation_side": "right", "use_activation": False}))
-    assert right["data"][0]["probs"][0] == pytest.approx(raw_score(model, ids[:5]), abs=1e-5)
+    assert right["data"][0]["probs"][0] == pytest.approx(raw_score(model, kept_ids(model, ids, 5, "right")), abs=1e-5)
+    # token ids are cut alike; ones without a leading special token keep their last k
+    bare = ids[1:]
+    body = ok(client.post("/classify", json={"model": SCALAR, "input": bare, "truncate_prompt_tokens": 5,
+                                             "use_activation": False}))
+    assert body["data"][0]["probs"][0] == pytest.approx(raw_score(model, bare[-5:]), abs=1e-5)
 
 
 def test_add_special_tokens_false_scores_the_text_without_bos(client, load_tiny):

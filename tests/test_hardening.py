@@ -229,6 +229,93 @@ def test_a_compressed_body_is_not_inflated_past_the_limit(small_body):
     assert fine.status_code == 200, fine.text
 
 
+# ---- compressed bodies ----------------------------------------------------------------------
+
+# A body each POST route takes; a route missing here (a new one) is sent `{}`, whose answer,
+# an error most likely, must still be the same compressed or not.
+POST_BODIES = {
+    "/v1/score": {"model": SCALAR, "items": [{"prompt": "q", "response": "a"}]},
+    "/v1/compare": {"model": SCALAR, "prompt": "q", "responses": ["a", "b"]},
+    "/v1/rerank": {"model": SCALAR, "query": "q", "documents": ["a", "b"]},
+    "/rerank": {"model": SCALAR, "query": "q", "documents": ["a", "b"]},
+    "/v2/rerank": {"model": SCALAR, "query": "q", "documents": ["a", "b"]},
+    "/v1/steps": {"model": PRM, "items": [{"prompt": "q", "steps": ["a", "b"]}]},
+    "/get_reward": {"model": SCALAR, "query": ["q a"]},
+    "/pooling": {"model": SCALAR, "input": "q a"},
+    "/classify": {"model": SCALAR, "input": "q a"},
+    "/score": {"model": SCALAR, "text_1": "q", "text_2": ["a", "b"]},
+    "/v2/models/{name}/infer": {"inputs": KSERVE_TEXT},
+    "/v2/models/{name}/versions/{version}/infer": {"inputs": KSERVE_TEXT},
+}
+VOLATILE = ("id", "created")
+
+
+def post_routes() -> list[str]:
+    """Every POST route the app serves (the included routers' too), by its template."""
+    def walk(routes):
+        for route in routes:
+            included = getattr(route, "original_router", None)  # FastAPI's included router
+            yield from walk(included.routes) if included is not None else [route]
+
+    app = create_app(Settings(models=[ModelConfig(name=SCALAR, path="/unused")], grpc_port=0))
+    paths = sorted({route.path_format for route in walk(app.routes) if "POST" in getattr(route, "methods", ())})
+    assert "/v1/score" in paths and "/v2/models/{name}/infer" in paths
+    return paths
+
+
+def called(path: str) -> str:
+    return path.format(name=SCALAR, version="1")
+
+
+def comparable(response: httpx.Response) -> tuple[int, object]:
+    body = response.json()
+    if isinstance(body, dict):
+        body = {k: v for k, v in body.items() if k not in VOLATILE}
+    return response.status_code, body
+
+
+@pytest.mark.parametrize("path", post_routes())
+def test_every_post_route_takes_a_compressed_body(path, http):
+    import gzip
+    import zlib
+
+    raw = json.dumps(POST_BODIES.get(path, {})).encode()
+    plain = http.post(called(path), content=raw, headers={"content-type": "application/json"})
+    if path in POST_BODIES:
+        assert plain.status_code == 200, plain.text
+    for encoding, packed in (("gzip", gzip.compress(raw)), ("deflate", zlib.compress(raw))):
+        got = http.post(called(path), content=packed,
+                        headers={"content-type": "application/json", "content-encoding": encoding})
+        assert comparable(got) == comparable(plain), (encoding, got.text)
+
+
+@pytest.mark.parametrize("path", post_routes())
+def test_every_post_route_refuses_an_unknown_encoding_by_name(path, http):
+    raw = json.dumps(POST_BODIES.get(path, {})).encode()
+    for encoding in ("br", "zstd", "gzip, br"):
+        refused = http.post(called(path), content=raw,
+                            headers={"content-type": "application/json", "content-encoding": encoding})
+        assert_error(refused, 415, "unsupported_media_type", "Content-Encoding")
+        assert repr(encoding) in refused.json()["error"]["message"]
+
+
+def test_a_compressed_body_is_inflated_as_it_streams_and_must_be_whole(http):
+    import gzip
+
+    raw = json.dumps(POST_BODIES["/v1/score"]).encode()
+    packed = gzip.compress(raw)
+    headers = {"content-type": "application/json", "content-encoding": "gzip"}
+    streamed = http.post("/v1/score", content=iter([packed[i:i + 7] for i in range(0, len(packed), 7)]),
+                         headers=headers)  # chunked, in pieces that split gzip's header and blocks
+    assert comparable(streamed) == comparable(http.post("/v1/score", json=POST_BODIES["/v1/score"]))
+    for broken, why in ((packed[:-9], "ends before"), (b"not gzip", "cannot decompress"),
+                        (packed + packed, "follow the end")):
+        for path in ("/v1/score", f"/v2/models/{SCALAR}/infer"):
+            response = http.post(path, content=broken, headers=headers)
+            assert_error(response, 400, "invalid_request")
+            assert why in response.json()["error"]["message"]
+
+
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_a_huge_text_is_cut_before_tokenizing_and_scores_the_same(side, tiny_model_dirs, http):
     """The served score of a text far past max_length equals the reference that tokenizes

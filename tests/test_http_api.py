@@ -92,7 +92,10 @@ def test_readiness_turns_from_loading_to_ready(tiny_model_dirs, monkeypatch):
             loading = client.get("/health/ready")
             assert loading.status_code == 503
             assert loading.json() == {"status": "loading", "models": {"llama-scalar": "loading"}}
-            assert client.get("/v1/models/llama-scalar").json() == {"name": "llama-scalar", "status": "loading"}
+            card = client.get("/v1/models/llama-scalar").json()
+            assert {k: card[k] for k in ("id", "name", "status")} == {"id": "llama-scalar", "name": "llama-scalar",
+                                                                     "status": "loading"}
+            assert "kind" not in card and "max_model_len" not in card  # known once loaded
             assert_error(client.post("/v1/score", json={"items": [PAIR]}), 503, "model_loading", "model")
 
             release.set()
@@ -133,7 +136,11 @@ def test_model_cards_describe_loaded_models(client, load_tiny):
     assert [card["name"] for card in cards] == MODEL_NAMES
     for card in cards:
         info = load_tiny(card["name"]).info
-        assert client.get(f"/v1/models/{card['name']}").json() == card
+        detail = client.get(f"/v1/models/{card['name']}").json()
+        assert {k: detail[k] for k in card} == card
+        assert {k: detail[k] for k in ("id", "object", "owned_by")} == {"id": card["name"], "object": "model",
+                                                                         "owned_by": "rewardserve"}
+        assert detail["max_model_len"] == card["max_length"]
         assert card["status"] == "ready"
         assert card["kind"] == info.kind.value
         assert card["revision"] == info.revision and card["revision"].startswith("sha256:")
@@ -386,7 +393,14 @@ def test_openapi_lists_every_route(openapi):
     assert "post" in paths["/v1/score"]
     score_responses = paths["/v1/score"]["post"]["responses"]
     assert {"200", "404", "422", "503"} <= set(score_responses)
-    assert score_responses["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/ScoreResponse")
+    def refs(schema: dict) -> list[str]:
+        return [form["$ref"].rsplit("/", 1)[-1] for form in schema.get("oneOf") or schema["anyOf"]]
+
+    # ours, or vLLM's for a body in vLLM's form
+    assert refs(score_responses["200"]["content"]["application/json"]["schema"]) == ["ScoreResponse",
+                                                                                    "VllmScoreResponse"]
+    assert refs(paths["/v1/score"]["post"]["requestBody"]["content"]["application/json"]["schema"]) == [
+        "ScoreRequest", "VllmScoreRequest"]
 
 
 def test_openapi_item_schema_is_the_four_forms(openapi):
@@ -422,7 +436,7 @@ def test_openapi_describes_real_responses(openapi, client):
         assert set(body["results"][0]) <= set(schemas["ItemResult"]["properties"])
         assert set(body) <= set(schemas["ScoreResponse"]["properties"])
     assert_conforms(client.get("/v1/models").json(), schemas["ModelList"], openapi)
-    assert_conforms(client.get("/v1/models/llama-gating").json(), schemas["ModelCard"], openapi)
+    assert_conforms(client.get("/v1/models/llama-gating").json(), schemas["ModelDetail"], openapi)
     assert_conforms(client.get("/health/ready").json(), schemas["Health"], openapi)
     assert_conforms(client.post("/v1/score", json={"items": []}).json(), schemas["ErrorBody"], openapi)
     assert_conforms(client.post("/v1/score", json={"model": "nope", "items": [PAIR]}).json(),

@@ -86,6 +86,27 @@ def test_truncate_right_keeps_the_start(load_tiny, assert_outputs_match, monkeyp
     assert_outputs_match([out], [flagged_truncated(model.score([as_ids(enc)])[0])])
 
 
+@pytest.mark.parametrize(("name", "keep"), [("llama-scalar", 9), ("bert-scalar", 9), ("bert-scalar", 2),
+                                            ("bert-scalar", 1)])
+def test_truncate_to_fewer_tokens_keeps_the_specials_as_at_max_length(load_tiny, name, keep):
+    """`keep` (vLLM's truncate_prompt_tokens) cuts as max_length does, to fewer tokens: the
+    leading special token, then the end; a closing one (BERT's [SEP]) stays while room is
+    left for a token between; one token kept is the last one."""
+    model = load_tiny(name)
+    item = TextPair("What is 3 plus 4?", "It is 7, the sum of three and four.")
+    full = model.encode(item).input_ids
+    enc = model.encode(item, truncate="left", keep=keep)
+    assert enc.truncated and len(enc.input_ids) == keep
+    lead = int(keep > 1)
+    trail = int(full[-1] in model.encoder.special_ids and keep > 2)
+    assert full[0] in model.encoder.special_ids
+    assert enc.input_ids == full[:lead] + full[len(full) - keep + lead:]
+    right = model.encode(item, truncate="right", keep=keep).input_ids
+    assert right[:keep - trail] == full[:keep - trail] and right[keep - trail:] == full[len(full) - trail:]
+    assert model.encode(item, keep=keep).input_ids == full  # keep cuts only where truncation is asked for
+    assert model.encode(item, truncate="left", keep=10**6).input_ids == full  # and never past max_length
+
+
 def test_truncated_and_whole_items_batch_together(load_tiny, assert_outputs_match):
     model = load_tiny("llama-scalar")
     items = [TextPair(LONG_PROMPT, "It is 7."), TextPair("Hi", "Hey")]

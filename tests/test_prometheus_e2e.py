@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from replica_helpers import Prometheus, bounded_wait
 
 from service.cli import main
-from service.config import load_settings
+from service.config import ModelConfig, Settings, load_settings
 from service.app import create_app
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
@@ -165,3 +165,23 @@ def test_every_dashboard_query_runs_in_prometheus(server, prometheus):
     for expr in dashboard_queries():
         promql = expr.replace("$__rate_interval", "1m").replace("$model", ".*")
         query(prometheus, promql)  # a syntax or type error is a 400 with status "error"
+
+
+@needs_prometheus
+def test_prometheus_scrapes_metrics_behind_a_key(tiny_model_dirs, tmp_path):
+    """metrics_require_key: Prometheus sends the key from its scrape config's
+    `authorization` (as the README shows) and scrapes; without it the scrape is refused."""
+    key = "k-scrape"
+    settings = Settings(models=[ModelConfig(name=MODEL, path=str(tiny_model_dirs["llama-scalar"]))], grpc_port=0,
+                        api_keys=[key], metrics_require_key=True)
+    key_file = tmp_path / "rewardserve.key"
+    key_file.write_text(key + "\n")
+    with live_server(create_app(settings)) as url, httpx.Client(base_url=url, timeout=WAIT_S) as client:
+        assert client.get("/metrics").status_code == 401
+        target = [url.removeprefix("http://")]
+        with Prometheus(target, [], tmp_path / "keyed", scrape={"authorization": {"credentials_file": str(key_file)}}) \
+                as keyed:
+            bounded_wait(lambda: scalar(keyed.api, 'up{job="rewardserve"}') == 1, "a scrape with the key")
+            assert scalar(keyed.api, 'rewardserve_requests_in_flight{protocol="http"}') is not None
+        with Prometheus(target, [], tmp_path / "keyless") as keyless:
+            bounded_wait(lambda: scalar(keyless.api, 'up{job="rewardserve"}') == 0, "a scrape without the key")

@@ -317,5 +317,6 @@ def test_routes_find_the_model_in_path_body_or_query(config, tiny_model_dirs):
     assert model("/v1/score", by_path) == "llama-scalar"  # a model's configured path names it too
     assert model("/v1/score", b'{"items": []}') == "qwen2-prm"  # the default
     assert model("/v1/score", b"not json") == "qwen2-prm"
+    assert model("/v1/score", b"\x1f\x8b not gzip", headers=[(b"content-encoding", b"gzip")]) == "qwen2-prm"
     assert model("/v1/score", b'{"model": "nope"}') == "qwen2-prm"  # whose server answers 404
     assert model("/v1/score", b'["model"]') == "qwen2-prm"

@@ -61,13 +61,13 @@ def activated(kind: ModelKind, values: list[float], activation: bool | None) -> 
 
 async def _score_inputs(scorer: Scorer, body: VllmRequest, input: VllmInput | None,
                         messages: list[VllmMessage] | None, add_special_tokens: bool | None,
-                        normalize: Normalize | None = None) -> tuple[Scored, list[bool]]:
+                        normalize: Normalize | None = None) -> Scored:
     model = scorer.runner(body.model).model
-    inputs, cut = await input_items(model, body, _entries(input), messages, add_special_tokens)
-    job = ScoreJob(inputs=inputs, model=body.model, truncate=body.side(), priority=chosen_priority(body.priority),
-                   timeout_ms=body.timeout_ms, normalize=normalize)
-    scored = await scorer.score_as(job, whole_item("input"), "input")
-    return scored, [i in cut or out.truncated for i, out in enumerate(scored.outputs)]
+    keep = body.kept_tokens(model.encoder.max_length)
+    inputs = await input_items(model, body, _entries(input), messages, add_special_tokens)
+    job = ScoreJob(inputs=inputs, model=body.model, truncate=body.side(), keep=keep,
+                   priority=chosen_priority(body.priority), timeout_ms=body.timeout_ms, normalize=normalize)
+    return await scorer.score_as(job, whole_item("input"), "input")
 
 
 class _InputRequest(VllmRequest):
@@ -113,8 +113,7 @@ async def pooling(scorer: Scorer, body: PoolingRequest) -> PoolingResponse:
     """vLLM pooling: per input, the process model's step rewards, the multi-objective
     model's dimensions (in the model's order) or the scalar model's [score] (raw unless
     use_activation is true); `encoding_format: "base64"` sends them as float32 bytes."""
-    scored, truncated = await _score_inputs(scorer, body, body.input, body.messages, body.add_special_tokens,
-                                            body.normalize)
+    scored = await _score_inputs(scorer, body, body.input, body.messages, body.add_special_tokens, body.normalize)
     kind = scored.kind
 
     def vector(out) -> list[float]:
@@ -123,7 +122,7 @@ async def pooling(scorer: Scorer, body: PoolingRequest) -> PoolingResponse:
         return list(out.dimensions.values()) if kind == ModelKind.multi_objective else [out.score]
 
     data = [PoolingData(index=i, data=_encoded(activated(kind, vector(out), body.wants_activation()), body),
-                        truncated=truncated[i]) for i, out in enumerate(scored.outputs)]
+                        truncated=out.truncated) for i, out in enumerate(scored.outputs)]
     return PoolingResponse(id=f"pooling-{uuid.uuid4().hex}", created=int(time.time()), model=scored.model, data=data,
                            usage=_usage(scored.total_tokens))
 
@@ -158,7 +157,7 @@ async def classify(scorer: Scorer, body: ClassifyRequest) -> ClassificationRespo
     false, as veRL asks. Process models: probs = [1 - score, score] (the score, the step
     aggregate, is a probability of good). `label` is the model config's name of the most
     probable class, as vLLM reports it."""
-    scored, truncated = await _score_inputs(scorer, body, body.input, body.messages, body.add_special_tokens)
+    scored = await _score_inputs(scorer, body, body.input, body.messages, body.add_special_tokens)
     id2label = getattr(scorer.runner(scored.model).model.config, "id2label", None) or {}
     wants = body.wants_activation()
     data = []
@@ -169,7 +168,7 @@ async def classify(scorer: Scorer, body: ClassifyRequest) -> ClassificationRespo
             probs = activated(scored.kind, [out.score], wants is not False)
         best = max(range(len(probs)), key=probs.__getitem__)
         data.append(ClassificationData(index=i, label=id2label.get(best, f"LABEL_{best}"), probs=probs,
-                                       num_classes=len(probs), truncated=truncated[i]))
+                                       num_classes=len(probs), truncated=out.truncated))
     return ClassificationResponse(id=f"classify-{uuid.uuid4().hex}", created=int(time.time()), model=scored.model,
                                   data=data, usage=_usage(scored.total_tokens))
 
@@ -177,6 +176,8 @@ async def classify(scorer: Scorer, body: ClassifyRequest) -> ClassificationRespo
 # ---- /score -----------------------------------------------------------------------------
 
 SCORE_PAIRS = (("queries", "documents"), ("queries", "items"), ("data_1", "data_2"), ("text_1", "text_2"))
+# The pair names that are vLLM's only (`items` is /v1/score's own list too).
+VLLM_SCORE_FIELDS = frozenset(name for pair in SCORE_PAIRS for name in pair) - {"items"}
 ScoreValue = str | dict[str, Any]
 
 
@@ -218,6 +219,13 @@ class VllmScoreRequest(VllmRequest):
         return first, second, firsts, seconds
 
 
+def is_vllm_score(body: Any) -> bool:
+    """Whether a /v1/score body is in vLLM's form: it names one of vLLM's pair fields."""
+    if isinstance(body, BaseModel):
+        return isinstance(body, VllmScoreRequest)
+    return isinstance(body, dict) and not VLLM_SCORE_FIELDS.isdisjoint(body)
+
+
 class ScoreData(BaseModel):
     index: int
     object: Literal["score"] = "score"
@@ -239,13 +247,13 @@ async def score(scorer: Scorer, body: VllmScoreRequest) -> VllmScoreResponse:
     {prompt, response}; the raw score unless use_activation is true (then sigmoid)."""
     first, second, firsts, seconds = body.pairs()
     runner = scorer.runner(body.model)
-    body.kept_tokens(runner.model.encoder.max_length, own_tokens=False)
+    keep = body.kept_tokens(runner.model.encoder.max_length)
     spec = runner.model.spec
     inputs = []
     for prompt, response in zip(firsts, seconds):
         inputs += candidate_inputs(spec, prompt, None, [Candidate(text=response)], prompt_field=first)
-    job = ScoreJob(inputs=inputs, model=body.model, truncate=body.side(), priority=chosen_priority(body.priority),
-                   timeout_ms=body.timeout_ms, normalize=body.normalize)
+    job = ScoreJob(inputs=inputs, model=body.model, truncate=body.side(), keep=keep,
+                   priority=chosen_priority(body.priority), timeout_ms=body.timeout_ms, normalize=body.normalize)
     scored = await scorer.score_as(job, whole_item(second), second)
     wants = body.wants_activation()
     data = [ScoreData(index=i, score=activated(scored.kind, [out.score], wants)[0], truncated=out.truncated)

@@ -64,8 +64,9 @@ class VllmMessage(BaseModel):
 class VllmOptions(BaseModel):
     """The fields every vLLM pooling request shares."""
 
-    truncate_prompt_tokens: int | None = Field(
-        None, ge=-1, description="-1: cut to the model's max_length; k: keep k tokens; default: cut to max_length")
+    truncate_prompt_tokens: int | None = Field(None, ge=-1, description=(
+        "k: cut each input to k tokens (at most the model's max_length), its leading and closing special tokens "
+        "kept; -1 or default: cut to max_length"))
     truncation_side: Literal["left", "right"] | None = Field(None, description="which end is cut; default: left")
     use_activation: bool | None = Field(None, description="false: raw scores instead of sigmoid(score)")
     activation: bool | None = Field(None, description="older name of use_activation")
@@ -92,10 +93,9 @@ class VllmOptions(BaseModel):
         """The end inputs are cut at: truncation_side, else `truncate`, else the left."""
         return self.truncation_side or self.truncate or "left"
 
-    def kept_tokens(self, max_length: int, own_tokens: bool) -> int | None:
-        """How many tokens truncation keeps (operations.kept_prompt_tokens); only inputs
-        tokenized here (`input`) can be cut shorter than max_length."""
-        return kept_prompt_tokens(self.truncate_prompt_tokens, max_length, own_tokens)
+    def kept_tokens(self, max_length: int) -> int | None:
+        """How many tokens truncation keeps (operations.kept_prompt_tokens; None: max_length)."""
+        return kept_prompt_tokens(self.truncate_prompt_tokens, max_length)
 
 
 class VllmRequest(Lenient, VllmOptions):
@@ -117,31 +117,28 @@ def conversation(messages: list[VllmMessage]) -> list[tuple[str, str]]:
 
 
 async def input_items(model: RewardModel, body: VllmRequest, entries: list[str | list[int]] | None,
-                      messages: list[VllmMessage] | None, add_special_tokens: bool | None) -> tuple[list[ScoreInput], set[int]]:
-    """The inputs of a classify or pooling request and the indices cut here (by
-    truncate_prompt_tokens). `input` texts are read as they are: tokenized with the
-    tokenizer's special tokens unless add_special_tokens is false, no pair split and no
-    chat template. `messages` ending in the response go through the model's chat template
-    as /v1/score's do; any other conversation (a user turn alone, say) is rendered with the
+                      messages: list[VllmMessage] | None, add_special_tokens: bool | None) -> list[ScoreInput]:
+    """The inputs of a classify or pooling request (truncate_prompt_tokens cuts them when
+    they are scored: ScoreJob.keep). `input` texts are read as they are: tokenized with the
+    tokenizer's special tokens unless add_special_tokens is false, no pair split and no chat
+    template. `messages` ending in the response go through the model's chat template as
+    /v1/score's do; any other conversation (a user turn alone, say) is rendered with the
     template as vLLM renders it and scored whole."""
     if (entries is None) == (messages is None):
         raise APIError(422, "invalid_request", "give input or messages", "input")
-    max_length = model.encoder.max_length
     if messages is not None:
         if add_special_tokens:
             raise APIError(422, "invalid_request", "the chat template adds the special tokens; leave it out or false",
                            "add_special_tokens")
-        body.kept_tokens(max_length, own_tokens=False)
         turns = conversation(messages)
         if len(turns) >= 2 and turns[-1][0] == "assistant":
-            return [Chat(tuple(turns))], set()
-        return [await asyncio.to_thread(_rendered, model, turns)], set()
+            return [Chat(tuple(turns))]
+        return [await asyncio.to_thread(_rendered, model, turns)]
     if not entries:
         raise APIError(422, "invalid_request", "input must not be empty", "input")
     for i, entry in enumerate(entries):
         if isinstance(entry, str):
             checked(f"input[{i}]", entry)
-    keep = body.kept_tokens(max_length, own_tokens=True)
     tokenizer = model.encoder.tokenizer
     specials = add_special_tokens is not False
 
@@ -151,11 +148,7 @@ async def input_items(model: RewardModel, body: VllmRequest, entries: list[str |
         return [tuple(tokenizer(e, add_special_tokens=specials, verbose=False)["input_ids"]) if isinstance(e, str)
                 else tuple(e) for e in texts]
 
-    ids = await asyncio.to_thread(tokenize)
-    cut = {i for i, row in enumerate(ids) if keep is not None and len(row) > keep}
-    if keep is not None:
-        ids = [(row[-keep:] if body.side() == "left" else row[:keep]) if i in cut else row for i, row in enumerate(ids)]
-    return [TokenIds(row) for row in ids], cut
+    return [TokenIds(row) for row in await asyncio.to_thread(tokenize)]
 
 
 def _rendered(model: RewardModel, turns: list[tuple[str, str]]) -> TokenIds:

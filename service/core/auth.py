@@ -43,7 +43,8 @@ class KeyRing:
         if settings.api_keys_file is not None:
             keys += read_keys_file(Path(settings.api_keys_file))
         self._digests = [(_digest(key), scope) for key, scope in keys]
-        self.open_paths = frozenset(settings.auth_open_paths)
+        keyed = {"/metrics"} if settings.metrics_require_key else set()
+        self.open_paths = frozenset(settings.auth_open_paths) - keyed
 
     @property
     def enabled(self) -> bool:

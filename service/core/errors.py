@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable
 
 from models.errors import InputError
-from service.core.schemas import ITEM_FORMS
+from service.core.schemas import BODY_FORMS, ITEM_FORMS
 from service.engine.admission import QueueFull
 from service.engine.registry import ModelNotFound, ModelNotReady
 from service.engine.runner import ItemError
@@ -53,10 +53,11 @@ class APIError(Exception):
 
 
 def field_path(loc: tuple) -> str | None:
-    """('body', 'items', 0, 'tokens', 'input_ids', 3) -> 'items[0].input_ids[3]'. The item
-    form tag pydantic puts at the start of an item's location is dropped, but not a field
-    of the same name: ('items', 0, 'steps', 'steps') -> 'items[0].steps'."""
+    """('body', 'items', 0, 'tokens', 'input_ids', 3) -> 'items[0].input_ids[3]'. The form
+    tags pydantic puts at the start of a body's and an item's location are dropped, but not
+    a field of the same name: ('items', 0, 'steps', 'steps') -> 'items[0].steps'."""
     loc = loc[1:] if loc and loc[0] == "body" else loc
+    loc = loc[1:] if loc and loc[0] in BODY_FORMS else loc
     parts: list[str] = []
     for i, part in enumerate(loc):
         item_start = i == 0 or (i >= 2 and loc[i - 2] == "items" and isinstance(loc[i - 1], int))

@@ -154,27 +154,23 @@ class RerankRequest(_Options):
     weights: dict[str, FiniteFloat] | None = Field(
         None, description="multi-objective: weight per dimension (others weigh 0)")
     truncate_prompt_tokens: int | None = Field(
-        None, ge=-1, description="vLLM's: -1 (or the model's max_length) cuts inputs to max_length, from the side "
-        "`truncate` names (default left); no other value is supported")
+        None, ge=-1, description="vLLM's: k cuts each input to k tokens (at most the model's max_length; -1: "
+        "max_length), from the side `truncate` names (default left), its leading and closing special tokens kept")
 
     def job(self, inputs: list[ScoreInput], priority: Priority | None = None) -> ScoreJob:
         job = super().job(inputs, priority)
         return replace(job, truncate=job.truncate or "left") if self.truncate_prompt_tokens is not None else job
 
 
-def kept_prompt_tokens(k: int | None, max_length: int, own_tokens: bool = False) -> int | None:
-    """vLLM's truncate_prompt_tokens against a model's max_length: None when inputs are cut
-    at max_length (not given, -1, or max_length itself), else the k tokens to keep. Only
-    inputs the caller tokenizes itself (`own_tokens`) can be cut shorter; elsewhere, and
-    past max_length, it is 422."""
-    if k is None or k in (-1, max_length):
+def kept_prompt_tokens(k: int | None, max_length: int) -> int | None:
+    """vLLM's truncate_prompt_tokens against a model's max_length: the tokens truncation
+    keeps (ScoreJob.keep); None for max_length (k not given, or -1). Past max_length, or
+    0, is 422."""
+    if k is None or k == -1:
         return None
     if k > max_length:
         raise APIError(422, "invalid_request", f"{k} is more than the model's max_length {max_length}",
                        "truncate_prompt_tokens")
-    if not own_tokens:
-        raise APIError(422, "invalid_request", f"only -1 or {max_length} (the model's max_length) is supported "
-                       "for these inputs; send input texts or token ids to keep fewer tokens", "truncate_prompt_tokens")
     if k == 0:
         raise APIError(422, "invalid_request", "must keep at least one token", "truncate_prompt_tokens")
     return k
@@ -220,11 +216,12 @@ async def rerank_documents(scorer: Scorer, body: RerankRequest) -> RerankRespons
     model cannot give is refused before anything is scored."""
     runner = scorer.runner(body.model)
     spec = runner.model.spec
-    kept_prompt_tokens(body.truncate_prompt_tokens, runner.model.encoder.max_length)
+    keep = kept_prompt_tokens(body.truncate_prompt_tokens, runner.model.encoder.max_length)
     inputs = candidate_inputs(spec, body.query, body.messages, body.documents, prompt_field="query")
     dimensions = spec.multi_objective.dimensions if spec.multi_objective else None
     resolve_aggregation(dimensions, body.aggregation, body.weights)  # refuse before scoring anything
-    scored = await scorer.score_as(body.job(inputs), in_list("documents", shared_prompt="query"), "documents")
+    job = replace(body.job(inputs), keep=keep)
+    scored = await scorer.score_as(job, in_list("documents", shared_prompt="query"), "documents")
     ranking = rerank(scored.outputs, body.top_n, body.aggregation, body.weights)
     results = []
     for ranked in ranking.results:

@@ -90,6 +90,9 @@ ScoreItem = Annotated[
     ),
 ]
 ITEM_FORMS = ("text", "chat", "tokens", "steps")
+# /v1/score's body forms, ours and vLLM's (service.http.scoring): validation puts the form's
+# tag first in an error's location.
+BODY_FORMS = ("rewardserve", "vllm")
 
 
 class ScoreRequest(_Body):
@@ -189,6 +192,11 @@ class ModelObject(BaseModel):
     root: str = Field(description="the model's configured path")
     parent: str | None = Field(None, description="for an alias: the model's name")
     max_model_len: int | None = Field(None, description="the model's max_length, once it has loaded")
+
+
+class ModelDetail(ModelObject, ModelCard):
+    """One model as OpenAI's `GET /v1/models/{model}` answers it (what the OpenAI SDK's
+    `models.retrieve` reads), with our card beside it."""
 
 
 class ModelList(BaseModel):

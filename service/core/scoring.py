@@ -17,8 +17,8 @@ from models.spec import ModelKind, RewardSpec, StepAggregate
 from service.config import Settings
 from service.core.errors import APIError, ItemNamer, renamed, status_message, validation_error
 from service.core.normalize import Normalize, reference_stats_for, zscore
-from service.core.schemas import (FailedItem, ItemErrorDetail, ItemResult, ModelCard, ModelList, ModelObject,
-                                  ScoreRequest, ScoreResponse, Usage)
+from service.core.schemas import (FailedItem, ItemErrorDetail, ItemResult, ModelCard, ModelDetail, ModelList,
+                                  ModelObject, ScoreRequest, ScoreResponse, Usage)
 from service.engine.admission import QueueFull
 from service.engine.cache import CacheMode
 from service.engine.registry import ModelNotFound, ModelNotReady, ModelRegistry
@@ -31,6 +31,7 @@ class ScoreJob:
     inputs: list[ScoreInput]
     model: str | None = None
     truncate: Truncate | None = None
+    keep: int | None = None  # the tokens `truncate` cuts to (vLLM's truncate_prompt_tokens); default max_length
     aggregate: StepAggregate | None = None
     priority: Priority | None = None
     timeout_ms: float | None = None
@@ -76,14 +77,22 @@ class Scorer:
         return [model_card(runner) for runner in self.registry.runners.values()]
 
     def model_list(self) -> ModelList:
-        objects = []
-        for runner in self.registry.runners.values():
-            length = runner.info.max_length if runner.info else None
-            for name in (runner.name, *runner.config.aliases):
-                objects.append(ModelObject(id=name, created=self.registry.created, root=runner.config.path,
-                                           parent=None if name == runner.name else runner.name,
-                                           max_model_len=length))
+        objects = [self._model_object(runner, name)
+                   for runner in self.registry.runners.values() for name in (runner.name, *runner.config.aliases)]
         return ModelList(data=objects, models=self.model_cards())
+
+    def model_detail(self, name: str) -> ModelDetail:
+        """The model a request may call `name` (404 when none): its OpenAI object and card."""
+        try:
+            runner = self.registry.find(name)
+        except ModelNotFound:
+            raise APIError(404, "model_not_found", f"no model named {name!r}", "name") from None
+        return ModelDetail(**self._model_object(runner, name).__dict__, **model_card(runner).__dict__)
+
+    def _model_object(self, runner: ModelRunner, name: str) -> ModelObject:
+        return ModelObject(id=name, created=self.registry.created, root=runner.config.path,
+                           parent=None if name == runner.name else runner.name,
+                           max_model_len=runner.info.max_length if runner.info else None)
 
     async def score(self, job: ScoreJob) -> Scored:
         """Every item of `job` scored by one model, in order; cancelling the caller drops
@@ -100,7 +109,7 @@ class Scorer:
         deadline = None if job.timeout_ms is None else time.monotonic() + job.timeout_ms / 1000
         try:
             results = await runner.score(job.inputs, job.truncate, priority, deadline, job.cache,
-                                         item_errors=job.on_item_error == "item")
+                                         item_errors=job.on_item_error == "item", keep=job.keep)
         except ItemError as err:
             raise APIError.from_item_error(err) from err
         except QueueFull as err:

@@ -130,13 +130,13 @@ class ModelRunner:
             self.scheduler.admission.forwarded(sum(e.num_tokens for e in batch), time.perf_counter() - started)
 
     def encode_all(self, inputs: list[ScoreInput], truncate: Truncate | None,
-                   item_errors: bool = False) -> list[Encoded | ItemError]:
-        """Every item tokenized; one that cannot be raises its ItemError, or with
-        `item_errors` stands in the list in its place."""
+                   item_errors: bool = False, keep: int | None = None) -> list[Encoded | ItemError]:
+        """Every item tokenized (cut to `keep` tokens with `truncate`: Encoder.encode); one
+        that cannot be raises its ItemError, or with `item_errors` stands in the list in its place."""
         encoded: list[Encoded | ItemError] = []
         for index, item in enumerate(inputs):
             try:
-                encoded.append(self.model.encode(item, truncate))
+                encoded.append(self.model.encode(item, truncate, keep))
             except InputError as err:
                 if not item_errors:
                     raise ItemError(index, err) from err
@@ -174,9 +174,11 @@ class ModelRunner:
 
     async def score(self, inputs: list[ScoreInput], truncate: Truncate | None,
                     priority: Priority = Priority.interactive, deadline: float | None = None,
-                    cache_mode: CacheMode = CacheMode.use, item_errors: bool = False) -> list[RewardOutput | ItemError]:
+                    cache_mode: CacheMode = CacheMode.use, item_errors: bool = False,
+                    keep: int | None = None) -> list[RewardOutput | ItemError]:
         """Every item scored, in request order: cache hits answered at once, the rest
-        through the scheduler. `deadline` is a time.monotonic() instant. The request is
+        through the scheduler. `deadline` is a time.monotonic() instant; `keep`: what
+        `truncate` cuts to (default max_length). The request is
         admitted (or QueueFull) before it is tokenized. An item that fails raises its
         ItemError, or with `item_errors` is answered by it while the rest are scored."""
         self.observer.request()
@@ -186,15 +188,15 @@ class ModelRunner:
             self.observer.rejected(len(inputs))
             raise
         try:
-            return await self._score(inputs, truncate, priority, deadline, cache_mode, item_errors, ticket)
+            return await self._score(inputs, truncate, priority, deadline, cache_mode, item_errors, ticket, keep)
         finally:
             self.scheduler.admission.release(ticket)
 
     async def _score(self, inputs: list[ScoreInput], truncate: Truncate | None, priority: Priority,
                      deadline: float | None, cache_mode: CacheMode, item_errors: bool,
-                     ticket: Ticket) -> list[RewardOutput | ItemError]:
+                     ticket: Ticket, keep: int | None) -> list[RewardOutput | ItemError]:
         started = time.perf_counter()
-        encoded = await asyncio.to_thread(self.encode_all, inputs, truncate, item_errors)
+        encoded = await asyncio.to_thread(self.encode_all, inputs, truncate, item_errors, keep)
         self._measure_chars_per_token(inputs, encoded)
         results: list[RewardOutput | ItemError | None] = [e if isinstance(e, ItemError) else None for e in encoded]
         todo = [i for i, result in enumerate(results) if result is None]

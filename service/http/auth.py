@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from service.core.auth import KeyRing, presented_key
+from service.core.auth import KeyRing, key_headers, presented_key
 from service.core.errors import APIError
 from service.http.errors import error_response
 
@@ -19,11 +19,13 @@ class ApiKeyAuth:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and self.keys.enabled and scope["path"] not in self.keys.open_paths:
-            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers") or []}
-            key = presented_key(headers.get("authorization"), headers.get("x-api-key"))
             try:
+                headers = key_headers((name.decode("latin-1"), value.decode("latin-1"))
+                                      for name, value in scope.get("headers") or [])
+                key = presented_key(headers.get("authorization"), headers.get("x-api-key"))
                 self.keys.check(key, admin=scope["path"].startswith(ADMIN_PREFIX))
             except APIError as err:
                 response = error_response(err.status, err.code, err.message, err.field, err.headers)
                 return await response(scope, receive, send)
         await self.app(scope, receive, send)
+

@@ -3,7 +3,8 @@ unchanged (service.compat):
 
 - OpenRLHF's remote reward model: `POST /get_reward` (`--remote_rm_url http://HOST:PORT/get_reward`).
 - vLLM's pooling API, at its unprefixed paths: `/pooling`, `/classify`, `/score`, `/rerank`
-  (also `/v2/rerank`, Cohere's path); our own `/v1/score` and `/v1/rerank` keep our shapes.
+  (also `/v2/rerank`, Cohere's path); our own `/v1/score` (which answers a body in vLLM's
+  form as `/score`: service.http.scoring) and `/v1/rerank` keep our shapes.
 """
 
 from __future__ import annotations

@@ -37,7 +37,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, err: StarletteHTTPException):
-        code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(err.status_code, "http_error")
+        code = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed",
+                413: "request_too_large"}.get(err.status_code, "http_error")
         return error_response(err.status_code, code, str(err.detail), headers=getattr(err, "headers", None))
 
     @app.exception_handler(Exception)

@@ -6,7 +6,6 @@ a JSON header, then the raw tensors) both ways. Errors are KServe's `{"error": "
 from __future__ import annotations
 
 import json
-import zlib
 
 import numpy as np
 from fastapi import APIRouter, Request
@@ -15,7 +14,6 @@ from pydantic import BaseModel
 
 from service.core.errors import APIError, status_message
 from service.http.disconnect import unless_disconnected
-from service.http.limits import WBITS, inflate
 from service.kserve import graph as kserve_graph
 from service.kserve import inference, models
 from service.kserve.tensors import bad_input, from_list, from_raw, parse_json, to_raw
@@ -41,11 +39,13 @@ async def server_metadata():
 
 
 @router.get("/health/live")
+@router.head("/health/live", include_in_schema=False)
 async def server_live():
     return {"live": True}
 
 
 @router.get("/health/ready")
+@router.head("/health/ready", include_in_schema=False)
 async def server_ready(request: Request):
     ready = request.app.state.registry.ready
     return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
@@ -53,6 +53,8 @@ async def server_ready(request: Request):
 
 @router.get("/models/{name}/ready")
 @router.get("/models/{name}/versions/{version}/ready")
+@router.head("/models/{name}/ready", include_in_schema=False)
+@router.head("/models/{name}/versions/{version}/ready", include_in_schema=False)
 async def model_ready(name: str, request: Request, version: str | None = None):
     try:
         if graph := kserve_graph.find(request.app.state.registry, name):
@@ -129,16 +131,8 @@ async def _infer_graph(graph: kserve_graph.GraphModel, request: Request, version
 
 
 async def _body(request: Request) -> tuple[bytes, int]:
-    """The (decompressed) body and the length of its JSON header."""
+    """The body (inflated already: service.http.encoding) and the length of its JSON header."""
     body = await request.body()
-    encoding = request.headers.get("content-encoding", "identity").lower()
-    try:
-        if encoding in WBITS:
-            body = inflate(body, encoding, request.app.state.settings.max_request_bytes)
-        elif encoding != "identity":
-            raise APIError(400, "invalid_request", f"unsupported Content-Encoding {encoding!r}")
-    except zlib.error as err:
-        raise APIError(400, "invalid_request", f"cannot decompress the {encoding} body: {err}") from None
     value = request.headers.get(HEADER_LENGTH)
     if value is None:
         return body, len(body)

@@ -1,16 +1,12 @@
 """A bound on the bytes one HTTP request may send (`max_request_bytes`): a body that says it
-is larger is refused before it is read, one that turns out larger (chunked) stops being
-read at the bound, and a compressed body is never inflated past it."""
+is larger is refused before it is read, and one that turns out larger (chunked) stops being
+read at the bound (a compressed body is never inflated past it either: service.http.encoding)."""
 
 from __future__ import annotations
-
-import zlib
 
 from fastapi import HTTPException
 
 from service.http.errors import error_response
-
-WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
 def too_large(limit: int) -> HTTPException:
@@ -46,11 +42,3 @@ class BodyLimit:
 
         await self.app(scope, counted, send)
 
-
-def inflate(body: bytes, encoding: str, limit: int) -> bytes:
-    """`body` decompressed (gzip or deflate), refused (413) once the output passes `limit`."""
-    inflater = zlib.decompressobj(WBITS[encoding])
-    out = inflater.decompress(body, limit + 1)
-    if len(out) > limit or inflater.unconsumed_tail:
-        raise too_large(limit)
-    return out + inflater.flush()

@@ -35,5 +35,5 @@ class MetricsMiddleware:
             finally:
                 self._in_flight.dec()
                 route = scope.get("route")
-                endpoint = getattr(route, "path", None) or UNMATCHED
+                endpoint = getattr(route, "path_format", None) or UNMATCHED  # `{name}`, not `{name:path}`
                 self.metrics.observe_request("http", endpoint, labels.model, status, time.perf_counter() - started)

@@ -16,12 +16,12 @@ from service.config import Settings
 from service.core.schemas import Health
 from service.engine.registry import model_aliases
 from service.http.errors import error_response
-from service.http.limits import WBITS, inflate
+from service.http.encoding import WBITS, content_encoding, inflate
 from service.rayserve.asgi import Call, Reply
 
-PATH_MODEL = re.compile(r"^/v2/models/([^/]+)|^/v1/models/([^/]+)$")
+PATH_MODEL = re.compile(r"^/v2/models/([^/]+)|^/v1/models/(.+)$")
 EVERY_MODEL = {("GET", "/v1/models"), ("GET", "/health/ready"), ("GET", "/v2/health/ready"),
-               ("POST", "/v2/repository/index")}
+               ("HEAD", "/health/ready"), ("HEAD", "/v2/health/ready"), ("POST", "/v2/repository/index")}
 # Per-replica state: with several replicas of a model, the gateway would show one at random.
 PER_REPLICA = ("/metrics", "/v1/drift", "/v1/admin/canary")
 
@@ -48,7 +48,7 @@ def _path_model(path: str) -> str | None:
 def _body_model(request: Call, max_bytes: int) -> str | None:
     """The `model` of a JSON body (compressed or not); None where there is none, or the
     body is not JSON, so the model's server answers it with its own error."""
-    encoding = dict(request.headers).get(b"content-encoding", b"identity").decode("latin-1").strip().lower()
+    encoding = content_encoding(request.headers)
     try:
         body = inflate(request.body, encoding, max_bytes) if encoding in WBITS else request.body
         model = json.loads(body).get("model")
