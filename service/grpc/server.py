@@ -39,11 +39,12 @@ class GrpcServer:
     """Started in the HTTP app's lifespan, on its event loop."""
 
     def __init__(self, scorer: Scorer, metrics: Metrics, keys: KeyRing, host: str, port: int,
-                 credentials: grpc.ServerCredentials | None = None):
+                 credentials: grpc.ServerCredentials | None = None, *, handshake_timeout_s: float):
         self.registry = scorer.registry
         self.server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.server_handshake_timeout_ms", round(handshake_timeout_s * 1000)),  # TLS and HTTP/2 set-up
         ], interceptors=[GrpcMetricsInterceptor(metrics), Authentication(keys), RequestDecoding()])
         pb_grpc.add_RewardServiceServicer_to_server(RewardService(scorer), self.server)
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(KServeService(scorer), self.server)
