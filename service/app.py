@@ -28,6 +28,7 @@ from service.http.errors import install_error_handlers
 from service.http.limits import BodyLimit
 from service.http.middleware import MetricsMiddleware
 from service.http.protocol import BoundedH11Protocol
+from service.http.shutdown import ShuttingDown
 from service.monitoring.monitor import Monitoring
 
 
@@ -51,7 +52,15 @@ def create_app(settings: Settings) -> FastAPI:
             await grpc_server.start(app.state.loading)
             app.state.grpc_port = grpc_server.port
         monitor.start(app.state.loading)
-        app.state.drain = grpc_server.stop if grpc_server is not None else None
+
+        async def drain(grace_s: float) -> None:
+            """Stop serving: HTTP requests cancelled from now on are answered `shutting_down`
+            (service.http.shutdown); gRPC refuses new calls and gives running ones `grace_s`."""
+            app.state.stopping = True
+            if grpc_server is not None:
+                await grpc_server.stop(grace_s)
+
+        app.state.drain = drain
         yield
         await monitor.stop()
         if grpc_server is not None:
@@ -68,10 +77,12 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.registry = registry
     app.state.scorer = scorer
     app.state.monitoring = monitor
+    app.state.stopping = False
     install_error_handlers(app)
     app.add_middleware(JsonBodies)
     app.add_middleware(ApiKeyAuth, keys=keys)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(ShuttingDown, state=app.state)  # inside the metrics, which count its 503s
     if settings.cors_origins:  # outside the key check, so preflights are answered
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["authorization", "x-api-key", "content-type"])

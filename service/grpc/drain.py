@@ -1,0 +1,62 @@
+"""gRPC calls still running when the server's drain grace (`drain_grace_s`) ends: grpc.aio
+would cancel them (CANCELLED, which a client cannot tell from its own cancelling); they
+end UNAVAILABLE `shutting_down` instead, which clients retry on another replica."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import asynccontextmanager
+
+import grpc
+
+from service.core.errors import APIError
+from service.grpc.calls import abort
+from service.grpc.interceptor import with_behavior
+
+
+class CallsInFlight(grpc.aio.ServerInterceptor):
+    """Knows the task of every call running, so that `end()` can stop them all."""
+
+    def __init__(self):
+        self.tasks: set[asyncio.Task] = set()
+        self.ended = False
+
+    def end(self) -> None:
+        """Cancel every call still running; each ends UNAVAILABLE `shutting_down`."""
+        self.ended = True
+        for task in self.tasks:
+            task.cancel()
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        return with_behavior(handler, lambda kind, behavior: (
+            self._streaming if kind.endswith("_stream") else self._unary)(behavior))
+
+    def _unary(self, behavior):
+        async def tracked(request, context):
+            async with self._tracked(context):
+                return await behavior(request, context)
+        return tracked
+
+    def _streaming(self, behavior):
+        async def tracked(request, context):
+            async with self._tracked(context):
+                async for response in behavior(request, context):
+                    yield response
+        return tracked
+
+    @asynccontextmanager
+    async def _tracked(self, context: grpc.aio.ServicerContext):
+        task = asyncio.current_task()  # grpc.aio runs each call in a task of its own
+        self.tasks.add(task)
+        try:
+            yield
+        except asyncio.CancelledError:
+            if not self.ended:  # the client went away
+                raise
+            task.uncancel()  # answered here: the call ends with a status, not cancelled
+            await abort(context, APIError.shutting_down())
+        finally:
+            self.tasks.discard(task)
