@@ -113,7 +113,8 @@ class DrainingServer(uvicorn.Server):
     """uvicorn for one app, draining its gRPC side the moment the HTTP side starts to (on
     SIGTERM or SIGINT): gRPC health goes NOT_SERVING and new gRPC calls are refused
     (UNAVAILABLE) while the HTTP listener closes, and in-flight calls of both get
-    `drain_grace_s` to finish before they are cancelled and the process exits."""
+    `drain_grace_s` to finish; those still running then are answered `shutting_down` (503,
+    UNAVAILABLE) and the process exits."""
 
     def __init__(self, app: FastAPI, settings: Settings):
         super().__init__(uvicorn_config(app, settings))

@@ -5,6 +5,7 @@ of JSON errors."""
 
 from __future__ import annotations
 
+import functools
 import math
 import socket
 import threading
@@ -25,6 +26,7 @@ from models.inputs import ScoreInput
 from models.reward_model import RewardModel
 from models.spec import ModelKind
 from service.core.schemas import ScoreItem
+from service.http.protocol import BoundedH11Protocol
 
 TOL = 1e-5
 _parse_item = TypeAdapter(ScoreItem).validate_python
@@ -34,7 +36,11 @@ _parse_item = TypeAdapter(ScoreItem).validate_python
 def live_server(app, startup_timeout: float = 30.0, **uvicorn_options) -> Iterator[str]:
     """Serve `app` with uvicorn on a real loopback socket in a background thread; yields
     the base URL (https:// when `uvicorn_options` carry a certificate). The socket is bound
-    before the server starts, so there is no port race."""
+    before the server starts, so there is no port race. A rewardserve app is served over the
+    protocol `rewardserve serve` runs (its bounds on request heads and bodies)."""
+    if hasattr(app.state, "settings"):
+        uvicorn_options = {"http": functools.partial(BoundedH11Protocol, settings=app.state.settings),
+                           **uvicorn_options}
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", **uvicorn_options))
