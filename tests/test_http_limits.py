@@ -27,6 +27,7 @@ KEY = "test-key"
 MAX_HEADER_BYTES = 65536  # the default
 HEADER_TIMEOUT_S = 1.0
 BODY_TIMEOUT_S = 1.5
+SLOW_CLIENTS = 20  # of each kind
 WAIT_S = 30  # bound on every wait for the server to answer or hang up
 PAIRS = {"model": SCALAR, "items": [{"prompt": "What is 2 + 2?", "response": "4"}]}
 
@@ -135,11 +136,13 @@ def test_slow_clients_are_cut_off_and_others_are_served_meanwhile(server):
     kinds = {"silent": (b"", b""), "slow head": (b"", b"GET /v1/models HTTP/1.1\r\nX-Slow: "),
              "slow body": (trickle_body, b'{"items": [' + b" " * 900)}
     answers: dict[tuple[str, int], bytes] = {}
+    connected = threading.Barrier(len(kinds) * SLOW_CLIENTS + 1, timeout=WAIT_S)
 
     def client(kind: str, index: int) -> None:
         first, trickled = kinds[kind]
         with server.connect() as sock:
             sock.sendall(first)
+            connected.wait()
             sock.settimeout(0.1)
             deadline = time.monotonic() + WAIT_S
             for byte in trickled:
@@ -155,9 +158,10 @@ def test_slow_clients_are_cut_off_and_others_are_served_meanwhile(server):
             sock.settimeout(WAIT_S)
             answers[kind, index] = hung_up(sock)
 
-    threads = [threading.Thread(target=client, args=(kind, i)) for kind in kinds for i in range(20)]
+    threads = [threading.Thread(target=client, args=(kind, i)) for kind in kinds for i in range(SLOW_CLIENTS)]
     for thread in threads:
         thread.start()
+    connected.wait()  # every slow client holds its connection
     served = server.score()
     for thread in threads:
         thread.join(timeout=WAIT_S + 10)

@@ -86,8 +86,8 @@ class BoundedH11Protocol(H11Protocol):
         return running or self.loop.call_later(seconds, callback)
 
     def head_timed_out(self) -> None:
-        self.refuse(408, "request_timeout", f"the request head did not arrive within {self.settings.header_timeout_s:g} s "
-                                            "(header_timeout_s)")
+        self.refuse(408, "request_timeout",
+                    f"the request head did not arrive within {self.settings.header_timeout_s:g} s (header_timeout_s)")
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to a request h11 could not parse: 431 where the head was too large."""
