@@ -1,6 +1,7 @@
-"""gRPC calls still running when the server's drain grace (`drain_grace_s`) ends: grpc.aio
-would cancel them (CANCELLED, which a client cannot tell from its own cancelling); they
-end UNAVAILABLE `shutting_down` instead, which clients retry on another replica."""
+"""gRPC calls still running when the server's drain grace (`drain_grace_s`) ends: left to
+grpc.aio, they would be cancelled with UNAVAILABLE "Cancelling all calls" and no error code;
+they end UNAVAILABLE with the service's `shutting_down` error instead (its message and
+`rewardserve-error-code`, as HTTP's 503 body has them), which clients retry elsewhere."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """The HTTP/1.1 protocol every connection runs: uvicorn's h11 one, bounded in what a client
 can make the server hold before the app sees a request. A request head past
-`max_header_bytes` is 431 (and no more of it is buffered), a head not in within
-`header_timeout_s` is 408, and a body not in within `body_timeout_s` of its head ends the
-connection. These answers come before any middleware, API keys included, so a client
+`max_header_bytes` is 431 (and no more of it is buffered), a head that has not arrived
+within `header_timeout_s` is 408, and a body that has not within `body_timeout_s` of its
+head ends the connection. These answers come before any middleware, API keys included, so a client
 without a key can hold neither the server's memory nor its connections."""
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ def head_bytes(request: h11.Request) -> int:
 
 
 class HeadBoundConnection(h11.Connection):
-    """h11's server side, refusing a request head past `max_bytes` (431) whether it comes
-    in pieces (h11 then buffers no more than that of it) or in one read, and keeping the
-    error it refused the client with."""
+    """h11's server side, refusing a request head past `max_bytes` (431) whether it comes in
+    pieces (h11 then buffers no more of it than that and one read) or whole, and keeping
+    the error it refused the client with."""
 
     def __init__(self, max_bytes: int):
         super().__init__(h11.SERVER, max_incomplete_event_size=max_bytes)
@@ -108,5 +108,6 @@ class BoundedH11Protocol(H11Protocol):
 
 
 def cancelled(timer: asyncio.TimerHandle | None) -> None:
+    """`timer` cancelled, if there is one; None, the timer left."""
     if timer is not None:
         timer.cancel()
