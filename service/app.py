@@ -8,6 +8,7 @@ warmed up."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 from contextlib import asynccontextmanager
 
@@ -27,6 +28,8 @@ from service.http.encoding import RequestEncoding
 from service.http.errors import install_error_handlers
 from service.http.limits import BodyLimit
 from service.http.middleware import MetricsMiddleware
+from service.http.protocol import BoundedH11Protocol
+from service.http.shutdown import ShuttingDown
 from service.monitoring.monitor import Monitoring
 
 
@@ -45,11 +48,20 @@ def create_app(settings: Settings) -> FastAPI:
             if settings.tls_cert_file is not None:
                 credentials = server_credentials(settings.tls_cert_file, settings.tls_key_file,
                                                  settings.tls_client_ca_file)
-            grpc_server = GrpcServer(scorer, monitor.metrics, keys, settings.host, settings.grpc_port, credentials)
+            grpc_server = GrpcServer(scorer, monitor.metrics, keys, settings.host, settings.grpc_port, credentials,
+                                     handshake_timeout_s=settings.tls_handshake_timeout_s)
             await grpc_server.start(app.state.loading)
             app.state.grpc_port = grpc_server.port
         monitor.start(app.state.loading)
-        app.state.drain = grpc_server.stop if grpc_server is not None else None
+
+        async def drain(grace_s: float) -> None:
+            """Stop serving: HTTP requests cancelled from now on are answered `shutting_down`
+            (service.http.shutdown); gRPC refuses new calls and gives running ones `grace_s`."""
+            app.state.stopping = True
+            if grpc_server is not None:
+                await grpc_server.stop(grace_s)
+
+        app.state.drain = drain
         yield
         await monitor.stop()
         if grpc_server is not None:
@@ -66,11 +78,13 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.registry = registry
     app.state.scorer = scorer
     app.state.monitoring = monitor
+    app.state.stopping = False
     install_error_handlers(app)
     app.add_middleware(RequestEncoding, max_bytes=settings.max_request_bytes)
     app.add_middleware(JsonBodies)
     app.add_middleware(ApiKeyAuth, keys=keys)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(ShuttingDown, state=app.state)  # inside the metrics, which count its 503s
     if settings.cors_origins:  # outside the key check, so preflights are answered
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["authorization", "x-api-key", "content-type"])
@@ -90,16 +104,37 @@ def uvicorn_tls(settings: Settings) -> dict:
     return options
 
 
+def uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
+    """uvicorn serving `app` over BoundedH11Protocol (the bounds on request heads and bodies)."""
+    return uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                          http=functools.partial(BoundedH11Protocol, settings=settings),
+                          timeout_graceful_shutdown=settings.drain_grace_s, **uvicorn_tls(settings))
+
+
 class DrainingServer(uvicorn.Server):
     """uvicorn for one app, draining its gRPC side the moment the HTTP side starts to (on
     SIGTERM or SIGINT): gRPC health goes NOT_SERVING and new gRPC calls are refused
     (UNAVAILABLE) while the HTTP listener closes, and in-flight calls of both get
-    `drain_grace_s` to finish before they are cancelled and the process exits."""
+    `drain_grace_s` to finish; those still running then are answered `shutting_down` (503,
+    UNAVAILABLE) and the process exits."""
 
     def __init__(self, app: FastAPI, settings: Settings):
-        super().__init__(uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                                        timeout_graceful_shutdown=settings.drain_grace_s, **uvicorn_tls(settings)))
+        super().__init__(uvicorn_config(app, settings))
         self.app, self.grace_s = app, settings.drain_grace_s
+        self.handshake_timeout_s = settings.tls_handshake_timeout_s
+
+    async def startup(self, sockets=None) -> None:
+        """uvicorn's start-up, its TLS listener given `tls_handshake_timeout_s` (uvicorn has no
+        option for it; the event loop's default is 60 s): the loop's create_server, which
+        uvicorn calls here, is given the timeout for the duration."""
+        if self.config.ssl is None:
+            return await super().startup(sockets)
+        loop = asyncio.get_running_loop()
+        loop.create_server = functools.partial(loop.create_server, ssl_handshake_timeout=self.handshake_timeout_s)
+        try:
+            await super().startup(sockets)
+        finally:
+            del loop.create_server
 
     async def shutdown(self, sockets=None) -> None:
         drain = getattr(self.app.state, "drain", None)

@@ -160,6 +160,18 @@ class Settings(BaseSettings):
     max_items_per_request: int = Field(4096, ge=1)
     max_request_bytes: int = Field(32 * 2**20, ge=1024, description=(
         "largest HTTP request body, after decompression; larger is 413 (4,096 items of 1,000 token ids fit)"))
+    max_header_bytes: int = Field(64 * 2**10, ge=1024, description=(
+        "largest HTTP request head (request line and header lines); larger is 431 before anything else runs, "
+        "API keys included, and no more of a head is buffered"))
+    header_timeout_s: float = Field(10.0, gt=0, description=(
+        "how long an HTTP client has to send a request head, from connecting or from its first byte after an "
+        "idle keep-alive; past it, 408 and the connection closes"))
+    body_timeout_s: float = Field(60.0, gt=0, description=(
+        "how long an HTTP client has to send a request's whole body once its head is in; past it, the "
+        "connection closes (32 MiB in 60 s needs 0.55 MB/s)"))
+    tls_handshake_timeout_s: float = Field(10.0, gt=0, description=(
+        "how long a client connecting to either port has to finish the TLS handshake (gRPC: its connection "
+        "set-up) before the connection closes"))
     cache_max_bytes: int = Field(256 * 2**20, ge=0, description="in-process LRU size; 0 turns it off")
     redis_url: str | None = Field(None, description="shared Redis result cache, e.g. redis://127.0.0.1:6379/0")
     redis_timeout_ms: float = Field(50.0, gt=0, description="Redis socket timeout; slower counts as a miss")

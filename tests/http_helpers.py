@@ -5,6 +5,7 @@ of JSON errors."""
 
 from __future__ import annotations
 
+import functools
 import math
 import socket
 import threading
@@ -25,6 +26,7 @@ from models.inputs import ScoreInput
 from models.reward_model import RewardModel
 from models.spec import ModelKind
 from service.core.schemas import ScoreItem
+from service.http.protocol import BoundedH11Protocol
 
 TOL = 1e-5
 _parse_item = TypeAdapter(ScoreItem).validate_python
@@ -34,12 +36,27 @@ _parse_item = TypeAdapter(ScoreItem).validate_python
 def live_server(app, startup_timeout: float = 30.0, **uvicorn_options) -> Iterator[str]:
     """Serve `app` with uvicorn on a real loopback socket in a background thread; yields
     the base URL (https:// when `uvicorn_options` carry a certificate). The socket is bound
-    before the server starts, so there is no port race."""
+    before the server starts, so there is no port race. A rewardserve app is served over the
+    protocol `rewardserve serve` runs (its bounds on request heads and bodies)."""
+    if hasattr(app.state, "settings"):
+        uvicorn_options = {"http": functools.partial(BoundedH11Protocol, settings=app.state.settings),
+                           **uvicorn_options}
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", **uvicorn_options))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    try:
+        with running(server, [sock], startup_timeout) as port:
+            yield f"{'https' if 'ssl_certfile' in uvicorn_options else 'http'}://127.0.0.1:{port}"
+    finally:
+        sock.close()
+
+
+@contextmanager
+def running(server: uvicorn.Server, sockets: list[socket.socket] | None = None,
+            startup_timeout: float = 30.0) -> Iterator[int]:
+    """Run a uvicorn `server` (on `sockets`, else where its config says; port 0 picks a
+    free one) in a background thread until the block ends; yields the port it listens on."""
+    thread = threading.Thread(target=server.run, kwargs={"sockets": sockets}, daemon=True)
     thread.start()
     try:
         deadline = time.monotonic() + startup_timeout
@@ -47,12 +64,23 @@ def live_server(app, startup_timeout: float = 30.0, **uvicorn_options) -> Iterat
             assert thread.is_alive(), "uvicorn exited during start-up"
             assert time.monotonic() < deadline, "uvicorn did not start in time"
             time.sleep(0.02)
-        yield f"{'https' if 'ssl_certfile' in uvicorn_options else 'http'}://127.0.0.1:{port}"
+        yield server.servers[0].sockets[0].getsockname()[1]
     finally:
         server.should_exit = True
         thread.join(timeout=15)
-        sock.close()
         assert not thread.is_alive(), "uvicorn did not shut down"
+
+
+def hung_up(sock: socket.socket) -> bytes:
+    """What the server sent on `sock` before it closed the connection (b"" for a bare close
+    or a reset); bounded by the socket's timeout."""
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return data
 
 
 def poll(fetch: Callable[[], httpx.Response], done: Callable[[httpx.Response], bool],

@@ -98,7 +98,8 @@ def echo():
     loop = asyncio.new_event_loop()
 
     async def start() -> GrpcServer:
-        server = GrpcServer(Scorer(ModelRegistry(settings), settings), metrics, KeyRing(settings), "127.0.0.1", 0)
+        server = GrpcServer(Scorer(ModelRegistry(settings), settings), metrics, KeyRing(settings), "127.0.0.1", 0,
+                            handshake_timeout_s=settings.tls_handshake_timeout_s)
         server.server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
             SERVICE, {name: method_handler(*spec) for name, spec in HANDLERS.items()})])
         await server.start()

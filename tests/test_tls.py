@@ -1,10 +1,12 @@
 """TLS on both ports with a real certificate chain (made by openssl for the test): HTTPS and
-gRPC over TLS, the Python client over https:// and grpcs://, and mutual TLS refusing a
-client without a certificate its CA signed."""
+gRPC over TLS, the Python client over https:// and grpcs://, mutual TLS refusing a client
+without a certificate its CA signed, and a client that never handshakes dropped after
+`tls_handshake_timeout_s` on both ports."""
 
 from __future__ import annotations
 
 import shutil
+import socket
 import ssl
 import subprocess
 from pathlib import Path
@@ -12,9 +14,9 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
-from http_helpers import free_port, live_server, wait_until_loaded
+from http_helpers import free_port, hung_up, live_server, running, wait_until_loaded
 
-from service.app import create_app, uvicorn_tls
+from service.app import DrainingServer, create_app, uvicorn_tls
 from service.client import RewardClient, RewardServeError
 from service.config import ModelConfig, Settings
 
@@ -86,6 +88,20 @@ def test_mutual_tls_needs_a_client_certificate(tiny_model_dirs, certs):
             with RewardClient(target, model=SCALAR, tls_ca_file=ca, retries=0, timeout_s=5) as client, \
                     pytest.raises((RewardServeError, httpx.HTTPError)):
                 client.score(PAIRS)
+
+
+def test_a_client_that_never_handshakes_is_dropped(tiny_model_dirs, certs):
+    settings = Settings(models=[ModelConfig(name=SCALAR, path=str(tiny_model_dirs[SCALAR]))], port=0,
+                        grpc_port=free_port(), tls_cert_file=certs / "server.crt", tls_key_file=certs / "server.key",
+                        tls_handshake_timeout_s=1, log_level="warning")
+    app = create_app(settings)
+    with running(DrainingServer(app, settings)) as port:
+        for target in (port, app.state.grpc_port):  # connects, sends nothing: closed well within 30 s
+            with socket.create_connection(("127.0.0.1", target), timeout=30) as sock:
+                assert hung_up(sock) == b""
+        context = ssl.create_default_context(cafile=str(certs / "ca.crt"))
+        with httpx.Client(base_url=f"https://127.0.0.1:{port}", verify=context) as http:
+            assert wait_until_loaded(http).status_code == 200
 
 
 def test_tls_settings_come_whole(tmp_path):

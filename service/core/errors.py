@@ -45,6 +45,12 @@ class APIError(Exception):
         return cls(429, "queue_full", f"{err}; retry after {retry}s", headers={"Retry-After": str(retry)})
 
     @classmethod
+    def shutting_down(cls) -> APIError:
+        """For a call the server stops serving: still running when its drain grace ended."""
+        return cls(503, "shutting_down", "the server is shutting down and the call was still running when its "
+                                         "drain grace (drain_grace_s) ended; retry it on another replica")
+
+    @classmethod
     def from_lookup(cls, err: ModelNotFound | ModelNotReady) -> APIError:
         """404 for a model nobody serves, 503 for one still loading or failed."""
         if isinstance(err, ModelNotFound):

@@ -16,7 +16,8 @@ Status = health_pb2.HealthCheckResponse
 class HealthServicer(health_pb2_grpc.HealthServicer):
     """A status per service name (`""`: the whole server). `Check` answers it; `Watch`
     streams it and then each change (a change quickly undone may go unseen, as the
-    protocol allows). Once draining, every status stays NOT_SERVING."""
+    protocol allows). Once draining, every status stays NOT_SERVING, and a watch ends once it
+    has said so."""
 
     def __init__(self):
         self._statuses: dict[str, int] = {"": Status.SERVING}
@@ -36,6 +37,8 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
                 await self._changed.wait_for(lambda: self._status(request.service) != sent)
                 sent = self._status(request.service)
             await context.write(Status(status=sent))
+            if self._draining:  # the last change: a watch left open would hold the drain for its whole grace
+                return
 
     def _status(self, service: str) -> int:
         return self._statuses.get(service, Status.SERVICE_UNKNOWN)

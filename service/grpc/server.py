@@ -16,6 +16,7 @@ from tritonclient.grpc import service_pb2_grpc
 
 from service.core.auth import KeyRing
 from service.core.scoring import Scorer
+from service.grpc.drain import CallsInFlight
 from service.grpc.health import HealthServicer
 from service.grpc.interceptor import Authentication, GrpcMetricsInterceptor, RequestDecoding
 from service.grpc.kserve_service import KServeService
@@ -27,6 +28,8 @@ log = logging.getLogger("rewardserve")
 
 # Messages up to this size are accepted and sent (RL batches of token ids are large).
 MAX_MESSAGE_BYTES = 64 * 2**20
+# Past the drain grace, the time calls still running get to send their UNAVAILABLE.
+ANSWER_S = 1.0
 
 
 def server_credentials(cert_file: Path, key_file: Path, client_ca_file: Path | None) -> grpc.ServerCredentials:
@@ -40,12 +43,14 @@ class GrpcServer:
     """Started in the HTTP app's lifespan, on its event loop."""
 
     def __init__(self, scorer: Scorer, metrics: Metrics, keys: KeyRing, host: str, port: int,
-                 credentials: grpc.ServerCredentials | None = None):
+                 credentials: grpc.ServerCredentials | None = None, *, handshake_timeout_s: float):
         self.registry = scorer.registry
+        self.calls = CallsInFlight()
         self.server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ], interceptors=[GrpcMetricsInterceptor(metrics), Authentication(keys), RequestDecoding()])
+            ("grpc.server_handshake_timeout_ms", round(handshake_timeout_s * 1000)),  # TLS and HTTP/2 set-up
+        ], interceptors=[GrpcMetricsInterceptor(metrics), self.calls, Authentication(keys), RequestDecoding()])
         pb_grpc.add_RewardServiceServicer_to_server(RewardService(scorer), self.server)
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(KServeService(scorer), self.server)
         self.health = HealthServicer()
@@ -77,8 +82,13 @@ class GrpcServer:
             await self.health.set(service, status)
 
     async def stop(self, grace: float) -> None:
-        """NOT_SERVING and refusing new calls at once; in-flight ones get `grace` seconds."""
+        """NOT_SERVING and refusing new calls at once; in-flight ones get `grace` seconds,
+        then those still running end UNAVAILABLE (grpc.aio cancels what is left
+        `ANSWER_S` later)."""
         if self._watch is not None:
             self._watch.cancel()
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
+        stopped = asyncio.ensure_future(self.server.stop(grace + ANSWER_S))
+        if not (await asyncio.wait({stopped}, timeout=grace))[0]:
+            self.calls.end()
+        await stopped

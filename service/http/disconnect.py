@@ -22,8 +22,8 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
         done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         watcher.cancel()
+        task.cancel()  # unless done: its client went away, or the request itself was cancelled
     if task not in done:
-        task.cancel()
         raise APIError(499, "client_closed_request", "client disconnected before the result was ready")
     return task.result()
 
