@@ -614,10 +614,10 @@ def test_a_ticket_holds_room_while_its_request_is_tokenized(model, make_tokens, 
 def test_time_budget_bounds_the_work_ahead(model, make_tokens, check):
     """Past `max_queue_wait_s` of measured forward work ahead of it, new work is refused
     with the excess as its retry hint; interactive work, which goes ahead of a bulk backlog,
-    is still admitted. Before the first batch is measured there is no estimate (and only
-    the size bounds apply)."""
+    is still admitted (only the running forward is ahead of it). Before the first batch is
+    measured there is no estimate (and only the size bounds apply)."""
     backlog = [make_tokens(20 + i) for i in range(4)]
-    late_bulk, urgent = make_tokens(3), make_tokens(4)
+    late_bulk, urgent, running = make_tokens(3), make_tokens(4), make_tokens(5)
 
     async def main():
         gate = GatedForward(model.forward)
@@ -626,12 +626,13 @@ def test_time_budget_bounds_the_work_ahead(model, make_tokens, check):
             measured = asyncio.create_task(scheduler.submit([make_tokens(8)]))
             gate.step()
             await measured
-            plug = await hold(scheduler, gate, make_tokens(5))
+            plug = await hold(scheduler, gate, running)
             tasks = [asyncio.create_task(scheduler.submit([enc], Priority.bulk)) for enc in backlog]
             await queued(scheduler, 4)
             ahead = scheduler.admission.estimated_wait_s(Priority.bulk)
-            assert ahead > 0
-            assert scheduler.admission.estimated_wait_s(Priority.interactive) == 0
+            cost = scheduler.admission.cost
+            assert ahead == pytest.approx(cost.seconds(running.num_tokens) + cost.seconds(sum(e.num_tokens for e in backlog)))
+            assert scheduler.admission.estimated_wait_s(Priority.interactive) == pytest.approx(cost.seconds(running.num_tokens))
             scheduler.admission.max_wait_s = ahead / 2
             with pytest.raises(QueueFull) as full:
                 await scheduler.submit([late_bulk], Priority.bulk)
@@ -658,11 +659,11 @@ def test_forward_cost_tells_the_cost_per_batch_from_the_cost_per_token():
     cost = ForwardCost()
     for tokens in (100, 800, 100, 3200, 400):
         cost.add(tokens, 0.02 + 1e-4 * tokens)
-    assert cost.seconds(65_536, 16_384) == pytest.approx(4 * 0.02 + 65_536 * 1e-4)
+    assert cost.seconds(65_536, batches=4) == pytest.approx(4 * 0.02 + 65_536 * 1e-4)
     same_size = ForwardCost()  # one batch size only: the average rate, overhead and all
     for _ in range(3):
         same_size.add(100, 0.03)
-    assert same_size.seconds(1000, 16_384) == pytest.approx(0.3)
+    assert same_size.seconds(1000) == pytest.approx(0.3)
 
 
 # ---- cancellation ----------------------------------------------------------------------
