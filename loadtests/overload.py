@@ -7,8 +7,8 @@ every admitted score equals the other server's for the same item.
 
 How honest the time bound is: while the burst drains, the server's estimate of the work ahead
 (`rewardserve_queue_wait_estimate_seconds`, what `max_queue_wait_s` bounds) is read every
-0.2 s; at its peak, once every request is in, it is set against the time the admitted work
-really took to be answered from then on. A third server, freshly started, takes the cold
+0.2 s; where the queue is longest (every request in), it is set against the time the
+admitted work really took to be answered from then on. A third server, freshly started, takes the cold
 check: 150 concurrent 2-item requests under the default bound, which must all be admitted.
 
     python -m loadtests.overload                  # 1,200 requests, a 5 s bound, ~3 minutes
@@ -32,10 +32,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from loadtests import loadgen, model, servers, workloads
 
 HERE = Path(__file__).resolve().parent
-ESTIMATE = "rewardserve_queue_wait_estimate_seconds"
+ESTIMATE, QUEUED = "rewardserve_queue_wait_estimate_seconds", "rewardserve_queue_tokens"
 SCRAPE_EVERY_S = 0.2
 PRECISE_SCRAPE_S = 0.05  # a scrape answered this fast is timed well enough to judge the estimate by
 COLD_REQUESTS, COLD_ITEMS = 150, 2
+
+
+@dataclass(frozen=True)
+class Scrape:
+    when: float  # time.perf_counter() as it came back
+    estimate_s: float
+    queued_tokens: float
 
 
 @dataclass
@@ -47,15 +54,15 @@ class Burst:
     other: dict[str, int] = field(default_factory=dict)  # any other outcome, counted
     wall_s: float = 0.0
     server_refusal_s: float = math.nan  # the server's own mean time to answer a 429 (its metrics)
-    estimates: list[tuple[float, float]] = field(default_factory=list)  # precise scrapes: (when, estimate s)
+    scrapes: list[Scrape] = field(default_factory=list)  # the precise ones
     last_answer_s: float = 0.0  # when the last admitted request was answered
 
     def estimate_vs_actual(self) -> tuple[float, float]:
-        """(the largest estimate of the work ahead, the seconds from then until the last
-        admitted request was answered): the work the server had taken on, as it judged it
-        and as it took. NaN before any precise scrape."""
-        when, estimate = max(self.estimates, key=lambda e: e[1], default=(math.nan, math.nan))
-        return estimate, self.last_answer_s - when
+        """(the estimated work ahead where the queue was longest, the seconds from then until
+        the last admitted request was answered): the work the server had taken on, as it
+        judged it and as it took. NaN without a precise scrape."""
+        top = max(self.scrapes, key=lambda s: s.queued_tokens, default=Scrape(math.nan, math.nan, 0))
+        return top.estimate_s, self.last_answer_s - top.when
 
 
 async def burst(url: str, items: list[dict], model_name: str, time_limit_s: float, per_request: int = 1) -> Burst:
@@ -85,7 +92,7 @@ async def burst(url: str, items: list[dict], model_name: str, time_limit_s: floa
     async with loadgen.Clients(url, len(bodies)) as http, httpx.AsyncClient(base_url=url, timeout=30) as scraper:
         started = time.perf_counter()
         tasks = [asyncio.create_task(send(http, i, body)) for i, body in enumerate(bodies)]
-        scraping = asyncio.create_task(watch_estimate(scraper, model_name, tasks, out.estimates))
+        scraping = asyncio.create_task(watch_estimate(scraper, model_name, tasks, out.scrapes))
         done, pending = await asyncio.wait(tasks, timeout=time_limit_s)
         for task in pending:
             task.cancel()
@@ -97,19 +104,20 @@ async def burst(url: str, items: list[dict], model_name: str, time_limit_s: floa
 
 
 async def watch_estimate(http: httpx.AsyncClient, model_name: str, tasks: list[asyncio.Task],
-                         into: list[tuple[float, float]]) -> None:
-    """Until every task is done, the bulk queue's estimated wait every SCRAPE_EVERY_S, kept
-    where the scrape came back within PRECISE_SCRAPE_S (one queued behind the burst's
-    requests was read at an unknown moment)."""
+                         into: list[Scrape]) -> None:
+    """Until every task is done, the bulk queue's estimated wait and length every
+    SCRAPE_EVERY_S, kept where the scrape came back within PRECISE_SCRAPE_S (one queued
+    behind the burst's requests was read at an unknown moment)."""
+    labels = {"model": model_name, "priority": "bulk"}
     while not all(task.done() for task in tasks):
         sent = time.perf_counter()
         text = (await http.get("/metrics")).text
         received = time.perf_counter()
         if received - sent <= PRECISE_SCRAPE_S:
-            for family in text_string_to_metric_families(text):
-                for sample in family.samples:
-                    if sample.name == ESTIMATE and sample.labels == {"model": model_name, "priority": "bulk"}:
-                        into.append((received, sample.value))
+            values = {sample.name: sample.value for family in text_string_to_metric_families(text)
+                      for sample in family.samples if sample.name in (ESTIMATE, QUEUED) and sample.labels == labels}
+            if ESTIMATE in values:
+                into.append(Scrape(received, values[ESTIMATE], values[QUEUED]))
         await asyncio.sleep(SCRAPE_EVERY_S)
 
 
@@ -184,10 +192,9 @@ def main() -> None:
         "once they include its own time to open the connections; the server's own time per 429 is from its "
         "`rewardserve_request_duration_seconds` histogram.",
         "",
-        "Estimate: the largest value of `rewardserve_queue_wait_estimate_seconds` (the work ahead of a new item, "
-        f"what `max_queue_wait_s` bounds) read every {SCRAPE_EVERY_S:g} s while the burst drained, from scrapes "
-        f"answered within {PRECISE_SCRAPE_S * 1000:.0f} ms; actual: from that scrape until the last admitted request "
-        "was answered. The estimate rests on the warm-up forwards and the few batches run while the burst arrives. "
+        "Estimate: `rewardserve_queue_wait_estimate_seconds` (the work ahead of a new item, what `max_queue_wait_s` "
+        f"bounds) where the queue was longest, of the scrapes every {SCRAPE_EVERY_S:g} s answered within "
+        f"{PRECISE_SCRAPE_S * 1000:.0f} ms; actual: from that scrape until the last admitted request was answered. The estimate rests on the warm-up forwards and the few batches run while the burst arrives. "
         f"Cold: a freshly started server, {COLD_REQUESTS} concurrent {COLD_ITEMS}-item requests (the first "
         f"{len(cold_items)} items) under the default `max_queue_wait_s`; all must be admitted.",
     ]

@@ -630,13 +630,14 @@ def test_time_budget_bounds_the_work_ahead(model, make_tokens, check):
             tasks = [asyncio.create_task(scheduler.submit([enc], Priority.bulk)) for enc in backlog]
             await queued(scheduler, 4)
             ahead = scheduler.admission.estimated_wait_s(Priority.bulk)
-            cost = scheduler.admission.cost
-            assert ahead == pytest.approx(cost.seconds(running.num_tokens) + cost.seconds(sum(e.num_tokens for e in backlog)))
-            assert scheduler.admission.estimated_wait_s(Priority.interactive) == pytest.approx(cost.seconds(running.num_tokens))
+            cost, running_s = scheduler.admission.cost, scheduler.admission.cost.seconds(running.num_tokens)
+            backlog_s = cost.seconds(sum(e.num_tokens for e in backlog))
+            assert backlog_s <= ahead <= backlog_s + running_s  # the running batch, less what it has run
+            assert 0 <= scheduler.admission.estimated_wait_s(Priority.interactive) <= running_s
             scheduler.admission.max_wait_s = ahead / 2
             with pytest.raises(QueueFull) as full:
                 await scheduler.submit([late_bulk], Priority.bulk)
-            assert full.value.retry_after_s == pytest.approx(max(0.05, ahead / 2))
+            assert 0.05 <= full.value.retry_after_s <= max(0.05, ahead / 2)  # the excess, as the running batch goes on
             assert scheduler.queued_items == 4  # the refusal took nothing
             tasks.append(asyncio.create_task(scheduler.submit([urgent], Priority.interactive)))
             await queued(scheduler, 5)

@@ -6,17 +6,19 @@ The queue is bounded in items and tokens (memory) and in time: the forward work 
 a new item, at the cost recent batches measured. A request is always admitted onto an
 empty queue (refusing one too big for the bounds there would refuse it forever).
 
-The work ahead is every token queued, held by a ticket or in a batch formed and not yet
-finished (the one running and the one prepared behind it), forwarded in the fewest batches
+The work ahead is every token queued or held by a ticket, forwarded in the fewest batches
 the budgets allow (max items and max tokens per batch), each costing the fitted cost per
-batch plus the fitted cost per real token (`ForwardCost`). The fit starts from the runner's
-warm-up forwards, unpadded as the scheduler's length-grouped batches nearly are, and follows
-the batches really run; counting real tokens, it takes in their padding.
+batch plus the fitted cost per real token (`ForwardCost`), and the batches formed and not
+yet finished (the one prepared, and the one running less what it has run). The fit starts
+from the runner's warm-up forwards, unpadded as the scheduler's length-grouped batches
+nearly are, and follows the batches really run; counting real tokens, it takes in their
+padding. What it cannot see is the machine slowing down or speeding up after it measured.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections import defaultdict
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -94,6 +96,7 @@ class Admission:
         self._queued: dict[Hashable, list[int]] = defaultdict(lambda: [0, 0])  # per class: [items, tokens]
         self._held: dict[Hashable, list[int]] = defaultdict(lambda: [0, 0])  # the same, of open tickets
         self._forming = [0, 0]  # [items, tokens] of batches formed and not yet finished
+        self._running_since = 0.0  # time.perf_counter() when the last forward started
         self.cost = ForwardCost()
 
     # ---- what the scheduler reports ------------------------------------------------
@@ -108,6 +111,10 @@ class Admission:
         """A batch left the queue for the forward (sign 1), or its forward ended (-1)."""
         self._forming[0] += sign * items
         self._forming[1] += sign * tokens
+
+    def forward_started(self, at: float) -> None:
+        """A formed batch's forward started at time.perf_counter() `at`."""
+        self._running_since = at
 
     def forwarded(self, tokens: int, seconds: float) -> None:
         """A batch of `tokens` real tokens took `seconds` of forward."""
@@ -137,7 +144,13 @@ class Admission:
         own = [q + h for q, h in zip(self._queued[priority], self._held[priority])]
         total = [sum(n[i] for n in self._queued.values()) + sum(n[i] for n in self._held.values()) for i in (0, 1)]
         items, tokens = (own[i] + min(total[i] - own[i], own[i]) for i in (0, 1))
-        return self._forward_s(*self._forming) + self._forward_s(items, tokens)
+        return self._formed_s() + self._forward_s(items, tokens)
+
+    def _formed_s(self) -> float:
+        """What is left of the batches formed and not yet finished."""
+        if not self._forming[0]:
+            return 0.0
+        return max(0.0, self._forward_s(*self._forming) - (time.perf_counter() - self._running_since))
 
     def _forward_s(self, items: int, tokens: int) -> float:
         """`items` items of `tokens` tokens, in the fewest batches the budgets allow."""
@@ -176,7 +189,7 @@ class Admission:
         """About when the work ahead is done (a guess before the first batch is measured)."""
         if not self.cost.measured:
             return round(max(0.05, 0.05 * (ahead_tokens // self._batch_tokens + 1)), 3)
-        return round(max(0.05, self._forward_s(*self._forming) + self._forward_s(ahead_items, ahead_tokens)), 3)
+        return round(max(0.05, self._formed_s() + self._forward_s(ahead_items, ahead_tokens)), 3)
 
     def _hold(self, ticket: Ticket, sign: int) -> None:
         held = self._held[ticket.priority]

@@ -32,6 +32,7 @@ from service.engine.observer import RunnerObserver
 from service.engine.scheduler import Priority, Scheduler
 
 log = logging.getLogger("rewardserve")
+WARMUP_ROUNDS = 3  # timed warm-up forwards of each batch size; the fastest counts
 
 
 class ItemError(Exception):
@@ -122,12 +123,13 @@ class ModelRunner:
         them apart (1 and 8 items). The items are of a realistic length (a few hundred
         tokens) and all alike, unpadded as the scheduler's length-grouped batches nearly
         are: padding would count as real tokens and make every token look dearer. Each
-        size runs twice and the faster counts: a shape's first forward pays one-time
-        costs. Unshared: the items repeat, which prefix sharing would compute once."""
+        size runs WARMUP_ROUNDS times and the fastest counts: a shape's first forward pays
+        one-time costs, and a busy machine's stalls would pass for the model's cost.
+        Unshared: the items repeat, which prefix sharing would compute once."""
         item = model.encode(warmup_inputs(model.spec.kind, repeat=32)[1], "right")
         for batch in ([item], [item] * 8):
             seconds = []
-            for _ in range(2):
+            for _ in range(WARMUP_ROUNDS):
                 started = time.perf_counter()
                 model.forward_unshared(batch)
                 seconds.append(time.perf_counter() - started)

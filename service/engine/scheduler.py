@@ -320,6 +320,7 @@ class Scheduler:
                 await asyncio.wait([running])
             self._preparing = []
             started = time.perf_counter()
+            self.admission.forward_started(started)
             running = loop.run_in_executor(self._executor, self._forward_isolating,
                                            [w.encoded for w in batch], prepared)
             running.add_done_callback(functools.partial(self._forwarded, batch, formed, started))
