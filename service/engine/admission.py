@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 # How fast the forward cost follows new batches: each weighs as much as the last ten together.
@@ -89,14 +89,17 @@ class ForwardCost:
 
 
 class Admission:
+    """`clock`: the one the scheduler times forwards by (`forward_started`)."""
+
     def __init__(self, max_items: int, max_tokens: int, max_wait_s: float | None, batch_items: int,
-                 batch_tokens: int):
+                 batch_tokens: int, clock: Callable[[], float] = time.perf_counter):
         self.max_items, self.max_tokens, self.max_wait_s = max_items, max_tokens, max_wait_s
         self._batch_items, self._batch_tokens = batch_items, batch_tokens
+        self._clock = clock
         self._queued: dict[Hashable, list[int]] = defaultdict(lambda: [0, 0])  # per class: [items, tokens]
         self._held: dict[Hashable, list[int]] = defaultdict(lambda: [0, 0])  # the same, of open tickets
         self._forming = [0, 0]  # [items, tokens] of batches formed and not yet finished
-        self._running_since = 0.0  # time.perf_counter() when the last forward started
+        self._running_since = 0.0  # by the clock, when the last forward started
         self.cost = ForwardCost()
 
     # ---- what the scheduler reports ------------------------------------------------
@@ -113,7 +116,7 @@ class Admission:
         self._forming[1] += sign * tokens
 
     def forward_started(self, at: float) -> None:
-        """A formed batch's forward started at time.perf_counter() `at`."""
+        """A formed batch's forward started at `at`, by the clock."""
         self._running_since = at
 
     def forwarded(self, tokens: int, seconds: float) -> None:
@@ -150,7 +153,7 @@ class Admission:
         """What is left of the batches formed and not yet finished."""
         if not self._forming[0]:
             return 0.0
-        return max(0.0, self._forward_s(*self._forming) - (time.perf_counter() - self._running_since))
+        return max(0.0, self._forward_s(*self._forming) - (self._clock() - self._running_since))
 
     def _forward_s(self, items: int, tokens: int) -> float:
         """`items` items of `tokens` tokens, in the fewest batches the budgets allow."""

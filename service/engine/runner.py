@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -122,18 +123,20 @@ class ModelRunner:
         forward cost, a cost per batch plus a cost per token, needs two batch sizes to tell
         them apart (1 and 8 items). The items are of a realistic length (a few hundred
         tokens) and all alike, unpadded as the scheduler's length-grouped batches nearly
-        are: padding would count as real tokens and make every token look dearer. Each
-        size runs WARMUP_ROUNDS times and the fastest counts: a shape's first forward pays
-        one-time costs, and a busy machine's stalls would pass for the model's cost.
-        Unshared: the items repeat, which prefix sharing would compute once."""
+        are: padding would count as real tokens and make every token look dearer. The sizes
+        take turns for WARMUP_ROUNDS rounds and each one's fastest counts: a shape's first
+        forward pays one-time costs, and a busy machine's stalls would pass for the model's
+        cost. Unshared: the items repeat, which prefix sharing would compute once."""
         item = model.encode(warmup_inputs(model.spec.kind, repeat=32)[1], "right")
-        for batch in ([item], [item] * 8):
-            seconds = []
-            for _ in range(WARMUP_ROUNDS):
+        batches = ([item], [item] * 8)
+        fastest = [math.inf] * len(batches)
+        for _ in range(WARMUP_ROUNDS):
+            for i, batch in enumerate(batches):
                 started = time.perf_counter()
                 model.forward_unshared(batch)
-                seconds.append(time.perf_counter() - started)
-            self.scheduler.admission.forwarded(sum(e.num_tokens for e in batch), min(seconds))
+                fastest[i] = min(fastest[i], time.perf_counter() - started)
+        for batch, seconds in zip(batches, fastest):
+            self.scheduler.admission.forwarded(sum(e.num_tokens for e in batch), seconds)
 
     def encode_all(self, inputs: list[ScoreInput], truncate: Truncate | None,
                    item_errors: bool = False) -> list[Encoded | ItemError]:
