@@ -689,7 +689,7 @@ def test_estimated_wait_is_the_work_ahead_in_the_batches_it_takes():
 
     admission.admit(20, 3200, Priority.bulk)  # 320 items: 10 batches still
     admission.formed(32, 5120)
-    admission.forward_started(now[0])
+    assert admission.forward_started(now[0], 5120) == pytest.approx(PER_BATCH_S + 5120 * PER_TOKEN_S)
     now[0] += 0.3  # of the running batch's 0.532 s
     left = PER_BATCH_S + 5120 * PER_TOKEN_S - 0.3
     assert admission.estimated_wait_s(Priority.bulk) == pytest.approx(left + 10 * PER_BATCH_S + 51_200 * PER_TOKEN_S)

@@ -115,9 +115,11 @@ class Admission:
         self._forming[0] += sign * items
         self._forming[1] += sign * tokens
 
-    def forward_started(self, at: float) -> None:
-        """A formed batch's forward started at `at`, by the clock."""
+    def forward_started(self, at: float, tokens: int) -> float:
+        """A formed batch of `tokens` tokens started its forward at `at`, by the clock; the
+        seconds it should take (inf before any batch is measured)."""
         self._running_since = at
+        return self.cost.seconds(tokens) if self.cost.measured else math.inf
 
     def forwarded(self, tokens: int, seconds: float) -> None:
         """A batch of `tokens` real tokens took `seconds` of forward."""
