@@ -5,11 +5,12 @@ alone) and `max_queue_wait_s` on. Per server: requests admitted and their latenc
 the last one waited), 429s and how soon they came back, the Retry-After hints, and that
 every admitted score equals the other server's for the same item.
 
-How honest the time bound is: while the burst drains, the server's estimate of the work ahead
-(`rewardserve_queue_wait_estimate_seconds`, what `max_queue_wait_s` bounds) is read every
-0.5 s; where the queue is longest (every request in), it is set against the time the
-admitted work really took to be answered from then on. A third server, freshly started, takes the cold
-check: 150 concurrent 2-item requests under the default bound, which must all be admitted.
+How honest the time bound is: while the burst drains, the server's estimate of the work
+ahead (`rewardserve_queue_wait_estimate_seconds`, what `max_queue_wait_s` bounds) is read
+every 0.5 s; where the queue is longest (every request in), it is set against the time the
+admitted work really took to be answered from then on. A third server, freshly started,
+takes the cold check: 150 concurrent 2-item requests under the default bound, which must
+all be admitted.
 
     python -m loadtests.overload                  # 1,200 requests, a 5 s bound, ~3 minutes
     python -m loadtests.overload --requests 200   # smaller
@@ -206,7 +207,8 @@ def main() -> None:
         "",
         "Estimate: `rewardserve_queue_wait_estimate_seconds` (the work ahead of a new item, what `max_queue_wait_s` "
         f"bounds) where the queue was longest, of the scrapes every {SCRAPE_EVERY_S:g} s answered within "
-        f"{PRECISE_SCRAPE_S * 1000:.0f} ms; actual: from that scrape until the last admitted request was answered. The estimate rests on the warm-up forwards and the few batches run while the burst arrives. "
+        f"{PRECISE_SCRAPE_S * 1000:.0f} ms; actual: from that scrape until the last admitted request was answered. "
+        "The estimate rests on the warm-up forwards and the few batches run while the burst arrives. "
         f"Cold: a freshly started server, {COLD_REQUESTS} concurrent {COLD_ITEMS}-item requests (the first "
         f"{len(cold_items)} items) under the default `max_queue_wait_s`; all must be admitted.",
     ]
