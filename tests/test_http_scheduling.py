@@ -7,6 +7,7 @@ the model is busy; no test asserts a duration, and every wait is bounded."""
 from __future__ import annotations
 
 import asyncio
+import random
 from collections import Counter, defaultdict
 
 import httpx
@@ -25,7 +26,7 @@ from sched_helpers import GatedForward, ids, intercept_forward, until
 from models.spec import ModelKind
 from service.config import ModelConfig, Settings
 from service.app import create_app
-from service.engine.scheduler import dedup_key
+from service.engine.scheduler import Priority, dedup_key
 
 NAMES = ["llama-scalar", "llama-gating", "qwen2-prm"]
 TEST_LIMIT_S = 60
@@ -181,6 +182,29 @@ def test_full_queue_is_429_with_retry_after_and_admitted_requests_complete(
     for response, items in zip(responses, admitted, strict=True):
         assert_scored(response, model, items)
     assert_scored(retried, model, refused)
+
+
+def test_a_fresh_server_admits_a_burst_it_clears_within_the_default_bound(tiny_model_dirs):
+    """Just started (warm-up done, no request served yet), under the default
+    max_queue_wait_s: 150 concurrent 2-item requests are all admitted and scored. The time
+    bound holds from the first request on the forward cost its warm-up measured."""
+    app = create_app(_settings(tiny_model_dirs, ["llama-scalar"]))
+    assert Settings.model_fields["max_queue_wait_s"].default == app.state.settings.max_queue_wait_s
+    rng = random.Random(7)
+    requests = [[tokens(*(rng.randrange(10, 400) for _ in range(96))) for _ in range(2)] for _ in range(150)]
+
+    async def main(url):
+        admission = scheduler_of(app, "llama-scalar").admission
+        assert admission.cost.separable and admission.estimated_wait_s(Priority.bulk) == 0  # seeded by the warm-up
+        limits = httpx.Limits(max_connections=len(requests))
+        async with httpx.AsyncClient(base_url=url, timeout=TEST_LIMIT_S, limits=limits) as client:
+            return await asyncio.gather(*(client.post("/v1/score", json={"items": items, "priority": "bulk"})
+                                          for items in requests))
+
+    for url in _serve(app):
+        responses = run(main(url))
+    assert Counter(r.status_code for r in responses) == {200: len(requests)}
+    assert all(len(r.json()["results"]) == 2 for r in responses)
 
 
 @pytest.mark.parametrize("queued_before", [3, 1], ids=["queue_full", "room_for_less"])

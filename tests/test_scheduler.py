@@ -18,8 +18,11 @@ import torch
 from sched_helpers import GatedForward, ids, until
 
 from models.inputs import Chat, Encoded, TextPair, TokenIds
-from service.engine.admission import ForwardCost, QueueFull
+from service.config import ModelConfig, Settings
+from service.engine import runner as runner_module
+from service.engine.admission import Admission, ForwardCost, QueueFull
 from service.engine.batching import BatchRecord
+from service.engine.runner import ModelRunner
 from service.engine.scheduler import ItemFailed, ItemTimeout, Priority, Scheduler
 
 TEST_LIMIT_S = 60
@@ -614,10 +617,10 @@ def test_a_ticket_holds_room_while_its_request_is_tokenized(model, make_tokens, 
 def test_time_budget_bounds_the_work_ahead(model, make_tokens, check):
     """Past `max_queue_wait_s` of measured forward work ahead of it, new work is refused
     with the excess as its retry hint; interactive work, which goes ahead of a bulk backlog,
-    is still admitted. Before the first batch is measured there is no estimate (and only
-    the size bounds apply)."""
+    is still admitted (only the running forward is ahead of it). Before the first batch is
+    measured there is no estimate (and only the size bounds apply)."""
     backlog = [make_tokens(20 + i) for i in range(4)]
-    late_bulk, urgent = make_tokens(3), make_tokens(4)
+    late_bulk, urgent, running = make_tokens(3), make_tokens(4), make_tokens(5)
 
     async def main():
         gate = GatedForward(model.forward)
@@ -626,16 +629,18 @@ def test_time_budget_bounds_the_work_ahead(model, make_tokens, check):
             measured = asyncio.create_task(scheduler.submit([make_tokens(8)]))
             gate.step()
             await measured
-            plug = await hold(scheduler, gate, make_tokens(5))
+            plug = await hold(scheduler, gate, running)
             tasks = [asyncio.create_task(scheduler.submit([enc], Priority.bulk)) for enc in backlog]
             await queued(scheduler, 4)
             ahead = scheduler.admission.estimated_wait_s(Priority.bulk)
-            assert ahead > 0
-            assert scheduler.admission.estimated_wait_s(Priority.interactive) == 0
+            cost, running_s = scheduler.admission.cost, scheduler.admission.cost.seconds(running.num_tokens)
+            backlog_s = cost.seconds(sum(e.num_tokens for e in backlog))
+            assert backlog_s <= ahead <= backlog_s + running_s  # the running batch, less what it has run
+            assert 0 <= scheduler.admission.estimated_wait_s(Priority.interactive) <= running_s
             scheduler.admission.max_wait_s = ahead / 2
             with pytest.raises(QueueFull) as full:
                 await scheduler.submit([late_bulk], Priority.bulk)
-            assert full.value.retry_after_s == pytest.approx(max(0.05, ahead / 2))
+            assert 0.05 <= full.value.retry_after_s <= max(0.05, ahead / 2)  # the excess, as the running batch goes on
             assert scheduler.queued_items == 4  # the refusal took nothing
             tasks.append(asyncio.create_task(scheduler.submit([urgent], Priority.interactive)))
             await queued(scheduler, 5)
@@ -658,11 +663,77 @@ def test_forward_cost_tells_the_cost_per_batch_from_the_cost_per_token():
     cost = ForwardCost()
     for tokens in (100, 800, 100, 3200, 400):
         cost.add(tokens, 0.02 + 1e-4 * tokens)
-    assert cost.seconds(65_536, 16_384) == pytest.approx(4 * 0.02 + 65_536 * 1e-4)
+    assert cost.seconds(65_536, batches=4) == pytest.approx(4 * 0.02 + 65_536 * 1e-4)
     same_size = ForwardCost()  # one batch size only: the average rate, overhead and all
     for _ in range(3):
         same_size.add(100, 0.03)
-    assert same_size.seconds(1000, 16_384) == pytest.approx(0.3)
+    assert same_size.seconds(1000) == pytest.approx(0.3)
+
+
+PER_BATCH_S, PER_TOKEN_S = 0.02, 1e-4  # a machine whose forwards cost this, exactly
+
+
+def test_estimated_wait_is_the_work_ahead_in_the_batches_it_takes():
+    """Fed the forwards of a machine costing 20 ms a batch plus 0.1 ms a token, the estimate
+    for 300 queued items of 160 tokens is their time in 10 batches of 32 items (the fewest
+    both budgets allow: 16,384 tokens alone would make 3), then also of a request held while
+    it is tokenized and of what is left of the running batch; past the bound, a refusal
+    with the excess as its retry hint."""
+    now = [100.0]
+    admission = Admission(65_536, 10**8, 30.0, batch_items=32, batch_tokens=16_384, clock=lambda: now[0])
+    for tokens in (234, 1872):
+        admission.forwarded(tokens, PER_BATCH_S + PER_TOKEN_S * tokens)
+    for _ in range(300):
+        admission.queued(Priority.bulk, 160)
+    assert admission.estimated_wait_s(Priority.bulk) == pytest.approx(10 * PER_BATCH_S + 48_000 * PER_TOKEN_S)
+
+    admission.admit(20, 3200, Priority.bulk)  # 320 items: 10 batches still
+    admission.formed(32, 5120)
+    assert admission.forward_started(now[0], 5120) == pytest.approx(PER_BATCH_S + 5120 * PER_TOKEN_S)
+    now[0] += 0.3  # of the running batch's 0.532 s
+    left = PER_BATCH_S + 5120 * PER_TOKEN_S - 0.3
+    assert admission.estimated_wait_s(Priority.bulk) == pytest.approx(left + 10 * PER_BATCH_S + 51_200 * PER_TOKEN_S)
+    assert admission.estimated_wait_s(Priority.interactive) == pytest.approx(left)  # only the running batch is ahead
+    admission.max_wait_s = 1.0
+    with pytest.raises(QueueFull) as full:
+        admission.admit(1, 160, Priority.bulk)
+    assert full.value.retry_after_s == pytest.approx(left + 10 * PER_BATCH_S + 51_200 * PER_TOKEN_S - 1.0)
+    now[0] += 1.0  # the running batch overran its estimate: nothing of it is counted any more
+    assert admission.estimated_wait_s(Priority.interactive) == 0
+    admission.formed(32, 5120, -1)
+    assert admission.estimated_wait_s(Priority.bulk) == pytest.approx(10 * PER_BATCH_S + 51_200 * PER_TOKEN_S)
+
+
+class _TimedModel:
+    """A model on a fake clock: a forward costs PER_BATCH_S plus PER_TOKEN_S per padded token,
+    and a second more the first time it meets a batch shape."""
+
+    def __init__(self, model, clock: list[float]):
+        self._model, self._clock, self.shapes = model, clock, []
+        self.spec = model.spec
+
+    def encode(self, item, truncate):
+        return self._model.encode(item, truncate)
+
+    def forward_unshared(self, batch: list[Encoded]) -> None:
+        shape = (len(batch), max(e.num_tokens for e in batch))
+        self._clock[0] += PER_BATCH_S + PER_TOKEN_S * shape[0] * shape[1] + (shape not in self.shapes)
+        self.shapes.append(shape)
+
+
+def test_warm_up_seeds_the_forward_cost_with_the_models_own(model, monkeypatch):
+    """The warm-up forwards give the time bound the model's cost per batch and per token
+    exactly: unpadded (padding would count as real tokens), and a shape's slow first
+    forward left out."""
+    clock = [0.0]
+    monkeypatch.setattr(runner_module, "time", type("Clock", (), {"perf_counter": staticmethod(lambda: clock[0])}))
+    config = ModelConfig(name="timed", path="unused")
+    runner = ModelRunner(config, Settings(models=[config]))
+    try:
+        runner._measure_warm_forward(_TimedModel(model, clock))
+        assert runner.scheduler.admission.cost.terms() == pytest.approx((PER_BATCH_S, PER_TOKEN_S))
+    finally:
+        runner.close()
 
 
 # ---- cancellation ----------------------------------------------------------------------

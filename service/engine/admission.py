@@ -5,13 +5,22 @@ queues its items, so a burst of requests cannot all pass while none of them is q
 The queue is bounded in items and tokens (memory) and in time: the forward work ahead of
 a new item, at the cost recent batches measured. A request is always admitted onto an
 empty queue (refusing one too big for the bounds there would refuse it forever).
+
+The work ahead is every token queued or held by a ticket, forwarded in the fewest batches
+the budgets allow (max items and max tokens per batch), each costing the fitted cost per
+batch plus the fitted cost per real token (`ForwardCost`), and the batches formed and not
+yet finished (the one prepared, and the one running less what it has run). The fit starts
+from the runner's warm-up forwards, unpadded as the scheduler's length-grouped batches
+nearly are, and follows the batches really run; counting real tokens, it takes in their
+padding. What it cannot see is the machine slowing down or speeding up after it measured.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections import defaultdict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 # How fast the forward cost follows new batches: each weighs as much as the last ten together.
@@ -73,18 +82,24 @@ class ForwardCost:
         per_token = max(min(max(slope, average / 10), average), 1e-12)
         return max(0.0, mean_t - per_token * mean_n), per_token
 
-    def seconds(self, tokens: int, batch_tokens: int) -> float:
-        """The forward time of `tokens` real tokens in batches of up to `batch_tokens`."""
+    def seconds(self, tokens: int, batches: int = 1) -> float:
+        """The forward time of `tokens` real tokens in `batches` batches."""
         per_batch, per_token = self.terms()
-        return per_token * tokens + per_batch * math.ceil(tokens / batch_tokens)
+        return per_token * tokens + per_batch * batches
 
 
 class Admission:
-    def __init__(self, max_items: int, max_tokens: int, max_wait_s: float | None, batch_tokens: int):
+    """`clock`: the one the scheduler times forwards by (`forward_started`)."""
+
+    def __init__(self, max_items: int, max_tokens: int, max_wait_s: float | None, batch_items: int,
+                 batch_tokens: int, clock: Callable[[], float] = time.perf_counter):
         self.max_items, self.max_tokens, self.max_wait_s = max_items, max_tokens, max_wait_s
-        self._batch_tokens = batch_tokens
+        self._batch_items, self._batch_tokens = batch_items, batch_tokens
+        self._clock = clock
         self._queued: dict[Hashable, list[int]] = defaultdict(lambda: [0, 0])  # per class: [items, tokens]
         self._held: dict[Hashable, list[int]] = defaultdict(lambda: [0, 0])  # the same, of open tickets
+        self._forming = [0, 0]  # [items, tokens] of batches formed and not yet finished
+        self._running_since = 0.0  # by the clock, when the last forward started
         self.cost = ForwardCost()
 
     # ---- what the scheduler reports ------------------------------------------------
@@ -94,6 +109,17 @@ class Admission:
         counts = self._queued[priority]
         counts[0] += sign
         counts[1] += sign * tokens
+
+    def formed(self, items: int, tokens: int, sign: int = 1) -> None:
+        """A batch left the queue for the forward (sign 1), or its forward ended (-1)."""
+        self._forming[0] += sign * items
+        self._forming[1] += sign * tokens
+
+    def forward_started(self, at: float, tokens: int) -> float:
+        """A formed batch of `tokens` tokens started its forward at `at`, by the clock; the
+        seconds it should take (inf before any batch is measured)."""
+        self._running_since = at
+        return self.cost.seconds(tokens) if self.cost.measured else math.inf
 
     def forwarded(self, tokens: int, seconds: float) -> None:
         """A batch of `tokens` real tokens took `seconds` of forward."""
@@ -116,13 +142,25 @@ class Admission:
 
     def estimated_wait_s(self, priority: Hashable) -> float | None:
         """Seconds of forward work ahead of a new item of this class (None before the first
-        batch is measured): its own class's queued and held tokens, and as much of the
-        others', which share the forward with it while both have work."""
+        batch is measured): the batches formed, its own class's queued and held work, and as
+        much of the others', which share the forward with it while both have work."""
         if not self.cost.measured:
             return None
-        own = self._queued[priority][1] + self._held[priority][1]
-        total = sum(t for _, t in self._queued.values()) + sum(t for _, t in self._held.values())
-        return self.cost.seconds(own + min(total - own, own), self._batch_tokens)
+        own = [q + h for q, h in zip(self._queued[priority], self._held[priority])]
+        total = [sum(n[i] for n in self._queued.values()) + sum(n[i] for n in self._held.values()) for i in (0, 1)]
+        items, tokens = (own[i] + min(total[i] - own[i], own[i]) for i in (0, 1))
+        return self._formed_s() + self._forward_s(items, tokens)
+
+    def _formed_s(self) -> float:
+        """What is left of the batches formed and not yet finished."""
+        if not self._forming[0]:
+            return 0.0
+        return max(0.0, self._forward_s(*self._forming) - (self._clock() - self._running_since))
+
+    def _forward_s(self, items: int, tokens: int) -> float:
+        """`items` items of `tokens` tokens, in the fewest batches the budgets allow."""
+        batches = max(math.ceil(items / self._batch_items), math.ceil(tokens / self._batch_tokens))
+        return self.cost.seconds(tokens, batches)
 
     def admit(self, items: int, tokens: int, priority: Hashable) -> Ticket:
         """Room for a request of `items` items and about `tokens` tokens, held until it is
@@ -146,17 +184,17 @@ class Admission:
             return
         if ahead_items + items > self.max_items or ahead_tokens + tokens > self.max_tokens:
             raise QueueFull(f"queue full ({ahead_items} items, {ahead_tokens} tokens queued or being tokenized)",
-                            retry_after_s=self.retry_hint(ahead_tokens))
+                            retry_after_s=self.retry_hint(ahead_items, ahead_tokens))
         wait = self.estimated_wait_s(priority)
         if self.max_wait_s is not None and wait is not None and wait > self.max_wait_s:
             raise QueueFull(f"queue full (about {wait:.1f}s of work ahead; max_queue_wait_s is {self.max_wait_s:g})",
                             retry_after_s=max(0.05, wait - self.max_wait_s))
 
-    def retry_hint(self, ahead_tokens: int) -> float:
+    def retry_hint(self, ahead_items: int, ahead_tokens: int) -> float:
         """About when the work ahead is done (a guess before the first batch is measured)."""
         if not self.cost.measured:
             return round(max(0.05, 0.05 * (ahead_tokens // self._batch_tokens + 1)), 3)
-        return round(max(0.05, self.cost.seconds(ahead_tokens, self._batch_tokens)), 3)
+        return round(max(0.05, self._formed_s() + self._forward_s(ahead_items, ahead_tokens)), 3)
 
     def _hold(self, ticket: Ticket, sign: int) -> None:
         held = self._held[ticket.priority]

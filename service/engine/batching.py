@@ -48,7 +48,7 @@ def best_run(lengths: list[int], at: int, budgets: Budgets, cost: ForwardCost) -
     def too_big(count: int, padded: int) -> bool:
         if count == 1:  # an item goes alone whatever it costs
             return False
-        return padded > budgets.max_tokens or (sliced and cost.seconds(padded, padded) > budgets.slice_s)
+        return padded > budgets.max_tokens or (sliced and cost.seconds(padded) > budgets.slice_s)
 
     best, best_key = (at, at + 1), None
     for start in range(max(0, at - budgets.max_items + 1), at + 1):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -32,6 +33,7 @@ from service.engine.observer import RunnerObserver
 from service.engine.scheduler import Priority, Scheduler
 
 log = logging.getLogger("rewardserve")
+WARMUP_ROUNDS = 3  # timed warm-up forwards of each batch size; the fastest counts
 
 
 class ItemError(Exception):
@@ -117,17 +119,24 @@ class ModelRunner:
         log.info("model %s ready in %.1fs (%s)", self.name, time.perf_counter() - started, model.revision[:19])
 
     def _measure_warm_forward(self, model: RewardModel) -> None:
-        """Two more warm-up forwards, timed, of a small batch and of 8 items of a few hundred
-        tokens, so the queue's time bound holds from the first burst: its forward cost, a
-        cost per batch plus a cost per token, needs two batch sizes to tell them apart, and
-        items of a realistic length for the cost per token. Unshared: the larger batch
-        repeats its items, which prefix sharing would compute once."""
-        small = [model.encode(item, "right") for item in warmup_inputs(model.spec.kind)]
-        large = [model.encode(item, "right") for item in warmup_inputs(model.spec.kind, repeat=32)] * 4
-        for batch in (small, large):
-            started = time.perf_counter()
-            model.forward_unshared(batch)
-            self.scheduler.admission.forwarded(sum(e.num_tokens for e in batch), time.perf_counter() - started)
+        """Timed warm-up forwards, so the queue's time bound holds from the first burst: its
+        forward cost, a cost per batch plus a cost per token, needs two batch sizes to tell
+        them apart (1 and 8 items). The items are of a realistic length (a few hundred
+        tokens) and all alike, unpadded as the scheduler's length-grouped batches nearly
+        are: padding would count as real tokens and make every token look dearer. The sizes
+        take turns for WARMUP_ROUNDS rounds and each one's fastest counts: a shape's first
+        forward pays one-time costs, and a busy machine's stalls would pass for the model's
+        cost. Unshared: the items repeat, which prefix sharing would compute once."""
+        item = model.encode(warmup_inputs(model.spec.kind, repeat=32)[1], "right")
+        batches = ([item], [item] * 8)
+        fastest = [math.inf] * len(batches)
+        for _ in range(WARMUP_ROUNDS):
+            for i, batch in enumerate(batches):
+                started = time.perf_counter()
+                model.forward_unshared(batch)
+                fastest[i] = min(fastest[i], time.perf_counter() - started)
+        for batch, seconds in zip(batches, fastest):
+            self.scheduler.admission.forwarded(sum(e.num_tokens for e in batch), seconds)
 
     def encode_all(self, inputs: list[ScoreInput], truncate: Truncate | None,
                    item_errors: bool = False, keep: int | None = None) -> list[Encoded | ItemError]:

@@ -121,7 +121,7 @@ class Scheduler:
         self.max_wait_s = max_wait_ms / 1000
         self.bulk_max_delay_s = bulk_max_delay_ms / 1000
         self.interactive_bulk_wait_s = None if interactive_bulk_wait_ms is None else interactive_bulk_wait_ms / 1000
-        self.admission = Admission(max_queue_items, max_queue_tokens, max_queue_wait_s, max_batch_tokens)
+        self.admission = Admission(max_queue_items, max_queue_tokens, max_queue_wait_s, max_batch_size, max_batch_tokens)
         self._on_batch = on_batch
         self._queues: dict[Priority, list[_Work]] = {p: [] for p in Priority}
         self._in_flight: dict[tuple, _Work] = {}
@@ -296,6 +296,7 @@ class Scheduler:
             if full or wait <= 0:
                 for work in batch:
                     self._dequeue(work)
+                self.admission.formed(len(batch), sum(w.tokens for w in batch))
                 self._last_class = priority
                 return batch
             self._wakeup.clear()
@@ -321,9 +322,7 @@ class Scheduler:
             running = loop.run_in_executor(self._executor, self._forward_isolating,
                                            [w.encoded for w in batch], prepared)
             running.add_done_callback(functools.partial(self._forwarded, batch, formed, started))
-            tokens = sum(w.tokens for w in batch)
-            expected_end = time.monotonic() + (self.admission.cost.seconds(tokens, tokens)
-                                               if self.admission.cost.measured else float("inf"))
+            expected_end = time.monotonic() + self.admission.forward_started(started, sum(w.tokens for w in batch))
 
     async def _until_next_is_due(self, running: asyncio.Future, expected_end: float) -> None:
         """Wait while the running forward is not about to end: the next batch is formed then,
@@ -346,9 +345,10 @@ class Scheduler:
     def _forwarded(self, batch: list[_Work], formed: float, started: float, done: asyncio.Future) -> None:
         """A forward finished: its items answered, its cost measured and recorded."""
         forward_s = time.perf_counter() - started
+        tokens = sum(w.tokens for w in batch)
+        self.admission.formed(len(batch), tokens, -1)
         if done.cancelled():
             return
-        tokens = sum(w.tokens for w in batch)
         self.admission.forwarded(tokens, forward_s)
         if batch[0].priority == Priority.bulk:
             self._last_bulk_end = time.monotonic()
