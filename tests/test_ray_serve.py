@@ -235,7 +235,7 @@ def same_parts(body):
     request, the time each server started, and which items a replica's own result cache
     answered (each replica has its own; `redis_url` shares one)."""
     if isinstance(body, dict):
-        body = {k: v for k, v in body.items() if k != "id"}
+        body = {k: v for k, v in body.items() if k not in ("id", "created")}
         for model in body.get("data", []):
             model.pop("created", None)
         for result in body.get("results", []):
