@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 from http_helpers import assert_error, free_port, hung_up, poll, write_config
 
