@@ -19,12 +19,12 @@ from transformers import (
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 from transformers.utils import logging as hf_logging
 
+from models.convert import checkpoint_tensors
 from models.dispatch import DeviceMap, input_device
 from models.encoding import single_token_id
 from models.errors import ModelLoadError
 from models.graph import RewardGraph
 from models.heads import HeadFile
-from models.openrlhf import value_head_weight
 from models.spec import ModelKind, Pooling, RewardSpec
 
 hf_logging.disable_progress_bar()
@@ -52,7 +52,7 @@ def build_graph(backbone_dir: Path, model_dir: Path, spec: RewardSpec, config, t
     if spec.head_file or spec.value_head:
         head_device = input_device(model) if device_map else device
         head = (HeadFile.load(model_dir / spec.head_file) if spec.head_file
-                else HeadFile({"reward.0.weight": value_head_weight(backbone_dir, spec.value_head)}))
+                else value_head(backbone_dir, spec.value_head))
         head = head.to(device=head_device, dtype=DTYPES[dtype]).eval()
     step_tag_ids = None
     if spec.process and spec.process.convention == "step_tag" and head is None:
@@ -65,6 +65,15 @@ def build_graph(backbone_dir: Path, model_dir: Path, spec: RewardSpec, config, t
     graph = RewardGraph(model, head, spec, encoder, pooling, step_tag_ids, pad_token_id).eval()
     _check_readable(graph, spec)
     return graph
+
+
+def value_head(directory: Path, name: str) -> HeadFile:
+    """OpenRLHF's linear value head (models.openrlhf), read from the checkpoint, as a head."""
+    weight = f"{name}.weight"
+    found = checkpoint_tensors(directory, (weight,))
+    if weight not in found:
+        raise ModelLoadError(f"{directory}: the checkpoint has no value head tensor {weight}")
+    return HeadFile({"reward.0.weight": found[weight]})
 
 
 def default_pooling(spec: RewardSpec, is_encoder: bool) -> Pooling:

@@ -13,10 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from safetensors import safe_open
-
-from models.errors import ModelLoadError
 
 VALUE_HEAD_NAMES = ("value_head", "score")
 
@@ -50,14 +47,6 @@ def value_head_name(directory: Path, config: dict) -> str | None:
         if list(shape) == [1, hidden] and len(where) > 1:
             return name
     return None
-
-
-def value_head_weight(directory: Path, name: str) -> torch.Tensor:
-    path = checkpoint_tensor_names(directory).get(f"{name}.weight")
-    if path is None:
-        raise ModelLoadError(f"{directory}: the checkpoint has no value head tensor {name}.weight")
-    with safe_open(str(path), framework="pt") as file:
-        return file.get_tensor(f"{name}.weight")
 
 
 def reward_moments(config: dict) -> tuple[float, float] | None:

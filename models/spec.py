@@ -202,7 +202,8 @@ class RewardSpec(_Strict):
 
     def canonical_json(self) -> str:
         data = self.model_dump(mode="json")
-        for later in ("reference_stats", "backbone_weights", "value_head"):  # specs without them keep the revision they had
+        # specs without the fields added later keep the revision they had
+        for later in ("reference_stats", "backbone_weights", "value_head"):
             if data[later] is None:
                 del data[later]
         if data["process"]:  # no score depends on it

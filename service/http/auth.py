@@ -28,4 +28,3 @@ class ApiKeyAuth:
                 response = error_response(err.status, err.code, err.message, err.field, err.headers)
                 return await response(scope, receive, send)
         await self.app(scope, receive, send)
-
