@@ -208,7 +208,8 @@ def main() -> None:
         "Estimate: `rewardserve_queue_wait_estimate_seconds` (the work ahead of a new item, what `max_queue_wait_s` "
         f"bounds) where the queue was longest, of the scrapes every {SCRAPE_EVERY_S:g} s answered within "
         f"{PRECISE_SCRAPE_S * 1000:.0f} ms; actual: from that scrape until the last admitted request was answered. "
-        "The estimate rests on the warm-up forwards and the few batches run while the burst arrives. "
+        "The estimate rests on the warm-up forwards and the batches run while the burst arrives, each timed "
+        "by the model's clock (on CPU, the forward thread's CPU time, which the burst's intake does not stretch). "
         f"Cold: a freshly started server, {COLD_REQUESTS} concurrent {COLD_ITEMS}-item requests (the first "
         f"{len(cold_items)} items) under the default `max_queue_wait_s`; all must be admitted.",
     ]

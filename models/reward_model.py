@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,6 +191,15 @@ class RewardModel:
 
     def forward(self, batch: list[Encoded]) -> list[RewardOutput]:
         return self.prepare(batch)()
+
+    def forward_clock(self) -> float:
+        """The clock a forward's cost is read by, on the thread running it. On the host's
+        cores, that thread's CPU time: while a burst arrives, parsing and tokenizing it take
+        cores from the forward and stretch it in wall time (2-3x), for as long as the burst
+        lasts only; CPU time stays the forward's own work. On an accelerator or a remote
+        server the thread waits, so there the wall clock."""
+        on_host = isinstance(self.engine, TorchEngine) and self.engine.device.type == "cpu"
+        return time.thread_time() if on_host else time.perf_counter()
 
     def prepare(self, batch: list[Encoded]) -> Callable[[], list[RewardOutput]]:
         """The batch's inputs built (prefix groups found, rows padded or packed), returned as

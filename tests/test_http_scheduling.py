@@ -26,6 +26,7 @@ from sched_helpers import GatedForward, ids, intercept_forward, until
 from models.spec import ModelKind
 from service.config import ModelConfig, Settings
 from service.app import create_app
+from service.engine.admission import ForwardCost
 from service.engine.scheduler import Priority, dedup_key
 
 NAMES = ["llama-scalar", "llama-gating", "qwen2-prm"]
@@ -283,13 +284,24 @@ def test_disconnected_client_has_its_queued_items_dropped(how, app, base_url, ga
 # ---- failure isolation -----------------------------------------------------------------
 
 
-def test_poisoned_item_fails_its_request_alone(app, base_url, gate_model, load_tiny):
+def one_batch_for_all(monkeypatch, scheduler) -> None:
+    """A forward cost whose fixed cost per batch dwarfs any padding, kept as it is: the
+    scheduler then forms one batch of everything queued, whatever the items' lengths."""
+    cost = ForwardCost()
+    for tokens in (10, 1000):
+        cost.add(tokens, 1.0 + 1e-6 * tokens)
+    monkeypatch.setattr(cost, "add", lambda tokens, seconds: None)
+    monkeypatch.setattr(scheduler.admission, "cost", cost)
+
+
+def test_poisoned_item_fails_its_request_alone(app, base_url, gate_model, load_tiny, monkeypatch):
     """One item that makes the forward raise shares a batch with five good items from three
     requests: its request gets 500 inference_failed naming the item; the others get 200
     with their reference scores."""
     poison_id = 397
     gate = gate_model(app, "llama-scalar", poison=lambda enc: poison_id in enc.input_ids)
     scheduler = scheduler_of(app, "llama-scalar")
+    one_batch_for_all(monkeypatch, scheduler)
     good = [[{"prompt": "What is 2 + 2?", "response": "4"}, tokens(81, 82, 83)],
             [{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}]]
     poisoned = [tokens(91, 92), tokens(93, poison_id, 94), {"prompt": "Q", "response": "A fine answer."}]

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import random
+import threading
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -19,11 +21,11 @@ from sched_helpers import GatedForward, ids, until
 
 from models.inputs import Chat, Encoded, TextPair, TokenIds
 from service.config import ModelConfig, Settings
-from service.engine import runner as runner_module
 from service.engine.admission import Admission, ForwardCost, QueueFull
 from service.engine.batching import BatchRecord
+from service.engine.forward_thread import ItemFailed
 from service.engine.runner import ModelRunner
-from service.engine.scheduler import ItemFailed, ItemTimeout, Priority, Scheduler
+from service.engine.scheduler import ItemTimeout, Priority, Scheduler
 
 TEST_LIMIT_S = 60
 
@@ -720,13 +722,15 @@ class _TimedModel:
         self._clock[0] += PER_BATCH_S + PER_TOKEN_S * shape[0] * shape[1] + (shape not in self.shapes)
         self.shapes.append(shape)
 
+    def forward_clock(self) -> float:
+        return self._clock[0]
 
-def test_warm_up_seeds_the_forward_cost_with_the_models_own(model, monkeypatch):
+
+def test_warm_up_seeds_the_forward_cost_with_the_models_own(model):
     """The warm-up forwards give the time bound the model's cost per batch and per token
     exactly: unpadded (padding would count as real tokens), and a shape's slow first
     forward left out."""
     clock = [0.0]
-    monkeypatch.setattr(runner_module, "time", type("Clock", (), {"perf_counter": staticmethod(lambda: clock[0])}))
     config = ModelConfig(name="timed", path="unused")
     runner = ModelRunner(config, Settings(models=[config]))
     try:
@@ -734,6 +738,41 @@ def test_warm_up_seeds_the_forward_cost_with_the_models_own(model, monkeypatch):
         assert runner.scheduler.admission.cost.terms() == pytest.approx((PER_BATCH_S, PER_TOKEN_S))
     finally:
         runner.close()
+
+
+def test_a_forward_is_costed_by_the_models_clock_on_the_forward_thread(model, make_tokens, check):
+    """The time bound's cost of a forward is read by the cost clock on the forward thread
+    (RewardModel.forward_clock), not by the event loop's wall clock."""
+    ticks, readers = [0.0], set()
+
+    def clock() -> float:
+        readers.add(threading.current_thread().name)
+        return ticks[0]
+
+    def forward(batch: list[Encoded]):
+        ticks[0] += 0.5  # what this forward costs by the clock, however long it takes
+        return model.forward(batch)
+
+    async def main():
+        gate = GatedForward(forward)
+        gate.open()
+        async with serving(gate, cost_clock=clock) as scheduler:
+            items = [make_tokens(9)]
+            check(await scheduler.submit(items), items)
+            assert scheduler.admission.cost.seconds(9) == pytest.approx(0.5)
+
+    asyncio.run(main())
+    assert readers == {"test-forward_0"}
+
+
+def test_a_forward_on_the_hosts_cores_is_costed_in_its_threads_cpu_time(model, make_tokens):
+    """A CPU forward's cost is its thread's CPU time, which the thread's waiting does not
+    add to (while a burst's intake holds the cores, a forward waits for them)."""
+    started = model.forward_clock()
+    time.sleep(0.3)
+    waited = model.forward_clock() - started
+    model.forward([make_tokens(200)] * 8)
+    assert waited < 0.1 and model.forward_clock() - started > waited
 
 
 # ---- cancellation ----------------------------------------------------------------------

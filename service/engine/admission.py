@@ -12,7 +12,10 @@ batch plus the fitted cost per real token (`ForwardCost`), and the batches forme
 yet finished (the one prepared, and the one running less what it has run). The fit starts
 from the runner's warm-up forwards, unpadded as the scheduler's length-grouped batches
 nearly are, and follows the batches really run; counting real tokens, it takes in their
-padding. What it cannot see is the machine slowing down or speeding up after it measured.
+padding. Forwards are timed by the model's clock (RewardModel.forward_clock: on the host's
+cores, CPU time), so a burst's own intake, which takes cores from the forward only while it
+arrives, does not pass for the model's speed. What it cannot see is the machine slowing
+down or speeding up after it measured (another process on the same cores).
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ WARMUP_ROUNDS = 3  # timed warm-up forwards of each batch size; the fastest coun
 
 class ItemError(Exception):
     """Why one item of a request could not be scored, tagged with its index: an
-    InputError from encoding, or the scheduler's ItemTimeout / ItemFailed."""
+    InputError from encoding, or the scheduler's ItemTimeout / forward_thread.ItemFailed."""
 
     def __init__(self, index: int, error: Exception):
         super().__init__(str(error))
@@ -87,6 +87,7 @@ class ModelRunner:
             max_queue_items=settings.max_queue_items,
             max_queue_tokens=settings.max_queue_tokens,
             max_queue_wait_s=settings.max_queue_wait_s,
+            cost_clock=lambda: self.model.forward_clock(),
             on_batch=lambda record: self.observer.batch(record),
         )
 
@@ -132,9 +133,9 @@ class ModelRunner:
         fastest = [math.inf] * len(batches)
         for _ in range(WARMUP_ROUNDS):
             for i, batch in enumerate(batches):
-                started = time.perf_counter()
+                started = model.forward_clock()
                 model.forward_unshared(batch)
-                fastest[i] = min(fastest[i], time.perf_counter() - started)
+                fastest[i] = min(fastest[i], model.forward_clock() - started)
         for batch, seconds in zip(batches, fastest):
             self.scheduler.admission.forwarded(sum(e.num_tokens for e in batch), seconds)
 

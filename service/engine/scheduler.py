@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -43,16 +42,13 @@ from models.heads import RewardOutput
 from models.inputs import Encoded
 from service.engine.admission import Admission, Ticket
 from service.engine.batching import BatchRecord, Budgets, best_run
-
-log = logging.getLogger("rewardserve")
+from service.engine.forward_thread import IsolatingForward, Prepared, attempt
 
 # How recent an interactive request keeps bulk batches cut to `interactive_bulk_wait_ms`: a
 # ranker's traffic comes seconds apart, and between two requests the bulk batch that starts
 # is the one the next request waits behind.
 INTERACTIVE_RECENT_S = 60.0
 PREPARE_DECAY = 0.9  # how fast the measured preparation time follows new batches
-
-Prepared = Callable[[], list[RewardOutput]]  # a batch whose inputs are built: runs its forward
 
 
 class Priority(str, Enum):
@@ -62,10 +58,6 @@ class Priority(str, Enum):
 
 class ItemTimeout(Exception):
     """The item's deadline passed before the model got to it."""
-
-
-class ItemFailed(Exception):
-    """The model raised on this item alone (after its batch was split down to it)."""
 
 
 @dataclass(eq=False)
@@ -110,9 +102,11 @@ class Scheduler:
         max_queue_items: int = 65536,
         max_queue_tokens: int = 16_777_216,
         max_queue_wait_s: float | None = None,
+        cost_clock: Callable[[], float] = time.perf_counter,
         on_batch: Callable[[BatchRecord], None] | None = None,
     ):
         self._forward = forward
+        self._run_forward = IsolatingForward(forward, cost_clock)
         self._executor = executor
         self._prepare = prepare
         self._prepare_executor = prepare_executor
@@ -146,7 +140,7 @@ class Scheduler:
     async def submit(self, encoded: list[Encoded], priority: Priority = Priority.bulk,
                      timeout_s: float | None = None, ticket: Ticket | None = None) -> list[RewardOutput | Exception]:
         """Queue every item and wait for all of them; per item, an output or the exception
-        that stopped it (ItemTimeout, ItemFailed). With the request's `ticket` it was
+        that stopped it (ItemTimeout, forward_thread.ItemFailed). With the request's `ticket` it was
         admitted already; without, it is admitted here (or QueueFull). Cancelling the
         caller drops its items."""
         self._ensure_running()
@@ -319,8 +313,7 @@ class Scheduler:
                 await asyncio.wait([running])
             self._preparing = []
             started = time.perf_counter()
-            running = loop.run_in_executor(self._executor, self._forward_isolating,
-                                           [w.encoded for w in batch], prepared)
+            running = loop.run_in_executor(self._executor, self._run_forward, [w.encoded for w in batch], prepared)
             running.add_done_callback(functools.partial(self._forwarded, batch, formed, started))
             expected_end = time.monotonic() + self.admission.forward_started(started, sum(w.tokens for w in batch))
 
@@ -338,7 +331,7 @@ class Scheduler:
         if self._prepare is None:
             return functools.partial(self._forward, batch)
         started = time.perf_counter()
-        prepared = await loop.run_in_executor(self._prepare_executor, _attempt, self._prepare, batch)
+        prepared = await loop.run_in_executor(self._prepare_executor, attempt, self._prepare, batch)
         self._prepare_s = PREPARE_DECAY * self._prepare_s + (1 - PREPARE_DECAY) * (time.perf_counter() - started)
         return prepared
 
@@ -349,31 +342,16 @@ class Scheduler:
         self.admission.formed(len(batch), tokens, -1)
         if done.cancelled():
             return
-        self.admission.forwarded(tokens, forward_s)
+        error = done.exception()
+        results, cost_s = done.result() if error is None else ([error] * len(batch), forward_s)
+        self.admission.forwarded(tokens, cost_s)
         if batch[0].priority == Priority.bulk:
             self._last_bulk_end = time.monotonic()
-        error = done.exception()
-        for work, result in zip(batch, done.result() if error is None else [error] * len(batch)):
+        for work, result in zip(batch, results):
             self._finish(work, result)
         if self._on_batch:
             self._on_batch(BatchRecord(len(batch), max(w.tokens for w in batch) * len(batch), tokens,
                                        batch[0].priority, forward_s, [formed - w.enqueued for w in batch]))
-
-    def _forward_isolating(self, batch: list[Encoded], prepared: Prepared | Exception | None = None
-                           ) -> list[RewardOutput | Exception]:
-        """Runs on the forward thread: the batch `prepared`, or built now. A failing batch is
-        halved until the failure is pinned on single items; the rest still get their scores."""
-        try:
-            if isinstance(prepared, Exception):
-                raise prepared
-            return prepared() if prepared is not None else self._forward(batch)
-        except Exception as err:  # noqa: BLE001 - any model failure is isolated, then reported per item
-            if len(batch) == 1:
-                log.warning("item failed in forward: %s: %s", type(err).__name__, err)
-                return [ItemFailed(f"{type(err).__name__}: {err}")]
-            _free_device_cache()
-            middle = len(batch) // 2
-            return self._forward_isolating(batch[:middle]) + self._forward_isolating(batch[middle:])
 
     def close(self) -> None:
         if self._loop_task is not None:
@@ -385,16 +363,3 @@ class Scheduler:
         for work in self._preparing:
             self._finish(work, asyncio.CancelledError())
 
-
-def _attempt(prepare: Callable[[list[Encoded]], Prepared], batch: list[Encoded]) -> Prepared | Exception:
-    try:
-        return prepare(batch)
-    except Exception as err:  # noqa: BLE001 - the forward thread isolates it like a failing forward
-        return err
-
-
-def _free_device_cache() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()

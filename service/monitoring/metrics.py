@@ -51,8 +51,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from models.heads import RewardOutput
 from models.inputs import Encoded
+from service.engine.forward_thread import ItemFailed
 from service.engine.observer import RunnerObserver
-from service.engine.scheduler import ItemFailed, ItemTimeout, Priority
+from service.engine.scheduler import ItemTimeout, Priority
 
 log = logging.getLogger("rewardserve")
 
