@@ -13,7 +13,9 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from models.encoding import texts_of
 from models.errors import InputError
@@ -33,6 +35,7 @@ from service.engine.observer import RunnerObserver
 from service.engine.scheduler import Priority, Scheduler
 
 log = logging.getLogger("rewardserve")
+T = TypeVar("T")
 WARMUP_ROUNDS = 3  # timed warm-up forwards of each batch size; the fastest counts
 
 
@@ -111,6 +114,8 @@ class ModelRunner:
                                      max_memory=config.max_memory, offload_folder=config.offload_folder)
             model.score(warmup_inputs(model.spec.kind), truncate="right")
             self._measure_warm_forward(model)
+            if config.serve_graph:  # its tensors' shapes, read off one forward before any request runs
+                _ = model.graph_contract
         except Exception as err:  # a model that fails to load must not take the others down
             self.status, self.error = "failed", f"{type(err).__name__}: {err}"
             log.error("model %s failed to load: %s", self.name, self.error)
@@ -236,6 +241,22 @@ class ModelRunner:
                                  if not isinstance(results[i], ItemError)], self.config.cache_ttl_s)
         self.observer.scored([r for r in results if not isinstance(r, ItemError)], time.perf_counter() - returned)
         return results
+
+    async def run_forward(self, forward: Callable[[], T], items: int, tokens: int, priority: Priority) -> T:
+        """`forward()`, a forward the scheduler does not batch (a request to the served
+        graph), run on the model's forward thread between the scheduler's batches, so it
+        never runs beside another forward of the same model. It is admitted like a
+        request of `items` items of `tokens` tokens (or QueueFull), and its room is held
+        until it has run, so the queue's bounds count it."""
+        try:
+            ticket = self.scheduler.admission.admit(items, tokens, priority)
+        except QueueFull:
+            self.observer.rejected(items)
+            raise
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._forward_thread, forward)
+        finally:
+            self.scheduler.admission.release(ticket)
 
     def close(self) -> None:
         self.scheduler.close()

@@ -1,5 +1,6 @@
 """What every gRPC method shares, whichever service it belongs to (rewardserve.v1 or
-KServe v2): the status an `APIError` ends a call with, the call's deadline, and
+KServe v2): the metadata an `APIError` ends a call with (and, for rewardserve.v1, its
+status; KServe v2's come from its data plane's table), the call's deadline, and
 bidirectional streams answered concurrently."""
 
 from __future__ import annotations

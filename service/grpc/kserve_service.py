@@ -1,8 +1,10 @@
 """KServe v2 / Triton gRPC (`inference.GRPCInferenceService`), so unmodified
 `tritonclient.grpc` clients can check health, read metadata and configuration and score.
-The service definition is the one tritonclient ships (its generated `service_pb2`); the
-tensors follow service/kserve/. Methods beyond health, metadata, config, the repository
-index and inference (shared memory, statistics, tracing, loading) answer UNIMPLEMENTED."""
+The service definition is the one tritonclient ships (its generated `service_pb2`). Every
+answer is the data plane's (service/kserve/dataplane.py), as over HTTP: this module only
+decodes the messages and encodes the answers. Methods beyond health, metadata, config, the
+repository index and inference (shared memory, statistics, tracing, loading) answer
+UNIMPLEMENTED."""
 
 from __future__ import annotations
 
@@ -14,24 +16,10 @@ from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from service.core.errors import APIError, status_message
-from service.core.scoring import Scorer
-from service.grpc.calls import (
-    abort,
-    deadline_ms,
-    grpc_code,
-    internal_error,
-    serve_concurrently,
-)
-from service.kserve import graph as kserve_graph
-from service.kserve import inference, models
-from service.kserve.tensors import (
-    DTYPES,
-    TensorSpec,
-    bad_input,
-    from_raw,
-    reshape,
-    to_raw,
-)
+from service.grpc.calls import deadline_ms, serve_concurrently, trailing_metadata
+from service.kserve.dataplane import DataPlane, unexpected, wire_status
+from service.kserve.tensors import DTYPES, bad_input, from_raw, reshape, to_raw
+from service.kserve.types import InferRequest, InferResponse
 
 CONTENTS = {  # datatype -> the InferTensorContents field holding it
     "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
@@ -73,112 +61,94 @@ def _tensors(request: service_pb2.ModelInferRequest) -> dict[str, np.ndarray]:
     return tensors
 
 
-def _response(name: str, request_id: str, outputs: list[tuple[TensorSpec, np.ndarray]],
-              parameters: dict[str, str] | None = None) -> service_pb2.ModelInferResponse:
-    response = service_pb2.ModelInferResponse(model_name=name, model_version=models.VERSION, id=request_id)
-    for key, value in (parameters or {}).items():
+def _request(request: service_pb2.ModelInferRequest, context) -> InferRequest:
+    return InferRequest(request.model_name, request.model_version, _tensors(request), _parameters(request.parameters),
+                        [out.name for out in request.outputs] or None, request.id, deadline_ms(context))
+
+
+def _response(answer: InferResponse) -> service_pb2.ModelInferResponse:
+    response = service_pb2.ModelInferResponse(model_name=answer.model_name, model_version=answer.model_version,
+                                              id=answer.id)
+    for key, value in (answer.parameters or {}).items():
         response.parameters[key].string_param = value
-    for spec, array in outputs:
+    for spec, array in answer.outputs:
         response.outputs.add(name=spec.name, datatype=spec.datatype, shape=spec.shape)
         response.raw_output_contents.append(to_raw(spec.datatype, array))
     return response
 
 
+def status_code(err: APIError) -> grpc.StatusCode:
+    return grpc.StatusCode[wire_status(err)[1]]
+
+
+async def abort(context: grpc.aio.ServicerContext, err: APIError) -> None:
+    """End the call with the data plane's status for `err` (raises, as context.abort does)."""
+    await context.abort(status_code(err), status_message(err), trailing_metadata(err))
+
+
 class KServeService(service_pb2_grpc.GRPCInferenceServiceServicer):
     NAME = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
-    def __init__(self, scorer: Scorer):
-        self.scorer = scorer
-        self.registry = scorer.registry
+    def __init__(self, plane: DataPlane):
+        self.plane = plane
 
     # ---- health and metadata -------------------------------------------------------
 
     async def ServerLive(self, request, context):
-        return service_pb2.ServerLiveResponse(live=True)
+        return service_pb2.ServerLiveResponse(live=self.plane.server_live())
 
     async def ServerReady(self, request, context):
-        return service_pb2.ServerReadyResponse(ready=self.registry.ready)
+        return service_pb2.ServerReadyResponse(ready=self.plane.server_ready())
 
     async def ModelReady(self, request, context):
-        graph = kserve_graph.find(self.registry, request.name)
-        runner = graph.runner if graph else self.registry.runners.get(request.name)
-        ready = runner is not None and runner.status == "ready" and request.version in ("", models.VERSION)
+        try:
+            ready = self.plane.model_ready(request.name, request.version)
+        except APIError:  # a model or version nobody serves is not ready (as Triton answers it)
+            ready = False
         return service_pb2.ModelReadyResponse(ready=ready)
 
     async def ServerMetadata(self, request, context):
-        return service_pb2.ServerMetadataResponse(name=models.SERVER_NAME, version=models.server_version(),
-                                                  extensions=models.EXTENSIONS)
+        return json_format.ParseDict(self.plane.server_metadata(), service_pb2.ServerMetadataResponse())
 
     async def ModelMetadata(self, request, context):
         try:
-            if graph := kserve_graph.find(self.registry, request.name):
-                meta = await kserve_graph.metadata(kserve_graph.checked(graph, request.version))
-            else:
-                meta = models.model_metadata(models.find_runner(self.scorer, request.name, request.version))
+            metadata = self.plane.model_metadata(request.name, request.version)
         except APIError as err:
             await abort(context, err)
-        tensor = service_pb2.ModelMetadataResponse.TensorMetadata
-        return service_pb2.ModelMetadataResponse(
-            name=meta["name"], versions=meta["versions"], platform=meta["platform"],
-            inputs=[tensor(**t) for t in meta["inputs"]], outputs=[tensor(**t) for t in meta["outputs"]])
+        # The gRPC message has no `parameters`: the kind and revision are in the config.
+        fields = {key: value for key, value in metadata.items() if key != "parameters"}
+        return json_format.ParseDict(fields, service_pb2.ModelMetadataResponse())
 
     async def ModelConfig(self, request, context):
         try:
-            if graph := kserve_graph.find(self.registry, request.name):
-                config = await kserve_graph.config(kserve_graph.checked(graph, request.version))
-            else:
-                config = models.model_config(models.find_runner(self.scorer, request.name, request.version))
+            config = self.plane.model_config(request.name, request.version)
         except APIError as err:
             await abort(context, err)
-        config = json_format.ParseDict(config, model_config_pb2.ModelConfig())
-        return service_pb2.ModelConfigResponse(config=config)
+        return service_pb2.ModelConfigResponse(config=json_format.ParseDict(config, model_config_pb2.ModelConfig()))
 
     async def RepositoryIndex(self, request, context):
-        index = service_pb2.RepositoryIndexResponse.ModelIndex
-        entries = [index(name=name, version=models.VERSION, state=models.REPOSITORY_STATES[r.status],
-                         reason=r.error or "")
-                   for name, r in kserve_graph.repository(self.registry) if not request.ready or r.status == "ready"]
-        return service_pb2.RepositoryIndexResponse(models=entries)
+        index = {"models": self.plane.repository_index(request.ready)}
+        return json_format.ParseDict(index, service_pb2.RepositoryIndexResponse())
 
     # ---- inference -----------------------------------------------------------------
 
-    async def _infer(self, request: service_pb2.ModelInferRequest, context) -> service_pb2.ModelInferResponse:
-        if graph := kserve_graph.find(self.registry, request.model_name):
-            return await self._infer_graph(graph, request)
-        runner = models.find_runner(self.scorer, request.model_name, request.model_version)
-        job, group = inference.score_job_for(runner, _tensors(request), _parameters(request.parameters),
-                                          deadline_ms(context))
-        try:
-            scored = await self.scorer.score(job)
-        except APIError as err:
-            raise inference.tensor_error(err, group) from None
-        outputs = inference.output_tensors(runner, scored, [out.name for out in request.outputs] or None)
-        return _response(runner.name, request.id, outputs, inference.response_parameters(scored))
-
-    async def _infer_graph(self, graph: kserve_graph.GraphModel,
-                           request: service_pb2.ModelInferRequest) -> service_pb2.ModelInferResponse:
-        outputs = await kserve_graph.infer(kserve_graph.checked(graph, request.model_version), _tensors(request),
-                                           [out.name for out in request.outputs] or None)
-        return _response(graph.name, request.id, outputs)
-
     async def ModelInfer(self, request, context):
         try:
-            return await self._infer(request, context)
+            return _response(await self.plane.infer(_request(request, context)))
         except APIError as err:
             await abort(context, err)
-        except Exception as err:  # noqa: BLE001 - reported as INTERNAL
-            await abort(context, internal_error(err))
 
     async def ModelStreamInfer(self, requests, context) -> AsyncIterator[service_pb2.ModelStreamInferResponse]:
         """Each request answered as it finishes; a failed one gets `error_message` (with its
         status code in brackets) and the stream goes on."""
         async def handle(request):
             try:
-                return service_pb2.ModelStreamInferResponse(infer_response=await self._infer(request, context))
+                answer = await self.plane.infer(_request(request, context))
+                return service_pb2.ModelStreamInferResponse(infer_response=_response(answer))
             except Exception as err:  # noqa: BLE001 - one request's failure does not end the stream
-                error = err if isinstance(err, APIError) else internal_error(err)
+                error = err if isinstance(err, APIError) else unexpected(err)
                 return service_pb2.ModelStreamInferResponse(
-                    error_message=f"[{grpc_code(error).name}] {status_message(error)}",
+                    error_message=f"[{status_code(error).name}] {status_message(error)}",
                     infer_response=service_pb2.ModelInferResponse(model_name=request.model_name, id=request.id))
 
         async for response in serve_concurrently(requests, handle):

@@ -22,6 +22,7 @@ from service.grpc.interceptor import Authentication, GrpcMetricsInterceptor, Req
 from service.grpc.kserve_service import KServeService
 from service.grpc.proto import rewardserve_pb2_grpc as pb_grpc
 from service.grpc.reward_service import SERVICE_NAME, RewardService
+from service.kserve.dataplane import DataPlane
 from service.monitoring.metrics import Metrics
 
 log = logging.getLogger("rewardserve")
@@ -52,7 +53,7 @@ class GrpcServer:
             ("grpc.server_handshake_timeout_ms", round(handshake_timeout_s * 1000)),  # TLS and HTTP/2 set-up
         ], interceptors=[GrpcMetricsInterceptor(metrics), self.calls, Authentication(keys), RequestDecoding()])
         pb_grpc.add_RewardServiceServicer_to_server(RewardService(scorer), self.server)
-        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(KServeService(scorer), self.server)
+        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(KServeService(DataPlane(scorer)), self.server)
         self.health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.services = ["", SERVICE_NAME, KServeService.NAME]

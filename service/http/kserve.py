@@ -1,7 +1,9 @@
 """KServe v2 / Triton HTTP routes (`/v2/...`), so unmodified `tritonclient.http` clients can
-check health, read model metadata and score. Tensors per service/kserve/; JSON tensor
-data and Triton's binary tensor extension (the `Inference-Header-Content-Length` header:
-a JSON header, then the raw tensors) both ways. Errors are KServe's `{"error": "..."}`."""
+check health, read model metadata and score. Every answer is the data plane's
+(service/kserve/dataplane.py), as over gRPC: these routes only decode the requests, with
+JSON tensor data or Triton's binary tensor extension (the `Inference-Header-Content-Length`
+header: a JSON header, then the raw tensors), and encode the answers the same two ways.
+Errors are KServe's `{"error": "..."}`."""
 
 from __future__ import annotations
 
@@ -14,40 +16,44 @@ from pydantic import BaseModel
 
 from service.core.errors import APIError, status_message
 from service.http.disconnect import unless_disconnected
-from service.kserve import graph as kserve_graph
-from service.kserve import inference, models
+from service.kserve.dataplane import STATUSES, DataPlane, wire_status
 from service.kserve.tensors import bad_input, from_list, from_raw, parse_json, to_raw
+from service.kserve.types import InferRequest, InferResponse
+
 
 class KServeError(BaseModel):
     error: str
 
 
 # What a /v2 route may answer besides 200, for its OpenAPI entry (KServe's error body).
-KSERVE_ERRORS = {status: {"model": KServeError} for status in (400, 404, 429, 499, 500, 503, 504)}
+KSERVE_ERRORS = {status: {"model": KServeError} for status in sorted({http for http, _ in STATUSES.values()})}
 router = APIRouter(prefix="/v2", tags=["KServe v2"], responses=KSERVE_ERRORS)
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
 def kserve_error(err: APIError) -> JSONResponse:
-    status = 400 if err.status == 422 else err.status
-    return JSONResponse({"error": status_message(err)}, status_code=status, headers=err.headers)
+    return JSONResponse({"error": status_message(err)}, status_code=wire_status(err)[0], headers=err.headers)
+
+
+def plane(request: Request) -> DataPlane:
+    return DataPlane(request.app.state.scorer)  # stateless: as cheap as a lookup
 
 
 @router.get("")
-async def server_metadata():
-    return {"name": models.SERVER_NAME, "version": models.server_version(), "extensions": models.EXTENSIONS}
+async def server_metadata(request: Request):
+    return plane(request).server_metadata()
 
 
 @router.get("/health/live")
 @router.head("/health/live", include_in_schema=False)
-async def server_live():
-    return {"live": True}
+async def server_live(request: Request):
+    return {"live": plane(request).server_live()}
 
 
 @router.get("/health/ready")
 @router.head("/health/ready", include_in_schema=False)
 async def server_ready(request: Request):
-    ready = request.app.state.registry.ready
+    ready = plane(request).server_ready()
     return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
 
@@ -57,10 +63,7 @@ async def server_ready(request: Request):
 @router.head("/models/{name}/versions/{version}/ready", include_in_schema=False)
 async def model_ready(name: str, request: Request, version: str | None = None):
     try:
-        if graph := kserve_graph.find(request.app.state.registry, name):
-            ready = graph.ready and version in (None, "", models.VERSION)
-        else:
-            ready = models.find_runner(request.app.state.scorer, name, version, ready=False).status == "ready"
+        ready = plane(request).model_ready(name, version)
     except APIError as err:
         return kserve_error(err)
     return JSONResponse({"name": name, "ready": ready}, status_code=200 if ready else 503)
@@ -70,9 +73,7 @@ async def model_ready(name: str, request: Request, version: str | None = None):
 @router.get("/models/{name}/versions/{version}")
 async def model_metadata(name: str, request: Request, version: str | None = None):
     try:
-        if graph := kserve_graph.find(request.app.state.registry, name):
-            return await kserve_graph.metadata(kserve_graph.checked(graph, version))
-        return models.model_metadata(models.find_runner(request.app.state.scorer, name, version))
+        return plane(request).model_metadata(name, version)
     except APIError as err:
         return kserve_error(err)
 
@@ -81,53 +82,37 @@ async def model_metadata(name: str, request: Request, version: str | None = None
 @router.get("/models/{name}/versions/{version}/config")
 async def model_config(name: str, request: Request, version: str | None = None):
     try:
-        if graph := kserve_graph.find(request.app.state.registry, name):
-            return await kserve_graph.config(kserve_graph.checked(graph, version))
-        return models.model_config(models.find_runner(request.app.state.scorer, name, version))
+        return plane(request).model_config(name, version)
     except APIError as err:
         return kserve_error(err)
 
 
 @router.post("/repository/index")
 async def repository_index(request: Request):
-    out = []
-    for name, runner in kserve_graph.repository(request.app.state.registry):
-        entry = {"name": name, "version": models.VERSION, "state": models.REPOSITORY_STATES[runner.status]}
-        if runner.error:
-            entry["reason"] = runner.error
-        out.append(entry)
-    return out
+    """The body, optional, is KServe's `{"ready": true}` (only the models ready)."""
+    try:
+        body = await request.body()
+        options = _object(parse_json(body, "request body"), "request body") if body.strip() else {}
+        ready = options.get("ready", False)
+        if not isinstance(ready, bool):
+            raise APIError(400, "invalid_request", "must be true or false", "ready")
+        return plane(request).repository_index(ready)
+    except APIError as err:
+        return kserve_error(err)
 
 
 @router.post("/models/{name}/infer")
 @router.post("/models/{name}/versions/{version}/infer")
 async def infer(name: str, request: Request, version: str | None = None):
-    if graph := kserve_graph.find(request.app.state.registry, name):
-        return await _infer_graph(graph, request, version)
-    try:
-        runner = models.find_runner(request.app.state.scorer, name, version)
-        header, tensors, binary_out = _decode(*await _body(request))
-        job, group = inference.score_job_for(runner, tensors, header.get("parameters") or {})
-        try:
-            scored = await unless_disconnected(request, request.app.state.scorer.score(job))
-        except APIError as err:
-            raise inference.tensor_error(err, group) from None
-        requested = [out["name"] for out in header["outputs"]] if header.get("outputs") else None
-        outputs = inference.output_tensors(runner, scored, requested)
-    except APIError as err:
-        return kserve_error(err)
-    return _encode(header, runner.name, inference.response_parameters(scored), outputs, binary_out)
-
-
-async def _infer_graph(graph: kserve_graph.GraphModel, request: Request, version: str | None) -> Response:
     try:
         header, tensors, binary_out = _decode(*await _body(request))
         requested = [out["name"] for out in header["outputs"]] if header.get("outputs") else None
-        work = kserve_graph.infer(kserve_graph.checked(graph, version), tensors, requested)
-        outputs = await unless_disconnected(request, work)
+        call = InferRequest(name, version, tensors, _object(header.get("parameters"), "parameters"), requested,
+                            header.get("id"))
+        answer = await unless_disconnected(request, plane(request).infer(call))
     except APIError as err:
         return kserve_error(err)
-    return _encode(header, graph.name, None, outputs, binary_out)
+    return _encode(answer, "id" in header, binary_out)
 
 
 async def _body(request: Request) -> tuple[bytes, int]:
@@ -198,15 +183,15 @@ def _object(value, field: str) -> dict:
     return value
 
 
-def _encode(header: dict, name: str, parameters: dict | None, outputs, binary_out: dict[str, bool]) -> Response:
-    body: dict = {"model_name": name, "model_version": models.VERSION}
-    if "id" in header:
-        body["id"] = header["id"]
-    if parameters is not None:
-        body["parameters"] = parameters
+def _encode(answer: InferResponse, echo_id: bool, binary_out: dict[str, bool]) -> Response:
+    body: dict = {"model_name": answer.model_name, "model_version": answer.model_version}
+    if echo_id:
+        body["id"] = answer.id
+    if answer.parameters is not None:
+        body["parameters"] = answer.parameters
     chunks: list[bytes] = []
     tensors = []
-    for spec, array in outputs:
+    for spec, array in answer.outputs:
         tensor = spec.metadata()
         if binary_out.get(spec.name, binary_out[""]):
             raw = to_raw(spec.datatype, array)

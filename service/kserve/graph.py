@@ -3,8 +3,10 @@ opt-in per model (`serve_graph: true`), named `<model>-graph`, its inputs and ou
 the graph's (models.graph: int64 `input_ids`, `attention_mask`, [`token_type_ids`],
 [`prompt_end`] in; float32 `values`, [`gating_weights`, `gated_score`] or `step_logits` out),
 its metadata and config those of an `onnxruntime_onnx` model with max_batch_size 0. Each
-request is one forward of the engine on the batch as given, with no scheduler, cache or
-heads: Triton with dynamic batching off. So a Triton model repository and this endpoint are
+request is one forward of the engine on the batch as given, with no batching, cache or
+heads: Triton with dynamic batching off. It runs on the model's forward thread between the
+scheduler's batches and is admitted to the model's queue like a request of one item per row
+(ModelRunner.run_forward). So a Triton model repository and this endpoint are
 interchangeable peers for `backend: triton`, and the tests drive that engine against it.
 
 Rows must be right-padded as the graph expects (an attention mask of ones, then zeros); a
@@ -12,7 +14,6 @@ tensor that breaks the contract is refused with 400 naming it, before the forwar
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,8 +21,10 @@ import torch
 
 from models.graph import AXES
 from service.core.errors import APIError
+from service.engine.admission import QueueFull
 from service.engine.registry import ModelRegistry
 from service.engine.runner import ModelRunner
+from service.engine.scheduler import Priority
 from service.kserve.models import MODEL_CONFIG_TYPES, VERSION
 from service.kserve.tensors import DTYPES, TensorSpec, bad_input
 
@@ -36,10 +39,6 @@ class GraphModel:
 
     name: str
     runner: ModelRunner
-
-    @property
-    def ready(self) -> bool:
-        return self.runner.status == "ready"
 
 
 def find(registry: ModelRegistry, name: str) -> GraphModel | None:
@@ -57,40 +56,26 @@ def repository(registry: ModelRegistry) -> list[tuple[str, ModelRunner]]:
     return [(r.name, r) for r in registry.runners.values()] + graphs
 
 
-def checked(graph: GraphModel, version: str | None) -> GraphModel:
-    """`graph`, ready to describe or run at `version` (404 for another version, 503 while its
-    model is not ready)."""
-    if version not in (None, "", VERSION):
-        raise APIError(404, "model_not_found", f"model {graph.name!r} has no version {version!r}; "
-                       f"served: {VERSION}", "model_version")
-    if not graph.ready:
-        detail = f": {graph.runner.error}" if graph.runner.error else ""
-        raise APIError(503, f"model_{graph.runner.status}", f"model {graph.name!r} is {graph.runner.status}{detail}",
-                       "model")
-    return graph
-
-
 # ---- description ------------------------------------------------------------------------
 
 
-async def tensor_specs(graph: GraphModel) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """Inputs and outputs as the ONNX file declares them (the first call runs one small
-    forward to read the fixed output sizes; the model keeps the result)."""
-    inputs, outputs = await asyncio.to_thread(lambda: graph.runner.model.graph_contract)
+def tensor_specs(graph: GraphModel) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Inputs and outputs as the ONNX file declares them (read when the model loaded)."""
+    inputs, outputs = graph.runner.model.graph_contract
     return ([TensorSpec(name, INPUT_DATATYPE, shape) for name, shape in inputs.items()],
             [TensorSpec(name, OUTPUT_DATATYPE, shape) for name, shape in outputs.items()])
 
 
-async def metadata(graph: GraphModel) -> dict:
-    inputs, outputs = await tensor_specs(graph)
+def metadata(graph: GraphModel) -> dict:
+    inputs, outputs = tensor_specs(graph)
     return {"name": graph.name, "versions": [VERSION], "platform": PLATFORM,
             "inputs": [spec.metadata() for spec in inputs], "outputs": [spec.metadata() for spec in outputs]}
 
 
-async def config(graph: GraphModel) -> dict:
+def config(graph: GraphModel) -> dict:
     """The Triton model configuration (model_config.proto's JSON form) that
     deploy/triton/<model>/config.pbtxt spells out for the exported file."""
-    inputs, outputs = await tensor_specs(graph)
+    inputs, outputs = tensor_specs(graph)
 
     def tensor(spec: TensorSpec) -> dict:
         return {"name": spec.name, "data_type": MODEL_CONFIG_TYPES[spec.datatype], "dims": spec.shape}
@@ -159,19 +144,24 @@ def _validated(graph: GraphModel, tensors: dict[str, np.ndarray], input_names: l
     return {name: tensors[name] for name in input_names}
 
 
-async def infer(graph: GraphModel, tensors: dict[str, np.ndarray],
-                requested: list[str] | None) -> list[tuple[TensorSpec, np.ndarray]]:
-    """One forward of the engine on the batch as given; the requested outputs (all when
-    None), in the order requested. The engine runs in a worker thread."""
-    input_specs, output_specs = await tensor_specs(graph)
+async def infer(graph: GraphModel, tensors: dict[str, np.ndarray], requested: list[str] | None,
+                priority: Priority) -> list[tuple[TensorSpec, np.ndarray]]:
+    """One forward of the engine on the batch as given, on the model's forward thread and
+    admitted to its queue (429 past its bounds); the requested outputs (all when None), in
+    the order requested."""
+    input_specs, output_specs = tensor_specs(graph)
     inputs = _validated(graph, tensors, [spec.name for spec in input_specs])
     names = requested or [spec.name for spec in output_specs]
     for name in names:
         if name not in {spec.name for spec in output_specs}:
             raise bad_input(name, f"no such output; model {graph.name!r} gives {[s.name for s in output_specs]}")
     engine = graph.runner.model.engine
+    rows, width = inputs["input_ids"].shape
     try:
-        outputs = await asyncio.to_thread(engine, {name: torch.tensor(array) for name, array in inputs.items()})
+        outputs = await graph.runner.run_forward(
+            lambda: engine({name: torch.tensor(array) for name, array in inputs.items()}), rows, rows * width, priority)
+    except QueueFull as err:
+        raise APIError.from_queue_full(err) from err
     except Exception as err:
         raise APIError(500, "inference_failed", f"{graph.name}: {type(err).__name__}: {err}") from err
     arrays = {name: outputs[name].numpy().astype(np.float32, copy=False) for name in names}

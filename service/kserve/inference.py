@@ -1,9 +1,9 @@
 """Scoring over KServe v2 (Open Inference Protocol, Triton), independent of transport:
-the HTTP routes (service/http/kserve.py) and the gRPC service (service/grpc/kserve_service.py)
-decode their wire formats into numpy arrays, turn them into a `ScoreJob` here, and encode
-the tensors made here from the `Scored` result. Items are validated by /v1/score's own
-request model, so an input gets the same error by every protocol, with its field named in
-tensor terms (`items[2].input_ids[7]` becomes `input_ids[2, 7]`).
+the data plane (service/kserve/dataplane.py) hands a reward model's `InferRequest` here,
+whose tensors become a `ScoreJob`, and the `Scored` result becomes the output tensors.
+Items are validated by /v1/score's own request model, so an input gets the same error by
+every protocol, with its field named in tensor terms (`items[2].input_ids[7]` becomes
+`input_ids[2, 7]`).
 
 Inputs (one group per request; N items):
 
@@ -33,10 +33,11 @@ import re
 import numpy as np
 
 from service.core.errors import APIError
-from service.core.scoring import Scored, ScoreJob, parse_score_request, score_job
+from service.core.scoring import Scored, ScoreJob, Scorer, parse_score_request, score_job
 from service.engine.runner import ModelRunner
 from service.kserve.models import input_specs, output_specs
 from service.kserve.tensors import TensorSpec, bad_input, parse_json
+from service.kserve.types import InferRequest
 
 GROUPS = {  # the inputs of each item form, the first being the one that names an item
     "tokens": ("input_ids", "lengths", "prompt_length"),
@@ -253,16 +254,34 @@ def tensor_error(err: APIError, group: str) -> APIError:
     return APIError(err.status, err.code, message, field, err.headers)
 
 
+async def infer(scorer: Scorer, runner: ModelRunner,
+                request: InferRequest) -> tuple[list[tuple[TensorSpec, np.ndarray]], dict[str, str]]:
+    """The request scored by `runner`'s model: its output tensors and response parameters."""
+    job, group = score_job_for(runner, request.inputs, request.parameters, request.deadline_ms)
+    output_names(runner, request.outputs)  # an unknown output is refused before any forward
+    try:
+        scored = await scorer.score(job)
+    except APIError as err:
+        raise tensor_error(err, group) from None
+    return output_tensors(runner, scored, request.outputs), response_parameters(scored)
+
+
 # ---- responses --------------------------------------------------------------------------
+
+
+def output_names(runner: ModelRunner, requested: list[str] | None) -> list[str]:
+    """The requested outputs (all, when None), in the order requested."""
+    names = [spec.name for spec in output_specs(runner)]
+    for name in requested or ():
+        if name not in names:
+            raise bad_input(name, f"no such output; model {runner.name!r} gives {names}")
+    return requested or names
 
 
 def output_tensors(runner: ModelRunner, scored: Scored, requested: list[str] | None) -> list[tuple[TensorSpec, np.ndarray]]:
     """The requested outputs (all, when None), in the order requested."""
     specs = {spec.name: spec for spec in output_specs(runner)}
-    names = list(specs) if not requested else requested
-    for name in names:
-        if name not in specs:
-            raise bad_input(name, f"no such output; model {runner.name!r} gives {list(specs)}")
+    names = output_names(runner, requested)
     outs = scored.outputs
     arrays = {}
     for name in names:

@@ -1,21 +1,16 @@
-"""What each served model looks like over KServe v2: its input and output tensors, its
-metadata and its Triton model configuration, and the lookups (by name and version) every
-KServe route starts with."""
+"""What each served reward model looks like over KServe v2: its input and output tensors,
+its metadata and its Triton model configuration."""
 
 from __future__ import annotations
 
 import json
 
 from models.spec import ModelKind
-from service.core.errors import APIError
-from service.core.scoring import Scorer
 from service.engine.runner import ModelRunner
 from service.kserve.tensors import TensorSpec
 
 PLATFORM = "rewardserve"
 VERSION = "1"
-SERVER_NAME = "rewardserve"
-EXTENSIONS = ["binary_tensor_data", "model_repository", "parameters"]
 MODEL_CONFIG_TYPES = {"BYTES": "TYPE_STRING", "INT64": "TYPE_INT64", "INT32": "TYPE_INT32",
                       "FP32": "TYPE_FP32", "BOOL": "TYPE_BOOL"}
 
@@ -79,29 +74,3 @@ def model_config(runner: ModelRunner) -> dict:
         "output": [tensor(spec) for spec in output_specs(runner)],
         "parameters": {k: {"string_value": v} for k, v in model_parameters(runner).items()},
     }
-
-
-def server_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("rewardserve")
-    except PackageNotFoundError:
-        return "0"
-
-
-def check_version(runner: ModelRunner, version: str | None) -> None:
-    if version not in (None, "", VERSION):
-        raise APIError(404, "model_not_found", f"model {runner.name!r} has no version {version!r}; served: {VERSION}",
-                       "model_version")
-
-
-def find_runner(scorer: Scorer, name: str, version: str | None = None, ready: bool = True) -> ModelRunner:
-    """The runner of model `name` at `version` (404 for another version; with `ready`, 503
-    while it is not ready)."""
-    runner = scorer.runner(name, ready=ready)
-    check_version(runner, version)
-    return runner
-
-
-REPOSITORY_STATES = {"ready": "READY", "loading": "LOADING", "failed": "UNAVAILABLE"}

@@ -1,0 +1,141 @@
+"""The one KServe v2 data plane: server live, ready and metadata, model ready, metadata and
+config, the repository index and inference, answered the same whichever transport asks.
+The HTTP routes (service/http/kserve.py) and the gRPC service (service/grpc/kserve_service.py)
+only decode their requests into calls here and encode the answers; its errors are
+`APIError`s, which leave each transport with the status `STATUSES` gives them.
+
+A KServe model is a served reward model (by its name or an alias: service/kserve/inference.py)
+or a served graph (`<model>-graph`: service/kserve/graph.py). Each has the one version
+`VERSION`; any other is 404, like a name nobody serves."""
+
+from __future__ import annotations
+
+import logging
+from importlib.metadata import PackageNotFoundError, version
+
+from service.core.errors import APIError
+from service.core.scoring import Scorer
+from service.engine.runner import ModelRunner
+from service.engine.scheduler import Priority
+from service.kserve import graph as graphs
+from service.kserve import inference, models
+from service.kserve.graph import GraphModel
+from service.kserve.models import VERSION
+from service.kserve.types import InferRequest, InferResponse
+
+log = logging.getLogger("rewardserve")
+
+SERVER_NAME = "rewardserve"
+EXTENSIONS = ["binary_tensor_data", "model_repository", "parameters"]
+REPOSITORY_STATES = {"ready": "READY", "loading": "LOADING", "failed": "UNAVAILABLE"}
+
+# How an error leaves each transport: APIError.status -> (HTTP status, gRPC status code name).
+# KServe has no 422: an input the scoring core refuses is a bad request like any other.
+STATUSES = {
+    400: (400, "INVALID_ARGUMENT"),
+    404: (404, "NOT_FOUND"),
+    422: (400, "INVALID_ARGUMENT"),
+    429: (429, "RESOURCE_EXHAUSTED"),
+    499: (499, "CANCELLED"),
+    500: (500, "INTERNAL"),
+    503: (503, "UNAVAILABLE"),
+    504: (504, "DEADLINE_EXCEEDED"),
+}
+
+
+def wire_status(err: APIError) -> tuple[int, str]:
+    """(HTTP status, gRPC status code name) of an error."""
+    return STATUSES.get(err.status) or ((400, "INVALID_ARGUMENT") if err.status < 500 else (500, "INTERNAL"))
+
+
+def unexpected(err: Exception) -> APIError:
+    """A failure no check foresaw, reported as 500 (and logged with its traceback)."""
+    log.error("unhandled error in a KServe call", exc_info=err)
+    return APIError(500, "internal_error", f"{type(err).__name__}: {err}")
+
+
+def server_version() -> str:
+    try:
+        return version("rewardserve")
+    except PackageNotFoundError:
+        return "0"
+
+
+class DataPlane:
+    """Holds nothing but the scorer (and its registry), so each transport makes its own."""
+
+    def __init__(self, scorer: Scorer):
+        self.scorer = scorer
+        self.registry = scorer.registry
+
+    # ---- the server ----------------------------------------------------------------
+
+    def server_live(self) -> bool:
+        return True
+
+    def server_ready(self) -> bool:
+        return self.registry.ready
+
+    def server_metadata(self) -> dict:
+        return {"name": SERVER_NAME, "version": server_version(), "extensions": EXTENSIONS}
+
+    def repository_index(self, ready: bool = False) -> list[dict]:
+        """Every KServe model (with `ready`, those ready), its state and why it failed."""
+        index = []
+        for name, runner in graphs.repository(self.registry):
+            if ready and runner.status != "ready":
+                continue
+            entry = {"name": name, "version": VERSION, "state": REPOSITORY_STATES[runner.status]}
+            index.append({**entry, "reason": runner.error} if runner.error else entry)
+        return index
+
+    # ---- one model -----------------------------------------------------------------
+
+    def model_ready(self, name: str, version: str | None = None) -> bool:
+        """Whether the model can answer now (404 for a model or version nobody serves)."""
+        return _runner(self._find(name, version)).status == "ready"
+
+    def model_metadata(self, name: str, version: str | None = None) -> dict:
+        served = self._ready(name, version)
+        return graphs.metadata(served) if isinstance(served, GraphModel) else models.model_metadata(served)
+
+    def model_config(self, name: str, version: str | None = None) -> dict:
+        """The Triton model configuration, in model_config.proto's JSON form."""
+        served = self._ready(name, version)
+        return graphs.config(served) if isinstance(served, GraphModel) else models.model_config(served)
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        served = self._ready(request.model_name, request.model_version)
+        try:
+            if isinstance(served, GraphModel):
+                priority = Priority(self.scorer.settings.default_priority)
+                outputs = await graphs.infer(served, request.inputs, request.outputs, priority)
+                parameters = None
+            else:
+                outputs, parameters = await inference.infer(self.scorer, served, request)
+        except APIError:
+            raise
+        except Exception as err:  # noqa: BLE001 - reported as 500
+            raise unexpected(err) from err
+        return InferResponse(served.name, VERSION, outputs, parameters, request.id)
+
+    def _find(self, name: str, version: str | None) -> ModelRunner | GraphModel:
+        """The served graph or reward model called `name` (aliases too), in whatever state."""
+        served = graphs.find(self.registry, name) or self.scorer.runner(name, ready=False)
+        if version not in (None, "", VERSION):
+            raise APIError(404, "model_not_found", f"model {served.name!r} has no version {version!r}; "
+                           f"served: {VERSION}", "model_version")
+        return served
+
+    def _ready(self, name: str, version: str | None) -> ModelRunner | GraphModel:
+        """`_find`, and 503 while the model is loading or failed."""
+        served = self._find(name, version)
+        runner = _runner(served)
+        if runner.status != "ready":
+            detail = f": {runner.error}" if runner.error else ""
+            raise APIError(503, f"model_{runner.status}", f"model {served.name!r} is {runner.status}{detail}", "model")
+        return served
+
+
+def _runner(served: ModelRunner | GraphModel) -> ModelRunner:
+    return served.runner if isinstance(served, GraphModel) else served
