@@ -42,15 +42,13 @@ class DeviceMap:
         return kwargs | ({"offload_folder": self.offload_folder} if self.offload_folder else {})
 
 
-def device_map_of(name: str, backend: str, device_map, max_memory, offload_folder) -> DeviceMap | None:
+def device_map_of(name: str, device_map, max_memory, offload_folder) -> DeviceMap | None:
     """The checked device map of a load, or None when the model goes to one device; a load
     error naming the setting that is wrong."""
     if device_map is None:
         if max_memory is not None or offload_folder is not None:
             raise ModelLoadError(f"{name}: max_memory and offload_folder only apply with a device_map")
         return None
-    if backend != "torch":
-        raise ModelLoadError(f"{name}: device_map places torch weights; backend {backend!r} does not read them")
     try:
         importlib.import_module("accelerate")
     except ImportError as err:

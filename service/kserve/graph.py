@@ -169,9 +169,9 @@ async def infer(graph: GraphModel, tensors: dict[str, np.ndarray],
     for name in names:
         if name not in {spec.name for spec in output_specs}:
             raise bad_input(name, f"no such output; model {graph.name!r} gives {[s.name for s in output_specs]}")
-    engine = graph.runner.model.engine
+    backend = graph.runner.model.backend
     try:
-        outputs = await asyncio.to_thread(engine, {name: torch.tensor(array) for name, array in inputs.items()})
+        outputs = await asyncio.to_thread(backend, {name: torch.tensor(array) for name, array in inputs.items()})
     except Exception as err:
         raise APIError(500, "inference_failed", f"{graph.name}: {type(err).__name__}: {err}") from err
     arrays = {name: outputs[name].numpy().astype(np.float32, copy=False) for name in names}
