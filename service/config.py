@@ -85,7 +85,7 @@ class ModelConfig(BaseModel):
             if new_key in backend:
                 raise ValueError(f"{key} and backend.{new_key} both given; keep backend.{new_key}")
             backend[new_key] = value
-        old = ", ".join([f"`backend: {data['backend']}`"] * named + [f"`{key}`" for key in flat])
+        old = ", ".join(([f"`backend: {kind}`"] if named else []) + [f"`{key}`" for key in flat])
         new = ", ".join(f"{key}: {value}" for key, value in backend.items())
         log.warning("model %s: %s deprecated; write `backend: {%s}`", data.get("name"), old, new)
         return {k: v for k, v in data.items() if k not in flat} | {"backend": backend}

@@ -187,7 +187,8 @@ def test_model_config_validates_and_passes_the_placement(tiny_model_dirs):
     with pytest.raises(ValidationError, match="device_map places the model; leave device at 'auto'"):
         ModelConfig(name="m", path=path, device="cuda:1", backend={"type": "torch", "device_map": "auto"})
     budget = offloading(tiny_model_dirs["llama-scalar"])["backend"].max_memory["cpu"]
-    config = ModelConfig(name="m", path=path, backend={"type": "torch", "device_map": "auto", "max_memory": {"cpu": budget}})
+    config = ModelConfig(name="m", path=path,
+                         backend={"type": "torch", "device_map": "auto", "max_memory": {"cpu": budget}})
     runner = ModelRunner(config, Settings(models=[config]))
     runner.load()
     assert runner.status == "ready", runner.error

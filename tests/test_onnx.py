@@ -20,6 +20,7 @@ from http_helpers import (
     wait_until_loaded,
     write_config,
 )
+from models.backends.base import Backend
 from models.backends.config import OnnxRuntimeConfig
 from models.backends.onnx import ONNX_FILENAME
 from models.errors import ModelLoadError
@@ -59,6 +60,7 @@ def test_onnx_matches_torch_on_mixed_lengths(name, exported, load_tiny, assert_o
     torch_model = load_tiny(name)
     onnx_model = RewardModel.load(name, exported[name], backend=ONNX)
     assert onnx_model.info.architecture == f"onnx:{torch_model.info.architecture}"
+    assert isinstance(onnx_model.backend, Backend) and onnx_model.backend.graph is None
     assert onnx_model.revision != torch_model.revision
     items = [served_input(item) for item in sample_items(torch_model)]
     batched = onnx_model.score(items)

@@ -33,6 +33,7 @@ from http_helpers import (
 from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
+from models.backends.base import Backend
 from models.backends.config import TritonConfig
 from models.errors import ModelLoadError
 from models.onnx_export import export_onnx
@@ -126,6 +127,7 @@ def test_triton_backend_matches_the_torch_reference(name, protocol, peer, tiny_m
     torch_model = load_tiny(name)
     model = load_remote(name, tiny_model_dirs[name], peer, protocol)
     assert model.info.architecture == f"triton:{name}-graph@1"
+    assert isinstance(model.backend, Backend) and model.backend.graph is None
     items = [served_input(item) for item in sample_items(torch_model)]
     assert_outputs_match(model.score(items), [torch_model.score([item])[0] for item in items], tol=TOL)
 
@@ -184,7 +186,8 @@ def test_triton_backend_needs_a_url():
 def test_without_tritonclient_the_load_error_names_the_extra(protocol, tiny_model_dirs, monkeypatch):
     monkeypatch.setitem(sys.modules, f"tritonclient.{protocol}", None)  # as when it is not installed
     with pytest.raises(ModelLoadError, match=rf"tritonclient.{protocol} is not installed .*'rewardserve\[triton\]'"):
-        RewardModel.load("rm", tiny_model_dirs["llama-scalar"], backend=TritonConfig(url="127.0.0.1:1", protocol=protocol))
+        RewardModel.load("rm", tiny_model_dirs["llama-scalar"],
+                         backend=TritonConfig(url="127.0.0.1:1", protocol=protocol))
 
 
 # ---- serving through a triton-backed server ---------------------------------------------

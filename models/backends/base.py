@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from models.errors import ModelLoadError
 
@@ -53,6 +53,7 @@ class Support:
         return self.missing is None and (requested is True or (requested is None and self.by_default))
 
 
+@runtime_checkable
 class Backend(Protocol):
     architecture: str  # what model info shows
     output_width: int | None  # head outputs; None for a step-tag LM read at its candidate tokens

@@ -45,7 +45,8 @@ class TritonConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     type: Literal["triton"] = "triton"
-    url: str = Field(pattern=r"^[^/]+:\d+$", description="host:port of the server, no scheme (Triton: 8001 gRPC, 8000 HTTP)")
+    url: str = Field(pattern=r"^[^/]+:\d+$",
+                     description="host:port of the server, no scheme (Triton: 8001 gRPC, 8000 HTTP)")
     protocol: Literal["http", "grpc"] = Field("grpc", description="tritonclient transport")
     model: str | None = Field(None, description="the model's name there; default: the served model's name")
     version: str = Field("", pattern=r"^\d*$", description="'' is the newest ready version, pinned at load")

@@ -21,7 +21,8 @@ from models.shared_prefix import shared_forward, why_not_shared
 def load(config: TorchConfig, source: ModelSource) -> TorchBackend:
     dispatch = device_map_of(source.name, config.device_map, config.max_memory, config.offload_folder)
     if not any(source.backbone_dir.glob("*.safetensors")):
-        raise ModelLoadError(f"{source.backbone_dir} has no safetensors weights; pickle checkpoints (.bin/.pt) are refused")
+        raise ModelLoadError(
+            f"{source.backbone_dir} has no safetensors weights; pickle checkpoints (.bin/.pt) are refused")
     graph = build_graph(source.backbone_dir, source.model_dir, source.spec, source.config, source.tokenizer,
                         source.device, source.dtype, dispatch)
     return TorchBackend(graph, placement_of(graph.model) if dispatch else source.device)
