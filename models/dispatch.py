@@ -9,13 +9,15 @@ from __future__ import annotations
 import importlib
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import get_args
 
 import torch
 from torch import nn
 
+from models.backends.config import DeviceMapStrategy
 from models.errors import ModelLoadError
 
-STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate computes the map
+STRATEGIES = get_args(DeviceMapStrategy)
 NAMED_DEVICES = ("cpu", "disk", "mps")  # the max_memory keys accelerate takes besides GPU indices
 
 

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-DEVICE_MAP_STRATEGIES = Literal["auto", "balanced", "balanced_low_0", "sequential"]
+DeviceMapStrategy = Literal["auto", "balanced", "balanced_low_0", "sequential"]  # accelerate computes the map
 
 
 class TorchConfig(BaseModel):
@@ -17,7 +17,7 @@ class TorchConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     type: Literal["torch"] = "torch"
-    device_map: DEVICE_MAP_STRATEGIES | dict[str, int | str] | None = Field(None, description=(
+    device_map: DeviceMapStrategy | dict[str, int | str] | None = Field(None, description=(
         "spread a model too large for one GPU over the host's devices, as transformers' device_map does: a "
         "strategy ('auto': evenly over the GPUs, then CPU memory, then disk) or {module name: GPU index, 'cpu' or "
         "'disk'}; null: the whole model on the model's `device`"))
