@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from models.backends.config import OnnxRuntimeConfig, TorchConfig
 from models.inputs import Encoded, ScoreInput, TextPair, TokenIds
 from models.reward_model import RewardModel
 from service.config import BUILTIN_DIR
@@ -22,8 +23,8 @@ def load(model_dir: Path | None = None, name: str = DEFAULT_MODEL, threads: int 
     torch's intra-op threads."""
     if threads:
         torch.set_num_threads(threads)
-    backend = "onnxruntime" if onnx_file else "torch"
-    return RewardModel.load(name, model_dir or BUILTIN_DIR / DEFAULT_MODEL, backend=backend, onnx_file=onnx_file)
+    backend = OnnxRuntimeConfig(file=str(onnx_file)) if onnx_file else TorchConfig()
+    return RewardModel.load(name, model_dir or BUILTIN_DIR / DEFAULT_MODEL, backend=backend)
 
 
 def to_input(item: dict) -> ScoreInput:

@@ -358,9 +358,9 @@ def render(*, quick: bool, command: str, started: float, elapsed_s: float, load:
         ("- Padding ratio (padded tokens that are padding), counted from the batches each system formed: `/stats` on "
         "the baselines, the `rewardserve_batch_real_tokens_total` and `rewardserve_batch_padded_tokens_sum` metrics "
         "on rewardserve."),
-        ("- **rewardserve-onnxruntime**: the same server and settings with `backend: onnxruntime`, on the model "
-        "exported by `rewardserve export-onnx` at the start of the run; the onnxruntime raw ceiling runs the same "
-        "batches through that ONNX file in-process."),
+        ("- **rewardserve-onnxruntime**: the same server and settings with `backend: {type: onnxruntime}`, on the "
+        "model exported by `rewardserve export-onnx` at the start of the run; the onnxruntime raw ceiling runs the "
+        "same batches through that ONNX file in-process."),
         (f"- **Result cache**: rl-bulk with {plan.duplicate_share:.0%} of its items replaced by exact repeats "
         "(`workloads.with_duplicates`: half from the item's own group, half from earlier requests), "
         f"{plan.rl_bulk_concurrency} requests in flight, against three fresh servers: cache off (in-flight dedup "

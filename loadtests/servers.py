@@ -54,7 +54,7 @@ def ours_settings(model_name: str, model_path: str, onnx_file: Path | None = Non
     `extra`: any other settings."""
     model = {"name": model_name, "path": model_path, "cache": cache != "off"}
     if onnx_file:
-        model.update(backend="onnxruntime", onnx_file=str(onnx_file))
+        model["backend"] = {"type": "onnxruntime", "file": str(onnx_file)}
     settings = {"models": [model], "grpc_port": 0, "cache_max_bytes": 256 * 2**20 if cache == "lru" else 0}
     if cache == "redis":
         settings["redis_url"] = redis_url

@@ -9,13 +9,15 @@ from __future__ import annotations
 import importlib
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import get_args
 
 import torch
 from torch import nn
 
+from models.backends.config import DeviceMapStrategy
 from models.errors import ModelLoadError
 
-STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate computes the map
+STRATEGIES = get_args(DeviceMapStrategy)
 NAMED_DEVICES = ("cpu", "disk", "mps")  # the max_memory keys accelerate takes besides GPU indices
 
 
@@ -42,15 +44,13 @@ class DeviceMap:
         return kwargs | ({"offload_folder": self.offload_folder} if self.offload_folder else {})
 
 
-def device_map_of(name: str, backend: str, device_map, max_memory, offload_folder) -> DeviceMap | None:
+def device_map_of(name: str, device_map, max_memory, offload_folder) -> DeviceMap | None:
     """The checked device map of a load, or None when the model goes to one device; a load
     error naming the setting that is wrong."""
     if device_map is None:
         if max_memory is not None or offload_folder is not None:
             raise ModelLoadError(f"{name}: max_memory and offload_folder only apply with a device_map")
         return None
-    if backend != "torch":
-        raise ModelLoadError(f"{name}: device_map places torch weights; backend {backend!r} does not read them")
     try:
         importlib.import_module("accelerate")
     except ImportError as err:

@@ -56,12 +56,12 @@ def pair_loss(model: RewardModel, batch: Sequence[tuple[Encoded, Encoded]]) -> t
 def sequence_values(model: RewardModel, batch: list[Encoded]) -> torch.Tensor:
     """The graph's `values` output [N, outputs], with gradients."""
     inputs = {k: v.to(model.device) for k, v in model.model_inputs(batch).items()}
-    return model.engine.graph(**inputs)[0].float()
+    return model.backend.graph(**inputs)[0].float()
 
 
 def trained_parameters(model: RewardModel) -> tuple[list, list]:
     """(backbone, head) parameters that train; the frozen ones stop taking gradients."""
-    graph = model.engine.graph
+    graph = model.backend.graph
     backbone = []
     for name, param in graph.model.named_parameters():
         param.requires_grad_(not name.startswith(FROZEN))
@@ -85,7 +85,7 @@ def fine_tune(model: RewardModel, records: list[Example], loss: Callable[[Reward
     warmup = max(1, int(schedule.warmup * steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / max(1, steps - warmup))))
-    graph = model.engine.graph
+    graph = model.backend.graph
     best, best_state = _checked(model, validate), _trained_state(model)
     log(f"step 0/{steps}: validation {best:.4f}")
     started, batches = time.perf_counter(), []
@@ -129,20 +129,20 @@ def _length_batches(records: list, size: int, rng: random.Random) -> list:
 
 
 def _checked(model: RewardModel, validate: Callable[[RewardModel], float]) -> float:
-    model.engine.graph.eval()
+    model.backend.graph.eval()
     with torch.inference_mode():
         return validate(model)
 
 
 def _trained_state(model: RewardModel) -> dict[str, torch.Tensor]:
-    graph = model.engine.graph
+    graph = model.backend.graph
     return {name: p.detach().clone() for name, p in graph.named_parameters() if p.requires_grad}
 
 
 def save_fine_tune(model: RewardModel, backbone_file, head_file) -> None:
     """The trained backbone tensors in float16 (half the size; the report reloads these
     files, so what it measures is what ships) and the head file in float32."""
-    graph = model.engine.graph
+    graph = model.backend.graph
     trained = {n.removeprefix("model."): p.detach().half().contiguous()
                for n, p in graph.named_parameters() if p.requires_grad and n.startswith("model.")}
     save_file(trained, str(backbone_file))

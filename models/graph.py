@@ -1,6 +1,6 @@
 """The tensor part of a reward model as one module: a right-padded batch in, the tensors the
-heads read out. The torch engine runs it as it is; `export-onnx` exports exactly this module,
-so every engine computes the same function. The torch engine may run decoders packed instead
+heads read out. The torch backend runs it as it is; `export-onnx` exports exactly this module,
+so every backend computes the same function. The torch backend may run decoders packed instead
 (`RewardGraph.packed`: the batch as one row, no padding), reading the same outputs.
 
 Outputs, by kind:
@@ -80,7 +80,7 @@ class RewardGraph(nn.Module):
 
     def packed(self, input_ids, position_ids, seq_starts, prompt_end=None,
                step_positions=None) -> tuple[torch.Tensor, ...]:
-        """The padding-free forward of a decoder (torch engine only): the items end to end in
+        """The padding-free forward of a decoder (torch backend only): the items end to end in
         one row [1, N], `position_ids` restarting at 0 for each, no attention mask, so that
         transformers' masking keeps every item to itself (a block-diagonal causal mask for
         sdpa and eager, varlen kernels for flash attention). `seq_starts`, `prompt_end` and
@@ -92,6 +92,15 @@ class RewardGraph(nn.Module):
         hidden = self.hidden(input_ids, backbone)[0]
         gate_states = hidden[prompt_end] if self.gated else None
         return self._read(self._pool_packed(hidden, input_ids[0], position_ids[0], seq_starts), gate_states)
+
+    @property
+    def output_width(self) -> int | None:
+        """Head outputs per item; None for a step-tag LM, read at its candidate tokens."""
+        if self.step_tag_ids is not None:
+            return None
+        if self.reward_logit_index is not None:
+            return 1
+        return self.head.reward.out_features if self.head is not None else self.model.config.num_labels
 
     @property
     def base(self) -> nn.Module:

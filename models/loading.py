@@ -1,7 +1,7 @@
 """A checkpoint directory as a verified torch module: the transformers class its reward spec
 implies, every tensor of the checkpoint read and none left random, on one device or spread
 over several by a device map (models.dispatch), with our head file where the backbone's
-final states come out, as the graph the engines run (models.graph)."""
+final states come out, as the graph the backends run (models.graph)."""
 
 from __future__ import annotations
 

@@ -1,15 +1,15 @@
 """Export a reward model's whole graph (backbone and reward head, gating included) to ONNX
-with dynamic batch and sequence axes, for the onnxruntime engine."""
+with dynamic batch and sequence axes, for the onnxruntime and triton backends."""
 
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
 
-import onnx
 import torch
 
-from models.engines import META_ARCHITECTURE, META_OUTPUT_WIDTH, graph_output_width
+from models.backends import import_extra
+from models.backends.onnx import EXTRA, META_ARCHITECTURE, META_OUTPUT_WIDTH
 from models.graph import AXES
 from models.reward_model import RewardModel, warmup_inputs
 
@@ -17,9 +17,10 @@ OPSET = 17
 
 
 def export_onnx(model: RewardModel, path: Path) -> Path:
-    """Trace `model` (torch engine, float32) on a two-item batch of unequal lengths and
-    write the ONNX file with the metadata the onnxruntime engine reads back."""
-    graph = model.engine.graph
+    """Trace `model` (torch backend, float32) on a two-item batch of unequal lengths and
+    write the ONNX file with the metadata the onnxruntime backend reads back."""
+    onnx = import_extra("onnx", EXTRA)
+    graph = model.torch_graph
     inputs = model.model_inputs([model.encode(item, truncate="right") for item in warmup_inputs(model.spec.kind)])
     path = Path(path)
     with torch.inference_mode(), warnings.catch_warnings():
@@ -32,7 +33,7 @@ def export_onnx(model: RewardModel, path: Path) -> Path:
             opset_version=OPSET, dynamo=False,
         )
     proto = onnx.load(str(path))
-    width = graph_output_width(graph)
+    width = graph.output_width
     for key, value in ((META_ARCHITECTURE, type(graph.model).__name__), (META_OUTPUT_WIDTH, "" if width is None else str(width))):
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value

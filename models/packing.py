@@ -1,6 +1,7 @@
 """Packed batches: every item of a batch end to end in one row, with no padding, for the
 decoders whose masking keeps packed items apart (RewardGraph.packed). Whether a model runs
-packed is decided once, at load; everything else runs the padded batch."""
+packed is decided once, at load (the torch backend's `packing`); everything else runs the
+padded batch."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from itertools import accumulate
 import torch
 from transformers import masking_utils
 
-from models.errors import ModelLoadError
 from models.graph import RewardGraph
 from models.inputs import Encoded
 
@@ -45,18 +45,6 @@ def why_not_packed(graph: RewardGraph) -> str | None:
     if attention not in PACKABLE_ATTENTION:
         return f"attention implementation {attention!r} does not separate packed items"
     return None
-
-
-def use_packing(name: str, requested: bool | None, graph: RewardGraph | None) -> bool:
-    """`requested` True: packed, or a load error saying why it cannot be; False: padded;
-    None (auto): packed wherever it is supported under a variable-length kernel. `graph` is
-    None for the engines that run the exported padded graph."""
-    reason = "only the torch backend runs packed" if graph is None else why_not_packed(graph)
-    if requested:
-        if reason:
-            raise ModelLoadError(f"{name}: packed: true, but this model cannot run packed: {reason}")
-        return True
-    return requested is None and reason is None and graph.model.config._attn_implementation in VARLEN_ATTENTION
 
 
 def pack(batch: list[Encoded], gated: bool, process: bool) -> dict[str, torch.Tensor]:

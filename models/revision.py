@@ -19,7 +19,7 @@ SCORING_RULES = "2"
 
 
 def fingerprint(dirs: list[Path], spec_json: str, extra_files: list[Path] = ()) -> str:
-    """`extra_files` are hashed whatever their suffix (an engine's artifact, say)."""
+    """`extra_files` are hashed whatever their suffix (a backend's artifact, say)."""
     digest = hashlib.sha256()
     digest.update(f"rules:{SCORING_RULES}".encode())
     digest.update(spec_json.encode())

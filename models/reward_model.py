@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,11 +13,12 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoTokenizer
 
-from models.dispatch import device_map_of, placement_of
+from models.backends import load_backend
+from models.backends.base import Backend, ModelSource
+from models.backends.config import BackendConfig, TorchConfig
 from models.encoding import Encoder, max_length_for
-from models.engines import ONNX_FILENAME, Engine, OnnxEngine, TorchEngine
-from models.graph import contract_shape, input_names, output_names
 from models.errors import ModelLoadError
+from models.graph import RewardGraph, contract_shape
 from models.heads import (
     RewardOutput,
     aggregate_steps,
@@ -27,12 +27,11 @@ from models.heads import (
     weighted_score,
 )
 from models.inputs import Encoded, ScoreInput, StepsInput, TextPair, Truncate
-from models.loading import DTYPES, build_graph, is_encoder_config
-from models.packing import pack, use_packing
+from models.loading import DTYPES, is_encoder_config
+from models.packing import pack
 from models.revision import fingerprint
-from models.shared_prefix import PrefixSharing, use_sharing
+from models.shared_prefix import PrefixSharing
 from models.spec import ModelKind, RewardSpec, load_spec
-from models.triton_engine import TritonEngine, TritonTarget
 
 
 @dataclass(frozen=True)
@@ -61,19 +60,19 @@ def resolve_dir(reference: str, base: Path) -> Path:
 
 
 class RewardModel:
-    """Tokenization, padding and the reading of outputs around an engine: the torch graph
-    itself, or the same graph exported to ONNX (see models.engines)."""
+    """Tokenization, padding and the reading of outputs around a compute backend
+    (models.backends): the torch graph itself, or the same graph exported to ONNX and run
+    in ONNX Runtime or on a Triton server."""
 
-    def __init__(self, name: str, spec: RewardSpec, config, tokenizer, engine: Engine, revision: str,
-                 device: str, dtype: str, packed: bool = False, prefix_sharing: PrefixSharing | None = None,
-                 placement: str | None = None):
+    def __init__(self, name: str, spec: RewardSpec, config, tokenizer, backend: Backend, revision: str,
+                 dtype: str, packed: bool = False, prefix_sharing: PrefixSharing | None = None):
         self.name = name
         self.spec = spec
         self.config = config
-        self.engine = engine
+        self.backend = backend
         self.revision = revision
-        self.device = torch.device(device)  # where inputs go
-        self.placement = placement or str(self.device)  # where the model is (devices of a device_map)
+        self.device = backend.device  # where inputs go
+        self.placement = backend.placement  # where the model is (devices of a device_map)
         self.dtype = dtype
         self.packed = packed  # forwards run the batch as one row (models.packing), not padded
         self.prefix_sharing = prefix_sharing  # groups with a common prefix run it once (models.shared_prefix)
@@ -87,63 +86,34 @@ class RewardModel:
 
     @classmethod
     def load(cls, name: str, path: str | Path, spec: dict | None = None, device: str = "cpu",
-             dtype: str = "float32", backend: str = "torch", onnx_file: str | Path | None = None,
-             triton: TritonTarget | None = None, packed: bool | None = None,
-             share_prefix: bool | None = None, device_map: str | dict | None = None,
-             max_memory: dict | None = None, offload_folder: str | Path | None = None) -> RewardModel:
-        """`backend` 'torch' loads the safetensors weights; 'onnxruntime' runs `onnx_file`
-        (default: reward.onnx in the model directory, written by `rewardserve export-onnx`);
-        'triton' sends batches to the `triton` server running that file. Only the torch
-        backend reads weights; the others need the directory's tokenizer, config and spec.
-        `packed`: run batches packed, padded, or (None) packed where supported (use_packing).
-        `share_prefix`: items of a batch with a common prefix compute it once: always, never,
-        or (None) where supported (models.shared_prefix.use_sharing).
-        `device_map` (torch only): spread the model over devices as transformers does (a
-        strategy such as "auto", or {module: device}), bounded by `max_memory` ({device: size});
-        weights it puts on disk are read in place, or written to `offload_folder` when they
-        cannot be; `device` is then unused (models.dispatch)."""
+             dtype: str = "float32", backend: BackendConfig | None = None, packed: bool | None = None,
+             share_prefix: bool | None = None) -> RewardModel:
+        """`backend` (default: torch on `device`) runs the graph (models.backends); every
+        backend needs the directory's tokenizer, config and spec, only torch its weights.
+        `packed`: run batches packed, padded, or (None) packed where the backend does by
+        default (models.packing). `share_prefix`: items of a batch with a common prefix
+        compute it once: always, never, or (None) where supported (models.shared_prefix)."""
         model_dir = Path(path).resolve()
-        dispatch = device_map_of(name, backend, device_map, max_memory, offload_folder)
         reward_spec = load_spec(model_dir, spec)
         backbone_dir = resolve_dir(reward_spec.backbone, model_dir) if reward_spec.backbone else model_dir
-        if backend == "torch" and not any(backbone_dir.glob("*.safetensors")):
-            raise ModelLoadError(
-                f"{backbone_dir} has no safetensors weights; pickle checkpoints (.bin/.pt) are refused"
-            )
         if dtype not in DTYPES:
             raise ModelLoadError(f"dtype must be one of {sorted(DTYPES)}, not {dtype!r}")
         remote = reward_spec.trust_remote_code
         tokenizer = AutoTokenizer.from_pretrained(backbone_dir, trust_remote_code=remote)
         config = AutoConfig.from_pretrained(backbone_dir, trust_remote_code=remote)
-        extra_spec, extra_files, graph, where = "", [], None, None
-        if backend == "torch":
-            graph = build_graph(backbone_dir, model_dir, reward_spec, config, tokenizer, device, dtype, dispatch)
-            engine = TorchEngine(graph)
-            if dispatch:
-                device, where = str(engine.device), placement_of(graph.model)
-        elif backend == "onnxruntime":
-            onnx_path = Path(onnx_file) if onnx_file else model_dir / ONNX_FILENAME
-            if not onnx_path.is_file():
-                raise ModelLoadError(f"{onnx_path} does not exist: run `rewardserve export-onnx` first")
-            engine = OnnxEngine(onnx_path, device)
-            extra_spec, extra_files = f"onnx:{onnx_path.name}", [onnx_path]
-        elif backend == "triton":
-            if triton is None:
-                raise ModelLoadError("backend 'triton' needs the server to send batches to (triton_url)")
-            gated = bool(reward_spec.multi_objective and reward_spec.multi_objective.aggregate == "gating")
-            engine = TritonEngine(triton, input_names(is_encoder_config(config), gated),
-                                  output_names(reward_spec, gated))
-            extra_spec = engine.identity
-        else:
-            raise ModelLoadError(f"backend must be 'torch', 'onnxruntime' or 'triton', not {backend!r}")
-        packs, sharing = use_packing(name, packed, graph), use_sharing(name, share_prefix, graph)
+        source = ModelSource(name, model_dir, backbone_dir, reward_spec, config, tokenizer, device, dtype)
+        compute = load_backend(backend or TorchConfig(), source)
+        packs = compute.packing.chosen(packed, f"{name}: packed: true, but this model cannot run packed")
+        shares = compute.prefix_sharing.chosen(
+            share_prefix, f"{name}: share_prefix: true, but this model cannot share a prompt's forward")
         own_files = [model_dir / f for f in (reward_spec.head_file, reward_spec.backbone_weights) if f]  # may lie elsewhere
-        revision = fingerprint([backbone_dir, model_dir], reward_spec.canonical_json() + extra_spec,
-                               [*own_files, *extra_files])
-        return cls(name, reward_spec, config, tokenizer, engine, revision, device, dtype, packs, sharing, where)
+        revision = fingerprint([backbone_dir, model_dir], reward_spec.canonical_json() + compute.identity,
+                               [*own_files, *compute.files])
+        return cls(name, reward_spec, config, tokenizer, compute, revision, dtype, packs,
+                   PrefixSharing() if shares else None)
 
     def _check_head_width(self) -> None:
-        width = self.engine.output_width
+        width = self.backend.output_width
         if width is None:  # a step-tag LM, read at its good/bad candidate tokens
             return
         spec = self.spec
@@ -165,20 +135,27 @@ class RewardModel:
             kind=spec.kind,
             revision=self.revision,
             max_length=self.encoder.max_length,
-            architecture=self.engine.architecture,
+            architecture=self.backend.architecture,
             dimensions=list(spec.multi_objective.dimensions) if spec.multi_objective else None,
             step_aggregate=spec.process.aggregate.value if spec.process else None,
             device=self.placement,
             dtype=self.dtype,
         )
 
+    @property
+    def torch_graph(self) -> RewardGraph:
+        """The torch module itself, for what reads inside it (head features, ONNX export)."""
+        if self.backend.graph is None:
+            raise ModelLoadError(f"{self.name} runs on {self.backend.architecture}; this needs the torch backend")
+        return self.backend.graph
+
     @functools.cached_property
     def graph_contract(self) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
         """The graph's inputs and outputs ({name: shape}, in graph order) as a model server
         declares them: -1 on dynamic axes, fixed sizes read off one warm-up forward, so they
-        are what this engine really gives, whichever engine it is."""
+        are what this backend really gives, whichever backend it is."""
         inputs = self.model_inputs([self.encode(item, truncate="right") for item in warmup_inputs(self.spec.kind)])
-        outputs = self.engine(inputs)
+        outputs = self.backend(inputs)
         return ({name: contract_shape(name, tuple(t.shape)) for name, t in inputs.items()},
                 {name: contract_shape(name, tuple(t.shape)) for name, t in outputs.items()})
 
@@ -197,9 +174,8 @@ class RewardModel:
         cores, that thread's CPU time: while a burst arrives, parsing and tokenizing it take
         cores from the forward and stretch it in wall time (2-3x), for as long as the burst
         lasts only; CPU time stays the forward's own work. On an accelerator or a remote
-        server the thread waits, so there the wall clock."""
-        on_host = isinstance(self.engine, TorchEngine) and self.engine.device.type == "cpu"
-        return time.thread_time() if on_host else time.perf_counter()
+        server the thread waits, so there the wall clock. The backend knows which."""
+        return self.backend.forward_clock()
 
     def prepare(self, batch: list[Encoded]) -> Callable[[], list[RewardOutput]]:
         """The batch's inputs built (prefix groups found, rows padded or packed), returned as
@@ -215,12 +191,12 @@ class RewardModel:
         """The batch as one forward, packed or padded."""
         if self.packed:
             inputs = pack(batch, self.encoder.gates_on_prompt, self.spec.kind == ModelKind.process)
-            return lambda: self.read_outputs(batch, self.engine.packed(inputs), at_markers=True)
+            return lambda: self.read_outputs(batch, self.backend.packed(inputs), at_markers=True)
         inputs = self.model_inputs(batch)
-        return lambda: self.read_outputs(batch, self.engine(inputs), at_markers=False)
+        return lambda: self.read_outputs(batch, self.backend(inputs), at_markers=False)
 
     def read_outputs(self, batch: list[Encoded], tensors: dict[str, torch.Tensor], at_markers: bool):
-        """The engine's outputs as one RewardOutput per item; `at_markers`: step logits are
+        """The backend's outputs as one RewardOutput per item; `at_markers`: step logits are
         given at the step markers only (packed, shared prefix), not at every position."""
         if self.spec.kind == ModelKind.process:
             logits = tensors["step_logits"] if at_markers else tensors["step_logits"][self.marker_index(batch)]
@@ -232,7 +208,7 @@ class RewardModel:
         return self._sequence_outputs(batch, tensors["values"].float(), gating)
 
     def model_inputs(self, batch: list[Encoded]) -> dict[str, torch.Tensor]:
-        """The padded batch as the engine's named inputs: right padding (real tokens never
+        """The padded batch as the backend's named inputs: right padding (real tokens never
         attend to padding, and every row's positions start at 0), segment ids for encoders,
         the position gating heads read."""
         width = max(enc.num_tokens for enc in batch)
@@ -256,8 +232,8 @@ class RewardModel:
     def head_features(self, batch: list[Encoded]) -> torch.Tensor:
         """What a head file's reward MLP reads: pooled sequence states, or, for process
         models, the states at every step marker (rows in batch order). Training a head
-        on these guarantees it sees exactly what serving feeds it. Torch engine only."""
-        graph = self.engine.graph
+        on these guarantees it sees exactly what serving feeds it."""
+        graph = self.torch_graph
         inputs = {k: v.to(self.device) for k, v in self.model_inputs(batch).items()}
         backbone = {k: v for k, v in inputs.items() if k in ("attention_mask", "token_type_ids")}
         hidden = graph.hidden(inputs["input_ids"], backbone)

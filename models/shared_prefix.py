@@ -16,7 +16,7 @@ Groups are found per batch on exact token ids, so no tokenization boundary can d
 group shares only where it pays: >= 2 items, a common prefix of >= `min_prefix` tokens,
 each item keeping >= 1 token of its own, and more tokens saved than its two extra forwards
 cost (`group_cost`). Everything else runs the usual packed or padded forward. Whether a
-model shares at all is decided at load (`use_sharing`).
+model shares at all is decided at load (the torch backend's `prefix_sharing`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from itertools import pairwise
 import torch
 from torch import nn
 
-from models.errors import ModelLoadError
 from models.graph import RewardGraph, on_device_of
 from models.inputs import Encoded
 from models.packing import why_not_packed
@@ -142,7 +141,7 @@ class PrefixSharing:
 
     def _group_forward(self, model, items: list[Encoded], inputs: dict, prefix_length: int) -> Callable[[], list]:
         def run() -> list:
-            tensors = model.engine.shared(inputs, prefix_length)
+            tensors = model.backend.shared(inputs, prefix_length)
             self.groups += 1
             self.tokens_saved += (len(items) - 1) * prefix_length
             return model.read_outputs(items, tensors, at_markers=True)
@@ -168,12 +167,3 @@ def shared_forward(graph: RewardGraph, prefix_length: int, input_ids, attention_
     if graph.kind == ModelKind.process:
         return (graph.step_read(hidden[step_rows, step_positions]),)
     return graph.read_sequence(hidden, attention_mask, input_ids, prompt_end)
-
-
-def use_sharing(name: str, requested: bool | None, graph: RewardGraph | None) -> PrefixSharing | None:
-    """`requested` True: share, or a load error saying why it cannot; False: never; None
-    (auto): wherever supported. `graph` is None for the engines running the exported graph."""
-    reason = "only the torch backend shares prefixes" if graph is None else why_not_shared(graph)
-    if requested and reason:
-        raise ModelLoadError(f"{name}: share_prefix: true, but this model cannot share a prompt's forward: {reason}")
-    return PrefixSharing() if requested is not False and reason is None else None

@@ -143,7 +143,7 @@ def train_harmless(spec_dir: Path, pairs: dict[str, list[Pair]], out_dir: Path) 
     model = start.model
     head = fit_linear_head(harmless_features(model, pairs["fit"]), harmless_features(model, pairs["val"]), 1,
                            bradley_terry)
-    model.engine.graph.head.reward.layers[0].load_state_dict({k.removeprefix("reward.0."): v for k, v in head.items()})
+    model.backend.graph.head.reward.layers[0].load_state_dict({k.removeprefix("reward.0."): v for k, v in head.items()})
     examples, val = ([_pair_example(model, p) for p in pairs[split]] for split in ("fit", "val"))
     fine_tune(model, examples, pair_loss, lambda m: -mean_loss(m, pair_loss, val), HARMLESS_SCHEDULE)
     save_fine_tune(model, out_dir / BACKBONE_FILE, out_dir / HEAD_FILE)

@@ -291,7 +291,7 @@ def list_models(args) -> None:
 
 def export_onnx(args) -> None:
     """Export a configured model's graph to ONNX for `backend: onnxruntime`."""
-    from models.engines import ONNX_FILENAME
+    from models.backends.onnx import ONNX_FILENAME
     from models.onnx_export import export_onnx as export
     from models.reward_model import RewardModel
 

@@ -4,6 +4,7 @@ embedded default models, so it starts with no arguments on real models."""
 
 from __future__ import annotations
 
+import logging
 import os
 from contextvars import ContextVar
 from pathlib import Path
@@ -12,9 +13,25 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, YamlConfigSettingsSource
 
+from models.backends.config import BackendConfig, TorchConfig
+
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "models" / "builtin"
 CONFIG_ENV = "REWARDSERVE_CONFIG"
 _config_file: ContextVar[str | None] = ContextVar("config_file", default=None)
+log = logging.getLogger("rewardserve")
+
+# The flat per-model keys `backend:` replaced: old key -> (backend type, its key in `backend:`).
+FLAT_BACKEND_KEYS = {
+    "onnx_file": ("onnxruntime", "file"),
+    "triton_url": ("triton", "url"),
+    "triton_protocol": ("triton", "protocol"),
+    "triton_model": ("triton", "model"),
+    "triton_model_version": ("triton", "version"),
+    "triton_timeout_s": ("triton", "timeout_s"),
+    "device_map": ("torch", "device_map"),
+    "max_memory": ("torch", "max_memory"),
+    "offload_folder": ("torch", "offload_folder"),
+}
 
 
 class ModelConfig(BaseModel):
@@ -27,35 +44,19 @@ class ModelConfig(BaseModel):
         "path a trainer was configured with); the configured `path` is accepted too"))
     spec: dict | None = Field(None, description="inline reward spec; overrides the directory's reward_spec.yaml")
     device: str = Field("auto", description="'auto' (cuda when present), 'cpu', 'cuda', 'cuda:1', ...")
-    device_map: Literal["auto", "balanced", "balanced_low_0", "sequential"] | dict[str, int | str] | None = Field(
-        None, description=(
-            "torch backend: spread a model too large for one GPU over the host's devices, as transformers' "
-            "device_map does: a strategy ('auto': evenly over the GPUs, then CPU memory, then disk) or "
-            "{module name: GPU index, 'cpu' or 'disk'}; null: the whole model on `device`"))
-    max_memory: dict[int | str, int | str] | None = Field(None, description=(
-        "with device_map: the most each device may hold, {GPU index, 'cpu' or 'disk': size}, e.g. "
-        "{'0': '70GiB', '1': '70GiB'}"))
-    offload_folder: str | None = Field(None, description=(
-        "with device_map: where weights it puts on 'disk' are written when they cannot be read in place from "
-        "the checkpoint's safetensors (weights converted at load, as some MoE models' are)"))
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    backend: Literal["torch", "onnxruntime", "triton"] = Field("torch", description="engine running the model's graph")
-    onnx_file: str | None = Field(None, description="onnxruntime: the exported graph; default <path>/reward.onnx")
-    triton_url: str | None = Field(None, pattern=r"^[^/]+:\d+$",
-                                   description="triton: host:port of the Triton server (no scheme)")
-    triton_protocol: Literal["http", "grpc"] = Field("grpc", description="triton: tritonclient transport")
-    triton_model: str | None = Field(None, description="triton: the model's name there; default: this name")
-    triton_model_version: str = Field("", pattern=r"^\d*$", description="triton: '' is the newest ready, pinned at load")
-    triton_timeout_s: float = Field(60.0, gt=0, description="triton: bound on each call, a batch's inference included")
+    backend: BackendConfig = Field(default_factory=TorchConfig, description=(
+        "what runs the model's graph: {type: torch} (default), {type: onnxruntime, file?} or "
+        "{type: triton, url, protocol?, model?, version?, timeout_s?}"))
     packed: bool | None = Field(None, description=(
         "torch backend: run each batch padding-free, its items end to end in one row (transformers decoders); "
         "null: wherever supported under flash or flex attention (installed flash-attn is used on CUDA in half "
         "precision); true: also under sdpa and eager, a load error where unsupported "
-        "(encoders, remote code, other engines); false: always padded"))
+        "(encoders, remote code, other backends); false: always padded"))
     share_prefix: bool | None = Field(None, description=(
         "torch backend: items of a batch that begin with the same >= 32 tokens (n responses to one prompt) "
         "compute that prefix once, with a KV cache, and only their own tokens after it (transformers decoders); "
-        "null: wherever supported; true: a load error where unsupported (encoders, remote code, other engines); "
+        "null: wherever supported; true: a load error where unsupported (encoders, remote code, other backends); "
         "false: never"))
     pipeline: bool | None = Field(None, description=(
         "build the next batch's inputs on a thread of their own while the forward runs; null: on GPUs, where "
@@ -64,31 +65,46 @@ class ModelConfig(BaseModel):
     cache: bool = Field(True, description="serve repeated inputs from the result cache")
     cache_ttl_s: float = Field(3600.0, gt=0, description="how long cached results live")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _nest_flat_backend_keys(cls, data):
+        """The flat keys of earlier releases (`backend: triton`, `triton_url`, `onnx_file`,
+        `device_map`, ...) still work, nested into `backend:` with a warning naming the new form."""
+        if not isinstance(data, dict):
+            return data
+        flat = {key: data[key] for key in FLAT_BACKEND_KEYS if key in data}
+        named = isinstance(data.get("backend"), str)
+        if not flat and not named:
+            return data
+        backend = {"type": data["backend"]} if named else dict(data.get("backend") or {"type": "torch"})
+        kind = backend.get("type", "torch")
+        for key, value in flat.items():
+            wanted, new_key = FLAT_BACKEND_KEYS[key]
+            if wanted != kind:
+                raise ValueError(f"{key} applies to backend {wanted!r} only, not {kind!r}")
+            if new_key in backend:
+                raise ValueError(f"{key} and backend.{new_key} both given; keep backend.{new_key}")
+            backend[new_key] = value
+        old = ", ".join(([f"`backend: {kind}`"] if named else []) + [f"`{key}`" for key in flat])
+        new = ", ".join(f"{key}: {value}" for key, value in backend.items())
+        log.warning("model %s: %s deprecated; write `backend: {%s}`", data.get("name"), old, new)
+        return {k: v for k, v in data.items() if k not in flat} | {"backend": backend}
+
     @model_validator(mode="after")
     def _one_placement(self) -> ModelConfig:
         if self.device_map is not None and self.device != "auto":
-            raise ValueError(f"model {self.name!r}: device_map places the model; leave device at 'auto'")
+            raise ValueError(f"model {self.name!r}: backend.device_map places the model; leave device at 'auto'")
         return self
 
-    @model_validator(mode="after")
-    def _triton_needs_a_server(self) -> ModelConfig:
-        if self.backend == "triton" and not self.triton_url:
-            raise ValueError(f"model {self.name!r}: backend 'triton' needs triton_url (host:port)")
-        return self
+    @property
+    def device_map(self) -> str | dict | None:
+        """The torch backend's device map, if any."""
+        return self.backend.device_map if isinstance(self.backend, TorchConfig) else None
 
     @property
     def graph_name(self) -> str:
         """The KServe v2 model name its raw graph is served under when `serve_graph` is on."""
         return f"{self.name}-graph"
-
-    def triton_target(self):
-        """Where a triton-backed model's batches go (None for the local engines)."""
-        if self.backend != "triton":
-            return None
-        from models.triton_engine import TritonTarget
-
-        return TritonTarget(self.triton_url, self.triton_model or self.name, self.triton_protocol,
-                            self.triton_model_version, self.triton_timeout_s)
 
     def resolved_path(self) -> Path:
         if self.path.startswith("builtin:"):

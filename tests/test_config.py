@@ -3,13 +3,17 @@ explicit overrides (CLI flags) over both; model entries validated and resolved."
 
 from __future__ import annotations
 
+import json
 import os
+import re
+from pathlib import Path
 
 import pytest
 import yaml
 from http_helpers import write_config
 from pydantic import ValidationError
 
+from models.backends.config import OnnxRuntimeConfig, TorchConfig, TritonConfig
 from models.inputs import StepsInput
 from service.config import BUILTIN_DIR, CONFIG_ENV, DEFAULT_MODELS, ModelConfig, Settings, load_settings
 from service.engine.runner import ModelRunner
@@ -159,3 +163,64 @@ def test_inline_spec_overrides_the_directory_spec(tmp_path, tiny_model_dirs, loa
     out = runner.model.score([StepsInput("What is 3 + 4?", ("3 + 4 = 7", "So 7.", "The answer is 7."))])[0]
     assert len(out.step_rewards) == 3 and out.score == out.step_rewards[-1]
     runner.close()
+
+
+def test_backend_is_chosen_by_its_type_with_its_defaults(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"models": [
+        {"name": "t", "path": "/m"},
+        {"name": "o", "path": "/m", "backend": {"type": "onnxruntime", "file": "/m/x.onnx"}},
+        {"name": "r", "path": "/m", "backend": {"type": "triton", "url": "triton:8001"}},
+    ]}))
+    plain, onnx, remote = load_settings(path).models
+    assert plain.backend == TorchConfig() and plain.backend.device_map is None
+    assert onnx.backend == OnnxRuntimeConfig(file="/m/x.onnx")
+    assert remote.backend == TritonConfig(url="triton:8001", protocol="grpc", model=None, version="", timeout_s=60)
+
+
+@pytest.mark.parametrize("backend, message", [
+    ({"type": "tensorrt"}, "tag 'tensorrt' .* expected tags: 'torch', 'onnxruntime', 'triton'"),
+    ({"file": "x.onnx"}, "Unable to extract tag using discriminator 'type'"),
+    ({"type": "onnxruntime", "url": "x:1"}, r"backend\.onnxruntime\.url\n  Extra inputs are not permitted"),
+    ({"type": "triton", "url": "http://x:1"}, r"backend\.triton\.url\n  String should match"),
+    ({"type": "triton", "url": "x:1", "protocol": "udp"}, r"backend\.triton\.protocol"),
+])
+def test_a_wrong_backend_is_refused_naming_the_field(backend, message):
+    with pytest.raises(ValidationError, match=message):
+        ModelConfig(name="rm", path="/m", backend=backend)
+
+
+def test_flat_backend_keys_still_work_with_a_warning_naming_the_new_form(monkeypatch, caplog):
+    """The keys of earlier releases, here in REWARDSERVE_MODELS, mean what they meant."""
+    monkeypatch.setenv("REWARDSERVE_MODELS", json.dumps([
+        {"name": "rm", "path": "/m", "backend": "triton", "triton_url": "h:8001", "triton_timeout_s": 5},
+        {"name": "onnx", "path": "/m", "backend": "onnxruntime", "onnx_file": "/m/x.onnx"},
+        {"name": "big", "path": "/m", "device_map": "auto", "offload_folder": "/tmp/off"},
+    ]))
+    with caplog.at_level("WARNING", logger="rewardserve"):
+        remote, onnx, big = load_settings().models
+    assert remote.backend == TritonConfig(url="h:8001", timeout_s=5)
+    assert onnx.backend == OnnxRuntimeConfig(file="/m/x.onnx")
+    assert big.backend == TorchConfig(device_map="auto", offload_folder="/tmp/off")
+    assert ("model rm: `backend: triton`, `triton_url`, `triton_timeout_s` deprecated; "
+            "write `backend: {type: triton, url: h:8001, timeout_s: 5}`") in caplog.text
+    assert "model big: `device_map`, `offload_folder` deprecated; write `backend: {type: torch, " in caplog.text
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"backend": "triton", "onnx_file": "x.onnx", "triton_url": "h:1"},
+     "onnx_file applies to backend 'onnxruntime' only, not 'triton'"),
+    ({"backend": {"type": "triton", "url": "h:1"}, "triton_url": "h:2"}, "triton_url and backend.url both given"),
+])
+def test_flat_keys_that_contradict_the_backend_are_refused(entry, message):
+    with pytest.raises(ValidationError, match=message):
+        ModelConfig(name="rm", path="/m", **entry)
+
+
+def test_the_readmes_configuration_examples_are_valid_settings():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    examples = [yaml.safe_load(block) for block in re.findall(r"```yaml\n(.*?)```", readme, re.S)]
+    configs = [example for example in examples if isinstance(example, dict) and "models" in example]
+    assert configs
+    for config in configs:
+        Settings(**config)

@@ -121,13 +121,13 @@ def test_pad_id_does_not_change_scores(load_tiny, assert_outputs_match, monkeypa
 @torch.inference_mode()
 def score_head_at_last_token(model, ids: list[int]) -> list[float]:
     """The checkpoint's score head on the last token's hidden state, run without padding."""
-    hidden = model.engine.graph.model.base_model(input_ids=torch.tensor([ids])).last_hidden_state[0, -1]
-    return model.engine.graph.model.score(hidden).tolist()
+    hidden = model.backend.graph.model.base_model(input_ids=torch.tensor([ids])).last_hidden_state[0, -1]
+    return model.backend.graph.model.score(hidden).tolist()
 
 
 @torch.inference_mode()
 def hf_logits(model, ids: list[int]) -> list[float]:
-    return model.engine.graph.model(input_ids=torch.tensor([ids])).logits[0].tolist()
+    return model.backend.graph.model(input_ids=torch.tensor([ids])).logits[0].tolist()
 
 
 @pytest.mark.parametrize("name", DECODER_SEQCLS_MODELS)
@@ -180,7 +180,7 @@ def test_head_file_pooling_ignores_padding(tiny_model_dirs, tiny_models, assert_
     for item, out in zip(items, model.score(items)):
         ids = model.encode(item).input_ids
         with torch.inference_mode():
-            hidden = model.engine.graph.model(input_ids=torch.tensor([ids])).last_hidden_state[0]
+            hidden = model.backend.graph.model(input_ids=torch.tensor([ids])).last_hidden_state[0]
             pooled = hidden.mean(0) if pooling == "mean" else hidden[0]
-            dims = model.engine.graph.head.reward(pooled).tolist()
+            dims = model.backend.graph.head.reward(pooled).tolist()
         assert list(out.dimensions.values()) == pytest.approx(dims, abs=1e-5)

@@ -18,6 +18,7 @@ from test_models_loading import rewrite_weights
 from test_models_packed import filler, mixed_items
 from test_models_shared_prefix import P, group_items
 
+from models.backends.config import TorchConfig
 from models.errors import ModelLoadError
 from models.inputs import StepsInput, TokenIds
 from models.reward_model import RewardModel
@@ -34,7 +35,7 @@ def weight_bytes(model_dir: Path) -> int:
 
 def offloading(model_dir: Path) -> dict:
     """device_map "auto" with CPU memory for 3/4 of the weights: the rest goes to disk."""
-    return {"device_map": "auto", "max_memory": {"cpu": weight_bytes(model_dir) * 3 // 4}}
+    return {"backend": TorchConfig(device_map="auto", max_memory={"cpu": weight_bytes(model_dir) * 3 // 4})}
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +56,10 @@ def plain_and_offloaded(tiny_model_dirs):
 
 def assert_offloaded(model: RewardModel) -> None:
     """Modules really are in two places, the forward runs on CPU, and the model says where it is."""
-    placements = set(model.engine.graph.model.hf_device_map.values())
+    placements = set(model.backend.graph.model.hf_device_map.values())
     assert placements == {"cpu", "disk"}, placements
     assert model.info.device == "cpu,disk"
-    assert model.engine.device == torch.device("cpu")
+    assert model.backend.device == torch.device("cpu")
 
 
 @pytest.mark.parametrize("name", KINDS)
@@ -112,9 +113,10 @@ def test_offloaded_shared_prefix_reads_step_markers(plain_and_offloaded, assert_
 
 def test_explicit_map_all_on_cpu(tiny_model_dirs, load_tiny, assert_outputs_match):
     """One device: transformers places the model there and dispatches nothing."""
-    model = RewardModel.load("llama", tiny_model_dirs["llama-scalar"], device_map=dict.fromkeys(LLAMA_MODULES, "cpu"))
-    assert not hasattr(model.engine.graph.model, "hf_device_map")
-    assert (model.info.device, model.engine.device) == ("cpu", torch.device("cpu"))
+    model = RewardModel.load("llama", tiny_model_dirs["llama-scalar"],
+                             backend=TorchConfig(device_map=dict.fromkeys(LLAMA_MODULES, "cpu")))
+    assert not hasattr(model.backend.graph.model, "hf_device_map")
+    assert (model.info.device, model.backend.device) == ("cpu", torch.device("cpu"))
     items = mixed_items(model)
     assert_outputs_match(model.score(items), load_tiny("llama-scalar").score(items))
 
@@ -122,11 +124,11 @@ def test_explicit_map_all_on_cpu(tiny_model_dirs, load_tiny, assert_outputs_matc
 def test_explicit_map_with_the_input_embeddings_on_disk(tiny_model_dirs, load_tiny, assert_outputs_match, tmp_path):
     """Alternating placements, the embeddings offloaded: inputs go where their hook runs them."""
     device_map = dict(zip(LLAMA_MODULES, ("disk", "cpu", "disk", "cpu", "cpu", "disk")))
-    model = RewardModel.load("llama", tiny_model_dirs["llama-scalar"], device_map=device_map,
-                             offload_folder=tmp_path / "offload")
-    graph = model.engine.graph
+    backend = TorchConfig(device_map=device_map, offload_folder=str(tmp_path / "offload"))
+    model = RewardModel.load("llama", tiny_model_dirs["llama-scalar"], backend=backend)
+    graph = model.backend.graph
     assert graph.model.get_input_embeddings().weight.device.type == "meta"
-    assert model.engine.device == torch.device("cpu") and model.info.device == "cpu,disk"
+    assert model.backend.device == torch.device("cpu") and model.info.device == "cpu,disk"
     items = mixed_items(model)
     assert_outputs_match(model.score(items), load_tiny("llama-scalar").score(items))
 
@@ -143,9 +145,7 @@ def test_a_missing_tensor_fails_with_a_device_map(tiny_model_dirs, tmp_path, ten
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"device_map": "everywhere"}, "device_map must be one of"),
     ({"device_map": {}}, "device_map must be a strategy or a non-empty"),
-    ({"device_map": ["cpu"]}, "device_map must be a strategy or a non-empty"),
     ({"device_map": {"model": "gpu7"}}, "device_map entry 'model': 'gpu7'"),
     ({"device_map": {"model": -1}}, "device_map entry 'model': -1"),
     ({"device_map": "auto", "max_memory": {"gpu": "1GiB"}}, "max_memory key 'gpu'"),
@@ -155,31 +155,40 @@ def test_a_missing_tensor_fails_with_a_device_map(tiny_model_dirs, tmp_path, ten
 ])
 def test_invalid_placements_are_refused_naming_the_setting(tiny_model_dirs, options, message):
     with pytest.raises(ModelLoadError, match=message):
-        RewardModel.load("llama", tiny_model_dirs["llama-scalar"], **options)
+        RewardModel.load("llama", tiny_model_dirs["llama-scalar"], backend=TorchConfig(**options))
 
 
-@pytest.mark.parametrize("backend", ["onnxruntime", "triton"])
-def test_device_map_with_another_backend_is_refused(tiny_model_dirs, backend):
-    with pytest.raises(ModelLoadError, match=f"device_map places torch weights; backend '{backend}'"):
-        RewardModel.load("llama", tiny_model_dirs["llama-scalar"], backend=backend, device_map="auto")
+@pytest.mark.parametrize("device_map", ["everywhere", ["cpu"]])
+def test_a_device_map_of_the_wrong_shape_is_refused_by_the_config(device_map):
+    with pytest.raises(ValidationError, match="device_map"):
+        TorchConfig(device_map=device_map)
+
+
+@pytest.mark.parametrize("backend", [{"type": "onnxruntime"}, {"type": "triton", "url": "127.0.0.1:8001"}])
+def test_device_map_with_another_backend_is_refused(backend):
+    with pytest.raises(ValidationError, match="device_map"):
+        ModelConfig(name="m", path="/models/m", backend=backend | {"device_map": "auto"})
+    with pytest.raises(ValidationError, match=f"device_map applies to backend 'torch' only, not '{backend['type']}'"):
+        ModelConfig(name="m", path="/models/m", backend=backend, device_map="auto")  # the deprecated flat key
 
 
 def test_device_map_without_accelerate_says_so(tiny_model_dirs, monkeypatch):
     monkeypatch.setitem(sys.modules, "accelerate", None)  # what `import accelerate` sees when it is not installed
     with pytest.raises(ModelLoadError, match="device_map needs the accelerate package"):
-        RewardModel.load("llama", tiny_model_dirs["llama-scalar"], device_map="auto")
+        RewardModel.load("llama", tiny_model_dirs["llama-scalar"], backend=TorchConfig(device_map="auto"))
 
 
 def test_model_config_validates_and_passes_the_placement(tiny_model_dirs):
     path = str(tiny_model_dirs["llama-scalar"])
     with pytest.raises(ValidationError, match="device_map"):
-        ModelConfig(name="m", path=path, device_map="everywhere")
+        ModelConfig(name="m", path=path, backend={"type": "torch", "device_map": "everywhere"})
     with pytest.raises(ValidationError, match="max_memory"):
-        ModelConfig(name="m", path=path, device_map="auto", max_memory=["cpu"])
+        ModelConfig(name="m", path=path, backend={"type": "torch", "device_map": "auto", "max_memory": ["cpu"]})
     with pytest.raises(ValidationError, match="device_map places the model; leave device at 'auto'"):
-        ModelConfig(name="m", path=path, device="cuda:1", device_map="auto")
-    budget = offloading(tiny_model_dirs["llama-scalar"])["max_memory"]["cpu"]
-    config = ModelConfig(name="m", path=path, device_map="auto", max_memory={"cpu": budget})
+        ModelConfig(name="m", path=path, device="cuda:1", backend={"type": "torch", "device_map": "auto"})
+    budget = offloading(tiny_model_dirs["llama-scalar"])["backend"].max_memory["cpu"]
+    config = ModelConfig(name="m", path=path,
+                         backend={"type": "torch", "device_map": "auto", "max_memory": {"cpu": budget}})
     runner = ModelRunner(config, Settings(models=[config]))
     runner.load()
     assert runner.status == "ready", runner.error
@@ -199,7 +208,8 @@ def test_auto_device_and_dtype_follow_the_device_map_on_a_gpu_host(tiny_model_di
     is slow there, and rounds scores for nothing); one that uses a GPU, or a strategy, gets
     the GPU defaults."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    config = ModelConfig(name="m", path=str(tiny_model_dirs["llama-scalar"]), device_map=device_map)
+    config = ModelConfig(name="m", path=str(tiny_model_dirs["llama-scalar"]),
+                         backend={"type": "torch", "device_map": device_map})
     assert (config.resolved_device(), config.resolved_dtype()) == placed
 
 
@@ -211,9 +221,9 @@ def test_auto_splits_across_gpus(tiny_model_dirs, assert_outputs_match):
         directory = tiny_model_dirs[name]
         plain = RewardModel.load(name, directory, packed=False, share_prefix=False)
         size = weight_bytes(directory)
-        split = RewardModel.load(name, directory, device_map="auto", max_memory={0: size * 3 // 4, 1: 4 * size},
-                                 dtype="float32", packed=False, share_prefix=True)
-        assert set(split.engine.graph.model.hf_device_map.values()) == {0, 1}
+        backend = TorchConfig(device_map="auto", max_memory={0: size * 3 // 4, 1: 4 * size})
+        split = RewardModel.load(name, directory, backend=backend, dtype="float32", packed=False, share_prefix=True)
+        assert set(split.backend.graph.model.hf_device_map.values()) == {0, 1}
         assert split.info.device == "cuda:0,cuda:1"
         items = mixed_items(plain)
         assert_outputs_match(split.score(items), plain.score(items), tol=1e-4)

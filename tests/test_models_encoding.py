@@ -136,7 +136,7 @@ def test_invalid_token_ids_name_the_position(load_tiny, bad, position):
 def test_token_id_bounds(load_tiny):
     model = load_tiny("llama-scalar")
     vocab = model.encoder.vocab_size
-    assert vocab == model.engine.graph.model.config.vocab_size
+    assert vocab == model.backend.graph.model.config.vocab_size
     assert model.score([TokenIds((0, vocab - 1))])[0].num_tokens == 2
     with pytest.raises(InputError) as err:
         model.score([TokenIds((0, vocab))])
@@ -181,8 +181,8 @@ def test_bert_uses_token_type_ids(load_tiny):
     assert enc.token_type_ids == [0] * enc.prompt_length + [1] * (enc.num_tokens - enc.prompt_length)
 
     ids = torch.tensor([enc.input_ids])
-    with_types = model.engine.graph.model(input_ids=ids, token_type_ids=torch.tensor([enc.token_type_ids])).logits.item()
-    without_types = model.engine.graph.model(input_ids=ids).logits.item()
+    with_types = model.backend.graph.model(input_ids=ids, token_type_ids=torch.tensor([enc.token_type_ids])).logits.item()
+    without_types = model.backend.graph.model(input_ids=ids).logits.item()
     assert abs(with_types - without_types) > 1e-3, "token types must matter for this test to mean anything"
     assert model.score([TextPair(prompt, response)])[0].score == pytest.approx(with_types, abs=1e-5)
     assert model.score([as_ids(enc)])[0].score == pytest.approx(with_types, abs=1e-5)

@@ -20,7 +20,7 @@ RESPONSES = ["It is 7.", "The quick brown fox jumps over the lazy dog, so the an
 @torch.inference_mode()
 def raw_logits(model, ids: list[int]) -> list[float]:
     """The Hugging Face sequence classifier's own output on unpadded ids."""
-    return model.engine.graph.model(input_ids=torch.tensor([ids])).logits[0].tolist()
+    return model.backend.graph.model(input_ids=torch.tensor([ids])).logits[0].tolist()
 
 
 def test_helpsteer_dimensions_transform_and_weighted_sum(load_tiny, tiny_model_dirs):
@@ -55,7 +55,7 @@ def mlp(tensors: dict[str, torch.Tensor], prefix: str, x: torch.Tensor) -> torch
 def gating_by_hand(model, head: dict[str, torch.Tensor], ids: list[int], prompt_length: int):
     """(dimensions, gating weights, score) from the backbone run unpadded and the head
     file's tensors, with no use of the server's head code."""
-    hidden = model.engine.graph.model(input_ids=torch.tensor([ids])).last_hidden_state[0]
+    hidden = model.backend.graph.model(input_ids=torch.tensor([ids])).last_hidden_state[0]
     dims = mlp(head, "reward", hidden[-1])
     weights = torch.softmax(mlp(head, "gating", hidden[prompt_length - 1]) / head["gating_temperature"], dim=-1)
     score = (weights * (dims @ head["transform_matrix"])).sum()
@@ -117,9 +117,9 @@ def test_head_features_are_what_the_reward_head_reads(load_tiny):
     items = [TextPair(PROMPT, r) for r in RESPONSES] + [TextPair("Hi", "Hello")]
     batch = [model.encode(item) for item in items]
     features = model.head_features(batch)
-    assert features.shape == (len(items), model.engine.graph.model.config.hidden_size)
+    assert features.shape == (len(items), model.backend.graph.model.config.hidden_size)
     with torch.inference_mode():
-        dims = model.engine.graph.head.reward(features).tolist()
+        dims = model.backend.graph.head.reward(features).tolist()
     for row, out in zip(dims, model.score(items)):
         assert list(out.dimensions.values()) == pytest.approx(row, abs=1e-5)
     alone = torch.cat([model.head_features([enc]) for enc in batch])

@@ -1,6 +1,6 @@
 """The packed forward (every item of a batch in one row, positions restarting per item, no
 padding) scores exactly as the padded batch and as each item alone, for every decoder kind;
-encoders, other engines and unsupported attention stay padded."""
+encoders, other backends and unsupported attention stay padded."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from model_cards.checkpoints import qwen25_math_prm, skywork_gemma2
 
 from models.errors import ModelLoadError
 from models.inputs import StepsInput, TextPair, TokenIds
-from models.packing import pack, use_packing, why_not_packed
+from models.backends.base import ExportedGraphBackend
+from models.backends.torch import TorchBackend
+from models.packing import pack, why_not_packed
 from models.reward_model import RewardModel
 from models.spec import ModelKind
 from service.config import ModelConfig, Settings
@@ -106,14 +108,14 @@ def test_packed_outputs_keep_the_heads_shapes_and_the_padded_contract(padded_and
     markers only. The declared graph contract (ONNX, Triton, KServe) stays the padded one."""
     padded, packed = padded_and_packed("llama-gating")
     batch = [packed.encode(item) for item in mixed_items(packed)]
-    outputs = packed.engine.packed(pack(batch, gated=True, process=False))
+    outputs = packed.backend.packed(pack(batch, gated=True, process=False))
     assert {name: tuple(t.shape) for name, t in outputs.items()} == {
         "values": (len(batch), 5), "gating_weights": (len(batch), 3), "gated_score": (len(batch),)}
     assert packed.graph_contract == padded.graph_contract
     prm_padded, prm = padded_and_packed("qwen2-prm")
     batch = [prm.encode(item) for item in mixed_items(prm)]
     markers = sum(len(enc.marker_positions) for enc in batch)
-    assert tuple(prm.engine.packed(pack(batch, gated=False, process=True))["step_logits"].shape) == (markers, 2)
+    assert tuple(prm.backend.packed(pack(batch, gated=False, process=True))["step_logits"].shape) == (markers, 2)
     assert prm.graph_contract == prm_padded.graph_contract
     assert prm.graph_contract[1] == {"step_logits": [-1, -1, 2]}
 
@@ -122,13 +124,13 @@ def test_auto_packs_only_under_a_variable_length_kernel(tiny_model_dirs, assert_
     """These decoders load with sdpa, which computes a packed row's whole [N, N] mask: auto
     leaves them padded, and packs the same graph under flash attention. Encoders never pack."""
     llama = RewardModel.load("llama", tiny_model_dirs["llama-scalar"])
-    graph = llama.engine.graph
+    graph = llama.backend.graph
     assert graph.model.config._attn_implementation == "sdpa" and not llama.packed
     assert why_not_packed(graph) is None
     graph.model.config._attn_implementation = "flash_attention_2"
-    assert use_packing("llama", None, graph) is True
+    assert TorchBackend(graph, "cpu").packing.chosen(None, "llama") is True
     bert = RewardModel.load("bert", tiny_model_dirs["bert-scalar"])
-    assert not bert.packed and why_not_packed(bert.engine.graph) is not None
+    assert not bert.packed and why_not_packed(bert.backend.graph) is not None
     explicit = RewardModel.load("bert", tiny_model_dirs["bert-scalar"], packed=False)
     items = [TextPair(*pair) for pair in PAIRS]
     assert_outputs_match(bert.score(items), explicit.score(items), tol=0)
@@ -138,8 +140,8 @@ def test_packed_true_on_an_encoder_is_a_load_error(tiny_model_dirs):
     with pytest.raises(ModelLoadError, match="cannot run packed: an encoder"):
         RewardModel.load("bert", tiny_model_dirs["bert-scalar"], packed=True)
     with pytest.raises(ModelLoadError, match="only the torch backend runs packed"):
-        use_packing("bert", True, None)
-    assert use_packing("bert", None, None) is False
+        ExportedGraphBackend.packing.chosen(True, "bert")
+    assert ExportedGraphBackend.packing.chosen(None, "bert") is False
 
 
 def test_model_config_packed_reaches_the_model(tiny_model_dirs):
@@ -161,9 +163,9 @@ def test_gemma2_eager_attention_packs_only_when_asked(tmp_path, assert_outputs_m
     the whole row: auto leaves it padded; asked for, it packs and scores the same."""
     directory = skywork_gemma2(tmp_path / "gemma2")
     padded = RewardModel.load("gemma2", directory)
-    assert padded.engine.graph.model.config._attn_implementation == "eager" and not padded.packed
+    assert padded.backend.graph.model.config._attn_implementation == "eager" and not padded.packed
     packed = RewardModel.load("gemma2", directory, packed=True)
-    window = padded.engine.graph.model.config.sliding_window
+    window = padded.backend.graph.model.config.sliding_window
     items = [TextPair(*pair) for pair in PAIRS] + [TokenIds((5,))]
     assert max(padded.encode(item).num_tokens for item in items) > 4 * window
     assert_three_ways_agree(padded, packed, items, assert_outputs_match)

@@ -55,7 +55,7 @@ def test_separator_reads_token_classifier_at_each_marker(load_tiny):
     enc = model.encode(StepsInput(PROBLEM, SOLUTION))
     marker_id = model.encoder.tokenizer.convert_tokens_to_ids("<extra_0>")
     assert enc.marker_positions == [i for i, t in enumerate(enc.input_ids) if t == marker_id]
-    logits = model.engine.graph.model(input_ids=torch.tensor([enc.input_ids])).logits[0, enc.marker_positions]
+    logits = model.backend.graph.model(input_ids=torch.tensor([enc.input_ids])).logits[0, enc.marker_positions]
     expected = torch.softmax(logits, dim=-1)[:, 1].tolist()
     assert model.score([StepsInput(PROBLEM, SOLUTION)])[0].step_rewards == pytest.approx(expected, abs=1e-5)
 
@@ -68,7 +68,7 @@ def test_step_tag_is_softmax_of_lm_logits_over_minus_plus(load_tiny):
     tag, minus, plus = tokenizer.convert_tokens_to_ids(["ки", "-", "+"])
     enc = model.encode(StepsInput(PROBLEM, SOLUTION))
     assert [enc.input_ids[p] for p in enc.marker_positions] == [tag] * len(SOLUTION)
-    logits = model.engine.graph.model(input_ids=torch.tensor([enc.input_ids])).logits[0]
+    logits = model.backend.graph.model(input_ids=torch.tensor([enc.input_ids])).logits[0]
     expected = [torch.softmax(logits[p, [minus, plus]], dim=-1)[1].item() for p in enc.marker_positions]
     out = model.score([StepsInput(PROBLEM, SOLUTION)])[0]
     assert out.step_rewards == pytest.approx(expected, abs=1e-5)

@@ -14,6 +14,7 @@ from http_helpers import live_server, wait_until_loaded
 from model_cards.checkpoints import qwen25_math_prm, skywork_gemma2
 from test_models_packed import filler
 
+from models.backends.base import ExportedGraphBackend
 from models.errors import ModelLoadError
 from models.inputs import StepsInput, TextPair, TokenIds
 from models.reward_model import RewardModel
@@ -23,7 +24,6 @@ from models.shared_prefix import (
     Group,
     PrefixSharing,
     prefix_groups,
-    use_sharing,
 )
 from models.spec import ModelKind
 from service.app import create_app
@@ -183,7 +183,7 @@ def test_gemma2_sliding_window_shares(tmp_path, assert_outputs_match):
     directory = skywork_gemma2(tmp_path / "gemma2")
     shared = RewardModel.load("gemma2", directory, share_prefix=True)
     plain = RewardModel.load("gemma2", directory, share_prefix=False)
-    config = shared.engine.graph.model.config
+    config = shared.backend.graph.model.config
     assert set(config.layer_types) == {"sliding_attention", "full_attention"} and config.sliding_window < 10
     prefix = filler(shared, P, 21)
     items = [TokenIds(tuple(prefix + filler(shared, n, 22 + n))) for n in (1, 7, 12, 20)] + [TextPair("Hi", "Yo")]
@@ -196,9 +196,9 @@ def test_where_sharing_is_refused(tiny_model_dirs, tmp_path):
     assert RewardModel.load("bert", tiny_model_dirs["bert-scalar"]).prefix_sharing is None
     with pytest.raises(ModelLoadError, match="share_prefix: true, .*an encoder attends both ways"):
         RewardModel.load("bert", tiny_model_dirs["bert-scalar"], share_prefix=True)
-    with pytest.raises(ModelLoadError, match="only the torch backend"):
-        use_sharing("onnx", True, None)
-    assert use_sharing("onnx", None, None) is None
+    with pytest.raises(ModelLoadError, match="only the torch backend shares prefixes"):
+        ExportedGraphBackend.prefix_sharing.chosen(True, "onnx")
+    assert ExportedGraphBackend.prefix_sharing.chosen(None, "onnx") is False
     directory = qwen25_math_prm(tmp_path / "prm")
     spec = {"kind": "process", "trust_remote_code": True, "unused_weights": ["lm_head."],
             "process": {"convention": "separator", "marker": "<extra_0>"}}

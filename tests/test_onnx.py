@@ -1,4 +1,4 @@
-"""The onnxruntime engine: every model kind exported with `rewardserve export-onnx` gives the
+"""The onnxruntime backend: every model kind exported with `rewardserve export-onnx` gives the
 torch reference's numbers within 1e-4 on mixed-length batches, through the model layer and
 through the server."""
 
@@ -20,7 +20,9 @@ from http_helpers import (
     wait_until_loaded,
     write_config,
 )
-from models.engines import ONNX_FILENAME
+from models.backends.base import Backend
+from models.backends.config import OnnxRuntimeConfig
+from models.backends.onnx import ONNX_FILENAME
 from models.errors import ModelLoadError
 from models.onnx_export import export_onnx
 from models.reward_model import RewardModel
@@ -30,6 +32,7 @@ from service.app import create_app
 
 pytest.importorskip("onnxruntime")
 TOL = 1e-4
+ONNX = OnnxRuntimeConfig()
 
 
 @pytest.fixture(scope="module")
@@ -49,14 +52,15 @@ def test_cli_exports_into_the_model_directory(tiny_model_dirs, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == str(directory / ONNX_FILENAME)
-    assert RewardModel.load("bert", directory, backend="onnxruntime").info.architecture == "onnx:BertForSequenceClassification"
+    assert RewardModel.load("bert", directory, backend=ONNX).info.architecture == "onnx:BertForSequenceClassification"
 
 
 @pytest.mark.parametrize("name", list(BUILDERS))
 def test_onnx_matches_torch_on_mixed_lengths(name, exported, load_tiny, assert_outputs_match):
     torch_model = load_tiny(name)
-    onnx_model = RewardModel.load(name, exported[name], backend="onnxruntime")
+    onnx_model = RewardModel.load(name, exported[name], backend=ONNX)
     assert onnx_model.info.architecture == f"onnx:{torch_model.info.architecture}"
+    assert isinstance(onnx_model.backend, Backend) and onnx_model.backend.graph is None
     assert onnx_model.revision != torch_model.revision
     items = [served_input(item) for item in sample_items(torch_model)]
     batched = onnx_model.score(items)
@@ -66,7 +70,7 @@ def test_onnx_matches_torch_on_mixed_lengths(name, exported, load_tiny, assert_o
 
 def test_server_with_onnx_backend(exported, load_tiny):
     names = ["llama-gating", "qwen2-prm", "bert-scalar"]
-    settings = Settings(models=[ModelConfig(name=n, path=str(exported[n]), backend="onnxruntime") for n in names])
+    settings = Settings(models=[ModelConfig(name=n, path=str(exported[n]), backend=ONNX) for n in names])
     with live_server(create_app(settings)) as url, httpx.Client(base_url=url, timeout=30) as client:
         assert wait_until_loaded(client).status_code == 200
         for name in names:
@@ -78,4 +82,16 @@ def test_server_with_onnx_backend(exported, load_tiny):
 
 def test_missing_onnx_file_is_a_clear_load_error(tiny_model_dirs):
     with pytest.raises(ModelLoadError, match="export-onnx"):
-        RewardModel.load("x", tiny_model_dirs["llama-scalar"], backend="onnxruntime")
+        RewardModel.load("x", tiny_model_dirs["llama-scalar"], backend=ONNX)
+
+
+def test_an_onnx_file_elsewhere_is_named_by_backend_file(exported, tmp_path):
+    moved = shutil.copy(exported["llama-scalar"] / ONNX_FILENAME, tmp_path / "elsewhere.onnx")
+    model = RewardModel.load("x", exported["llama-scalar"], backend=OnnxRuntimeConfig(file=str(moved)))
+    assert model.info.architecture == "onnx:LlamaForSequenceClassification"
+
+
+def test_without_onnxruntime_the_load_error_names_the_extra(exported, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # what `import onnxruntime` sees when it is not installed
+    with pytest.raises(ModelLoadError, match=r"onnxruntime is not installed .*pip install 'rewardserve\[onnx\]'"):
+        RewardModel.load("x", exported["llama-scalar"], backend=ONNX)

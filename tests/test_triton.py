@@ -1,4 +1,4 @@
-"""The triton engine against a real KServe v2 / Triton-protocol peer: a live rewardserve that
+"""The triton backend against a real KServe v2 / Triton-protocol peer: a live rewardserve that
 serves the tiny models' raw graphs (`serve_graph`), reached with the real tritonclient over
 HTTP and gRPC through the normal load path. Every model kind scores its mixed-length
 batches as the unbatched torch reference does (within 1e-4); the served graphs describe
@@ -10,6 +10,7 @@ NVIDIA's tritonserver itself is not run here (it is not installed on these machi
 
 from __future__ import annotations
 
+import sys
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,11 +33,12 @@ from http_helpers import (
 from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
+from models.backends.base import Backend
+from models.backends.config import TritonConfig
 from models.errors import ModelLoadError
 from models.onnx_export import export_onnx
 from models.reward_model import RewardModel
 from models.tiny_models import BUILDERS
-from models.triton_engine import TritonTarget
 from service.config import ModelConfig, Settings, load_settings
 from service.app import create_app
 
@@ -74,8 +76,9 @@ def peer(tiny_model_dirs):
 def load_remote(name: str, directory: Path, peer: Peer, protocol: str, model: str | None = None,
                 **target) -> RewardModel:
     """`directory`'s model with its graph run by `peer` (default: the graph of the same name)."""
-    triton = TritonTarget(peer.address(protocol), model or f"{name}-graph", protocol, timeout_s=30, **target)
-    return RewardModel.load(name, directory, backend="triton", triton=triton)
+    backend = TritonConfig(url=peer.address(protocol), model=model or f"{name}-graph", protocol=protocol,
+                           timeout_s=30, **target)
+    return RewardModel.load(name, directory, backend=backend)
 
 
 def onnx_tensors(path: Path) -> tuple[dict, dict]:
@@ -119,11 +122,12 @@ def exported(load_tiny, tmp_path_factory):
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize("name", MODEL_NAMES)
-def test_triton_engine_matches_the_torch_reference(name, protocol, peer, tiny_model_dirs, load_tiny,
+def test_triton_backend_matches_the_torch_reference(name, protocol, peer, tiny_model_dirs, load_tiny,
                                                    assert_outputs_match):
     torch_model = load_tiny(name)
     model = load_remote(name, tiny_model_dirs[name], peer, protocol)
     assert model.info.architecture == f"triton:{name}-graph@1"
+    assert isinstance(model.backend, Backend) and model.backend.graph is None
     items = [served_input(item) for item in sample_items(torch_model)]
     assert_outputs_match(model.score(items), [torch_model.score([item])[0] for item in items], tol=TOL)
 
@@ -159,8 +163,8 @@ def test_a_model_the_peer_does_not_serve_as_this_graph_is_a_load_error(protocol,
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_peer_down_at_load_fails_the_model_with_a_clear_message(protocol, tiny_model_dirs):
     address = f"127.0.0.1:{free_port()}"  # nothing listens there
-    config = ModelConfig(name="rm", path=str(tiny_model_dirs["llama-scalar"]), backend="triton",
-                         triton_url=address, triton_protocol=protocol, triton_timeout_s=5)
+    config = ModelConfig(name="rm", path=str(tiny_model_dirs["llama-scalar"]),
+                         backend={"type": "triton", "url": address, "protocol": protocol, "timeout_s": 5})
     with live_server(create_app(Settings(models=[config]))) as url, httpx.Client(base_url=url, timeout=30) as client:
         ready = wait_until_loaded(client)
         assert ready.status_code == 503 and ready.json()["models"] == {"rm": "failed"}
@@ -172,10 +176,18 @@ def test_peer_down_at_load_fails_the_model_with_a_clear_message(protocol, tiny_m
 
 
 def test_triton_backend_needs_a_url():
-    with pytest.raises(ValueError, match="triton_url"):
-        ModelConfig(name="rm", path="/models/rm", backend="triton")
+    with pytest.raises(ValueError, match=r"backend\.triton\.url\n  Field required"):
+        ModelConfig(name="rm", path="/models/rm", backend={"type": "triton"})
     with pytest.raises(ValueError, match="would name both"):
         Settings(models=[ModelConfig(name="rm", path="/m", serve_graph=True), ModelConfig(name="rm-graph", path="/m")])
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_without_tritonclient_the_load_error_names_the_extra(protocol, tiny_model_dirs, monkeypatch):
+    monkeypatch.setitem(sys.modules, f"tritonclient.{protocol}", None)  # as when it is not installed
+    with pytest.raises(ModelLoadError, match=rf"tritonclient.{protocol} is not installed .*'rewardserve\[triton\]'"):
+        RewardModel.load("rm", tiny_model_dirs["llama-scalar"],
+                         backend=TritonConfig(url="127.0.0.1:1", protocol=protocol))
 
 
 # ---- serving through a triton-backed server ---------------------------------------------
@@ -191,8 +203,8 @@ def test_served_through_the_peer_then_5xx_when_it_dies(protocol, tiny_model_dirs
     with httpx.Client(base_url=base_url, timeout=30) as client:
         assert wait_until_loaded(client).status_code == 200
     address = Peer(base_url, f"127.0.0.1:{peer_app.state.grpc_port}").address(protocol)
-    config = ModelConfig(name="prm", path=str(tiny_model_dirs["qwen2-prm"]), backend="triton", triton_url=address,
-                         triton_protocol=protocol, triton_model="rm-graph", triton_timeout_s=10)
+    config = ModelConfig(name="prm", path=str(tiny_model_dirs["qwen2-prm"]), backend=TritonConfig(
+        url=address, protocol=protocol, model="rm-graph", timeout_s=10))
     app = create_app(Settings(models=[config], cache_max_bytes=0, max_batch_size=4))
     items = sample_items(load_tiny("qwen2-prm"))
     with peer_stack, live_server(app) as url, httpx.Client(base_url=url, timeout=60) as client:
@@ -254,15 +266,15 @@ def test_deploy_config_pbtxt_matches_what_export_onnx_writes(example, peer, expo
 
 
 def test_deploy_triton_yaml_points_at_the_example_repository():
-    models = [m for m in load_settings(DEPLOY / "config" / "triton.yaml").models if m.backend == "triton"]
+    models = [m for m in load_settings(DEPLOY / "config" / "triton.yaml").models if m.backend.type == "triton"]
     assert models
-    assert {m.triton_model or m.name for m in models} <= set(EXAMPLES)
+    assert {m.backend.model or m.name for m in models} <= set(EXAMPLES)
 
 
-def test_graph_infer_over_both_protocols_equals_the_engine(peer, load_tiny):
+def test_graph_infer_over_both_protocols_equals_the_backend(peer, load_tiny):
     model = load_tiny("llama-gating")
     inputs = model.model_inputs([model.encode(served_input(item)) for item in sample_items(model)])
-    expected = model.engine(inputs)
+    expected = model.backend(inputs)
     arrays = {name: tensor.numpy() for name, tensor in inputs.items()}
     with httpx.Client(base_url=peer.base_url, timeout=30) as client:
         body = client.post("/v2/models/llama-gating-graph/infer", json={"inputs": [

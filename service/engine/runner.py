@@ -108,10 +108,8 @@ class ModelRunner:
         try:
             config = self.config
             model = RewardModel.load(self.name, config.resolved_path(), config.spec, device=config.resolved_device(),
-                                     dtype=config.resolved_dtype(), backend=config.backend, onnx_file=config.onnx_file,
-                                     triton=config.triton_target(), packed=config.packed,
-                                     share_prefix=config.share_prefix, device_map=config.device_map,
-                                     max_memory=config.max_memory, offload_folder=config.offload_folder)
+                                     dtype=config.resolved_dtype(), backend=config.backend, packed=config.packed,
+                                     share_prefix=config.share_prefix)
             model.score(warmup_inputs(model.spec.kind), truncate="right")
             self._measure_warm_forward(model)
             if config.serve_graph:  # its tensors' shapes, read off one forward before any request runs

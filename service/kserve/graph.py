@@ -3,11 +3,11 @@ opt-in per model (`serve_graph: true`), named `<model>-graph`, its inputs and ou
 the graph's (models.graph: int64 `input_ids`, `attention_mask`, [`token_type_ids`],
 [`prompt_end`] in; float32 `values`, [`gating_weights`, `gated_score`] or `step_logits` out),
 its metadata and config those of an `onnxruntime_onnx` model with max_batch_size 0. Each
-request is one forward of the engine on the batch as given, with no batching, cache or
+request is one forward of the backend on the batch as given, with no batching, cache or
 heads: Triton with dynamic batching off. It runs on the model's forward thread between the
 scheduler's batches and is admitted to the model's queue like a request of one item per row
 (ModelRunner.run_forward). So a Triton model repository and this endpoint are
-interchangeable peers for `backend: triton`, and the tests drive that engine against it.
+interchangeable peers for `backend: triton`, and the tests drive that backend against it.
 
 Rows must be right-padded as the graph expects (an attention mask of ones, then zeros); a
 tensor that breaks the contract is refused with 400 naming it, before the forward."""
@@ -146,7 +146,7 @@ def _validated(graph: GraphModel, tensors: dict[str, np.ndarray], input_names: l
 
 async def infer(graph: GraphModel, tensors: dict[str, np.ndarray], requested: list[str] | None,
                 priority: Priority) -> list[tuple[TensorSpec, np.ndarray]]:
-    """One forward of the engine on the batch as given, on the model's forward thread and
+    """One forward of the backend on the batch as given, on the model's forward thread and
     admitted to its queue (429 past its bounds); the requested outputs (all when None), in
     the order requested."""
     input_specs, output_specs = tensor_specs(graph)
@@ -155,11 +155,11 @@ async def infer(graph: GraphModel, tensors: dict[str, np.ndarray], requested: li
     for name in names:
         if name not in {spec.name for spec in output_specs}:
             raise bad_input(name, f"no such output; model {graph.name!r} gives {[s.name for s in output_specs]}")
-    engine = graph.runner.model.engine
+    backend = graph.runner.model.backend
     rows, width = inputs["input_ids"].shape
     try:
         outputs = await graph.runner.run_forward(
-            lambda: engine({name: torch.tensor(array) for name, array in inputs.items()}), rows, rows * width, priority)
+            lambda: backend({name: torch.tensor(array) for name, array in inputs.items()}), rows, rows * width, priority)
     except QueueFull as err:
         raise APIError.from_queue_full(err) from err
     except Exception as err:

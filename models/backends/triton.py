@@ -1,8 +1,8 @@
-"""The Triton engine: a reward model's graph (the file `rewardserve export-onnx` writes) run by
+"""The triton backend: a reward model's graph (the file `rewardserve export-onnx` writes) run by
 a Triton Inference Server, or any KServe v2 server serving that graph, reached with
 tritonclient over HTTP or gRPC. Each padded batch goes out as the graph's named int64 inputs
 and its named float32 outputs come back, so tokenization, heads, batching and the cache stay
-here, exactly as with the local engines. The server should not batch again (its model config
+here, exactly as with the local backends. The server should not batch again (its model config
 has max_batch_size 0): the scheduler here already formed the batch.
 
 The model is checked when it loads (server live, model ready, its inputs and outputs those of
@@ -12,36 +12,29 @@ for it, so scores never silently move to a version loaded later."""
 
 from __future__ import annotations
 
-import importlib
 import threading
-from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 
+from models.backends import import_extra
+from models.backends.base import ExportedGraphBackend, ModelSource, Tensors
+from models.backends.config import TritonConfig
 from models.errors import ModelLoadError
-from models.graph import AXES
+from models.graph import AXES, input_names, output_names
+from models.loading import is_encoder_config
 
+EXTRA = "triton"
 INPUT_DATATYPE = "INT64"
 OUTPUT_DATATYPE = "FP32"
 
 
-@dataclass(frozen=True)
-class TritonTarget:
-    """Where the graph runs: `url` is host:port (Triton's 8000 for HTTP, 8001 for gRPC),
-    `version` '' means the newest version the server has ready, and `timeout_s` bounds
-    every call (connecting, metadata, one batch's inference)."""
-
-    url: str
-    model: str
-    protocol: Literal["http", "grpc"] = "grpc"
-    version: str = ""
-    timeout_s: float = 60.0
-
-    def __str__(self) -> str:
-        version = f" version {self.version}" if self.version else ""
-        return f"model {self.model!r}{version} on Triton server {self.protocol}://{self.url}"
+def load(config: TritonConfig, source: ModelSource) -> TritonBackend:
+    """The served model is named `config.model`, by default the model's own name."""
+    spec = source.spec
+    gated = bool(spec.multi_objective and spec.multi_objective.aggregate == "gating")
+    return TritonBackend(config, config.model or source.name, source.device,
+                         input_names(is_encoder_config(source.config), gated), output_names(spec, gated))
 
 
 class TritonError(RuntimeError):
@@ -49,17 +42,17 @@ class TritonError(RuntimeError):
 
 
 class _Client:
-    """One tritonclient client (HTTP or gRPC) behind the few calls the engine makes."""
+    """One tritonclient client (HTTP or gRPC) behind the few calls the backend makes."""
 
-    def __init__(self, target: TritonTarget):
-        self.module = importlib.import_module(f"tritonclient.{target.protocol}")
-        self.grpc = target.protocol == "grpc"
+    def __init__(self, config: TritonConfig, module):
+        self.module = module  # tritonclient.http or tritonclient.grpc
+        self.grpc = config.protocol == "grpc"
         if self.grpc:
-            self.client = self.module.InferenceServerClient(target.url)
-            self.deadline = {"client_timeout": target.timeout_s}
+            self.client = self.module.InferenceServerClient(config.url)
+            self.deadline = {"client_timeout": config.timeout_s}
         else:
             self.client = self.module.InferenceServerClient(
-                target.url, connection_timeout=target.timeout_s, network_timeout=target.timeout_s)
+                config.url, connection_timeout=config.timeout_s, network_timeout=config.timeout_s)
             self.deadline = {}
 
     def live(self) -> bool:
@@ -113,55 +106,58 @@ def contract_problems(metadata: dict, input_names: tuple[str, ...], output_names
     return problems
 
 
-class TritonEngine:
+class TritonBackend(ExportedGraphBackend):
     """Forwards run on the model's own thread, loading on another: each thread gets its own
     client (tritonclient's HTTP client is bound to the gevent hub of the thread that made it)."""
 
-    def __init__(self, target: TritonTarget, input_names: tuple[str, ...], output_names: tuple[str, ...]):
-        self.target = target
+    def __init__(self, config: TritonConfig, model: str, device: str, input_names: tuple[str, ...],
+                 output_names: tuple[str, ...]):
+        self.config, self.model = config, model
         self.input_names, self.output_names = input_names, output_names
+        self.device, self.placement = torch.device(device), device
+        self.files = ()
         self._local = threading.local()
+        self._module = import_extra(f"tritonclient.{config.protocol}", EXTRA)
+        pinned = f" version {config.version}" if config.version else ""
+        self.where = f"model {model!r}{pinned} on Triton server {config.protocol}://{config.url}"
         try:
             if not self._client().live():
-                raise ModelLoadError(f"{target}: the server is not live")
-            if not self._client().ready(target.model, target.version):
-                raise ModelLoadError(f"{target} is not ready: is it in the server's model repository "
+                raise ModelLoadError(f"{self.where}: the server is not live")
+            if not self._client().ready(model, config.version):
+                raise ModelLoadError(f"{self.where} is not ready: is it in the server's model repository "
                                      "(<model>/config.pbtxt and <model>/<version>/model.onnx)?")
-            metadata = self._client().metadata(target.model, target.version)
+            metadata = self._client().metadata(model, config.version)
         except ModelLoadError:
             raise
         except Exception as err:  # noqa: BLE001 - whatever the transport raised, the model cannot load
-            raise ModelLoadError(f"{target} cannot be reached: {type(err).__name__}: {err}") from err
+            raise ModelLoadError(f"{self.where} cannot be reached: {type(err).__name__}: {err}") from err
         problems = contract_problems(metadata, input_names, output_names)
         if problems:
-            raise ModelLoadError(f"{target} does not serve this model directory's graph: {'; '.join(problems)}")
-        self.version = target.version or max(metadata.get("versions") or ["1"], key=int)
+            raise ModelLoadError(f"{self.where} does not serve this model directory's graph: {'; '.join(problems)}")
+        self.version = config.version or max(metadata.get("versions") or ["1"], key=int)
         self.platform = metadata.get("platform", "")
-        self.architecture = f"triton:{target.model}@{self.version}"
+        self.architecture = f"triton:{model}@{self.version}"
+        # What the revision fingerprint takes from the remote side: the served model's name,
+        # pinned version and platform (not the URL: replicas of one repository score alike).
+        self.identity = f"triton:{model}@{self.version}:{self.platform}"
         primary = _tensors(metadata, "outputs")[output_names[0]][1]
         self.output_width = primary[-1] if primary[-1] > 0 else None
-
-    @property
-    def identity(self) -> str:
-        """What the revision fingerprint takes from the remote side: the served model's name,
-        pinned version and platform (not the URL: replicas of one repository score alike)."""
-        return f"triton:{self.target.model}@{self.version}:{self.platform}"
 
     def _client(self) -> _Client:
         client = getattr(self._local, "client", None)
         if client is None:
-            client = self._local.client = _Client(self.target)
+            client = self._local.client = _Client(self.config, self._module)
         return client
 
-    def __call__(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def __call__(self, inputs: Tensors) -> Tensors:
         arrays = {name: np.ascontiguousarray(inputs[name].numpy()) for name in self.input_names}
         try:
-            outputs = self._client().infer(self.target.model, self.version, arrays, self.output_names)
+            outputs = self._client().infer(self.model, self.version, arrays, self.output_names)
         except Exception as err:  # noqa: BLE001 - the scheduler isolates and reports it per item
-            raise TritonError(f"{self.target}: {type(err).__name__}: {err}") from err
+            raise TritonError(f"{self.where}: {type(err).__name__}: {err}") from err
         rows = len(arrays["input_ids"])
         for name, array in outputs.items():
             if array is None or array.ndim != len(AXES[name]) or len(array) != rows:
                 got = "nothing" if array is None else f"shape {list(array.shape)}"
-                raise TritonError(f"{self.target}: output {name} came back as {got} for a batch of {rows}")
+                raise TritonError(f"{self.where}: output {name} came back as {got} for a batch of {rows}")
         return {name: torch.tensor(array, dtype=torch.float32) for name, array in outputs.items()}
