@@ -27,7 +27,7 @@ from test_kserve import infer, texts
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from models.engines import TorchEngine
+from models.backends.torch import TorchBackend
 from service.app import create_app
 from service.config import ModelConfig, Settings
 from service.kserve import inference
@@ -263,39 +263,39 @@ def test_a_stream_reports_the_same_error_as_a_call(clients):
 
 
 @pytest.fixture
-def watched_engine(monkeypatch):
-    """Every torch engine forward records its thread; `hold` makes the next ones of one
-    engine wait (saying so on `entered`) until `release` is set."""
+def watched_backend(monkeypatch):
+    """Every torch backend forward records its thread; `hold` makes the next ones of one
+    backend wait (saying so on `entered`) until `release` is set."""
     calls: list[tuple[object, str]] = []
     hold: dict = {}
     entered, release = threading.Event(), threading.Event()
-    forward = TorchEngine.__call__
+    forward = TorchBackend.__call__
 
-    def watched(engine, inputs):
-        calls.append((engine, threading.current_thread().name))
-        if hold.get("engine") is engine:
+    def watched(backend, inputs):
+        calls.append((backend, threading.current_thread().name))
+        if hold.get("backend") is backend:
             entered.set()
             assert release.wait(WAIT_S), "the held forward was never released"
-        return forward(engine, inputs)
+        return forward(backend, inputs)
 
-    monkeypatch.setattr(TorchEngine, "__call__", watched)
+    monkeypatch.setattr(TorchBackend, "__call__", watched)
     yield calls, hold, entered, release
     release.set()
 
 
-def test_graph_requests_run_on_the_models_forward_thread(clients, app, watched_engine):
-    calls = watched_engine[0]
-    engine = app.state.registry.runners["llama-gating"].model.engine
+def test_graph_requests_run_on_the_models_forward_thread(clients, app, watched_backend):
+    calls = watched_backend[0]
+    backend = app.state.registry.runners["llama-gating"].model.backend
     for transport in ("http-binary", "grpc"):
         infer(clients, transport, "llama-gating-graph", GRAPH_INPUTS)
-    threads = [thread for called, thread in calls if called is engine]
+    threads = [thread for called, thread in calls if called is backend]
     assert threads == ["forward-llama-gating_0"] * 2, threads
 
 
-def test_graph_requests_are_held_to_the_models_queue_bound(tiny_model_dirs, watched_engine):
+def test_graph_requests_are_held_to_the_models_queue_bound(tiny_model_dirs, watched_backend):
     """max_queue_items 3: while a 2-row graph request holds the forward, a second one (2
     more rows) and a 2-item score request are refused with 429; once it has run, both go."""
-    _, hold, entered, release = watched_engine
+    _, hold, entered, release = watched_backend
     config = ModelConfig(name="rm", path=str(tiny_model_dirs["llama-gating"]), serve_graph=True)
     app = create_app(Settings(models=[config], grpc_port=free_port(), cache_max_bytes=0, max_queue_items=3,
                               max_queue_wait_s=None))
@@ -305,7 +305,7 @@ def test_graph_requests_are_held_to_the_models_queue_bound(tiny_model_dirs, watc
     with live_server(app) as url, httpx.Client(base_url=url, timeout=WAIT_S) as http:
         assert wait_until_loaded(http).status_code == 200
         grpc_client = triton_grpc.InferenceServerClient(f"127.0.0.1:{app.state.grpc_port}")
-        hold["engine"] = app.state.registry.runners["rm"].model.engine
+        hold["backend"] = app.state.registry.runners["rm"].model.backend
         first: dict = {}
         holder = threading.Thread(target=lambda: first.update(
             response=httpx.post(f"{url}/v2/models/rm-graph/infer", json=graph_body, timeout=WAIT_S)))
