@@ -38,7 +38,7 @@ from loadtests.model import to_input
 from loadtests.run import Run, _timed
 from models.loading import DTYPES
 from models.reward_model import RewardModel
-from models.tiny_models import _llama_tokenizer, _save
+from tests.tiny_models import _llama_tokenizer, _save
 from service.config import Settings
 
 T0 = time.monotonic()
@@ -167,7 +167,7 @@ def scratch_root() -> str | None:
 def build_model(plan: Plan, out: Path, res: Results) -> None:
     """transformers' own random init (normal(0, 0.02), norms 1) run in the target dtype on the
     target device; moved to CPU only to be saved, with the tiny Llama tokenizer (its ~400 ids
-    fit any vocabulary) and a scalar reward spec, as models/tiny_models.py saves test models."""
+    fit any vocabulary) and a scalar reward spec, as tests/tiny_models.py saves test models."""
     tokenizer = _llama_tokenizer()
     config = LlamaConfig(**plan.config, num_labels=1, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)

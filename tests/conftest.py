@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import build_all
 
 from models.reward_model import RewardModel
-from models.tiny_models import build_all
 
 torch.set_num_threads(2)
 # Servers the tests start leave gRPC off unless a test asks for it (grpc_port=free_port()),
@@ -20,7 +20,7 @@ os.environ.setdefault("REWARDSERVE_GRPC_PORT", "0")
 
 @pytest.fixture(scope="session")
 def tiny_model_dirs(tmp_path_factory) -> dict[str, Path]:
-    """{name: directory} for every tiny model in models.tiny_models, built once."""
+    """{name: directory} for every tiny model in tiny_models.py, built once."""
     return build_all(tmp_path_factory.mktemp("tiny_models"))
 
 

@@ -12,10 +12,10 @@ import httpx
 import pytest
 import yaml
 from http_helpers import live_server, reference, sample_items, served_input, wait_until_loaded, write_config
+from tiny_models import HELPSTEER
 
 from models.reward_model import RewardModel
 from models.spec import SPEC_FILENAME
-from models.tiny_models import HELPSTEER
 from service.cli import main
 from service.config import ModelConfig, Settings
 from service.app import create_app

@@ -16,11 +16,11 @@ import openai
 import pytest
 from http_helpers import LONG_TEXT, assert_error, live_server, reference, wait_until_loaded
 from model_cards.tokenizers import mistral_v01
+from tiny_models import SMALL
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
 from models.inputs import TextPair, TokenIds
 from models.reward_model import RewardModel
-from models.tiny_models import SMALL
 from service.app import create_app
 from service.client import RewardClient, verl_reward_fns
 from service.client import trainers

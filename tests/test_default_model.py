@@ -1,7 +1,7 @@
 """The embedded default models (models/builtin) load through the serving path, give finite,
 batch-independent scores, and reproduce the held-out figures their training reported
 (models/builtin/heldout.json, shown in models/README.md) on records their training never saw
-(see models/reward_data.py for the split)."""
+(see training/reward_data.py for the split)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import pytest
 from models.inputs import StepsInput, TextPair
 from models.reward_model import RewardModel
 from models.spec import ModelKind
-from models.heldout import as_text, harmless_figures, in_length_order, multi_figures, prm_figures, read_figures
-from models.reward_data import by_split, load_hh, load_processbench, split_of
-from models.train_default import HARMLESS, MULTI, PRM
+from training.heldout import as_text, harmless_figures, in_length_order, multi_figures, prm_figures, read_figures
+from training.reward_data import by_split, load_hh, load_processbench, split_of
+from training.train_default import HARMLESS, MULTI, PRM
 
 BUILTIN = Path(__file__).resolve().parents[1] / "models" / "builtin"
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

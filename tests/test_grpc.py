@@ -26,8 +26,8 @@ from http_helpers import (
     wait_until_loaded,
 )
 from sched_helpers import GatedForward, ids, intercept_forward
+from tiny_models import BUILDERS
 
-from models.tiny_models import BUILDERS
 from service.config import ModelConfig, Settings
 from service.app import create_app
 from service.grpc.proto import rewardserve_pb2 as pb

@@ -23,8 +23,8 @@ from http_helpers import (
     wait_until_loaded,
 )
 from sched_helpers import intercept_forward
+from tiny_models import BUILDERS, HELPSTEER
 
-from models.tiny_models import BUILDERS, HELPSTEER
 from service.config import ModelConfig, Settings
 from service.app import create_app
 from service.engine.registry import ModelRegistry

@@ -14,10 +14,10 @@ import torch
 import yaml
 from http_helpers import LONG_TEXT, assert_error, live_server, reference, wait_until_loaded
 from sched_helpers import intercept_forward
+from tiny_models import HELPSTEER
 
 from models.inputs import RenderedText, TokenIds
 from models.spec import SPEC_FILENAME
-from models.tiny_models import HELPSTEER
 from service.config import ModelConfig, Settings
 from service.app import create_app
 from service.engine.scheduler import Priority

@@ -18,9 +18,9 @@ from http_helpers import (
     served_input,
     wait_until_loaded,
 )
+from tiny_models import HELPSTEER
 
 from models.spec import SPEC_FILENAME
-from models.tiny_models import HELPSTEER
 from service.config import ModelConfig, Settings
 from service.app import create_app
 

@@ -25,10 +25,10 @@ from http_helpers import (
     served_input,
     wait_until_loaded,
 )
+from tiny_models import BUILDERS
 from tritonclient.utils import InferenceServerException
 
 from models.spec import ModelKind
-from models.tiny_models import BUILDERS
 from service.config import ModelConfig, Settings
 from service.app import create_app
 

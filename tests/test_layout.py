@@ -1,7 +1,8 @@
 """The service's import structure: data flows one way (transport -> core -> engine), so
 the import graph of service/ has no cycle, every package imports only the layers below it,
-the transports never import each other, the layers below them know no wire library, and
-the README's layout table names every package there is."""
+the transports never import each other, the layers below them know no wire library, nothing
+served imports the training tooling or the tests, and the README's layout table names every
+package there is."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICE = ROOT / "service"
+SERVED = (SERVICE, ROOT / "models")
+TESTS = ROOT / "tests"
 MAX_LINES = 400
 
 # Each part of service/ (a subpackage, or a top-level module) and the parts it may import.
@@ -140,6 +143,18 @@ def test_layers_below_the_transports_know_no_wire_library():
     for name, path in sources().items():
         if part(name) in WIRE_FREE:
             found += [f"{name} imports {lib}" for lib in sorted(imported(path)[1] & set(WIRE_LIBRARIES))]
+    assert not found, "\n".join(found)
+
+
+def test_served_code_imports_no_training_or_test_code():
+    """service/ and models/ are what the wheel and the image ship; training/, the tests (their
+    helpers are imported by bare name, tests/ being on the test run's path) and the load tests
+    are not there."""
+    unshipped = {"training", "tests", "loadtests"} | {p.stem for p in TESTS.glob("*.py")} \
+        | {p.parent.name for p in TESTS.glob("*/__init__.py")}
+    found = [f"{path.relative_to(ROOT)} imports {name}"
+             for root in SERVED for path in sorted(root.rglob("*.py")) if "_pb2" not in path.name
+             for name in sorted(imported(path)[1] & unshipped)]
     assert not found, "\n".join(found)
 
 

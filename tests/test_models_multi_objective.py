@@ -7,11 +7,11 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from tiny_models import HELPSTEER
 
 from models.errors import InputError
 from models.inputs import Chat, TextPair, TokenIds
 from models.spec import SPEC_FILENAME
-from models.tiny_models import HELPSTEER
 
 PROMPT = "What is 3 plus 4?"
 RESPONSES = ["It is 7.", "The quick brown fox jumps over the lazy dog, so the answer is 12."]

@@ -20,13 +20,14 @@ from http_helpers import (
     wait_until_loaded,
     write_config,
 )
+from tiny_models import BUILDERS
+
 from models.backends.base import Backend
 from models.backends.config import OnnxRuntimeConfig
 from models.backends.onnx import ONNX_FILENAME
 from models.errors import ModelLoadError
 from models.onnx_export import export_onnx
 from models.reward_model import RewardModel
-from models.tiny_models import BUILDERS
 from service.config import ModelConfig, Settings
 from service.app import create_app
 

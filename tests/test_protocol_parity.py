@@ -22,10 +22,10 @@ import tritonclient.http as triton_http
 from http_helpers import assert_error, free_port, live_server, reference, served_input, wait_until_loaded
 from test_grpc import to_request
 from test_kserve import infer, step_items, text_items, texts
+from tiny_models import BUILDERS
 from tritonclient.utils import InferenceServerException
 
 from models.spec import ModelKind
-from models.tiny_models import BUILDERS
 from service.client import RewardClient, RewardServeError
 from service.config import ModelConfig, Settings
 from service.app import create_app

@@ -30,6 +30,7 @@ from http_helpers import (
     served_input,
     wait_until_loaded,
 )
+from tiny_models import BUILDERS
 from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
@@ -38,7 +39,6 @@ from models.backends.config import TritonConfig
 from models.errors import ModelLoadError
 from models.onnx_export import export_onnx
 from models.reward_model import RewardModel
-from models.tiny_models import BUILDERS
 from service.config import ModelConfig, Settings, load_settings
 from service.app import create_app
 

@@ -91,7 +91,7 @@ def _sentencepiece(out: Path, filename: str, config: dict, pieces: dict[str, int
     their ids, saved as `filename` with `config` as tokenizer_config.json, loaded back."""
     import sentencepiece
 
-    from models.tiny_models import CORPUS
+    from tiny_models import CORPUS
 
     out.mkdir(parents=True, exist_ok=True)
     model = io.BytesIO()

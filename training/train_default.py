@@ -1,10 +1,10 @@
 """Trains the embedded default reward models (models/builtin) on the real data of
-models.reward_data, then reloads the written models and reports held-out figures measured
+training.reward_data, then reloads the written models and reports held-out figures measured
 through the serving path (RewardModel.forward), so the numbers are those of what is served.
 
-    python -m models.train_default [--data ../shared/data] [--out models/builtin] [--only NAME]
+    python -m training.train_default [--data ../shared/data] [--out models/builtin] [--only NAME]
 
-minilm-harmless: all-MiniLM-L6-v2 fine-tuned end to end (models.finetune) as a Bradley-Terry
+minilm-harmless: all-MiniLM-L6-v2 fine-tuned end to end (training.finetune) as a Bradley-Terry
 reward model on HH-RLHF harmless-base pairs, warm-started from a linear head fitted on the
 frozen backbone.
 minilm-prm: a linear head on the frozen backbone, class-balanced cross-entropy on ProcessBench
@@ -14,7 +14,7 @@ minilm-multi: two named dimensions on minilm-harmless's fine-tuned backbone: `ha
 (minilm-harmless's own head) and `math_correctness` (a linear head fitted on that backbone's
 frozen features of ProcessBench solutions, to their final_answer_correct label), weighed into
 the score by 1 / their spread on the fitted records.
-Records are split by a hash of their id (models.reward_data.split_of): 20% held out (never
+Records are split by a hash of their id (training.reward_data.split_of): 20% held out (never
 trained, early-stopped or calibrated on), 10% validation for early stopping, 70% fitted.
 """
 
@@ -32,8 +32,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
-from models.finetune import Example, Schedule, fine_tune, mean_loss, pair_loss, save_fine_tune
-from models.heldout import (
+from models.reward_model import RewardModel
+from models.spec import SPEC_FILENAME, ModelKind, load_spec
+from training.finetune import Example, Schedule, fine_tune, mean_loss, pair_loss, save_fine_tune
+from training.heldout import (
     HH_TRUNCATE,
     PRM_TRUNCATE,
     as_text,
@@ -45,9 +47,7 @@ from models.heldout import (
     step_rewards,
     write_figures,
 )
-from models.reward_data import Pair, Solution, by_split, load_hh, load_processbench
-from models.reward_model import RewardModel
-from models.spec import SPEC_FILENAME, ModelKind, load_spec
+from training.reward_data import Pair, Solution, by_split, load_hh, load_processbench
 
 HARMLESS, PRM, MULTI = "minilm-harmless", "minilm-prm", "minilm-multi"
 HEAD_FILE, BACKBONE_FILE = "reward_head.safetensors", "backbone.safetensors"

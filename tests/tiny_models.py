@@ -1,7 +1,7 @@
 """Tiny random-weight reward models of real architectures, written to disk in Hugging Face
 format so tests load them through exactly the path a user's model takes.
 
-    python -m models.tiny_models OUT_DIR      # builds every one under OUT_DIR/<name>
+    python -m tests.tiny_models OUT_DIR      # builds every one under OUT_DIR/<name>
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Reference sets of the embedded default models: real inputs from the held-out split of their
 training data (records no head was fitted, early-stopped or calibrated on; see
-models/train_default.py), written as `/v1/score` items, one per line. Each model's
+training/train_default.py), written as `/v1/score` items, one per line. Each model's
 `reference_stats` (for `normalize: "zscore"`), drift baseline (with its calibrated limits) and
 golden set come from them:
 
-    python -m models.reference_sets OUT_DIR [--data ../shared/data]
+    python -m training.reference_sets OUT_DIR [--data ../shared/data]
     rewardserve calibrate OUT_DIR/minilm-harmless.jsonl --model minilm-harmless --truncate left --write
     rewardserve calibrate OUT_DIR/minilm-prm.jsonl --model minilm-prm --truncate right --write
     rewardserve calibrate OUT_DIR/minilm-multi.jsonl --model minilm-multi --truncate left --write
@@ -29,9 +29,9 @@ import json
 from itertools import zip_longest
 from pathlib import Path
 
-from models.heldout import as_text
-from models.reward_data import by_split, load_hh, load_processbench
-from models.train_default import HARMLESS, MULTI, PRM
+from training.heldout import as_text
+from training.reward_data import by_split, load_hh, load_processbench
+from training.train_default import HARMLESS, MULTI, PRM
 
 HARMLESS_PAIRS = 300  # both responses of each: 600 items
 

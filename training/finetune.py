@@ -1,7 +1,7 @@
 """Fine-tuning a reward model end to end through its serving graph: the forward that trains
 is RewardGraph's own, on batches RewardModel.model_inputs builds (the same padding, pooling,
 step markers and head), so the model serves exactly what it was trained on. Used by
-models.train_default for the embedded defaults.
+training.train_default for the embedded defaults.
 
 The word embeddings stay frozen (most of MiniLM's parameters, and a few thousand pairs cannot
 move them usefully); every transformer layer and the head train. What changed is written as

@@ -1,6 +1,6 @@
 """Held-out figures of the embedded default models, measured through the serving path
-(RewardModel.forward on the written models) on the records of models.reward_data's held-out
-split. models.train_default writes them to models/builtin/heldout.json after training, the
+(RewardModel.forward on the written models) on the records of training.reward_data's held-out
+split. training.train_default writes them to models/builtin/heldout.json after training, the
 tables of models/README.md show them, and tests/test_default_model.py measures them again."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from models.inputs import TextPair
-from models.reward_data import Pair, Solution
 from models.reward_model import RewardModel
+from training.reward_data import Pair, Solution
 
-FIGURES_FILE = Path(__file__).resolve().parent / "builtin" / "heldout.json"
+FIGURES_FILE = Path(__file__).resolve().parents[1] / "models" / "builtin" / "heldout.json"
 BATCH = 16
 # HH dialogues keep their latest turns (the response) when too long; ProcessBench keeps the
 # problem and the first steps, so surviving markers are the first steps in order.

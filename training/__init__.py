@@ -1,0 +1,1 @@
+"""Training and measuring the embedded default models (models/builtin): not served, not in the wheel."""
