@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Union
 
-Truncate = Literal["left", "right"]
+from service.protocol.enums import Truncate
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import json
 
-from models.spec import ModelKind
 from service.core.errors import APIError
 from service.core.scoring import Scorer
 from service.engine.runner import ModelRunner
 from service.kserve.tensors import TensorSpec
+from service.protocol.enums import ModelKind
 
 PLATFORM = "rewardserve"
 VERSION = "1"
