@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Union
 
-from service.protocol.enums import Truncate
+from service.protocol.enums import Truncate  # noqa: F401 - the model layer imports it from here
 
 
 @dataclass(frozen=True)

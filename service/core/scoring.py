@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
+
 from pydantic import ValidationError
 
 from models.heads import RewardOutput
