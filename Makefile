@@ -3,17 +3,19 @@
 #   make test    run the test suite
 # and one for the benchmarks (loadtests/RESULTS.md, about 45 minutes on 2 cores):
 #   make bench
+# `make protos` regenerates the committed gRPC code after a change to service/grpc/proto/*.proto.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CPU build of torch is taken first so nothing pulls a multi-GB CUDA build;
-# on a GPU host set TORCH to the build you want.
+# on a GPU host set TORCH to the build you want. The Dockerfile's default is the same pin,
+# inside pyproject's range (tests/test_packaging.py checks both).
 TORCH ?= torch==2.13.0
 
 # Ray Serve (rewardserve as a Ray Serve app, and the benchmark's off-the-shelf batcher) lives
 # in its own venv, so its large dependency set never changes the service's.
 RAY_VENV := loadtests/.venv-ray
 
-.PHONY: install serve test bench
+.PHONY: install serve test bench protos
 
 install: $(VENV)/.installed
 
@@ -21,7 +23,6 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[test]"
-	$(PY) -m service.grpc.proto.build >/dev/null
 	touch $@
 
 serve: install
@@ -33,8 +34,11 @@ test: install $(RAY_VENV)/.installed
 bench: install $(RAY_VENV)/.installed
 	$(PY) -m loadtests.run $(ARGS)
 
+protos: install
+	$(PY) -m service.grpc.proto.build
+
 $(RAY_VENV)/.installed: pyproject.toml
 	python3 -m venv $(RAY_VENV)
 	$(RAY_VENV)/bin/pip install -q "$(TORCH)"
-	$(RAY_VENV)/bin/pip install -q "ray[serve]>=2.60,<3" -e .
+	$(RAY_VENV)/bin/pip install -q -e ".[serve,ray]"
 	touch $@

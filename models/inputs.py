@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Union
 
-Truncate = Literal["left", "right"]
+from service.protocol.enums import Truncate  # noqa: F401 - the model layer imports it from here
 
 
 @dataclass(frozen=True)

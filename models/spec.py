@@ -21,21 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from models.errors import ModelLoadError
 from models.openrlhf import reward_moments, value_head_name
+from service.protocol.enums import ModelKind, StepAggregate
 
 SPEC_FILENAME = "reward_spec.yaml"
-
-
-class ModelKind(str, Enum):
-    scalar = "scalar"
-    multi_objective = "multi_objective"
-    process = "process"
-
-
-class StepAggregate(str, Enum):
-    min = "min"
-    product = "product"
-    last = "last"
-    mean = "mean"
 
 
 class Pooling(str, Enum):

@@ -18,11 +18,14 @@ from pydantic import TypeAdapter, ValidationError
 from models.convert import CONVERTERS, convert
 from models.errors import InputError, ModelLoadError
 from models.heads import RewardOutput
-from models.spec import SPEC_FILENAME, ModelKind, StepAggregate, load_spec
+from models.spec import SPEC_FILENAME, load_spec
 from service.config import Settings, load_settings
-from service.core.errors import field_path
-from service.core.schemas import ItemResult, ScoreItem
+from service.core.inputs import item_input
+from service.core.scoring import item_result
 from service.engine.runner import ModelRunner
+from service.protocol.enums import ModelKind, StepAggregate
+from service.protocol.errors import field_path
+from service.protocol.scoring import ScoreItem
 
 CHUNK = 256
 parse_item = TypeAdapter(ScoreItem).validate_json
@@ -80,7 +83,7 @@ def _score_chunk(runner: ModelRunner, lines: list[str], first: int, args) -> lis
         if isinstance(output, RewardOutput):
             if args.aggregate:
                 output = output.with_step_aggregate(StepAggregate(args.aggregate))
-            output = ItemResult.from_output(first + offset, output).model_dump(exclude_none=True)
+            output = item_result(first + offset, output).model_dump(exclude_none=True)
         records.append(output)
     return records
 
@@ -93,7 +96,7 @@ def _score_chunk_outputs(runner: ModelRunner, lines: list[str], first: int,
     for offset, line in enumerate(lines):
         index = first + offset
         try:
-            encoded.append(runner.model.encode(parse_item(line).to_input(), truncate))
+            encoded.append(runner.model.encode(item_input(parse_item(line)), truncate))
             good.append(offset)
         except ValidationError as err:
             first_error = err.errors()[0]

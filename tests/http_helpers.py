@@ -25,8 +25,9 @@ from models.heads import RewardOutput
 from models.inputs import ScoreInput
 from models.reward_model import RewardModel
 from models.spec import ModelKind
-from service.core.schemas import ScoreItem
+from service.core.inputs import item_input
 from service.http.protocol import BoundedH11Protocol
+from service.protocol.scoring import ScoreItem
 
 TOL = 1e-5
 _parse_item = TypeAdapter(ScoreItem).validate_python
@@ -138,7 +139,7 @@ def sample_items(model: RewardModel) -> list[dict]:
     """Request items in every form `model` accepts, of quite different lengths, in an order
     that is not sorted by length (so batching must restore it)."""
     def encode(item: dict):
-        return model.encode(_parse_item(item).to_input())
+        return model.encode(item_input(_parse_item(item)))
 
     if model.spec.kind == ModelKind.process:
         short = {"prompt": "What is 3 + 4?", "steps": ["3 + 4 = 7", "The answer is 7."]}
@@ -162,7 +163,7 @@ def sample_items(model: RewardModel) -> list[dict]:
 
 def served_input(item: dict) -> ScoreInput:
     """A JSON item as the model layer receives it."""
-    return _parse_item(item).to_input()
+    return item_input(_parse_item(item))
 
 
 def reference(model: RewardModel, item: dict, truncate: str | None = None) -> RewardOutput:

@@ -196,3 +196,14 @@ def test_convert_writes_files_any_user_may_read(family, tmp_path):
     assert sorted(p.name for p in written) == sorted([HEAD_FILENAME, SPEC_FILENAME])
     assert {p.name: oct(p.stat().st_mode & 0o777) for p in written} == {p.name: oct(0o644) for p in written}
     assert oct(dst.stat().st_mode & 0o777) == oct(0o755)
+
+
+def test_without_the_server_dependencies_the_command_names_the_serve_extra():
+    """A plain install is the client, without torch: the command says, in one line and
+    without a traceback, what to install (the real install is in test_client_install.py)."""
+    script = ("import sys; sys.modules['torch'] = None; sys.argv = ['rewardserve', 'serve']; "
+              "from service.launcher import main; main()")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=_env())
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "(torch)" in result.stderr and "pip install 'rewardserve[serve]'" in result.stderr

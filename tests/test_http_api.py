@@ -29,7 +29,7 @@ from service.config import ModelConfig, Settings
 from service.app import create_app
 from service.engine.registry import ModelRegistry
 from service.engine.scheduler import dedup_key
-from service.core.schemas import ChatItem, ScoreRequest, StepsItem, TextItem, TokensItem
+from service.protocol.scoring import ChatItem, ScoreRequest, StepsItem, TextItem, TokensItem
 
 MODEL_NAMES = list(BUILDERS)
 MAX_ITEMS = 8

@@ -14,9 +14,9 @@ from models.inputs import TextPair, TokenIds
 from service.app import create_app
 from service.client import RewardClient
 from service.config import ModelConfig, Settings
-from service.core.schemas import FailedItem, ItemResult
 from service.grpc.proto import rewardserve_pb2 as pb
 from service.grpc.proto import rewardserve_pb2_grpc as pb_grpc
+from service.protocol.scoring import FailedItem, ItemResult
 
 SCALAR = "llama-scalar"
 POISON_ID = 397  # the model "fails" on any batch holding this token id

@@ -1,13 +1,16 @@
 """The service's import structure: data flows one way (transport -> core -> engine), so
 the import graph of service/ has no cycle, every package imports only the layers below it,
-the transports never import each other, the layers below them know no wire library, nothing
-served imports the training tooling or the tests, and the README's layout table names every
-package there is."""
+the transports never import each other, the layers below them know no wire library, the
+wire protocol and the client stay light, nothing served imports the training tooling or the
+tests, and the README's layout table names every package there is."""
 
 from __future__ import annotations
 
 import ast
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -18,22 +21,29 @@ MAX_LINES = 400
 
 # Each part of service/ (a subpackage, or a top-level module) and the parts it may import.
 LAYERS = {
+    "protocol": set(),
     "config": set(),
-    "engine": {"config"},
-    "core": {"config", "engine"},
-    "monitoring": {"config", "engine", "core"},
-    "kserve": {"config", "engine", "core"},
-    "compat": {"config", "engine", "core"},
-    "http": {"config", "engine", "core", "monitoring", "kserve", "compat"},
-    "grpc": {"config", "engine", "core", "monitoring", "kserve"},
-    "app": {"config", "engine", "core", "monitoring", "http", "grpc"},
-    "cli": {"config", "engine", "core", "monitoring", "app"},
-    "rayserve": {"config", "engine", "core", "http", "app"},
-    "client": {"core", "grpc.proto"},
+    "engine": {"config", "protocol"},
+    "core": {"config", "engine", "protocol"},
+    "monitoring": {"config", "engine", "core", "protocol"},
+    "kserve": {"config", "engine", "core", "protocol"},
+    "compat": {"config", "engine", "core", "protocol"},
+    "http": {"config", "engine", "core", "monitoring", "kserve", "compat", "protocol"},
+    "grpc": {"config", "engine", "core", "monitoring", "kserve", "protocol"},
+    "app": {"config", "engine", "core", "monitoring", "http", "grpc", "protocol"},
+    "cli": {"config", "engine", "core", "monitoring", "app", "protocol"},
+    "launcher": {"cli"},
+    "rayserve": {"config", "engine", "core", "http", "app", "protocol"},
+    "client": {"protocol", "grpc.proto"},
 }
 TRANSPORTS = ("http", "grpc")
 WIRE_LIBRARIES = ("fastapi", "starlette", "uvicorn", "grpc", "grpc_health", "tritonclient")
-WIRE_FREE = ("config", "engine", "core", "monitoring", "kserve", "compat")
+WIRE_FREE = ("protocol", "config", "engine", "core", "monitoring", "kserve", "compat")
+# What the wire protocol may import (beside itself), and what importing the client must not
+# load: a trainer's process takes the client without the server's stack.
+PROTOCOL_IMPORTS = {"__future__", "enum", "typing", "pydantic"}
+CLIENT_MUST_NOT_LOAD = ("torch", "transformers", "numpy", "redis", "fastapi", "starlette", "uvicorn",
+                        "tritonclient", "models", "service.core", "service.engine", "service.config")
 
 
 def module_name(path: Path) -> str:
@@ -169,3 +179,26 @@ def test_readme_layout_names_every_package():
     named = set(re.findall(r"`service/([a-z_]+)/`", section))
     packages = {p.parent.name for p in SERVICE.glob("*/__init__.py")}
     assert named == packages, f"README layout names {sorted(named)}; service/ has packages {sorted(packages)}"
+
+
+def test_protocol_imports_only_pydantic_and_the_standard_library():
+    found = []
+    for name, path in sources().items():
+        if part(name) == "protocol":
+            own, others = imported(path)
+            found += [f"{name} imports {dep}" for dep in sorted(own) if part(dep) != "protocol"]
+            found += [f"{name} imports {lib}" for lib in sorted(others - PROTOCOL_IMPORTS)]
+    assert not found, "\n".join(found)
+
+
+def test_importing_the_client_loads_no_server_module():
+    """In a fresh interpreter, `import service.client` (and the protocol it returns) loads
+    none of the server's stack: no torch, transformers, numpy, Redis, web framework, nor a
+    module of the model, core or engine layers."""
+    script = "import json, sys; import service.client; print(json.dumps(sorted(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    loaded = json.loads(result.stdout)
+    heavy = [m for m in loaded if any(m == top or m.startswith(f"{top}.") for top in CLIENT_MUST_NOT_LOAD)]
+    assert not heavy, f"import service.client loads {heavy}"
+    assert {"service.protocol.scoring", "service.grpc.proto.rewardserve_pb2"} <= set(loaded)

@@ -13,8 +13,8 @@ from pydantic import ValidationError
 
 from models.heads import RewardOutput
 from models.spec import ModelKind, RewardSpec, StepAggregate
-from service.core.candidates import split_steps
 from service.core.errors import APIError
+from service.core.inputs import split_steps
 from service.core.normalize import compute_reference_stats, reference_stats_for, zscore
 from service.core.ranking import (
     best,

@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 from urllib.parse import urlsplit
 
 import grpc
@@ -21,8 +21,10 @@ import httpx
 from service.client.common import RESULT_TYPES, Calls, Retry, RewardServeError
 from service.client.grpc_transport import AsyncGrpcTransport, GrpcTransport
 from service.client.http_transport import AsyncHttpTransport, HttpTransport
-from service.core.operations import CompareResponse, RerankResponse, StepsResponse
-from service.core.schemas import ModelCard, ScoreResponse
+from service.client.options import CompareOptions, RerankOptions, ScoreOptions, StepsOptions
+from service.protocol.catalog import ModelCard
+from service.protocol.ranking import CompareResponse, RerankResponse, StepsResponse
+from service.protocol.scoring import ScoreResponse
 
 # Errors a retry may cure: the server's 429 / 503 answers (RewardServeError), and HTTP
 # connection failures (over gRPC those are UNAVAILABLE, a 503).
@@ -94,16 +96,16 @@ class RewardClient:
                     raise
             time.sleep(wait)
 
-    def score(self, items: Sequence[Any], **options) -> ScoreResponse:
+    def score(self, items: Sequence[Any], **options: Unpack[ScoreOptions]) -> ScoreResponse:
         return self._call(*Calls.score(items, **options))
 
-    def compare(self, prompt: str | None, responses: Sequence[Any], **options) -> CompareResponse:
+    def compare(self, prompt: str | None, responses: Sequence[Any], **options: Unpack[CompareOptions]) -> CompareResponse:
         return self._call(*Calls.compare(prompt, responses, **options))
 
-    def rerank(self, query: str | None, documents: Sequence[Any], **options) -> RerankResponse:
+    def rerank(self, query: str | None, documents: Sequence[Any], **options: Unpack[RerankOptions]) -> RerankResponse:
         return self._call(*Calls.rerank(query, documents, **options))
 
-    def steps(self, items: Sequence[Any], **options) -> StepsResponse:
+    def steps(self, items: Sequence[Any], **options: Unpack[StepsOptions]) -> StepsResponse:
         return self._call(*Calls.steps(items, **options))
 
     def models(self) -> list[ModelCard]:
@@ -143,16 +145,18 @@ class AsyncRewardClient:
                     raise
             await asyncio.sleep(wait)
 
-    async def score(self, items: Sequence[Any], **options) -> ScoreResponse:
+    async def score(self, items: Sequence[Any], **options: Unpack[ScoreOptions]) -> ScoreResponse:
         return await self._call(*Calls.score(items, **options))
 
-    async def compare(self, prompt: str | None, responses: Sequence[Any], **options) -> CompareResponse:
+    async def compare(self, prompt: str | None, responses: Sequence[Any],
+                      **options: Unpack[CompareOptions]) -> CompareResponse:
         return await self._call(*Calls.compare(prompt, responses, **options))
 
-    async def rerank(self, query: str | None, documents: Sequence[Any], **options) -> RerankResponse:
+    async def rerank(self, query: str | None, documents: Sequence[Any],
+                     **options: Unpack[RerankOptions]) -> RerankResponse:
         return await self._call(*Calls.rerank(query, documents, **options))
 
-    async def steps(self, items: Sequence[Any], **options) -> StepsResponse:
+    async def steps(self, items: Sequence[Any], **options: Unpack[StepsOptions]) -> StepsResponse:
         return await self._call(*Calls.steps(items, **options))
 
     async def models(self) -> list[ModelCard]:

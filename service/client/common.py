@@ -8,8 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from service.core.operations import CompareResponse, RerankResponse, StepsResponse
-from service.core.schemas import ModelList, ScoreResponse
+from service.protocol.catalog import ModelList
+from service.protocol.errors import led_by_field
+from service.protocol.ranking import CompareResponse, RerankResponse, StepsResponse
+from service.protocol.scoring import ScoreResponse
 
 if TYPE_CHECKING:
     import grpc
@@ -32,8 +34,7 @@ class RewardServeError(Exception):
 
     def __init__(self, status: int, code: str, message: str, field: str | None = None, *,
                  grpc_code: grpc.StatusCode | None = None, retry_after_s: float | None = None):
-        if field and not message.startswith(field):
-            message = f"{field}: {message}"
+        message = led_by_field(message, field)
         super().__init__(f"{status} {code}: {message}")
         self.status, self.code, self.message, self.field = status, code, message, field
         self.grpc_code, self.retry_after_s = grpc_code, retry_after_s

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from service.client.common import RESULT_TYPES, RewardServeError, retry_hint
 from service.grpc.proto import rewardserve_pb2 as pb
 from service.grpc.proto import rewardserve_pb2_grpc as pb_grpc
+from service.protocol.errors import CODE_KEY, FIELD_KEY, RETRY_AFTER_KEY
 
 RPCS = {"score": ("Score", pb.ScoreRequest), "compare": ("Compare", pb.CompareRequest),
         "rerank": ("Rerank", pb.RerankRequest), "steps": ("Steps", pb.StepsRequest),
@@ -135,9 +136,9 @@ def to_error(err: grpc.RpcError) -> RewardServeError:
     name)."""
     code = err.code()
     metadata = dict(err.trailing_metadata() or ())
-    return RewardServeError(HTTP_STATUS.get(code, 500), metadata.get("rewardserve-error-code") or code.name.lower(),
-                            err.details() or code.name, metadata.get("rewardserve-error-field") or None,
-                            grpc_code=code, retry_after_s=retry_hint(metadata.get("retry-after")))
+    return RewardServeError(HTTP_STATUS.get(code, 500), metadata.get(CODE_KEY) or code.name.lower(),
+                            err.details() or code.name, metadata.get(FIELD_KEY) or None,
+                            grpc_code=code, retry_after_s=retry_hint(metadata.get(RETRY_AFTER_KEY)))
 
 
 # ---- channels -------------------------------------------------------------------------

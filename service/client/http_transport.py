@@ -8,6 +8,7 @@ import ssl
 import httpx
 
 from service.client.common import RewardServeError, retry_hint
+from service.protocol.errors import RETRY_AFTER_KEY
 
 PATHS = {"score": "/v1/score", "compare": "/v1/compare", "rerank": "/v1/rerank", "steps": "/v1/steps"}
 
@@ -21,7 +22,7 @@ def _answer(response: httpx.Response) -> dict:
     except (ValueError, KeyError, TypeError):
         error = {"code": "http_error", "message": response.text}
     raise RewardServeError(response.status_code, error.get("code", ""), error.get("message", ""), error.get("field"),
-                           retry_after_s=retry_hint(response.headers.get("retry-after")))
+                           retry_after_s=retry_hint(response.headers.get(RETRY_AFTER_KEY)))
 
 
 class HttpTransport:

@@ -17,9 +17,10 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Unpack
 
 from service.client.clients import RewardClient
+from service.client.options import ItemScoring
 
 URL_ENV = "REWARDSERVE_URL"
 
@@ -36,7 +37,8 @@ def _completion_item(prompt: Any, completion: Any) -> dict:
     return {"messages": [*turns, *reply]}
 
 
-def reward_fn(client: RewardClient, *, model: str | None = None, **options) -> Callable[..., list[float]]:
+def reward_fn(client: RewardClient, *, model: str | None = None,
+              **options: Unpack[ItemScoring]) -> Callable[..., list[float]]:
     """A TRL GRPOTrainer reward function (`reward_funcs=[reward_fn(client)]`): scores each
     (prompt, completion) with the server, as bulk work, over the client's transport."""
     options.setdefault("priority", "bulk")
@@ -67,7 +69,7 @@ def _reward(result) -> float | dict:
 
 
 def verl_reward_fns(client: RewardClient, *, model: str | None = None, prompt_key: str = "question",
-                    **options) -> tuple[Callable[..., float | dict], Callable[..., list]]:
+                    **options: Unpack[ItemScoring]) -> tuple[Callable[..., float | dict], Callable[..., list]]:
     """veRL's two custom reward function forms for `client`: per sample (naive and dapo
     reward managers, called with keywords; prime calls it positionally) and batched (the
     batch reward manager)."""

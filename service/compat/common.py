@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.engine.scheduler import Priority
+from service.protocol.enums import Priority
 
 
 class Lenient(BaseModel):

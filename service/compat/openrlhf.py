@@ -19,16 +19,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from models.inputs import RenderedText, ScoreInput, Truncate
+from models.inputs import RenderedText, ScoreInput
 from models.reward_model import RewardModel
-from models.spec import ModelKind
 from service.compat.common import Lenient
-from service.core.candidates import Candidate, candidate_inputs
 from service.core.errors import APIError, whole_item
-from service.core.normalize import Normalize, reference_stats_for, zscore
+from service.core.inputs import candidate_inputs
+from service.core.normalize import reference_stats_for, zscore
 from service.core.operations import chosen_priority
 from service.core.scoring import ScoreJob, Scorer
-from service.engine.scheduler import Priority
+from service.protocol.enums import ModelKind, Normalize, Priority, Truncate
+from service.protocol.ranking import Candidate
 
 Mode = Literal["serve_rm", "split"]
 

@@ -13,15 +13,14 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from models.spec import ModelKind
 from service.compat.vllm_inputs import VllmMessage, VllmOptions, VllmRequest, content_text, input_items
-from service.core.candidates import Candidate, candidate_inputs
 from service.core.errors import APIError, whole_item
-from service.core.normalize import Normalize
-from service.core.operations import RerankRequest, RerankResponse, chosen_priority, rerank_documents
+from service.core.inputs import candidate_inputs
+from service.core.operations import chosen_priority, rerank_documents
 from service.core.ranking import sigmoid
 from service.core.scoring import Scored, ScoreJob, Scorer
-from service.engine.scheduler import Priority
+from service.protocol.enums import ModelKind, Normalize, Priority
+from service.protocol.ranking import Candidate, RerankRequest, RerankResponse
 
 VllmInput = str | list[str] | list[int] | list[list[int]]
 

@@ -13,11 +13,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from models.encoding import check_text
 from models.errors import InputError
-from models.inputs import Chat, ScoreInput, TokenIds, Truncate
+from models.inputs import Chat, ScoreInput, TokenIds
 from models.reward_model import RewardModel
 from service.compat.common import Lenient
 from service.core.errors import APIError
 from service.core.operations import kept_prompt_tokens
+from service.protocol.enums import Truncate
 
 TEXT_PARTS = ("text", "input_text", "output_text")
 

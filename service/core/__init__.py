@@ -1,1 +1,1 @@
-"""Transport-free core: request and response schemas, errors, the Scorer and the ranking operations."""
+"""Transport-free core: errors, the Scorer and the ranking operations on the wire's requests (service.protocol)."""

@@ -1,7 +1,8 @@
 """The one error type every transport reports: `APIError`, an HTTP status (which says whose
 fault it is), a stable code, a message and the request field it is about. The transports
 turn it into their own form (HTTP's `{"error": {...}}`, a gRPC status, KServe's
-`{"error": "..."}`); the functions here name the field the same way for all of them."""
+`{"error": "..."}`, as service.protocol.errors describes them); the functions here name the
+field the same way for all of them."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ import re
 from collections.abc import Callable
 
 from models.errors import InputError
-from service.core.schemas import BODY_FORMS, ITEM_FORMS
 from service.engine.admission import QueueFull
 from service.engine.registry import ModelNotFound, ModelNotReady
 from service.engine.runner import ItemError
 from service.engine.scheduler import ItemTimeout
+from service.protocol.errors import field_path, led_by_field
 
 
 MAX_MESSAGE_CHARS = 1000  # an error message quoting a huge input says where it was cut
@@ -58,22 +59,6 @@ class APIError(Exception):
         return cls(503, f"model_{err.runner.status}", str(err), "model")
 
 
-def field_path(loc: tuple) -> str | None:
-    """('body', 'items', 0, 'tokens', 'input_ids', 3) -> 'items[0].input_ids[3]'. The form
-    tags pydantic puts at the start of a body's and an item's location are dropped, but not
-    a field of the same name: ('items', 0, 'steps', 'steps') -> 'items[0].steps'."""
-    loc = loc[1:] if loc and loc[0] == "body" else loc
-    loc = loc[1:] if loc and loc[0] in BODY_FORMS else loc
-    parts: list[str] = []
-    for i, part in enumerate(loc):
-        item_start = i == 0 or (i >= 2 and loc[i - 2] == "items" and isinstance(loc[i - 1], int))
-        if isinstance(part, int):
-            parts.append(f"[{part}]")
-        elif not (item_start and part in ITEM_FORMS):
-            parts.append(f".{part}" if parts else str(part))
-    return "".join(parts) or None
-
-
 def validation_error(errors: list[dict]) -> APIError:
     """The first of pydantic's validation errors as the API reports it, whichever transport
     the request came by: 400 for a body that is not JSON, else 422 naming the field."""
@@ -87,9 +72,7 @@ def validation_error(errors: list[dict]) -> APIError:
 
 def status_message(err: APIError) -> str:
     """The error's message, led by the field it is about (unless it already is)."""
-    if err.field and not err.message.startswith(err.field):
-        return f"{err.field}: {err.message}"
-    return err.message
+    return led_by_field(err.message, err.field)
 
 
 # ---- naming the request's own fields ----------------------------------------------------

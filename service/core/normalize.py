@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import replace
-from typing import Literal
-
 from models.heads import RewardOutput
-from models.spec import ModelKind, Moments, ReferenceStats, RewardSpec, StepAggregate
+from models.spec import Moments, ReferenceStats, RewardSpec
 from service.core.errors import APIError
-
-Normalize = Literal["none", "zscore"]
+from service.protocol.enums import ModelKind, StepAggregate
 
 
 def reference_stats_for(spec: RewardSpec, aggregate: StepAggregate | None = None) -> ReferenceStats:

@@ -15,14 +15,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
-
 import numpy as np
 
 from models.heads import RewardOutput
 from service.core.errors import APIError
-
-Aggregation = Literal["model", "weights", "pareto"]
+from service.protocol.enums import Aggregation
 
 
 def sigmoid(x: float) -> float:

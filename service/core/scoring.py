@@ -7,23 +7,22 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Literal
 
 from pydantic import ValidationError
 
 from models.heads import RewardOutput
-from models.inputs import ScoreInput, Truncate
-from models.spec import ModelKind, RewardSpec, StepAggregate
+from models.inputs import ScoreInput
+from models.spec import RewardSpec
 from service.config import Settings
 from service.core.errors import APIError, ItemNamer, renamed, status_message, validation_error
-from service.core.normalize import Normalize, reference_stats_for, zscore
-from service.core.schemas import (FailedItem, ItemErrorDetail, ItemResult, ModelCard, ModelDetail, ModelList,
-                                  ModelObject, ScoreRequest, ScoreResponse, Usage)
+from service.core.inputs import item_input
+from service.core.normalize import reference_stats_for, zscore
 from service.engine.admission import QueueFull
-from service.engine.cache import CacheMode
 from service.engine.registry import ModelNotFound, ModelNotReady, ModelRegistry
 from service.engine.runner import ItemError, ModelRunner
-from service.engine.scheduler import Priority
+from service.protocol.catalog import ModelCard, ModelDetail, ModelList, ModelObject
+from service.protocol.enums import CacheMode, ModelKind, Normalize, OnItemError, Priority, StepAggregate, Truncate
+from service.protocol.scoring import FailedItem, ItemErrorDetail, ItemResult, ScoreRequest, ScoreResponse, Usage
 
 
 @dataclass(frozen=True)
@@ -37,7 +36,7 @@ class ScoreJob:
     timeout_ms: float | None = None
     normalize: Normalize | None = None
     cache: CacheMode = CacheMode.use
-    on_item_error: Literal["request", "item"] = "request"
+    on_item_error: OnItemError = "request"
 
 
 @dataclass(frozen=True)
@@ -136,7 +135,9 @@ def _finished(out: RewardOutput, aggregate: StepAggregate | None, stats) -> Rewa
 
 
 def model_card(runner: ModelRunner) -> ModelCard:
-    return ModelCard.build(runner.name, runner.status, runner.info, runner.error)
+    """What a runner knows of its model: its name and status, all of its ModelInfo once loaded."""
+    fields = dict(runner.info.__dict__) if runner.info else {"name": runner.name}
+    return ModelCard(status=runner.status, error=runner.error, **fields)
 
 
 # ---- /v1/score, whichever transport carries it ------------------------------------------
@@ -159,16 +160,22 @@ def score_job(body: ScoreRequest, deadline_ms: float | None = None) -> ScoreJob:
     options = {name: getattr(body, name) for name in _JOB_OPTIONS if name in type(body).model_fields}
     if deadline_ms is not None and (options.get("timeout_ms") is None or deadline_ms < options["timeout_ms"]):
         options["timeout_ms"] = deadline_ms
-    return ScoreJob(inputs=[item.to_input() for item in body.items], **options)
+    return ScoreJob(inputs=[item_input(item) for item in body.items], **options)
 
 
 def score_response(scored: Scored) -> ScoreResponse:
     return ScoreResponse(
         model=scored.model, revision=scored.revision, kind=scored.kind, normalized=scored.normalized or None,
-        results=[failed_item(i, scored.errors[i]) if out is None else ItemResult.from_output(i, out)
+        results=[failed_item(i, scored.errors[i]) if out is None else item_result(i, out)
                  for i, out in enumerate(scored.outputs)],
         usage=Usage(total_tokens=scored.total_tokens),
     )
+
+
+def item_result(index: int, out: RewardOutput) -> ItemResult:
+    return ItemResult(index=index, score=out.score, dimensions=out.dimensions, gating_weights=out.gating_weights,
+                      step_rewards=out.step_rewards, num_tokens=out.num_tokens, truncated=out.truncated,
+                      cached=out.cached or None)
 
 
 def failed_item(index: int, err: APIError) -> FailedItem:

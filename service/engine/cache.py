@@ -16,12 +16,8 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from enum import Enum
 
 import msgpack
-from redis.asyncio import Redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from models.heads import RewardOutput
 from models.inputs import Encoded
@@ -30,12 +26,6 @@ log = logging.getLogger("rewardserve")
 CODEC_VERSION = 1
 KEY_PREFIX = b"rewardserve:v1:"
 ENTRY_OVERHEAD_BYTES = 96  # dict slot, OrderedDict links, bytes headers: keeps the byte bound honest
-
-
-class CacheMode(str, Enum):
-    use = "use"          # read, and write on a miss
-    refresh = "refresh"  # recompute and overwrite
-    bypass = "bypass"    # neither read nor write
 
 
 def cache_key(model: str, revision: str, enc: Encoded) -> bytes:
@@ -115,6 +105,12 @@ class RedisTier:
     consecutive errors it is skipped for `breaker_reset_s`, then one call probes it."""
 
     def __init__(self, url: str, timeout_s: float = 0.05, breaker_failures: int = 3, breaker_reset_s: float = 2.0):
+        try:  # an optional dependency: the [redis] extra
+            from redis.asyncio import Redis
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+        except ImportError:
+            raise RuntimeError("redis_url needs the redis package: pip install 'rewardserve[redis]'") from None
         self.client = Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
                                      retry=Retry(NoBackoff(), 0), health_check_interval=0)
         self.timeout_s = timeout_s

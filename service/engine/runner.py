@@ -20,19 +20,19 @@ from typing import TypeVar
 from models.encoding import texts_of
 from models.errors import InputError
 from models.heads import RewardOutput
-from models.inputs import Encoded, ScoreInput, TokenIds, Truncate
+from models.inputs import Encoded, ScoreInput, TokenIds
 from models.reward_model import ModelInfo, RewardModel, warmup_inputs
 from service.config import ModelConfig, Settings
 from service.engine.admission import QueueFull, Ticket
 from service.engine.cache import (
-    CacheMode,
     ResultCache,
     cache_key,
     decode_output,
     encode_output,
 )
 from service.engine.observer import RunnerObserver
-from service.engine.scheduler import Priority, Scheduler
+from service.engine.scheduler import Scheduler
+from service.protocol.enums import CacheMode, Priority, Truncate
 
 log = logging.getLogger("rewardserve")
 T = TypeVar("T")

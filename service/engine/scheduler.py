@@ -36,24 +36,19 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from enum import Enum
 
 from models.heads import RewardOutput
 from models.inputs import Encoded
 from service.engine.admission import Admission, Ticket
 from service.engine.batching import BatchRecord, Budgets, best_run
 from service.engine.forward_thread import IsolatingForward, Prepared, attempt
+from service.protocol.enums import Priority
 
 # How recent an interactive request keeps bulk batches cut to `interactive_bulk_wait_ms`: a
 # ranker's traffic comes seconds apart, and between two requests the bulk batch that starts
 # is the one the next request waits behind.
 INTERACTIVE_RECENT_S = 60.0
 PREPARE_DECAY = 0.9  # how fast the measured preparation time follows new batches
-
-
-class Priority(str, Enum):
-    interactive = "interactive"
-    bulk = "bulk"
 
 
 class ItemTimeout(Exception):

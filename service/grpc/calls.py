@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import grpc
 
 from service.core.errors import APIError, status_message
+from service.protocol.errors import CODE_KEY, FIELD_KEY, RETRY_AFTER_KEY
 
 log = logging.getLogger("rewardserve")
 
@@ -43,9 +44,9 @@ def retry_after(err: APIError) -> str | None:
 
 
 def trailing_metadata(err: APIError) -> tuple[tuple[str, str], ...]:
-    metadata = [("rewardserve-error-code", err.code), ("rewardserve-error-field", err.field or "")]
+    metadata = [(CODE_KEY, err.code), (FIELD_KEY, err.field or "")]
     if retry_after(err) is not None:
-        metadata.append(("retry-after", retry_after(err)))
+        metadata.append((RETRY_AFTER_KEY, retry_after(err)))
     return tuple(metadata)
 
 

@@ -13,7 +13,6 @@ from pydantic import ValidationError
 from models.heads import RewardOutput
 from service.core import operations
 from service.core.errors import APIError, status_message, validation_error
-from service.core.schemas import ModelCard, ScoreRequest
 from service.core.scoring import Scored, Scorer, parse_score_request, score_job
 from service.grpc.calls import (
     abort,
@@ -25,6 +24,9 @@ from service.grpc.calls import (
 )
 from service.grpc.proto import rewardserve_pb2 as pb
 from service.grpc.proto import rewardserve_pb2_grpc as pb_grpc
+from service.protocol.catalog import ModelCard
+from service.protocol.ranking import CompareRequest, RerankRequest, StepsRequest
+from service.protocol.scoring import ScoreRequest
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RewardService"].full_name
 
@@ -151,7 +153,7 @@ async def compare(scorer: Scorer, request: pb.CompareRequest, deadline: float | 
     fields = {"responses": responses, "tie_margin": request.tie_margin}
     if request.HasField("pairwise"):
         fields["pairwise"] = request.pairwise
-    body = _validated(operations.CompareRequest, _ranking_body(request, deadline, **fields))
+    body = _validated(CompareRequest, _ranking_body(request, deadline, **fields))
     response = await operations.compare_responses(scorer, body)
     return _to_message(response, pb.CompareResponse, pairwise=[{"values": row} for row in response.pairwise or []])
 
@@ -166,7 +168,7 @@ async def rerank(scorer: Scorer, request: pb.RerankRequest, deadline: float | No
         fields["aggregation"] = request.aggregation
     if request.weights:
         fields["weights"] = dict(request.weights)
-    body = _validated(operations.RerankRequest, _ranking_body(request, deadline, **fields))
+    body = _validated(RerankRequest, _ranking_body(request, deadline, **fields))
     return _to_message(await operations.rerank_documents(scorer, body), pb.RerankResponse)
 
 
@@ -174,7 +176,7 @@ async def steps(scorer: Scorer, request: pb.StepsRequest, deadline: float | None
     fields = {"items": [_item_body(i, item) for i, item in enumerate(request.items)]}
     if request.HasField("threshold"):
         fields["threshold"] = request.threshold
-    body = _validated(operations.StepsRequest, _ranking_body(request, deadline, **fields))
+    body = _validated(StepsRequest, _ranking_body(request, deadline, **fields))
     return _to_message(await operations.score_steps(scorer, body), pb.StepsResponse)
 
 

@@ -15,11 +15,10 @@ from typing import Literal
 from fastapi import APIRouter, Query, Request
 
 from service.compat import openrlhf, vllm
-from service.core.normalize import Normalize
-from service.core.operations import RerankResponse
-from service.engine.scheduler import Priority
 from service.http.disconnect import unless_disconnected
 from service.http.errors import ERROR_RESPONSES
+from service.protocol.enums import Normalize, Priority
+from service.protocol.ranking import RerankResponse
 
 router = APIRouter()
 

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.core.errors import APIError, validation_error
-from service.core.schemas import ErrorBody
+from service.protocol.errors import ErrorBody
 
 log = logging.getLogger("rewardserve")
 

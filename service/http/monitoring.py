@@ -9,8 +9,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.core.errors import APIError
-from service.core.schemas import ErrorBody
 from service.monitoring.monitor import Monitoring
+from service.protocol.errors import ErrorBody
 
 router = APIRouter()
 

@@ -1,12 +1,14 @@
 """HTTP routes of the ranking operations: `POST /v1/compare`, `POST /v1/rerank` and
-`POST /v1/steps` (service.core.operations)."""
+`POST /v1/steps` (service.core.operations; their bodies in service.protocol.ranking)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
 from service.core import operations
-from service.core.operations import (
+from service.http.disconnect import unless_disconnected
+from service.http.errors import ERROR_RESPONSES
+from service.protocol.ranking import (
     CompareRequest,
     CompareResponse,
     RerankRequest,
@@ -14,8 +16,6 @@ from service.core.operations import (
     StepsRequest,
     StepsResponse,
 )
-from service.http.disconnect import unless_disconnected
-from service.http.errors import ERROR_RESPONSES
 
 router = APIRouter()
 

@@ -11,17 +11,11 @@ from fastapi.responses import JSONResponse
 from pydantic import Discriminator, Tag
 
 from service.compat import vllm
-from service.core.schemas import (
-    BODY_FORMS,
-    Health,
-    ModelDetail,
-    ModelList,
-    ScoreRequest,
-    ScoreResponse,
-)
 from service.core.scoring import score_job, score_response
 from service.http.disconnect import unless_disconnected
 from service.http.errors import ERROR_RESPONSES
+from service.protocol.catalog import Health, ModelDetail, ModelList
+from service.protocol.scoring import BODY_FORMS, ScoreRequest, ScoreResponse
 
 router = APIRouter()
 OWN_FORM, VLLM_FORM = BODY_FORMS

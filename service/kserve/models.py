@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 
-from models.spec import ModelKind
 from service.engine.runner import ModelRunner
 from service.kserve.tensors import TensorSpec
+from service.protocol.enums import ModelKind
 
 PLATFORM = "rewardserve"
 VERSION = "1"

@@ -35,9 +35,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 
 from models.heads import RewardOutput
-from models.inputs import Truncate
-from service.core.schemas import ScoreItem
-from service.engine.scheduler import Priority
+from service.core.inputs import item_input
+from service.protocol.enums import Priority, Truncate
+from service.protocol.scoring import ScoreItem
 
 log = logging.getLogger("rewardserve")
 
@@ -147,7 +147,7 @@ def canary_file(runner) -> Path:
 async def score_canary(runner, items: list[CanaryItem]) -> list[RewardOutput]:
     """The canary items scored by the served model, through its scheduler (no cache)."""
     def encode():
-        return [runner.model.encode(_parse_item(c.item).to_input(), c.truncate) for c in items]
+        return [runner.model.encode(item_input(_parse_item(c.item)), c.truncate) for c in items]
 
     encoded = await asyncio.to_thread(encode)
     results = await runner.scheduler.submit(encoded, Priority.bulk)

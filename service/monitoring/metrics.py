@@ -53,7 +53,8 @@ from models.heads import RewardOutput
 from models.inputs import Encoded
 from service.engine.forward_thread import ItemFailed
 from service.engine.observer import RunnerObserver
-from service.engine.scheduler import ItemTimeout, Priority
+from service.engine.scheduler import ItemTimeout
+from service.protocol.enums import Priority
 
 log = logging.getLogger("rewardserve")
 

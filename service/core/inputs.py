@@ -1,45 +1,29 @@
-"""What the ranking operations rank: a candidate response (a string, or one of text, steps
-or token ids) and how a list of them, with the prompt or conversation they answer,
-becomes the model layer's inputs."""
+"""The wire's items and candidates as the model layer's inputs: a `/v1/score` item as it
+is, and a ranking operation's candidates with the prompt or conversation they answer."""
 
 from __future__ import annotations
 
 import re
-from typing import Any
-
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 from models.inputs import Chat, ScoreInput, StepsInput, TextPair, TokenIds
-from models.spec import ModelKind, RewardSpec
+from models.spec import RewardSpec
 from service.core.errors import APIError
-from service.core.schemas import Message
+from service.protocol.enums import ModelKind
+from service.protocol.ranking import Candidate
+from service.protocol.scoring import ChatItem, Message, ScoreItem, StepsItem, TextItem, TokensItem
 
 
-class Candidate(BaseModel):
-    """A response to rank: a string (its text), or an object with exactly one of `text`,
-    `steps` (process models) or `input_ids` (the whole tokenized sequence, prompt
-    included; `prompt_length` for models that gate on the prompt)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    text: str | None = None
-    steps: list[str] | None = Field(None, min_length=1)
-    input_ids: list[StrictInt] | None = Field(None, min_length=1)
-    prompt_length: int | None = Field(None, ge=1)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_string(cls, value: Any) -> Any:
-        return {"text": value} if isinstance(value, str) else value
-
-    @model_validator(mode="after")
-    def _one_form(self) -> Candidate:
-        given = [name for name in ("text", "steps", "input_ids") if getattr(self, name) is not None]
-        if len(given) != 1:
-            raise ValueError("give a string, or an object with exactly one of text, steps, input_ids")
-        if self.prompt_length is not None and self.input_ids is None:
-            raise ValueError("prompt_length goes with input_ids")
-        return self
+def item_input(item: ScoreItem) -> ScoreInput:
+    """A validated /v1/score item as the model layer scores it."""
+    if isinstance(item, TextItem):
+        return TextPair(item.prompt, item.response)
+    if isinstance(item, ChatItem):
+        return Chat(tuple((m.role, m.content) for m in item.messages))
+    if isinstance(item, TokensItem):
+        return TokenIds(tuple(item.input_ids), item.prompt_length)
+    if isinstance(item, StepsItem):
+        return StepsInput(item.prompt, tuple(item.steps))
+    raise TypeError(f"not a score item: {type(item).__name__}")
 
 
 def split_steps(text: str, marker: str) -> tuple[str, ...]:
