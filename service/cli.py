@@ -29,7 +29,9 @@ parse_item = TypeAdapter(ScoreItem).validate_json
 
 
 def _settings(args) -> Settings:
-    return load_settings(args.config, host=getattr(args, "host", None), port=getattr(args, "port", None))
+    """The settings, `serve`'s --host and --port over server.host and server.port."""
+    flags = {"host": getattr(args, "host", None), "port": getattr(args, "port", None)}
+    return load_settings(args.config, server={k: v for k, v in flags.items() if v is not None})
 
 
 def _runner(settings: Settings, name: str) -> ModelRunner:
@@ -47,7 +49,8 @@ def serve(args) -> None:
     from service.app import DrainingServer, create_app
 
     settings = _settings(args)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=settings.server.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     DrainingServer(create_app(settings), settings).run()
 
 
@@ -221,7 +224,7 @@ def baseline(args) -> None:
     outputs = _score_reference(runner, source, args.truncate, args.quiet)
     try:
         dimensions = compute_baseline(runner.name, runner.model.revision, _described(source, args.truncate), outputs,
-                                      bins=args.bins, threshold_window=settings.drift_min_samples)
+                                      bins=args.bins, threshold_window=settings.drift.min_samples)
     except ValueError as err:
         sys.exit(f"cannot compute a baseline from {source}: {err}")
     for name, dim in dimensions.items():

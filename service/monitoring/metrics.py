@@ -267,7 +267,7 @@ class StateCollector:
                                    labels=["model", "priority"])
         wait = GaugeMetricFamily("rewardserve_queue_wait_estimate_seconds",
                                  "Forward work queued ahead of a new item, per model and priority class, at the "
-                                 "measured throughput (what max_queue_wait_s bounds; absent before the first batch).",
+                                 "measured throughput (what queue.max_wait_s bounds; absent before the first batch).",
                                  labels=["model", "priority"])
         status = GaugeMetricFamily("rewardserve_model_status",
                                    "1 for the model's current status (loading: loading and warming up).",
