@@ -35,7 +35,8 @@ def config_file(tmp_path, tiny_model_dirs):
 
 def test_values_come_from_the_yaml_file(config_file, tiny_model_dirs):
     settings = load_settings(config_file)
-    assert (settings.server.port, settings.batching.max_batch_size, settings.batching.max_batch_tokens) == (9000, 8, 1024)
+    batching = settings.batching
+    assert (settings.server.port, batching.max_batch_size, batching.max_batch_tokens) == (9000, 8, 1024)
     assert settings.server.log_level == "warning"
     assert [(m.name, m.path) for m in settings.models] == [("scalar", str(tiny_model_dirs["llama-scalar"]))]
     assert settings.server.host == "127.0.0.1" and settings.server.max_items_per_request == 4096  # defaults kept
