@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from models.backends.config import OnnxRuntimeConfig, TorchConfig, TritonConfig
 from models.inputs import StepsInput
 from service.config import BUILTIN_DIR, CONFIG_ENV, DEFAULT_MODELS, ModelConfig, Settings, load_settings
+from service.config.flat import FLAT_KEYS
 from service.engine.runner import ModelRunner
 
 
@@ -244,6 +245,7 @@ def test_the_readmes_configuration_examples_are_valid_settings():
     configs = [example for example in examples if isinstance(example, dict) and "models" in example]
     assert configs
     for config in configs:
+        assert not set(config) & set(FLAT_KEYS), "the README writes the sections, not the flat keys"
         Settings(**config)
 
 
