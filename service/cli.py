@@ -214,7 +214,7 @@ def _without_top_level_key(text: str, key: str) -> str:
 def baseline(args) -> None:
     """Score a reference set and write the model's drift baseline (drift_baseline.jsonl
     beside the model: per drift dimension, frozen quantile bin edges, reference statistics
-    and limits calibrated for windows of drift_min_samples values); prints a summary line
+    and limits calibrated for windows of drift.min_samples values); prints a summary line
     per dimension."""
     from service.monitoring.baseline import BASELINE_FILENAME, compute_baseline, write_baseline
 
@@ -279,7 +279,7 @@ def canary_record(args) -> None:
     if args.write:
         write_canary(target, recorded)
         print(f"wrote {len(recorded)} items to {target}; servers re-score them at start-up, every "
-              "canary_interval_s and on POST /v1/admin/canary", file=sys.stderr)
+              "canary.interval_s and on POST /v1/admin/canary", file=sys.stderr)
 
 
 def list_models(args) -> None:

@@ -303,7 +303,7 @@ def test_switch_from_chosen_to_rejected_responses_raises_drift(tmp_path, capsys)
     main(["baseline", str(source), "--config", str(config), "--truncate", "left", "--write", "--quiet"])
     capsys.readouterr()
     baseline = read_baseline(model_dir / BASELINE_FILENAME)["score"]
-    assert baseline.threshold_window == load_settings(config).drift_min_samples == WINDOW
+    assert baseline.threshold_window == load_settings(config).drift.min_samples == WINDOW
 
     (chosen, chosen_scrape), (rejected, rejected_scrape) = streamed_reports(load_settings(config),
                                                                            pairs[BASELINE_PAIRS:])
@@ -312,7 +312,7 @@ def test_switch_from_chosen_to_rejected_responses_raises_drift(tmp_path, capsys)
         assert report["baseline"]["count"] == baseline.count
         assert -1 <= report["length_correlation"] <= 1 and report["reference_length_correlation"] is not None
     calm, drifted = chosen["dimensions"]["score"], rejected["dimensions"]["score"]
-    assert calm["thresholds"] == drifted["thresholds"] == baseline.thresholds  # calibrated, no drift_thresholds
+    assert calm["thresholds"] == drifted["thresholds"] == baseline.thresholds  # calibrated, no drift.thresholds
     assert calm["exceeded"] == [], calm
     assert {"mean_shift", "wasserstein"} <= set(drifted["exceeded"]), drifted
     assert drifted["statistics"]["mean_shift"] < -baseline.thresholds["mean_shift"]  # rejected responses score lower

@@ -294,7 +294,7 @@ def test_graph_requests_run_on_the_models_forward_thread(clients, app, watched_b
 
 
 def test_graph_requests_are_held_to_the_models_queue_bound(tiny_model_dirs, watched_backend):
-    """max_queue_items 3: while a 2-row graph request holds the forward, a second one (2
+    """queue.max_items 3: while a 2-row graph request holds the forward, a second one (2
     more rows) and a 2-item score request are refused with 429; once it has run, both go."""
     _, hold, entered, release = watched_backend
     config = ModelConfig(name="rm", path=str(tiny_model_dirs["llama-gating"]), serve_graph=True)

@@ -1,7 +1,7 @@
 """TLS on both ports with a real certificate chain (made by openssl for the test): HTTPS and
 gRPC over TLS, the Python client over https:// and grpcs://, mutual TLS refusing a client
 without a certificate its CA signed, and a client that never handshakes dropped after
-`tls_handshake_timeout_s` on both ports."""
+`tls.handshake_timeout_s` on both ports."""
 
 from __future__ import annotations
 

@@ -339,7 +339,7 @@ class StateCollector:
         thresholds = GaugeMetricFamily("rewardserve_drift_threshold",
                                        "The limit each drift statistic of a model's dimension is judged against "
                                        "(calibrated into its baseline and tightened to the window's size, "
-                                       "or drift_thresholds).",
+                                       "or drift.thresholds).",
                                        labels=["model", "dimension", "statistic"])
         for name in drift.windows:
             loaded.add_metric([name], 1.0 if drift.baselines.get(name) else 0.0)
