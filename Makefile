@@ -13,7 +13,7 @@ TORCH ?= torch==2.13.0
 # in its own venv, so its large dependency set never changes the service's.
 RAY_VENV := loadtests/.venv-ray
 
-.PHONY: install serve test bench
+.PHONY: install serve test bench docs
 
 install: $(VENV)/.installed
 
@@ -32,6 +32,10 @@ test: install $(RAY_VENV)/.installed
 
 bench: install $(RAY_VENV)/.installed
 	$(PY) -m loadtests.run $(ARGS)
+
+# the configuration reference, generated from the settings' schema (a test checks it is current)
+docs: install
+	$(PY) -m service.config.reference > docs/configuration.md
 
 $(RAY_VENV)/.installed: pyproject.toml
 	python3 -m venv $(RAY_VENV)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 
 from pydantic import BaseModel, create_model
-from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from service.config.sections import (AuthSettings, BatchingSettings, CacheSettings, CanarySettings, DriftSettings,
                                      QueueSettings, ServerSettings, TlsSettings)

@@ -17,6 +17,7 @@ from models.backends.config import BackendConfig
 from service.config import DEFAULT_MODELS, ModelConfig, Settings
 from service.config.flat import FLAT_KEYS, SECTIONS, env_name
 from service.config.model import FLAT_BACKEND_KEYS
+from service.config.sections import ServerSettings
 
 SCALARS = {str: "string", int: "integer", float: "number", bool: "boolean", dict: "mapping", Path: "path",
            SecretStr: "secret string", type(None): "null"}
@@ -29,8 +30,8 @@ INTRO = """\
 The server reads a YAML file (`rewardserve serve --config FILE`, or the path in
 `REWARDSERVE_CONFIG`); environment variables override it, and `serve`'s `--host` and
 `--port` override both. Every key is optional: with none, the server serves the embedded
-models on 127.0.0.1:8000 (HTTP) and 50051 (gRPC). In the file, a section's keys nest under
-its name:
+models on {server.host}:{server.port} (HTTP) and {server.grpc_port} (gRPC). In the file, a
+section's keys nest under its name:
 
 ```yaml
 server:
@@ -48,7 +49,7 @@ models:
 In the environment a key is `REWARDSERVE_`, its section, `__` and its name, in capitals
 (`REWARDSERVE_SERVER__PORT=9000`, `REWARDSERVE_BATCHING__MAX_BATCH_SIZE=64`); lists and
 mappings are JSON (`REWARDSERVE_AUTH__API_KEYS='["k1"]'`,
-`REWARDSERVE_MODELS='[{"name": "rm", "path": "/models/rm"}]'`).
+`REWARDSERVE_MODELS='[{{"name": "rm", "path": "/models/rm"}}]'`).
 """
 
 
@@ -108,7 +109,7 @@ def field_rows(model: type[BaseModel], prefix: str, with_env: bool, skip: tuple[
 
 def render() -> str:
     header = ("key", "type", "default", "environment", "description")
-    parts = [INTRO, "## Top level\n", table([
+    parts = [INTRO.format(server=ServerSettings()), "## Top level\n", table([
         ("`models`", "list of models (below)", "the embedded models: " + ", ".join(m.name for m in DEFAULT_MODELS),
          "`REWARDSERVE_MODELS`", Settings.model_fields["models"].description),
         *field_rows(Settings, "", True, skip=("models", *SECTIONS)),
