@@ -14,7 +14,7 @@ RUN pip install --no-cache-dir ".[${EXTRAS}]"
 # Serve as an unprivileged user (the installed package and models are read-only to it).
 RUN useradd --system --uid 10001 --no-create-home --home-dir /nonexistent rewardserve
 USER 10001
-ENV REWARDSERVE_HOST=0.0.0.0 \
+ENV REWARDSERVE_SERVER__HOST=0.0.0.0 \
     HF_HUB_OFFLINE=1 \
     HF_HOME=/tmp/huggingface
 EXPOSE 8000 50051

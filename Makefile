@@ -15,7 +15,7 @@ TORCH ?= torch==2.13.0
 # in its own venv, so its large dependency set never changes the service's.
 RAY_VENV := loadtests/.venv-ray
 
-.PHONY: install serve test bench protos
+.PHONY: install serve test bench protos docs
 
 install: $(VENV)/.installed
 
@@ -36,6 +36,10 @@ bench: install $(RAY_VENV)/.installed
 
 protos: install
 	$(PY) -m service.grpc.proto.build
+
+# the configuration reference, generated from the settings' schema (a test checks it is current)
+docs: install
+	$(PY) -m service.config.reference > docs/configuration.md
 
 $(RAY_VENV)/.installed: pyproject.toml
 	python3 -m venv $(RAY_VENV)

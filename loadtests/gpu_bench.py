@@ -39,13 +39,12 @@ from loadtests.run import Run, _timed
 from models.loading import DTYPES
 from models.reward_model import RewardModel
 from tests.tiny_models import _llama_tokenizer, _save
-from service.config import Settings
+from service.config.sections import BatchingSettings, CanarySettings
 
 T0 = time.monotonic()
 MODEL_NAME = "llama3-8b-random"
 ID_LOW = 1000  # rollout token ids come from [ID_LOW, vocab): above the tokenizer's specials, never padding
-DEFAULTS = {name: f.default for name, f in Settings.model_fields.items()}
-MAX_BATCH_SIZE, MAX_BATCH_TOKENS = DEFAULTS["max_batch_size"], DEFAULTS["max_batch_tokens"]
+MAX_BATCH_SIZE, MAX_BATCH_TOKENS = BatchingSettings().max_batch_size, BatchingSettings().max_batch_tokens
 LLAMA3_8B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                  num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0,
                  rms_norm_eps=1e-5)
@@ -286,7 +285,7 @@ def results_table(res: Results) -> str:
 
 
 def check_table(res: Results) -> str:
-    tol = DEFAULTS["canary_tolerance" if res.plan.dtype == "float32" else "canary_tolerance_half"]
+    tol = CanarySettings().tolerance if res.plan.dtype == "float32" else CanarySettings().tolerance_half
     rows = []
     for system in SYSTEMS:
         if system not in res.checks or not res.reference:

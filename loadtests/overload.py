@@ -1,12 +1,12 @@
 """The overload scenario: a burst of one-rollout requests (OpenRLHF's client sends one per
 request, hundreds at once) far past what the model scores within the queue's time budget,
 sent all at once to two servers in turn: the time bound off (the item and token bounds
-alone) and `max_queue_wait_s` on. Per server: requests admitted and their latency (how long
+alone) and `queue.max_wait_s` on. Per server: requests admitted and their latency (how long
 the last one waited), 429s and how soon they came back, the Retry-After hints, and that
 every admitted score equals the other server's for the same item.
 
 How honest the time bound is: while the burst drains, the server's estimate of the work
-ahead (`rewardserve_queue_wait_estimate_seconds`, what `max_queue_wait_s` bounds) is read
+ahead (`rewardserve_queue_wait_estimate_seconds`, what `queue.max_wait_s` bounds) is read
 every 0.5 s; where the queue is longest (every request in), it is set against the time the
 admitted work really took to be answered from then on. A third server, freshly started,
 takes the cold check: 150 concurrent 2-item requests under the default bound, which must
@@ -153,10 +153,10 @@ def row(name: str, b: Burst, sent: int) -> str:
 def run_fresh(name: str, items: list[dict], tmp: Path, wait: float | None | str, time_limit_s: float,
               per_request: int = 1) -> Burst:
     """The burst, `per_request` items a request, against a freshly started server; `wait`:
-    its max_queue_wait_s, or "default" for the setting's default. The clients are built
+    its queue.max_wait_s, or "default" for the setting's default. The clients are built
     before the server starts: that takes seconds of CPU (1,200 connections' worth), which
     the server's first batches would otherwise measure as its own speed."""
-    extra = {} if wait == "default" else {"max_queue_wait_s": wait}
+    extra = {} if wait == "default" else {"queue": {"max_wait_s": wait}}
     spec = servers.ours(model.DEFAULT_MODEL, f"builtin:{model.DEFAULT_MODEL}", tmp, system=name, extra=extra)
     bodies = [json.dumps({"model": model.DEFAULT_MODEL, "items": items[i:i + per_request], "priority": "bulk"}).encode()
               for i in range(0, len(items), per_request)]
@@ -169,7 +169,7 @@ def run_fresh(name: str, items: list[dict], tmp: Path, wait: float | None | str,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=1200)
-    parser.add_argument("--budget-s", type=float, default=5.0, help="max_queue_wait_s of the bounded server")
+    parser.add_argument("--budget-s", type=float, default=5.0, help="queue.max_wait_s of the bounded server")
     parser.add_argument("--time-limit-s", type=float, default=240.0, help="per burst")
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.overload.md")
     args = parser.parse_args()
@@ -179,7 +179,7 @@ def main() -> None:
     tokens = sum(len(item["input_ids"]) for item in items)
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, wait in (("time bound off", None), (f"max_queue_wait_s {args.budget_s:g}", args.budget_s)):
+        for name, wait in (("time bound off", None), (f"queue.max_wait_s {args.budget_s:g}", args.budget_s)):
             runs[name] = run_fresh(f"overload-{len(runs)}", items, Path(tmp), wait, args.time_limit_s)
         cold = run_fresh("cold", cold_items, Path(tmp), "default", args.time_limit_s, COLD_ITEMS)
     (off, bounded), names = runs.values(), list(runs)
@@ -205,13 +205,13 @@ def main() -> None:
         "once they include its own time to open the connections; the server's own time per 429 is from its "
         "`rewardserve_request_duration_seconds` histogram.",
         "",
-        "Estimate: `rewardserve_queue_wait_estimate_seconds` (the work ahead of a new item, what `max_queue_wait_s` "
+        "Estimate: `rewardserve_queue_wait_estimate_seconds` (the work ahead of a new item, what `queue.max_wait_s` "
         f"bounds) where the queue was longest, of the scrapes every {SCRAPE_EVERY_S:g} s answered within "
         f"{PRECISE_SCRAPE_S * 1000:.0f} ms; actual: from that scrape until the last admitted request was answered. "
         "The estimate rests on the warm-up forwards and the batches run while the burst arrives, each timed "
         "by the model's clock (on CPU, the forward thread's CPU time, which the burst's intake does not stretch). "
         f"Cold: a freshly started server, {COLD_REQUESTS} concurrent {COLD_ITEMS}-item requests (the first "
-        f"{len(cold_items)} items) under the default `max_queue_wait_s`; all must be admitted.",
+        f"{len(cold_items)} items) under the default `queue.max_wait_s`; all must be admitted.",
     ]
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

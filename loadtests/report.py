@@ -364,7 +364,7 @@ def render(*, quick: bool, command: str, started: float, elapsed_s: float, load:
         (f"- **Result cache**: rl-bulk with {plan.duplicate_share:.0%} of its items replaced by exact repeats "
         "(`workloads.with_duplicates`: half from the item's own group, half from earlier requests), "
         f"{plan.rl_bulk_concurrency} requests in flight, against three fresh servers: cache off (in-flight dedup "
-        "only), the in-process LRU (default 256 MiB), and Redis alone (`cache_max_bytes: 0`, a local redis-server, "
+        "only), the in-process LRU (default 256 MiB), and Redis alone (`cache: {max_bytes: 0}`, a local redis-server, "
         f"default 50 ms socket timeout). Then {plan.cache_singles} of those items are sent one per request, one at "
         "a time: as cache hits (`cache: use`) and computed (`cache: bypass`)."),
     ]

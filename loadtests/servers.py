@@ -51,14 +51,13 @@ def ours_settings(model_name: str, model_path: str, onnx_file: Path | None = Non
     cache off (the workloads repeat requests across runs, and the batching engine is what
     is measured). `cache`: "off", "lru" (the in-process tier) or "redis" (Redis alone, as a
     replica that did not see the first request finds it); `onnx_file` selects onnxruntime;
-    `extra`: any other settings."""
+    `extra`: other sections of the settings ({"queue": {...}}, ...)."""
     model = {"name": model_name, "path": model_path, "cache": cache != "off"}
     if onnx_file:
         model["backend"] = {"type": "onnxruntime", "file": str(onnx_file)}
-    settings = {"models": [model], "grpc_port": 0, "cache_max_bytes": 256 * 2**20 if cache == "lru" else 0}
-    if cache == "redis":
-        settings["redis_url"] = redis_url
-    return {**settings, **(extra or {})}
+    lru = {} if cache == "lru" else {"max_bytes": 0}
+    redis = {"redis_url": redis_url} if cache == "redis" else {}
+    return {"models": [model], "server": {"grpc_port": 0}, "cache": lru | redis, **(extra or {})}
 
 
 def ours(model_name: str, model_path: str, workdir: Path, system: str = "rewardserve", **options) -> ServerSpec:

@@ -37,19 +37,19 @@ def create_app(settings: Settings) -> FastAPI:
     registry = ModelRegistry(settings)
     scorer = Scorer(registry, settings)
     monitor = Monitoring(registry, settings)
-    keys = KeyRing(settings)
+    keys = KeyRing(settings.auth)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.loading = asyncio.get_running_loop().run_in_executor(None, registry.load_all)
         grpc_server = None
-        if settings.grpc_port:  # 0 turns gRPC off
+        if settings.server.grpc_port:  # 0 turns gRPC off
             credentials = None
-            if settings.tls_cert_file is not None:
-                credentials = server_credentials(settings.tls_cert_file, settings.tls_key_file,
-                                                 settings.tls_client_ca_file)
-            grpc_server = GrpcServer(scorer, monitor.metrics, keys, settings.host, settings.grpc_port, credentials,
-                                     handshake_timeout_s=settings.tls_handshake_timeout_s)
+            if settings.tls.cert_file is not None:
+                credentials = server_credentials(settings.tls.cert_file, settings.tls.key_file,
+                                                 settings.tls.client_ca_file)
+            grpc_server = GrpcServer(scorer, monitor.metrics, keys, settings.server.host, settings.server.grpc_port,
+                                     credentials, handshake_timeout_s=settings.tls.handshake_timeout_s)
             await grpc_server.start(app.state.loading)
             app.state.grpc_port = grpc_server.port
         monitor.start(app.state.loading)
@@ -65,7 +65,7 @@ def create_app(settings: Settings) -> FastAPI:
         yield
         await monitor.stop()
         if grpc_server is not None:
-            await grpc_server.stop(settings.drain_grace_s)
+            await grpc_server.stop(settings.server.drain_grace_s)
         await registry.close()
 
     app = FastAPI(
@@ -80,13 +80,13 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.monitoring = monitor
     app.state.stopping = False
     install_error_handlers(app)
-    app.add_middleware(RequestEncoding, max_bytes=settings.max_request_bytes)
+    app.add_middleware(RequestEncoding, max_bytes=settings.server.max_request_bytes)
     app.add_middleware(JsonBodies)
     app.add_middleware(ApiKeyAuth, keys=keys)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.server.max_request_bytes)
     app.add_middleware(ShuttingDown, state=app.state)  # inside the metrics, which count its 503s
-    if settings.cors_origins:  # outside the key check, so preflights are answered
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+    if settings.server.cors_origins:  # outside the key check, so preflights are answered
+        app.add_middleware(CORSMiddleware, allow_origins=settings.server.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["authorization", "x-api-key", "content-type"])
     app.add_middleware(MetricsMiddleware, metrics=monitor.metrics)
     for module in (scoring, ranking, compat, kserve, monitoring):
@@ -96,19 +96,20 @@ def create_app(settings: Settings) -> FastAPI:
 
 def uvicorn_tls(settings: Settings) -> dict:
     """uvicorn's TLS options for the HTTP port (none without a certificate)."""
-    if settings.tls_cert_file is None:
+    if settings.tls.cert_file is None:
         return {}
-    options = {"ssl_certfile": str(settings.tls_cert_file), "ssl_keyfile": str(settings.tls_key_file)}
-    if settings.tls_client_ca_file is not None:
-        options |= {"ssl_ca_certs": str(settings.tls_client_ca_file), "ssl_cert_reqs": ssl.CERT_REQUIRED}
+    options = {"ssl_certfile": str(settings.tls.cert_file), "ssl_keyfile": str(settings.tls.key_file)}
+    if settings.tls.client_ca_file is not None:
+        options |= {"ssl_ca_certs": str(settings.tls.client_ca_file), "ssl_cert_reqs": ssl.CERT_REQUIRED}
     return options
 
 
 def uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
     """uvicorn serving `app` over BoundedH11Protocol (the bounds on request heads and bodies)."""
-    return uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+    server = settings.server
+    return uvicorn.Config(app, host=server.host, port=server.port, log_level=server.log_level,
                           http=functools.partial(BoundedH11Protocol, settings=settings),
-                          timeout_graceful_shutdown=settings.drain_grace_s, **uvicorn_tls(settings))
+                          timeout_graceful_shutdown=server.drain_grace_s, **uvicorn_tls(settings))
 
 
 class DrainingServer(uvicorn.Server):
@@ -120,11 +121,11 @@ class DrainingServer(uvicorn.Server):
 
     def __init__(self, app: FastAPI, settings: Settings):
         super().__init__(uvicorn_config(app, settings))
-        self.app, self.grace_s = app, settings.drain_grace_s
-        self.handshake_timeout_s = settings.tls_handshake_timeout_s
+        self.app, self.grace_s = app, settings.server.drain_grace_s
+        self.handshake_timeout_s = settings.tls.handshake_timeout_s
 
     async def startup(self, sockets=None) -> None:
-        """uvicorn's start-up, its TLS listener given `tls_handshake_timeout_s` (uvicorn has no
+        """uvicorn's start-up, its TLS listener given `tls.handshake_timeout_s` (uvicorn has no
         option for it; the event loop's default is 60 s): the loop's create_server, which
         uvicorn calls here, is given the timeout for the duration."""
         if self.config.ssl is None:

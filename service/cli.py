@@ -32,7 +32,9 @@ parse_item = TypeAdapter(ScoreItem).validate_json
 
 
 def _settings(args) -> Settings:
-    return load_settings(args.config, host=getattr(args, "host", None), port=getattr(args, "port", None))
+    """The settings, `serve`'s --host and --port over server.host and server.port."""
+    flags = {"host": getattr(args, "host", None), "port": getattr(args, "port", None)}
+    return load_settings(args.config, server={k: v for k, v in flags.items() if v is not None})
 
 
 def _runner(settings: Settings, name: str) -> ModelRunner:
@@ -50,7 +52,8 @@ def serve(args) -> None:
     from service.app import DrainingServer, create_app
 
     settings = _settings(args)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=settings.server.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     DrainingServer(create_app(settings), settings).run()
 
 
@@ -214,7 +217,7 @@ def _without_top_level_key(text: str, key: str) -> str:
 def baseline(args) -> None:
     """Score a reference set and write the model's drift baseline (drift_baseline.jsonl
     beside the model: per drift dimension, frozen quantile bin edges, reference statistics
-    and limits calibrated for windows of drift_min_samples values); prints a summary line
+    and limits calibrated for windows of drift.min_samples values); prints a summary line
     per dimension."""
     from service.monitoring.baseline import BASELINE_FILENAME, compute_baseline, write_baseline
 
@@ -224,7 +227,7 @@ def baseline(args) -> None:
     outputs = _score_reference(runner, source, args.truncate, args.quiet)
     try:
         dimensions = compute_baseline(runner.name, runner.model.revision, _described(source, args.truncate), outputs,
-                                      bins=args.bins, threshold_window=settings.drift_min_samples)
+                                      bins=args.bins, threshold_window=settings.drift.min_samples)
     except ValueError as err:
         sys.exit(f"cannot compute a baseline from {source}: {err}")
     for name, dim in dimensions.items():
@@ -279,7 +282,7 @@ def canary_record(args) -> None:
     if args.write:
         write_canary(target, recorded)
         print(f"wrote {len(recorded)} items to {target}; servers re-score them at start-up, every "
-              "canary_interval_s and on POST /v1/admin/canary", file=sys.stderr)
+              "canary.interval_s and on POST /v1/admin/canary", file=sys.stderr)
 
 
 def list_models(args) -> None:

@@ -13,9 +13,9 @@ from tiny_models import build_all
 from models.reward_model import RewardModel
 
 torch.set_num_threads(2)
-# Servers the tests start leave gRPC off unless a test asks for it (grpc_port=free_port()),
+# Servers the tests start leave gRPC off unless a test asks for it (server.grpc_port=free_port()),
 # so servers running side by side never contend for the default port.
-os.environ.setdefault("REWARDSERVE_GRPC_PORT", "0")
+os.environ.setdefault("REWARDSERVE_SERVER__GRPC_PORT", "0")
 
 
 @pytest.fixture(scope="session")

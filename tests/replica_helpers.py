@@ -33,7 +33,7 @@ PROMETHEUS = shutil.which("prometheus")
 
 def replica_env() -> dict[str, str]:
     """The environment of a replica: the test's, less every REWARDSERVE_* variable (they
-    would override its YAML config: conftest sets REWARDSERVE_GRPC_PORT=0), offline."""
+    would override its YAML config: conftest sets REWARDSERVE_SERVER__GRPC_PORT=0), offline."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("REWARDSERVE_")}
     return env | {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -60,7 +60,7 @@ class Replica(Server):
     `start()` and `wait_ready()` are separate so several replicas start side by side."""
 
     def __init__(self, name: str, model: str, model_dir: Path, workdir: Path, grpc_port: int = 0, **options):
-        extra = {"grpc_port": grpc_port, "log_level": "warning", **options.pop("extra", {})}
+        extra = {"server": {"grpc_port": grpc_port, "log_level": "warning"}, **options.pop("extra", {})}
         super().__init__(ours(model, str(model_dir), workdir, system=name, extra=extra, **options),
                          workdir / f"{name}.log")
         self.name, self.grpc_port = name, grpc_port

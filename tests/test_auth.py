@@ -17,6 +17,7 @@ from tritonclient.utils import InferenceServerException
 from service.app import create_app
 from service.client import RewardClient, RewardServeError
 from service.config import ModelConfig, Settings
+from service.config.sections import AuthSettings
 from service.core.auth import KeyRing, read_keys_file
 from service.grpc.proto import rewardserve_pb2 as pb
 from service.grpc.proto import rewardserve_pb2_grpc as pb_grpc
@@ -31,8 +32,8 @@ def server(tiny_model_dirs, tmp_path_factory):
     keys_file = tmp_path_factory.mktemp("keys") / "keys.txt"
     keys_file.write_text(f"# one key per line\n{FILE_KEY}\n")
     app = create_app(Settings(models=[ModelConfig(name=SCALAR, path=str(tiny_model_dirs[SCALAR]))],
-                              grpc_port=free_port(), api_keys=[API_KEY], admin_api_keys=[ADMIN_KEY],
-                              api_keys_file=keys_file, cors_origins=["https://dashboard.example"]))
+                              server={"grpc_port": free_port(), "cors_origins": ["https://dashboard.example"]},
+                              auth={"api_keys": [API_KEY], "admin_api_keys": [ADMIN_KEY], "api_keys_file": keys_file}))
     with live_server(app) as url, httpx.Client(base_url=url, timeout=60) as http:
         assert wait_until_loaded(http).status_code == 200  # /health/ready: open without a key
         yield url, http, app.state.grpc_port
@@ -88,8 +89,8 @@ def test_a_key_header_sent_twice_is_400_naming_it(header, server):
 
 
 def test_metrics_can_need_a_key(tiny_model_dirs):
-    settings = Settings(models=[ModelConfig(name=SCALAR, path=str(tiny_model_dirs[SCALAR]))], grpc_port=0,
-                        api_keys=[API_KEY], metrics_require_key=True)
+    settings = Settings(models=[ModelConfig(name=SCALAR, path=str(tiny_model_dirs[SCALAR]))], server={"grpc_port": 0},
+                        auth={"api_keys": [API_KEY], "metrics_require_key": True})
     with live_server(create_app(settings)) as url, httpx.Client(base_url=url, timeout=60) as http:
         assert_error(http.get("/metrics"), 401, "unauthorized")
         assert_error(http.get("/metrics", headers=bearer("wrong")), 401, "unauthorized")
@@ -97,7 +98,7 @@ def test_metrics_can_need_a_key(tiny_model_dirs):
             scraped = http.get("/metrics", headers=headers)
             assert scraped.status_code == 200 and "rewardserve_" in scraped.text
         assert http.get("/health/live").status_code == 200  # the probes stay open
-    assert "/metrics" in KeyRing(settings.model_copy(update={"metrics_require_key": False})).open_paths
+    assert "/metrics" in KeyRing(settings.auth.model_copy(update={"metrics_require_key": False})).open_paths
 
 
 def test_admin_routes_need_an_admin_key(server):
@@ -165,9 +166,9 @@ def test_keys_file_lines_and_scopes(tmp_path):
     path.write_text("a root\n")
     with pytest.raises(ValueError, match="keys:1"):
         read_keys_file(path)
-    ring = KeyRing(Settings(models=[ModelConfig(name="m", path="/m")], api_keys=["x"], admin_api_keys=["x"]))
+    ring = KeyRing(AuthSettings(api_keys=["x"], admin_api_keys=["x"]))
     assert ring.scope("x") == "admin" and ring.scope("y") is None and ring.scope(None) is None
-    assert not KeyRing(Settings(models=[ModelConfig(name="m", path="/m")])).enabled
+    assert not KeyRing(AuthSettings()).enabled
 
 
 def test_cors_answers_configured_origins_only(server):

@@ -146,7 +146,7 @@ def test_process_outputs_cached_before_aggregation(tiny_model_dirs, load_tiny):
 
 @needs_redis
 def test_redis_hits_ttl_and_corruption(tiny_model_dirs, load_tiny, redis_process):
-    settings = _settings(tiny_model_dirs, cache_max_bytes=0, redis_url=redis_process.url,
+    settings = _settings(tiny_model_dirs, cache={"max_bytes": 0, "redis_url": redis_process.url},
                          **{"llama-scalar_config": {"cache_ttl_s": 1.0}})
     model = load_tiny("llama-scalar")
     key = cache_key("llama-scalar", model.revision, model.encode(served_input(PAIR)))
@@ -174,7 +174,8 @@ def test_new_revision_never_reads_old_entries(tiny_model_dirs, tmp_path, redis_p
     """Same name, same input, changed spec (so a new revision): a miss, not the old score."""
     copy = tmp_path / "llama-scalar"
     shutil.copytree(tiny_model_dirs["llama-scalar"], copy)
-    settings = Settings(models=[ModelConfig(name="rm", path=str(copy))], cache_max_bytes=0, redis_url=redis_process.url)
+    settings = Settings(models=[ModelConfig(name="rm", path=str(copy))],
+                        cache={"max_bytes": 0, "redis_url": redis_process.url})
     with serving(settings) as (app, client):
         _score(client, PAIR, model="rm")
         poll(lambda: httpx.Response(200, json={"n": len(redis_process.client().keys("rewardserve:*"))}), lambda r: r.json()["n"] == 1, 10)
@@ -187,8 +188,8 @@ def test_new_revision_never_reads_old_entries(tiny_model_dirs, tmp_path, redis_p
 @needs_redis
 def test_two_server_processes_share_hits(tiny_model_dirs, tmp_path, load_tiny, redis_process):
     config = write_config(tmp_path / "config.yaml", {"llama-scalar": tiny_model_dirs["llama-scalar"]},
-                          redis_url=redis_process.url, cache_max_bytes=0,
-                          redis_timeout_ms=5000)  # a busy machine must not turn a hit into a fail-open miss
+                          cache={"redis_url": redis_process.url, "max_bytes": 0,
+                                 "redis_timeout_ms": 5000})  # a busy machine must not turn a hit into a fail-open miss
     ports = [free_port(), free_port()]
     procs = [subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--config", str(config), "--port", str(p)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for p in ports]
@@ -215,7 +216,8 @@ def test_two_server_processes_share_hits(tiny_model_dirs, tmp_path, load_tiny, r
 def test_redis_killed_mid_load_then_restarted(tiny_model_dirs, load_tiny, redis_process):
     """No request fails while Redis is gone (errors are counted instead), and hits resume
     once it is back."""
-    settings = _settings(tiny_model_dirs, cache_max_bytes=0, redis_url=redis_process.url, redis_timeout_ms=50)
+    settings = _settings(tiny_model_dirs,
+                         cache={"max_bytes": 0, "redis_url": redis_process.url, "redis_timeout_ms": 50})
     model = load_tiny("llama-scalar")
     items = [{"prompt": f"Question {i}?", "response": f"Answer {i}."} for i in range(30)]
     with serving(settings) as (app, client):

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from service.monitoring.canary import CANARY_FILENAME, read_canary
 from service.cli import main
 from service.config import Settings, load_settings
+from service.config.sections import CanarySettings
 from service.app import create_app
 
 WAIT_S = 120
@@ -95,7 +96,7 @@ def test_canary_record_writes_the_unbatched_reference(recorded, load_tiny, capsy
 
 
 def test_nudged_weights_fail_the_canary(recorded, tmp_path):
-    config = write_config(tmp_path / "config.yaml", recorded, canary_interval_s=0)
+    config = write_config(tmp_path / "config.yaml", recorded, canary={"interval_s": 0})
     app = create_app(load_settings(config))
     with live_server(app) as url, httpx.Client(base_url=url, timeout=WAIT_S) as client:
         assert wait_until_loaded(client).status_code == 200
@@ -105,7 +106,7 @@ def test_nudged_weights_fail_the_canary(recorded, tmp_path):
         s = scrape(client)
 
     tolerance = startup["helpsteer"]["tolerance"]
-    assert tolerance == Settings.model_fields["canary_tolerance"].default
+    assert tolerance == CanarySettings().tolerance
     for name in ("helpsteer", "prm"):
         result = startup[name]
         assert result["passed"] and result["trigger"] == "startup" and result["error"] is None, result
@@ -136,7 +137,7 @@ def test_nudged_weights_fail_the_canary(recorded, tmp_path):
 
 def test_admin_canary_refusals(recorded, tiny_model_dirs, tmp_path):
     config = write_config(tmp_path / "config.yaml", {"prm": recorded["prm"], "plain": tiny_model_dirs["llama-scalar"]},
-                          canary_interval_s=0)
+                          canary={"interval_s": 0})
     app = create_app(load_settings(config))
     with live_server(app) as url, httpx.Client(base_url=url, timeout=WAIT_S) as client:
         assert wait_until_loaded(client).status_code == 200
@@ -149,7 +150,7 @@ def test_admin_canary_refusals(recorded, tiny_model_dirs, tmp_path):
 def test_default_server_checks_its_embedded_models():
     """The shipped golden sets pass, and the shipped drift baselines are loaded and belong
     to the served revisions."""
-    app = create_app(Settings(canary_interval_s=0))
+    app = create_app(Settings(canary={"interval_s": 0}))
     names = {"minilm-harmless", "minilm-prm", "minilm-multi"}
     with live_server(app) as url, httpx.Client(base_url=url, timeout=WAIT_S) as client:
         assert wait_until_loaded(client, timeout=WAIT_S).status_code == 200

@@ -47,8 +47,8 @@ def run_cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def config_file(tiny_model_dirs, tmp_path_factory) -> Path:
     dirs = {name: tiny_model_dirs[name] for name in CLI_MODELS}
-    return write_config(tmp_path_factory.mktemp("cli") / "config.yaml", dirs, port=1, grpc_port=0,
-                        max_batch_size=4, max_batch_tokens=256)
+    return write_config(tmp_path_factory.mktemp("cli") / "config.yaml", dirs, server={"port": 1, "grpc_port": 0},
+                        batching={"max_batch_size": 4, "max_batch_tokens": 256})
 
 
 def _write_lines(path: Path, lines: list[str]) -> Path:

@@ -41,7 +41,7 @@ def urls(tiny_model_dirs):
     """{transport: URL} of one server; no result cache, so repeated requests are computed
     again and every result compares whole (within batching's float rounding)."""
     models = [ModelConfig(name=n, path=str(tiny_model_dirs[n])) for n in NAMES]
-    app = create_app(Settings(models=models, grpc_port=free_port(), cache_max_bytes=0))
+    app = create_app(Settings(models=models, server={"grpc_port": free_port()}, cache={"max_bytes": 0}))
     with live_server(app) as url:
         with httpx.Client(base_url=url) as http:
             wait_until_loaded(http)
@@ -231,7 +231,8 @@ def test_unreachable_grpc_server_is_unavailable_after_retries():
 def small_queue(tiny_model_dirs):
     """A server whose llama-scalar queue holds two items, and {transport: URL}."""
     app = create_app(Settings(models=[ModelConfig(name="llama-scalar", path=str(tiny_model_dirs["llama-scalar"]))],
-                              grpc_port=free_port(), cache_max_bytes=0, max_queue_items=2, max_wait_ms=0))
+                              server={"grpc_port": free_port()}, cache={"max_bytes": 0}, queue={"max_items": 2},
+                              batching={"max_wait_ms": 0}))
     with live_server(app) as url:
         with httpx.Client(base_url=url) as http:
             wait_until_loaded(http)

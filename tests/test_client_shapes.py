@@ -54,7 +54,7 @@ def server(tiny_model_dirs, sentencepiece_dir):
               ModelConfig(name=PRM, path=str(tiny_model_dirs[PRM])),
               ModelConfig(name=SENTENCEPIECE, path=str(sentencepiece_dir)),
               ModelConfig(name=MULTI, path=str(tiny_model_dirs[MULTI]))]
-    app = create_app(Settings(models=models, grpc_port=0, cache_max_bytes=0))
+    app = create_app(Settings(models=models, server={"grpc_port": 0}, cache={"max_bytes": 0}))
     with live_server(app) as url, httpx.Client(base_url=url, timeout=60) as http:
         assert wait_until_loaded(http).status_code == 200
         yield url, http

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from models.backends.config import OnnxRuntimeConfig, TorchConfig, TritonConfig
 from models.inputs import StepsInput
 from service.config import BUILTIN_DIR, CONFIG_ENV, DEFAULT_MODELS, ModelConfig, Settings, load_settings
+from service.config.flat import FLAT_KEYS
 from service.engine.runner import ModelRunner
 
 
@@ -29,48 +30,69 @@ def clean_env(monkeypatch):
 @pytest.fixture
 def config_file(tmp_path, tiny_model_dirs):
     return write_config(tmp_path / "config.yaml", {"scalar": tiny_model_dirs["llama-scalar"]},
-                        port=9000, max_batch_size=8, max_batch_tokens=1024, log_level="warning")
+                        server={"port": 9000, "log_level": "warning"},
+                        batching={"max_batch_size": 8, "max_batch_tokens": 1024})
 
 
 def test_values_come_from_the_yaml_file(config_file, tiny_model_dirs):
     settings = load_settings(config_file)
-    assert (settings.port, settings.max_batch_size, settings.max_batch_tokens) == (9000, 8, 1024)
-    assert settings.log_level == "warning"
+    batching = settings.batching
+    assert (settings.server.port, batching.max_batch_size, batching.max_batch_tokens) == (9000, 8, 1024)
+    assert settings.server.log_level == "warning"
     assert [(m.name, m.path) for m in settings.models] == [("scalar", str(tiny_model_dirs["llama-scalar"]))]
-    assert settings.host == "127.0.0.1" and settings.max_items_per_request == 4096  # defaults kept
+    assert settings.server.host == "127.0.0.1" and settings.server.max_items_per_request == 4096  # defaults kept
 
 
 def test_environment_beats_file(config_file, monkeypatch):
-    monkeypatch.setenv("REWARDSERVE_PORT", "9100")
-    monkeypatch.setenv("REWARDSERVE_MAX_BATCH_SIZE", "3")
+    monkeypatch.setenv("REWARDSERVE_SERVER__PORT", "9100")
+    monkeypatch.setenv("REWARDSERVE_BATCHING__MAX_BATCH_SIZE", "3")
     settings = load_settings(config_file)
-    assert (settings.port, settings.max_batch_size) == (9100, 3)
-    assert settings.max_batch_tokens == 1024  # not overridden: still the file's
+    assert (settings.server.port, settings.batching.max_batch_size) == (9100, 3)
+    assert settings.batching.max_batch_tokens == 1024  # not overridden: still the file's
+    assert settings.server.log_level == "warning"  # the rest of the file's section kept
 
 
 def test_explicit_overrides_beat_environment_and_file(config_file, monkeypatch):
-    monkeypatch.setenv("REWARDSERVE_PORT", "9100")
-    settings = load_settings(config_file, port=9200, host="0.0.0.0")
-    assert (settings.port, settings.host) == (9200, "0.0.0.0")
-    assert load_settings(config_file, port=None).port == 9100  # an unset flag overrides nothing
+    monkeypatch.setenv("REWARDSERVE_SERVER__PORT", "9100")
+    settings = load_settings(config_file, server={"port": 9200, "host": "0.0.0.0"})
+    assert (settings.server.port, settings.server.host, settings.server.log_level) == (9200, "0.0.0.0", "warning")
+    assert load_settings(config_file, server=None).server.port == 9100  # an unset flag overrides nothing
 
 
 def test_config_env_var_names_the_file(config_file, monkeypatch):
     monkeypatch.setenv(CONFIG_ENV, str(config_file))
-    assert load_settings().port == 9000
+    assert load_settings().server.port == 9000
 
 
 def test_loading_a_file_leaves_environment_and_later_settings_alone(config_file):
     load_settings(config_file)
     assert CONFIG_ENV not in os.environ
-    assert Settings().port == 8000
+    assert Settings().server.port == 8000
     assert [m.name for m in load_settings().models] == [m.name for m in DEFAULT_MODELS]
 
 
 def test_invalid_environment_value_is_rejected(config_file, monkeypatch):
-    monkeypatch.setenv("REWARDSERVE_MAX_BATCH_SIZE", "0")
-    with pytest.raises(ValidationError, match="max_batch_size"):
+    monkeypatch.setenv("REWARDSERVE_BATCHING__MAX_BATCH_SIZE", "0")
+    with pytest.raises(ValidationError, match=r"batching\.max_batch_size"):
         load_settings(config_file)
+
+
+def test_lists_and_mappings_come_from_json_in_the_environment(monkeypatch):
+    monkeypatch.setenv("REWARDSERVE_AUTH__API_KEYS", '["k1", "k2"]')
+    monkeypatch.setenv("REWARDSERVE_DRIFT__THRESHOLDS", '{"psi": 0.1}')
+    settings = Settings()
+    assert [k.get_secret_value() for k in settings.auth.api_keys] == ["k1", "k2"]
+    assert settings.drift.thresholds == {"psi": 0.1}
+
+
+def test_an_unknown_key_in_a_section_is_refused_naming_it(tmp_path, monkeypatch):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"batching": {"max_batchsize": 4}}))
+    with pytest.raises(ValidationError, match=r"batching\.max_batchsize\n  Extra inputs are not permitted"):
+        load_settings(path)
+    monkeypatch.setenv("REWARDSERVE_QUEUE__MAX_ITEM", "4")
+    with pytest.raises(ValidationError, match=r"queue\.max_item\n"):
+        Settings()
 
 
 @pytest.mark.parametrize("how", ["argument", "env"])
@@ -84,14 +106,14 @@ def test_missing_config_file_raises(how, tmp_path, monkeypatch):
 
 def test_unknown_setting_in_file_is_rejected(tmp_path):
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump({"port": 9000, "max_batchsize": 4}))
+    path.write_text(yaml.safe_dump({"server": {"port": 9000}, "max_batchsize": 4}))
     with pytest.raises(ValidationError, match="max_batchsize"):
         load_settings(path)
 
 
 def test_without_models_the_builtin_defaults_are_served(tmp_path):
     path = tmp_path / "config.yaml"
-    path.write_text("port: 9000\n")
+    path.write_text("server: {port: 9000}\n")
     settings = load_settings(path)
     assert [m.path for m in settings.models] == ["builtin:minilm-harmless", "builtin:minilm-prm", "builtin:minilm-multi"]
     assert settings.default_model_name == "minilm-harmless"
@@ -223,4 +245,51 @@ def test_the_readmes_configuration_examples_are_valid_settings():
     configs = [example for example in examples if isinstance(example, dict) and "models" in example]
     assert configs
     for config in configs:
+        assert not set(config) & set(FLAT_KEYS), "the README writes the sections, not the flat keys"
         Settings(**config)
+
+
+def test_flat_keys_of_earlier_releases_still_work_with_a_warning_naming_the_new_key(tmp_path, monkeypatch, caplog):
+    """In the file, in the environment and as arguments, each moved into its section."""
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"port": 9000, "max_queue_tokens": 1000, "tls_handshake_timeout_s": 3,
+                                    "drift_thresholds": {"psi": 0.3}, "batching": {"max_wait_ms": 7}}))
+    monkeypatch.setenv("REWARDSERVE_MAX_BATCH_SIZE", "3")
+    monkeypatch.setenv("REWARDSERVE_API_KEYS", '["k1"]')
+    with caplog.at_level("WARNING", logger="rewardserve"):
+        settings = load_settings(path, redis_url="redis://127.0.0.1:6379/0")
+    assert (settings.server.port, settings.queue.max_tokens, settings.tls.handshake_timeout_s) == (9000, 1000, 3)
+    assert settings.drift.thresholds == {"psi": 0.3} and settings.batching.max_wait_ms == 7
+    assert settings.batching.max_batch_size == 3 and [k.get_secret_value() for k in settings.auth.api_keys] == ["k1"]
+    assert settings.cache.redis_url == "redis://127.0.0.1:6379/0"
+    assert ("max_queue_tokens (REWARDSERVE_MAX_QUEUE_TOKENS) is deprecated; "
+            "use queue.max_tokens (REWARDSERVE_QUEUE__MAX_TOKENS)") in caplog.text
+    assert "max_batch_size (REWARDSERVE_MAX_BATCH_SIZE) is deprecated; use batching.max_batch_size" in caplog.text
+    assert "redis_url (REWARDSERVE_REDIS_URL) is deprecated; use cache.redis_url" in caplog.text
+
+
+def test_a_flat_key_keeps_the_precedence_of_where_it_is_given(tmp_path, monkeypatch):
+    """The environment's old name still beats the file's new one, and the reverse."""
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"server": {"port": 9000}, "max_batch_size": 8}))
+    monkeypatch.setenv("REWARDSERVE_PORT", "9100")
+    monkeypatch.setenv("REWARDSERVE_BATCHING__MAX_BATCH_SIZE", "3")
+    settings = load_settings(path)
+    assert (settings.server.port, settings.batching.max_batch_size) == (9100, 3)
+
+
+@pytest.mark.parametrize("where", ["file", "environment", "arguments"])
+def test_a_key_given_both_ways_in_one_place_is_refused_naming_both(where, tmp_path, monkeypatch):
+    values = {"max_batch_size": 8, "batching": {"max_batch_size": 4}}
+    path = None
+    if where == "file":
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(values))
+    elif where == "environment":
+        monkeypatch.setenv("REWARDSERVE_MAX_BATCH_SIZE", "8")
+        monkeypatch.setenv("REWARDSERVE_BATCHING__MAX_BATCH_SIZE", "4")
+    message = ("max_batch_size (REWARDSERVE_MAX_BATCH_SIZE) and batching.max_batch_size "
+               "(REWARDSERVE_BATCHING__MAX_BATCH_SIZE) both given; keep batching.max_batch_size")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_settings(path, **values) if where == "arguments" else load_settings(path)
+

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from models.spec import RewardSpec
-from service.config import DEFAULT_MODELS, load_settings
+from service.config import DEFAULT_MODELS, Settings, load_settings
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "deploy" / "config"
 
@@ -28,6 +28,6 @@ def test_one_example_per_kind():
     assert kinds == {"scalar", "multi_objective", "process"}
 
 
-def test_default_example_matches_builtin_defaults():
-    settings = load_settings(CONFIG_DIR / "default.yaml")
-    assert [(m.name, m.path) for m in settings.models] == [(m.name, m.path) for m in DEFAULT_MODELS]
+def test_default_example_is_what_serve_runs_with_no_config():
+    assert load_settings(CONFIG_DIR / "default.yaml") == Settings()
+    assert [(m.name, m.path) for m in Settings().models] == [(m.name, m.path) for m in DEFAULT_MODELS]

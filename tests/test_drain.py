@@ -34,9 +34,11 @@ GRACE_S = 30.0
 
 def test_sigterm_finishes_in_flight_calls_and_refuses_new_ones(tiny_model_dirs, tmp_path):
     port, grpc_port = free_port(), free_port()
-    config = write_config(tmp_path / "config.yaml", {SCALAR: tiny_model_dirs[SCALAR]}, port=port,
-                          grpc_port=grpc_port, drain_grace_s=GRACE_S, cache_max_bytes=0, log_level="warning",
-                          max_queue_wait_s=None)  # admitted however slow the machine: drain is tested, not the bound
+    # no queue time bound: admitted however slow the machine (drain is tested, not the bound)
+    config = write_config(tmp_path / "config.yaml", {SCALAR: tiny_model_dirs[SCALAR]},
+                          server={"port": port, "grpc_port": grpc_port, "drain_grace_s": GRACE_S,
+                                  "log_level": "warning"},
+                          cache={"max_bytes": 0}, queue={"max_wait_s": None})
     process = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--config", str(config)],
                                env={k: v for k, v in os.environ.items() if not k.startswith("REWARDSERVE_")},
                                stderr=subprocess.DEVNULL)
@@ -106,8 +108,9 @@ class Records(logging.Handler):
 
 def test_calls_still_running_when_the_grace_ends_are_answered_shutting_down(tiny_model_dirs, monkeypatch):
     """A forward held past the grace (the gate), the server stopped as SIGTERM stops it."""
-    settings = Settings(models=[ModelConfig(name=SCALAR, path=str(tiny_model_dirs[SCALAR]))], port=0,
-                        grpc_port=free_port(), drain_grace_s=1, cache_max_bytes=0, log_level="warning")
+    settings = Settings(models=[ModelConfig(name=SCALAR, path=str(tiny_model_dirs[SCALAR]))],
+                        server={"port": 0, "grpc_port": free_port(), "drain_grace_s": 1, "log_level": "warning"},
+                        cache={"max_bytes": 0})
     app = create_app(settings)
     server = DrainingServer(app, settings)
     records = Records()

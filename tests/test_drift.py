@@ -188,7 +188,7 @@ def test_baseline_command_covers_every_dimension(tiny_model_dirs, load_tiny, tmp
     dirs = {name: tmp_path / name for name in ("llama-helpsteer", "qwen2-prm")}
     for name, target in dirs.items():
         shutil.copytree(tiny_model_dirs[name], target)
-    config = write_config(tmp_path / "config.yaml", dirs, drift_interval_s=0.2, drift_min_samples=5)
+    config = write_config(tmp_path / "config.yaml", dirs, drift={"interval_s": 0.2, "min_samples": 5})
     items = {name: distinct_copies(sample_items(load_tiny(name)), 3) for name in dirs}
     for name in dirs:
         source = write_items(tmp_path / f"{name}.jsonl", items[name])
@@ -296,14 +296,14 @@ def test_switch_from_chosen_to_rejected_responses_raises_drift(tmp_path, capsys)
     pairs = by_split(load_hh(DATA))["fit"][:BASELINE_PAIRS + WINDOW]
     model_dir = tmp_path / "minilm-harmless"
     shutil.copytree(BUILTIN_DIR / "minilm-harmless", model_dir, ignore=shutil.ignore_patterns("*.jsonl"))
-    config = write_config(tmp_path / "config.yaml", {"minilm-harmless": model_dir}, drift_window=WINDOW,
-                          drift_interval_s=0.2)
+    config = write_config(tmp_path / "config.yaml", {"minilm-harmless": model_dir},
+                          drift={"window": WINDOW, "interval_s": 0.2})
     source = write_items(tmp_path / "chosen.jsonl", [
         {"prompt": p.chosen.prompt, "response": p.chosen.response} for p in pairs[:BASELINE_PAIRS]])
     main(["baseline", str(source), "--config", str(config), "--truncate", "left", "--write", "--quiet"])
     capsys.readouterr()
     baseline = read_baseline(model_dir / BASELINE_FILENAME)["score"]
-    assert baseline.threshold_window == load_settings(config).drift_min_samples == WINDOW
+    assert baseline.threshold_window == load_settings(config).drift.min_samples == WINDOW
 
     (chosen, chosen_scrape), (rejected, rejected_scrape) = streamed_reports(load_settings(config),
                                                                            pairs[BASELINE_PAIRS:])
@@ -312,7 +312,7 @@ def test_switch_from_chosen_to_rejected_responses_raises_drift(tmp_path, capsys)
         assert report["baseline"]["count"] == baseline.count
         assert -1 <= report["length_correlation"] <= 1 and report["reference_length_correlation"] is not None
     calm, drifted = chosen["dimensions"]["score"], rejected["dimensions"]["score"]
-    assert calm["thresholds"] == drifted["thresholds"] == baseline.thresholds  # calibrated, no drift_thresholds
+    assert calm["thresholds"] == drifted["thresholds"] == baseline.thresholds  # calibrated, no drift.thresholds
     assert calm["exceeded"] == [], calm
     assert {"mean_shift", "wasserstein"} <= set(drifted["exceeded"]), drifted
     assert drifted["statistics"]["mean_shift"] < -baseline.thresholds["mean_shift"]  # rejected responses score lower
@@ -338,9 +338,10 @@ def test_shipped_baseline_stays_calm_on_unseen_chosen_responses():
     no statistic; their rejected responses score lower, by less than the limits of a window
     of 200 (the model is weak: the tables of models/README.md)."""
     settings = Settings(models=[ModelConfig(name="minilm-harmless", path="builtin:minilm-harmless")],
-                        drift_window=WINDOW, drift_interval_s=0.2, canary_interval_s=0, grpc_port=0)
+                        drift={"window": WINDOW, "interval_s": 0.2}, canary={"interval_s": 0},
+                        server={"grpc_port": 0})
     baseline = read_baseline(BUILTIN_DIR / "minilm-harmless" / BASELINE_FILENAME)["score"]
-    assert baseline.threshold_window == settings.drift_min_samples == WINDOW and baseline.thresholds
+    assert baseline.threshold_window == settings.drift.min_samples == WINDOW and baseline.thresholds
     (chosen, _), (rejected, _) = streamed_reports(settings, by_split(load_hh(DATA))["val"][:WINDOW])
     calm, lower = chosen["dimensions"]["score"], rejected["dimensions"]["score"]
     assert calm["thresholds"] == baseline.thresholds and calm["exceeded"] == [], calm
@@ -355,7 +356,8 @@ def test_shipped_baseline_flags_a_full_window_of_rejected_responses():
     though the same shift would pass the limits of a window of 200."""
     heldout = by_split(load_hh(DATA))["heldout"]
     settings = Settings(models=[ModelConfig(name="minilm-harmless", path="builtin:minilm-harmless")],
-                        drift_window=len(heldout), drift_interval_s=0.2, canary_interval_s=0, grpc_port=0)
+                        drift={"window": len(heldout), "interval_s": 0.2}, canary={"interval_s": 0},
+                        server={"grpc_port": 0})
     baseline = read_baseline(BUILTIN_DIR / "minilm-harmless" / BASELINE_FILENAME)["score"]
     (chosen, _), (rejected, _) = streamed_reports(settings, heldout)
     calm, drifted = chosen["dimensions"]["score"], rejected["dimensions"]["score"]

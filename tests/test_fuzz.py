@@ -27,7 +27,7 @@ schema.config.generation.update(modes=list(schemathesis.GenerationMode))  # vali
 @pytest.fixture(scope="module")
 def base_url(tiny_model_dirs):
     models = [ModelConfig(name=n, path=str(tiny_model_dirs[n])) for n in NAMES]
-    app = create_app(Settings(models=models, grpc_port=free_port(), max_items_per_request=64))
+    app = create_app(Settings(models=models, server={"grpc_port": free_port(), "max_items_per_request": 64}))
     with live_server(app) as url, httpx.Client(base_url=url) as http:
         assert wait_until_loaded(http).status_code == 200
         yield url

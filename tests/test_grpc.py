@@ -39,10 +39,10 @@ PAIR = {"prompt": "Hi", "response": "Hello!"}
 WAIT_S = 30
 
 
-def _settings(model_dirs: dict, names: list[str], **extra) -> Settings:
+def _settings(model_dirs: dict, names: list[str], **sections) -> Settings:
     """A free gRPC port; no result cache (tests count forwards, and compare fresh numbers)."""
     models = [ModelConfig(name=n, path=str(model_dirs[n])) for n in names]
-    return Settings(models=models, **{"grpc_port": free_port(), "cache_max_bytes": 0, **extra})
+    return Settings(models=models, server={"grpc_port": free_port()}, cache={"max_bytes": 0}, **sections)
 
 
 def _serve(app):
@@ -56,7 +56,7 @@ def _serve(app):
 @pytest.fixture(scope="module")
 def app(tiny_model_dirs):
     """Every tiny model; batch budgets small enough that one request spans batches."""
-    return create_app(_settings(tiny_model_dirs, MODEL_NAMES, max_batch_size=2, max_batch_tokens=120))
+    return create_app(_settings(tiny_model_dirs, MODEL_NAMES, batching={"max_batch_size": 2, "max_batch_tokens": 120}))
 
 
 @pytest.fixture(scope="module")
@@ -390,7 +390,7 @@ def test_deadline_while_queued_is_deadline_exceeded(how, app, stub, gate_model, 
 
 
 def test_full_queue_is_resource_exhausted_with_retry_after(tiny_model_dirs, gate_model):
-    app = create_app(_settings(tiny_model_dirs, ["llama-scalar"], max_queue_items=2, max_wait_ms=0))
+    app = create_app(_settings(tiny_model_dirs, ["llama-scalar"], queue={"max_items": 2}, batching={"max_wait_ms": 0}))
     with contextmanager(_serve)(app):
         with grpc.insecure_channel(f"127.0.0.1:{app.state.grpc_port}") as channel:
             stub = pb_grpc.RewardServiceStub(channel)

@@ -93,13 +93,13 @@ def method_handler(handler, request_streaming: bool, response_streaming: bool):
 def echo():
     """A GrpcServer with the echo methods beside its own services, on its own event loop
     (a thread); (port, its metrics, a runner of coroutines on that loop)."""
-    settings = Settings(models=[ModelConfig(name="m", path="/nonexistent")], api_keys=[KEY])
+    settings = Settings(models=[ModelConfig(name="m", path="/nonexistent")], auth={"api_keys": [KEY]})
     metrics = Metrics()
     loop = asyncio.new_event_loop()
 
     async def start() -> GrpcServer:
-        server = GrpcServer(Scorer(ModelRegistry(settings), settings), metrics, KeyRing(settings), "127.0.0.1", 0,
-                            handshake_timeout_s=settings.tls_handshake_timeout_s)
+        server = GrpcServer(Scorer(ModelRegistry(settings), settings), metrics, KeyRing(settings.auth), "127.0.0.1", 0,
+                            handshake_timeout_s=settings.tls.handshake_timeout_s)
         server.server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
             SERVICE, {name: method_handler(*spec) for name, spec in HANDLERS.items()})])
         await server.start()

@@ -140,7 +140,8 @@ async def refusal(channel: grpc.aio.Channel, path: str, metadata: tuple) -> tupl
 def server(tiny_model_dirs):
     """A scalar and a process model, gRPC and API keys on; (HTTP client, gRPC target)."""
     models = [ModelConfig(name=name, path=str(tiny_model_dirs[name])) for name in (SCALAR, PRM)]
-    app = create_app(Settings(models=models, grpc_port=free_port(), api_keys=[API_KEY], cache_max_bytes=0))
+    app = create_app(Settings(models=models, server={"grpc_port": free_port()}, auth={"api_keys": [API_KEY]},
+                              cache={"max_bytes": 0}))
     with live_server(app) as url, httpx.Client(base_url=url, timeout=WAIT_S) as http:
         assert wait_until_loaded(http).status_code == 200
         yield http, f"127.0.0.1:{app.state.grpc_port}"
@@ -210,7 +211,8 @@ def test_watch_streams_every_status_change(tiny_model_dirs, monkeypatch):
 
     monkeypatch.setattr(ModelRegistry, "load_all", gated_load_all)
     app = create_app(Settings(models=[ModelConfig(name=SCALAR, path=str(tiny_model_dirs[SCALAR]))],
-                              grpc_port=free_port(), api_keys=[API_KEY], drain_grace_s=WAIT_S))
+                              server={"grpc_port": free_port(), "drain_grace_s": WAIT_S},
+                              auth={"api_keys": [API_KEY]}))
 
     async def watch(stopping: ExitStack) -> None:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.state.grpc_port}") as channel:

@@ -31,7 +31,7 @@ SURROGATE = "\ud800x"
 @pytest.fixture(scope="module")
 def served(tiny_model_dirs):
     models = [ModelConfig(name=n, path=str(tiny_model_dirs[n])) for n in (SCALAR, PRM)]
-    app = create_app(Settings(models=models, grpc_port=free_port(), cache_max_bytes=0))
+    app = create_app(Settings(models=models, server={"grpc_port": free_port()}, cache={"max_bytes": 0}))
     with live_server(app) as url, httpx.Client(base_url=url, timeout=60) as http:
         assert wait_until_loaded(http).status_code == 200
         with grpc.insecure_channel(f"127.0.0.1:{app.state.grpc_port}") as channel:
@@ -191,8 +191,8 @@ def test_kserve_routes_document_their_errors(http):
 @pytest.fixture(scope="module")
 def small_body(tiny_model_dirs):
     """A server whose request bodies are bounded at 64 KiB."""
-    app = create_app(Settings(models=[ModelConfig(name=SCALAR, path=str(tiny_model_dirs[SCALAR]))], grpc_port=0,
-                              max_request_bytes=64 * 1024))
+    app = create_app(Settings(models=[ModelConfig(name=SCALAR, path=str(tiny_model_dirs[SCALAR]))],
+                              server={"grpc_port": 0, "max_request_bytes": 64 * 1024}))
     with live_server(app) as url, httpx.Client(base_url=url, timeout=60) as http:
         assert wait_until_loaded(http).status_code == 200
         yield http
@@ -257,7 +257,7 @@ def post_routes() -> list[str]:
             included = getattr(route, "original_router", None)  # FastAPI's included router
             yield from walk(included.routes) if included is not None else [route]
 
-    app = create_app(Settings(models=[ModelConfig(name=SCALAR, path="/unused")], grpc_port=0))
+    app = create_app(Settings(models=[ModelConfig(name=SCALAR, path="/unused")], server={"grpc_port": 0}))
     paths = sorted({route.path_format for route in walk(app.routes) if "POST" in getattr(route, "methods", ())})
     assert "/v1/score" in paths and "/v2/models/{name}/infer" in paths
     return paths

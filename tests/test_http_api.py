@@ -44,8 +44,8 @@ def _settings(model_dirs: dict, **extra) -> Settings:
 @pytest.fixture(scope="module")
 def app(tiny_model_dirs):
     """Every tiny model, with batch budgets small enough that one request spans batches."""
-    return create_app(_settings(tiny_model_dirs, max_batch_size=2, max_batch_tokens=120,
-                                max_items_per_request=MAX_ITEMS))
+    return create_app(_settings(tiny_model_dirs, batching={"max_batch_size": 2, "max_batch_tokens": 120},
+                                server={"max_items_per_request": MAX_ITEMS}))
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,7 @@ def app(tiny_model_dirs):
     spec = yaml.safe_load((tiny_model_dirs[MULTI] / SPEC_FILENAME).read_text())
     models.append(ModelConfig(name=MULTI_Z, path=str(tiny_model_dirs[MULTI]), spec={**spec, "reference_stats": STATS}))
     # a generous batching wait, so one-rollout requests sent together share forwards
-    return create_app(Settings(models=models, max_batch_size=16, max_wait_ms=50))
+    return create_app(Settings(models=models, batching={"max_batch_size": 16, "max_wait_ms": 50}))
 
 
 @pytest.fixture(scope="module")

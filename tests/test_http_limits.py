@@ -52,9 +52,9 @@ class Server:
 def server(tiny_model_dirs, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("limits")
     port = free_port()
-    config = write_config(tmp / "config.yaml", {SCALAR: tiny_model_dirs[SCALAR]}, port=port, grpc_port=0,
-                          api_keys=[KEY], header_timeout_s=HEADER_TIMEOUT_S, body_timeout_s=BODY_TIMEOUT_S,
-                          log_level="warning")
+    config = write_config(tmp / "config.yaml", {SCALAR: tiny_model_dirs[SCALAR]},
+                          server={"port": port, "grpc_port": 0, "header_timeout_s": HEADER_TIMEOUT_S,
+                                  "body_timeout_s": BODY_TIMEOUT_S, "log_level": "warning"}, auth={"api_keys": [KEY]})
     log = tmp / "server.log"
     with log.open("w") as stderr:
         process = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--config", str(config)],

@@ -49,7 +49,7 @@ def base_url(tiny_model_dirs):
     models = [ModelConfig(name=name, path=str(tiny_model_dirs[name])) for name in (SCALAR, MULTI, PRM)]
     models += [ModelConfig(name=MULTI_Z, path=str(tiny_model_dirs[MULTI]), spec=_spec(tiny_model_dirs[MULTI], MULTI_STATS)),
                ModelConfig(name=PRM_Z, path=str(tiny_model_dirs[PRM]), spec=_spec(tiny_model_dirs[PRM], PRM_STATS))]
-    app = create_app(Settings(models=models, max_batch_size=3))
+    app = create_app(Settings(models=models, batching={"max_batch_size": 3}))
     with live_server(app) as url:
         with httpx.Client(base_url=url, timeout=30) as client:
             assert wait_until_loaded(client).status_code == 200

@@ -25,6 +25,7 @@ from sched_helpers import GatedForward, ids, intercept_forward, until
 
 from models.spec import ModelKind
 from service.config import ModelConfig, Settings
+from service.config.sections import QueueSettings
 from service.app import create_app
 from service.engine.admission import ForwardCost
 from service.engine.scheduler import Priority, dedup_key
@@ -38,10 +39,10 @@ def run(coro):
     return asyncio.run(asyncio.wait_for(coro, TEST_LIMIT_S))
 
 
-def _settings(model_dirs, names, **extra) -> Settings:
+def _settings(model_dirs, names, **sections) -> Settings:
     """No result cache: these tests hold and count forwards, which a cache hit skips."""
     models = [ModelConfig(name=n, path=str(model_dirs[n])) for n in names]
-    return Settings(models=models, **{"cache_max_bytes": 0, **extra})
+    return Settings(models=models, cache={"max_bytes": 0}, **sections)
 
 
 def _serve(app):
@@ -54,7 +55,8 @@ def _serve(app):
 
 @pytest.fixture(scope="module")
 def app(tiny_model_dirs):
-    return create_app(_settings(tiny_model_dirs, NAMES, max_batch_size=8, max_batch_tokens=1024, max_wait_ms=2))
+    return create_app(_settings(tiny_model_dirs, NAMES,
+                                batching={"max_batch_size": 8, "max_batch_tokens": 1024, "max_wait_ms": 2}))
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +67,7 @@ def base_url(app):
 @pytest.fixture(scope="module")
 def small_queue_app(tiny_model_dirs):
     """llama-scalar alone, queueing at most 3 items."""
-    return create_app(_settings(tiny_model_dirs, ["llama-scalar"], max_queue_items=3, max_wait_ms=0))
+    return create_app(_settings(tiny_model_dirs, ["llama-scalar"], queue={"max_items": 3}, batching={"max_wait_ms": 0}))
 
 
 @pytest.fixture(scope="module")
@@ -187,10 +189,10 @@ def test_full_queue_is_429_with_retry_after_and_admitted_requests_complete(
 
 def test_a_fresh_server_admits_a_burst_it_clears_within_the_default_bound(tiny_model_dirs):
     """Just started (warm-up done, no request served yet), under the default
-    max_queue_wait_s: 150 concurrent 2-item requests are all admitted and scored. The time
+    queue.max_wait_s: 150 concurrent 2-item requests are all admitted and scored. The time
     bound holds from the first request on the forward cost its warm-up measured."""
     app = create_app(_settings(tiny_model_dirs, ["llama-scalar"]))
-    assert Settings.model_fields["max_queue_wait_s"].default == app.state.settings.max_queue_wait_s
+    assert app.state.settings.queue == QueueSettings()
     rng = random.Random(7)
     requests = [[tokens(*(rng.randrange(10, 400) for _ in range(96))) for _ in range(2)] for _ in range(150)]
 
@@ -400,7 +402,8 @@ def test_pipelined_batches_equal_the_unbatched_reference(tiny_model_dirs, load_t
     of responses to one long prompt (shared-prefix groups are prepared too): every number
     equals the item scored alone."""
     models = [ModelConfig(name=n, path=str(tiny_model_dirs[n]), pipeline=True) for n in NAMES]
-    app = create_app(Settings(models=models, cache_max_bytes=0, max_batch_size=8, max_batch_tokens=1024))
+    app = create_app(Settings(models=models, cache={"max_bytes": 0},
+                              batching={"max_batch_size": 8, "max_batch_tokens": 1024}))
     prompt = " ".join(f"step {i} of the question," for i in range(12))
     group = {"model": NAMES[0], "items": [{"prompt": prompt, "response": f"Answer {k}."} for k in range(4)]}
     requests = _load(load_tiny) + [(NAMES[0], group)]

@@ -35,7 +35,7 @@ GOOD_AT, BAD_AT = (0, 2, 4), (1, 3, 5)
 @pytest.fixture(scope="module")
 def served(tiny_model_dirs):
     app = create_app(Settings(models=[ModelConfig(name=SCALAR, path=str(tiny_model_dirs[SCALAR]))],
-                              grpc_port=free_port(), cache_max_bytes=0))
+                              server={"grpc_port": free_port()}, cache={"max_bytes": 0}))
     with live_server(app) as url, httpx.Client(base_url=url, timeout=60) as http:
         assert wait_until_loaded(http).status_code == 200
         model = app.state.registry.runners[SCALAR].model

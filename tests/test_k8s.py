@@ -184,9 +184,9 @@ def test_model_loader_pod_mounts_the_models_claim():
 def test_config_loads_with_the_service_settings(target, tmp_path, monkeypatch):
     docs = render(target)
     settings = served_settings(docs, tmp_path, monkeypatch)
-    assert settings.host == "0.0.0.0"
-    assert settings.port == container_port(docs, "http")
-    assert settings.grpc_port == container_port(docs, "grpc")
+    assert settings.server.host == "0.0.0.0"
+    assert settings.server.port == container_port(docs, "http")
+    assert settings.server.grpc_port == container_port(docs, "grpc")
     mounts = {m["mountPath"]: m for m in container(docs)["volumeMounts"]}
     for model in settings.models:
         assert model.path.startswith("builtin:") or Path(model.path).parent == Path("/models"), model.path
@@ -197,7 +197,7 @@ def test_config_loads_with_the_service_settings(target, tmp_path, monkeypatch):
     claim = one(docs, "PersistentVolumeClaim", models_volume["persistentVolumeClaim"]["claimName"])
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]  # shared by replicas on any node
     # the shared cache is the Redis Service, on its port
-    url = httpx.URL(settings.redis_url)
+    url = httpx.URL(settings.cache.redis_url)
     service = one(docs, "Service", url.host)
     assert url.port in [p["port"] for p in service["spec"]["ports"]]
     redis_pods = one(docs, "Deployment", url.host)["spec"]["template"]["metadata"]["labels"]
@@ -210,24 +210,24 @@ def test_api_keys_come_from_an_optional_secret(tmp_path, monkeypatch):
     docs = render("base")
     refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container(docs)["env"]
             if "secretKeyRef" in e.get("valueFrom", {})}
-    assert set(refs) == {"REWARDSERVE_API_KEYS", "REWARDSERVE_ADMIN_API_KEYS"}
+    assert set(refs) == {"REWARDSERVE_AUTH__API_KEYS", "REWARDSERVE_AUTH__ADMIN_API_KEYS"}
     assert all(ref["optional"] is True and ref["name"] == "rewardserve-api-keys" for ref in refs.values())
-    assert served_settings(docs, tmp_path, monkeypatch).api_keys == []
-    settings = served_settings(docs, tmp_path, monkeypatch, REWARDSERVE_API_KEYS='["k1", "k2"]',
-                               REWARDSERVE_ADMIN_API_KEYS='["k3"]')
-    assert [k.get_secret_value() for k in settings.api_keys] == ["k1", "k2"]
-    assert [k.get_secret_value() for k in settings.admin_api_keys] == ["k3"]
+    assert served_settings(docs, tmp_path, monkeypatch).auth.api_keys == []
+    settings = served_settings(docs, tmp_path, monkeypatch, REWARDSERVE_AUTH__API_KEYS='["k1", "k2"]',
+                               REWARDSERVE_AUTH__ADMIN_API_KEYS='["k3"]')
+    assert [k.get_secret_value() for k in settings.auth.api_keys] == ["k1", "k2"]
+    assert [k.get_secret_value() for k in settings.auth.admin_api_keys] == ["k3"]
 
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_drain_fits_in_the_termination_grace(target, tmp_path, monkeypatch):
     docs = render(target)
     settings = served_settings(docs, tmp_path, monkeypatch)
-    assert "REWARDSERVE_DRAIN_GRACE_S" in {e["name"] for e in container(docs)["env"]}  # explicit, not a default
+    assert "REWARDSERVE_SERVER__DRAIN_GRACE_S" in {e["name"] for e in container(docs)["env"]}  # explicit, not a default
     command = container(docs)["lifecycle"]["preStop"]["exec"]["command"]
     assert command[0] == "sleep" and len(command) == 2
     grace = pod_spec(docs)["terminationGracePeriodSeconds"]
-    assert grace >= float(command[1]) + settings.drain_grace_s + MARGIN_S
+    assert grace >= float(command[1]) + settings.server.drain_grace_s + MARGIN_S
 
 
 @pytest.mark.parametrize("target", GPU_TARGETS)
@@ -371,7 +371,9 @@ def live(tmp_path_factory):
     Yields (app, client without a key)."""
     with pytest.MonkeyPatch.context() as monkeypatch:
         settings = served_settings(render("overlays/cpu"), tmp_path_factory.mktemp("k8s"), monkeypatch)
-    settings = settings.model_copy(update={"grpc_port": 0, "redis_url": None, "api_keys": [SecretStr(API_KEY)]})
+    settings = settings.model_copy(update={"server": settings.server.model_copy(update={"grpc_port": 0}),
+                                           "cache": settings.cache.model_copy(update={"redis_url": None}),
+                                           "auth": settings.auth.model_copy(update={"api_keys": [SecretStr(API_KEY)]})})
     app = create_app(settings)
     with live_server(app) as url, httpx.Client(base_url=url, timeout=WAIT_S) as client:
         assert wait_until_loaded(client).status_code == 200
@@ -393,8 +395,8 @@ def test_probes_are_open_routes_of_the_app(target, live, tmp_path, monkeypatch):
     assert probes["startupProbe"]["path"] == "/health/ready"  # live answers before the models load
     assert server["startupProbe"]["periodSeconds"] * server["startupProbe"]["failureThreshold"] >= 600
     for probe in probes.values():
-        assert container_port(docs, probe["port"]) == settings.port
-        assert serves_get(app, probe["path"]) and probe["path"] in settings.auth_open_paths
+        assert container_port(docs, probe["port"]) == settings.server.port
+        assert serves_get(app, probe["path"]) and probe["path"] in settings.auth.open_paths
         assert client.get(probe["path"]).status_code == 200  # no key needed
 
 
@@ -407,8 +409,8 @@ def test_service_monitor_scrapes_the_metrics_route(target, live, tmp_path, monke
     assert selects(monitor["spec"]["selector"]["matchLabels"], service["metadata"]["labels"])
     [endpoint] = monitor["spec"]["endpoints"]
     [port] = [p for p in service["spec"]["ports"] if p["name"] == endpoint["port"]]
-    assert container_port(docs, port["targetPort"]) == settings.port
-    assert serves_get(app, endpoint["path"]) and endpoint["path"] in settings.auth_open_paths
+    assert container_port(docs, port["targetPort"]) == settings.server.port
+    assert serves_get(app, endpoint["path"]) and endpoint["path"] in settings.auth.open_paths
     reply = client.get(endpoint["path"])  # without a key, as Prometheus scrapes
     assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/plain")
 

@@ -44,7 +44,8 @@ TRANSPORTS = {"http-binary": (triton_http, True), "http-json": (triton_http, Fal
 @pytest.fixture(scope="module")
 def app(tiny_model_dirs):
     models = [ModelConfig(name=n, path=str(tiny_model_dirs[n])) for n in MODEL_NAMES]
-    return create_app(Settings(models=models, grpc_port=free_port(), cache_max_bytes=0, max_batch_size=4))
+    return create_app(Settings(models=models, server={"grpc_port": free_port()}, cache={"max_bytes": 0},
+                               batching={"max_batch_size": 4}))
 
 
 @pytest.fixture(scope="module")

@@ -52,7 +52,8 @@ def app(tiny_model_dirs, tmp_path_factory):
               ModelConfig(name="qwen2-prm", path=str(tiny_model_dirs["qwen2-prm"])),
               ModelConfig(name="llama-gating", path=str(tiny_model_dirs["llama-gating"]), serve_graph=True),
               ModelConfig(name="ghost", path=str(tmp_path_factory.mktemp("ghost") / "does-not-exist"))]
-    return create_app(Settings(models=models, grpc_port=free_port(), cache_max_bytes=0, max_batch_size=4))
+    return create_app(Settings(models=models, server={"grpc_port": free_port()}, cache={"max_bytes": 0},
+                               batching={"max_batch_size": 4}))
 
 
 @pytest.fixture(scope="module")
@@ -293,12 +294,12 @@ def test_graph_requests_run_on_the_models_forward_thread(clients, app, watched_b
 
 
 def test_graph_requests_are_held_to_the_models_queue_bound(tiny_model_dirs, watched_backend):
-    """max_queue_items 3: while a 2-row graph request holds the forward, a second one (2
+    """queue.max_items 3: while a 2-row graph request holds the forward, a second one (2
     more rows) and a 2-item score request are refused with 429; once it has run, both go."""
     _, hold, entered, release = watched_backend
     config = ModelConfig(name="rm", path=str(tiny_model_dirs["llama-gating"]), serve_graph=True)
-    app = create_app(Settings(models=[config], grpc_port=free_port(), cache_max_bytes=0, max_queue_items=3,
-                              max_queue_wait_s=None))
+    app = create_app(Settings(models=[config], server={"grpc_port": free_port()}, cache={"max_bytes": 0},
+                              queue={"max_items": 3, "max_wait_s": None}))
     graph_body = {"inputs": [{"name": n, "datatype": "INT64", "shape": list(a.shape), "data": a.reshape(-1).tolist()}
                              for n, a in GRAPH_INPUTS.items()]}
     score_body = {"items": [{"prompt": "Hi", "response": "Hello"}, {"prompt": "Yo", "response": "Hey"}]}

@@ -42,7 +42,8 @@ def _serve(app):
 
 @pytest.fixture(scope="module")
 def app(tiny_model_dirs):
-    return create_app(_settings(tiny_model_dirs, NAMES, grpc_port=free_port(), max_batch_size=8))
+    return create_app(_settings(tiny_model_dirs, NAMES, server={"grpc_port": free_port()},
+                                batching={"max_batch_size": 8}))
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +54,8 @@ def client(app):
 @pytest.fixture(scope="module")
 def small_queue_app(tiny_model_dirs):
     """llama-scalar alone, queueing at most 3 items, no cache (the test counts forwards)."""
-    return create_app(_settings(tiny_model_dirs, ["llama-scalar"], max_queue_items=3, max_wait_ms=0,
-                                cache_max_bytes=0))
+    return create_app(_settings(tiny_model_dirs, ["llama-scalar"], queue={"max_items": 3}, batching={"max_wait_ms": 0},
+                                cache={"max_bytes": 0}))
 
 
 @pytest.fixture(scope="module")

@@ -101,7 +101,7 @@ def model_dirs(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def client(model_dirs):
     models = [ModelConfig(name=name, path=str(path)) for name, path in model_dirs.items()]
-    app = create_app(Settings(models=models, cache_max_bytes=0, max_wait_ms=50))
+    app = create_app(Settings(models=models, cache={"max_bytes": 0}, batching={"max_wait_ms": 50}))
     with live_server(app) as url, httpx.Client(base_url=url, timeout=120) as http:
         assert wait_until_loaded(http, timeout=300).status_code == 200
         listing = {m["name"]: m["status"] for m in http.get("/v1/models").json()["models"]}

@@ -112,7 +112,7 @@ def served_dirs(checkpoints, tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def client(served_dirs):
     models = [example(name).model_copy(update={"path": str(served_dirs[name])}) for name in SERVED]
-    app = create_app(Settings(models=models, cache_max_bytes=0, max_wait_ms=50))
+    app = create_app(Settings(models=models, cache={"max_bytes": 0}, batching={"max_wait_ms": 50}))
     with live_server(app) as url, httpx.Client(base_url=url, timeout=120) as http:
         assert wait_until_loaded(http, timeout=300).status_code == 200
         listing = {m["name"]: m for m in http.get("/v1/models").json()["models"]}

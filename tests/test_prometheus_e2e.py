@@ -45,8 +45,8 @@ def server(tiny_model_dirs, load_tiny, tmp_path_factory):
     root = tmp_path_factory.mktemp("prometheus_e2e")
     model_dir = root / MODEL
     shutil.copytree(tiny_model_dirs["llama-scalar"], model_dir)
-    config = write_config(root / "config.yaml", {MODEL: model_dir}, drift_interval_s=0.2, drift_min_samples=5,
-                          canary_interval_s=0)
+    config = write_config(root / "config.yaml", {MODEL: model_dir}, drift={"interval_s": 0.2, "min_samples": 5},
+                          canary={"interval_s": 0})
     items = root / "items.jsonl"
     items.write_text("".join(json.dumps(item) + "\n" for item in sample_items(load_tiny("llama-scalar"))))
     main(["baseline", str(items), "--config", str(config), "--write", "--quiet"])
@@ -172,8 +172,8 @@ def test_prometheus_scrapes_metrics_behind_a_key(tiny_model_dirs, tmp_path):
     """metrics_require_key: Prometheus sends the key from its scrape config's
     `authorization` (as the README shows) and scrapes; without it the scrape is refused."""
     key = "k-scrape"
-    settings = Settings(models=[ModelConfig(name=MODEL, path=str(tiny_model_dirs["llama-scalar"]))], grpc_port=0,
-                        api_keys=[key], metrics_require_key=True)
+    settings = Settings(models=[ModelConfig(name=MODEL, path=str(tiny_model_dirs["llama-scalar"]))],
+                        server={"grpc_port": 0}, auth={"api_keys": [key], "metrics_require_key": True})
     key_file = tmp_path / "rewardserve.key"
     key_file.write_text(key + "\n")
     with live_server(create_app(settings)) as url, httpx.Client(base_url=url, timeout=WAIT_S) as client:

@@ -48,7 +48,7 @@ class Protocols:
 @pytest.fixture(scope="module")
 def protocols(tiny_model_dirs):
     models = [ModelConfig(name=n, path=str(tiny_model_dirs[n])) for n in BUILDERS]
-    app = create_app(Settings(models=models, grpc_port=free_port(), cache_max_bytes=0))
+    app = create_app(Settings(models=models, server={"grpc_port": free_port()}, cache={"max_bytes": 0}))
     with live_server(app) as url, httpx.Client(base_url=url, timeout=WAIT_S) as http:
         assert wait_until_loaded(http).status_code == 200
         target = f"127.0.0.1:{app.state.grpc_port}"

@@ -95,7 +95,7 @@ def same_as_shown(actual, shown) -> bool:
 
 @pytest.fixture(scope="module")
 def server():
-    app = create_app(Settings(grpc_port=free_port(), canary_interval_s=0))
+    app = create_app(Settings(server={"grpc_port": free_port()}, canary={"interval_s": 0}))
     with live_server(app) as url, httpx.Client(base_url=url, timeout=60) as client:
         assert wait_until_loaded(client).status_code == 200
         yield client, url, app.state.grpc_port

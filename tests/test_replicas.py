@@ -53,6 +53,7 @@ from test_prometheus_e2e import ALERTS, query, scalar
 from service.cli import main
 from service.client import RewardClient
 from service.config import load_settings
+from service.config.sections import ServerSettings
 
 MODEL, TINY = "scalar", "llama-scalar"
 TOL = 1e-5
@@ -134,7 +135,7 @@ def cluster(model_dirs, tmp_path_factory):
     with ExitStack() as stack:
         redis = stack.enter_context(RedisProcess())
         replicas = [Replica(name, MODEL, model_dir, root, grpc_port=free_port(), cache="redis", redis_url=redis.url,
-                            extra={"drift_interval_s": 0.2, "drift_min_samples": 5, "canary_interval_s": 0})
+                            extra={"drift": {"interval_s": 0.2, "min_samples": 5}, "canary": {"interval_s": 0}})
                     for name, model_dir in zip(("replica-a", "replica-b"), model_dirs)]
         for replica in replicas:
             stack.callback(replica.stop)
@@ -344,7 +345,8 @@ def pair(tiny_model_dirs, tmp_path):
     if NGINX is None:
         pytest.skip("nginx is not installed (apt-get install nginx)")
     with ExitStack() as stack:
-        replicas = [Replica(name, MODEL, tiny_model_dirs[TINY], tmp_path, cache="off", extra={"max_wait_ms": 50})
+        replicas = [Replica(name, MODEL, tiny_model_dirs[TINY], tmp_path, cache="off",
+                            extra={"batching": {"max_wait_ms": 50}})
                     for name in ("kill-a", "kill-b")]
         for replica in replicas:
             stack.callback(replica.stop)
@@ -474,16 +476,15 @@ def test_compose_services_mounts_and_ports_agree():
         assert "HEALTHCHECK" in dockerfile, "nginx waits for the replicas' health check"
 
 
-def replica_settings(monkeypatch) -> dict:
-    """The compose replicas' settings file, validated as the server would load it (without
+def replica_settings(monkeypatch) -> ServerSettings:
+    """The compose replicas' server settings, from their file as the server loads it (without
     the test environment's REWARDSERVE_* overrides)."""
     for key in [k for k in os.environ if k.startswith("REWARDSERVE_")]:
         monkeypatch.delenv(key)
     settings = load_settings(COMPOSE_DIR / "rewardserve.yaml")
-    assert settings.host == "0.0.0.0"
-    assert urlsplit(settings.redis_url).hostname == "redis"
-    return yaml.safe_load((COMPOSE_DIR / "rewardserve.yaml").read_text()) | {
-        "port": settings.port, "grpc_port": settings.grpc_port}
+    assert settings.server.host == "0.0.0.0"
+    assert urlsplit(settings.cache.redis_url).hostname == "redis"
+    return settings.server
 
 
 def test_compose_nginx_balances_the_replicas(monkeypatch):
@@ -499,8 +500,8 @@ def test_compose_nginx_balances_the_replicas(monkeypatch):
     assert placeholders <= set(env), placeholders - set(env)
     replicas = sorted(name for name in services if name.startswith("rewardserve-"))
     for number, name in enumerate(replicas, 1):
-        assert host_port(env[f"RS_REPLICA_{number}_HTTP"]) == (name, settings["port"])
-        assert host_port(env[f"RS_REPLICA_{number}_GRPC"]) == (name, settings["grpc_port"])
+        assert host_port(env[f"RS_REPLICA_{number}_HTTP"]) == (name, settings.port)
+        assert host_port(env[f"RS_REPLICA_{number}_GRPC"]) == (name, settings.grpc_port)
     published = {int(port.rsplit(":", 1)[1]) for port in nginx["ports"]}
     assert published == {int(env["RS_LISTEN_HTTP"]), int(env["RS_LISTEN_GRPC"])}
     assert set(replicas) <= set(nginx["depends_on"])
@@ -526,7 +527,7 @@ def test_compose_prometheus_config_passes_promtool(tmp_path, monkeypatch):
     assert {"alerts.yml", "replicas.rules.yml"} <= set(body["rule_files"])
     targets = [t for job in body["scrape_configs"] for group in job["static_configs"] for t in group["targets"]]
     replicas = sorted(name for name in services if name.startswith("rewardserve-"))
-    assert sorted(targets) == [f"{name}:{settings['port']}" for name in replicas]
+    assert sorted(targets) == [f"{name}:{settings.port}" for name in replicas]
 
 
 def test_compose_grafana_provisions_the_dashboard_and_prometheus():

@@ -21,6 +21,7 @@ from sched_helpers import GatedForward, ids, until
 
 from models.inputs import Chat, Encoded, TextPair, TokenIds
 from service.config import ModelConfig, Settings
+from service.config.sections import BatchingSettings, QueueSettings
 from service.engine.admission import Admission, ForwardCost, QueueFull
 from service.engine.batching import BatchRecord
 from service.engine.forward_thread import ItemFailed
@@ -68,11 +69,16 @@ def check(model, assert_outputs_match):
 
 @asynccontextmanager
 async def serving(gate: GatedForward, **options):
-    """A scheduler feeding `gate` on its own forward thread, with no fill wait unless asked
-    (so a lone plug item goes to the model at once); records every batch."""
+    """A scheduler feeding `gate` on its own forward thread, with no fill wait and no queue
+    time bound unless asked (so a lone plug item goes to the model at once, and a gate held
+    long refuses nothing); records every batch. `options`: the scheduler's own keywords and
+    the keys of the batching and queue sections."""
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-forward")
     records: list[BatchRecord] = []
-    scheduler = Scheduler(gate, executor, on_batch=records.append, **{"max_wait_ms": 0, **options})
+    batching = {"max_wait_ms": 0} | {k: options.pop(k) for k in BatchingSettings.model_fields if k in options}
+    queue = {"max_wait_s": None} | {k: options.pop(k) for k in QueueSettings.model_fields if k in options}
+    scheduler = Scheduler(gate, executor, on_batch=records.append, batching=BatchingSettings(**batching),
+                          queue=QueueSettings(**queue), **options)
     scheduler.records = records
     try:
         yield scheduler
@@ -539,7 +545,7 @@ def test_a_later_duplicate_extends_the_deadline_of_shared_work(model, make_token
 def test_full_queue_refuses_new_work_and_loses_nothing_admitted(bound, model, make_tokens, check):
     admitted = [[make_tokens(6), make_tokens(9)], [make_tokens(12), make_tokens(7)]]
     queued_tokens = sum(e.num_tokens for r in admitted for e in r)
-    limits = {"max_queue_items": 4} if bound == "items" else {"max_queue_tokens": queued_tokens + 5}
+    limits = {"max_items": 4} if bound == "items" else {"max_tokens": queued_tokens + 5}
     refused = [make_tokens(3)] if bound == "items" else [make_tokens(3), make_tokens(6)]
 
     async def main():
@@ -574,7 +580,7 @@ def test_a_request_too_big_for_the_bounds_is_admitted_onto_an_empty_queue(model,
 
     async def main():
         gate = GatedForward(model.forward, held=False)
-        async with serving(gate, max_queue_items=2, max_queue_tokens=10) as scheduler:
+        async with serving(gate, max_items=2, max_tokens=10) as scheduler:
             return await scheduler.submit(big), await scheduler.submit(big[:3], ticket=scheduler.admission.admit(3, 15, Priority.bulk))
 
     first, second = run(main())
@@ -589,7 +595,7 @@ def test_a_ticket_holds_room_while_its_request_is_tokenized(model, make_tokens, 
 
     async def main():
         gate = GatedForward(model.forward)
-        async with serving(gate, max_queue_items=4) as scheduler:
+        async with serving(gate, max_items=4) as scheduler:
             plug = await hold(scheduler, gate, make_tokens(5))
             first = asyncio.create_task(scheduler.submit([waiting]))
             await queued(scheduler, 1)
@@ -617,7 +623,7 @@ def test_a_ticket_holds_room_while_its_request_is_tokenized(model, make_tokens, 
 
 
 def test_time_budget_bounds_the_work_ahead(model, make_tokens, check):
-    """Past `max_queue_wait_s` of measured forward work ahead of it, new work is refused
+    """Past `queue.max_wait_s` of measured forward work ahead of it, new work is refused
     with the excess as its retry hint; interactive work, which goes ahead of a bulk backlog,
     is still admitted (only the running forward is ahead of it). Before the first batch is
     measured there is no estimate (and only the size bounds apply)."""

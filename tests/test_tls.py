@@ -1,7 +1,7 @@
 """TLS on both ports with a real certificate chain (made by openssl for the test): HTTPS and
 gRPC over TLS, the Python client over https:// and grpcs://, mutual TLS refusing a client
 without a certificate its CA signed, and a client that never handshakes dropped after
-`tls_handshake_timeout_s` on both ports."""
+`tls.handshake_timeout_s` on both ports."""
 
 from __future__ import annotations
 
@@ -49,9 +49,10 @@ def certs(tmp_path_factory) -> Path:
 
 
 def _serve(tiny_model_dirs, certs: Path, mutual: bool):
-    settings = Settings(models=[ModelConfig(name=SCALAR, path=str(tiny_model_dirs[SCALAR]))], grpc_port=free_port(),
-                        tls_cert_file=certs / "server.crt", tls_key_file=certs / "server.key",
-                        tls_client_ca_file=certs / "ca.crt" if mutual else None)
+    settings = Settings(models=[ModelConfig(name=SCALAR, path=str(tiny_model_dirs[SCALAR]))],
+                        server={"grpc_port": free_port()},
+                        tls={"cert_file": certs / "server.crt", "key_file": certs / "server.key",
+                             "client_ca_file": certs / "ca.crt" if mutual else None})
     app = create_app(settings)
     return app, live_server(app, **uvicorn_tls(settings))
 
@@ -91,9 +92,10 @@ def test_mutual_tls_needs_a_client_certificate(tiny_model_dirs, certs):
 
 
 def test_a_client_that_never_handshakes_is_dropped(tiny_model_dirs, certs):
-    settings = Settings(models=[ModelConfig(name=SCALAR, path=str(tiny_model_dirs[SCALAR]))], port=0,
-                        grpc_port=free_port(), tls_cert_file=certs / "server.crt", tls_key_file=certs / "server.key",
-                        tls_handshake_timeout_s=1, log_level="warning")
+    settings = Settings(models=[ModelConfig(name=SCALAR, path=str(tiny_model_dirs[SCALAR]))],
+                        server={"port": 0, "grpc_port": free_port(), "log_level": "warning"},
+                        tls={"cert_file": certs / "server.crt", "key_file": certs / "server.key",
+                             "handshake_timeout_s": 1})
     app = create_app(settings)
     with running(DrainingServer(app, settings)) as port:
         for target in (port, app.state.grpc_port):  # connects, sends nothing: closed well within 30 s
@@ -107,6 +109,6 @@ def test_a_client_that_never_handshakes_is_dropped(tiny_model_dirs, certs):
 def test_tls_settings_come_whole(tmp_path):
     model = [ModelConfig(name="m", path="/m")]
     with pytest.raises(ValueError, match="both"):
-        Settings(models=model, tls_cert_file=tmp_path / "c")
+        Settings(models=model, tls={"cert_file": tmp_path / "c"})
     with pytest.raises(ValueError, match="mutual"):
-        Settings(models=model, tls_client_ca_file=tmp_path / "ca")
+        Settings(models=model, tls={"client_ca_file": tmp_path / "ca"})

@@ -61,7 +61,7 @@ class Peer:
 
 def graph_peer_app(model_dirs: dict[str, Path]):
     models = [ModelConfig(name=name, path=str(path), serve_graph=True) for name, path in model_dirs.items()]
-    return create_app(Settings(models=models, grpc_port=free_port(), cache_max_bytes=0))
+    return create_app(Settings(models=models, server={"grpc_port": free_port()}, cache={"max_bytes": 0}))
 
 
 @pytest.fixture(scope="module")
@@ -205,7 +205,7 @@ def test_served_through_the_peer_then_5xx_when_it_dies(protocol, tiny_model_dirs
     address = Peer(base_url, f"127.0.0.1:{peer_app.state.grpc_port}").address(protocol)
     config = ModelConfig(name="prm", path=str(tiny_model_dirs["qwen2-prm"]), backend=TritonConfig(
         url=address, protocol=protocol, model="rm-graph", timeout_s=10))
-    app = create_app(Settings(models=[config], cache_max_bytes=0, max_batch_size=4))
+    app = create_app(Settings(models=[config], cache={"max_bytes": 0}, batching={"max_batch_size": 4}))
     items = sample_items(load_tiny("qwen2-prm"))
     with peer_stack, live_server(app) as url, httpx.Client(base_url=url, timeout=60) as client:
         assert wait_until_loaded(client).status_code == 200

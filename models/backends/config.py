@@ -35,7 +35,7 @@ class OnnxRuntimeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     type: Literal["onnxruntime"] = "onnxruntime"
-    file: str | None = Field(None, description="the exported graph; default <model path>/reward.onnx")
+    file: str | None = Field(None, description="the exported graph; default `<model path>/reward.onnx`")
 
 
 class TritonConfig(BaseModel):

@@ -12,7 +12,7 @@ import hmac
 from collections.abc import Iterable
 from pathlib import Path
 
-from service.config import Settings
+from service.config.sections import AuthSettings
 from service.core.errors import APIError
 
 API, ADMIN = "api", "admin"
@@ -37,14 +37,14 @@ def read_keys_file(path: Path) -> list[tuple[str, str]]:
 
 
 class KeyRing:
-    def __init__(self, settings: Settings):
-        keys = [(k.get_secret_value(), API) for k in settings.api_keys]
-        keys += [(k.get_secret_value(), ADMIN) for k in settings.admin_api_keys]
-        if settings.api_keys_file is not None:
-            keys += read_keys_file(Path(settings.api_keys_file))
+    def __init__(self, auth: AuthSettings):
+        keys = [(k.get_secret_value(), API) for k in auth.api_keys]
+        keys += [(k.get_secret_value(), ADMIN) for k in auth.admin_api_keys]
+        if auth.api_keys_file is not None:
+            keys += read_keys_file(Path(auth.api_keys_file))
         self._digests = [(_digest(key), scope) for key, scope in keys]
-        keyed = {"/metrics"} if settings.metrics_require_key else set()
-        self.open_paths = frozenset(settings.auth_open_paths) - keyed
+        keyed = {"/metrics"} if auth.metrics_require_key else set()
+        self.open_paths = frozenset(auth.open_paths) - keyed
 
     @property
     def enabled(self) -> bool:

@@ -49,7 +49,7 @@ class APIError(Exception):
     def shutting_down(cls) -> APIError:
         """For a call the server stops serving: still running when its drain grace ended."""
         return cls(503, "shutting_down", "the server is shutting down and the call was still running when its "
-                                         "drain grace (drain_grace_s) ended; retry it on another replica")
+                                         "drain grace (server.drain_grace_s) ended; retry it on another replica")
 
     @classmethod
     def from_lookup(cls, err: ModelNotFound | ModelNotReady) -> APIError:

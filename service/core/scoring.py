@@ -96,7 +96,7 @@ class Scorer:
     async def score(self, job: ScoreJob) -> Scored:
         """Every item of `job` scored by one model, in order; cancelling the caller drops
         its queued items."""
-        limit = self.settings.max_items_per_request
+        limit = self.settings.server.max_items_per_request
         if len(job.inputs) > limit:
             raise APIError(422, "too_many_items", f"{len(job.inputs)} items; at most {limit} per request", "items")
         runner = self.runner(job.model)
@@ -104,7 +104,7 @@ class Scorer:
         if job.aggregate is not None and model.spec.kind != ModelKind.process:
             raise APIError(422, "invalid_request", "aggregate applies to process models only", "aggregate")
         stats = reference_stats_for(model.spec, job.aggregate) if job.normalize == "zscore" else None
-        priority = job.priority or Priority(self.settings.default_priority)
+        priority = job.priority or Priority(self.settings.batching.default_priority)
         deadline = None if job.timeout_ms is None else time.monotonic() + job.timeout_ms / 1000
         try:
             results = await runner.score(job.inputs, job.truncate, priority, deadline, job.cache,

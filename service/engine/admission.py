@@ -190,7 +190,7 @@ class Admission:
                             retry_after_s=self.retry_hint(ahead_items, ahead_tokens))
         wait = self.estimated_wait_s(priority)
         if self.max_wait_s is not None and wait is not None and wait > self.max_wait_s:
-            raise QueueFull(f"queue full (about {wait:.1f}s of work ahead; max_queue_wait_s is {self.max_wait_s:g})",
+            raise QueueFull(f"queue full (about {wait:.1f}s of work ahead; queue.max_wait_s is {self.max_wait_s:g})",
                             retry_after_s=max(0.05, wait - self.max_wait_s))
 
     def retry_hint(self, ahead_items: int, ahead_tokens: int) -> float:

@@ -104,13 +104,13 @@ class RedisTier:
     """Redis behind a short timeout and a circuit breaker: after `breaker_failures`
     consecutive errors it is skipped for `breaker_reset_s`, then one call probes it."""
 
-    def __init__(self, url: str, timeout_s: float = 0.05, breaker_failures: int = 3, breaker_reset_s: float = 2.0):
+    def __init__(self, url: str, timeout_s: float, breaker_failures: int = 3, breaker_reset_s: float = 2.0):
         try:  # an optional dependency: the [redis] extra
             from redis.asyncio import Redis
             from redis.backoff import NoBackoff
             from redis.retry import Retry
         except ImportError:
-            raise RuntimeError("redis_url needs the redis package: pip install 'rewardserve[redis]'") from None
+            raise RuntimeError("cache.redis_url needs the redis package: pip install 'rewardserve[redis]'") from None
         self.client = Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
                                      retry=Retry(NoBackoff(), 0), health_check_interval=0)
         self.timeout_s = timeout_s

@@ -82,6 +82,7 @@ def model_aliases(settings: Settings) -> dict[str, str]:
 
 
 def build_cache(settings: Settings) -> ResultCache | None:
-    lru = LRUCache(settings.cache_max_bytes) if settings.cache_max_bytes > 0 else None
-    redis = RedisTier(settings.redis_url, timeout_s=settings.redis_timeout_ms / 1000) if settings.redis_url else None
+    cache = settings.cache
+    lru = LRUCache(cache.max_bytes) if cache.max_bytes > 0 else None
+    redis = RedisTier(cache.redis_url, timeout_s=cache.redis_timeout_ms / 1000) if cache.redis_url else None
     return ResultCache(lru, redis) if lru is not None or redis is not None else None

@@ -67,8 +67,8 @@ class ModelRunner:
     def __init__(self, config: ModelConfig, settings: Settings, cache: ResultCache | None = None):
         self.config = config
         self.cache = cache if config.cache else None
-        self.max_batch_size = settings.max_batch_size
-        self.max_batch_tokens = settings.max_batch_tokens
+        self.max_batch_size = settings.batching.max_batch_size
+        self.max_batch_tokens = settings.batching.max_batch_tokens
         self.status = "loading"
         self.error: str | None = None
         self.model: RewardModel | None = None
@@ -82,14 +82,8 @@ class ModelRunner:
             self._forward_thread,
             prepare=(lambda batch: self.model.prepare(batch)) if config.pipelines() else None,
             prepare_executor=self._prepare_thread,
-            max_batch_size=settings.max_batch_size,
-            max_batch_tokens=settings.max_batch_tokens,
-            max_wait_ms=settings.max_wait_ms,
-            bulk_max_delay_ms=settings.bulk_max_delay_ms,
-            interactive_bulk_wait_ms=settings.interactive_bulk_wait_ms,
-            max_queue_items=settings.max_queue_items,
-            max_queue_tokens=settings.max_queue_tokens,
-            max_queue_wait_s=settings.max_queue_wait_s,
+            batching=settings.batching,
+            queue=settings.queue,
             cost_clock=lambda: self.model.forward_clock(),
             on_batch=lambda record: self.observer.batch(record),
         )

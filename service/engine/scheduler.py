@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 from models.heads import RewardOutput
 from models.inputs import Encoded
+from service.config.sections import BatchingSettings, QueueSettings
 from service.engine.admission import Admission, Ticket
 from service.engine.batching import BatchRecord, Budgets, best_run
 from service.engine.forward_thread import IsolatingForward, Prepared, attempt
@@ -80,7 +81,8 @@ def dedup_key(enc: Encoded) -> tuple:
 class Scheduler:
     """`forward` runs a batch on `executor` (the model's one forward thread). `prepare`, run on
     `prepare_executor`, builds a batch's inputs ahead of its forward and returns it ready to
-    run (a Prepared); without it, batches are built as they run."""
+    run (a Prepared); without it, batches are built as they run. `batching` and `queue` are
+    the settings' sections (their defaults are the settings' defaults)."""
 
     def __init__(
         self,
@@ -89,14 +91,8 @@ class Scheduler:
         *,
         prepare: Callable[[list[Encoded]], Prepared] | None = None,
         prepare_executor: Executor | None = None,
-        max_batch_size: int = 32,
-        max_batch_tokens: int = 16384,
-        max_wait_ms: float = 2.0,
-        bulk_max_delay_ms: float = 500.0,
-        interactive_bulk_wait_ms: float | None = 500.0,
-        max_queue_items: int = 65536,
-        max_queue_tokens: int = 16_777_216,
-        max_queue_wait_s: float | None = None,
+        batching: BatchingSettings = BatchingSettings(),
+        queue: QueueSettings = QueueSettings(),
         cost_clock: Callable[[], float] = time.perf_counter,
         on_batch: Callable[[BatchRecord], None] | None = None,
     ):
@@ -105,12 +101,14 @@ class Scheduler:
         self._executor = executor
         self._prepare = prepare
         self._prepare_executor = prepare_executor
-        self.max_batch_size = max_batch_size
-        self.max_batch_tokens = max_batch_tokens
-        self.max_wait_s = max_wait_ms / 1000
-        self.bulk_max_delay_s = bulk_max_delay_ms / 1000
-        self.interactive_bulk_wait_s = None if interactive_bulk_wait_ms is None else interactive_bulk_wait_ms / 1000
-        self.admission = Admission(max_queue_items, max_queue_tokens, max_queue_wait_s, max_batch_size, max_batch_tokens)
+        self.max_batch_size = batching.max_batch_size
+        self.max_batch_tokens = batching.max_batch_tokens
+        self.max_wait_s = batching.max_wait_ms / 1000
+        self.bulk_max_delay_s = batching.bulk_max_delay_ms / 1000
+        bulk_wait_ms = batching.interactive_bulk_wait_ms
+        self.interactive_bulk_wait_s = None if bulk_wait_ms is None else bulk_wait_ms / 1000
+        self.admission = Admission(queue.max_items, queue.max_tokens, queue.max_wait_s, batching.max_batch_size,
+                                   batching.max_batch_tokens)
         self._on_batch = on_batch
         self._queues: dict[Priority, list[_Work]] = {p: [] for p in Priority}
         self._in_flight: dict[tuple, _Work] = {}

@@ -1,4 +1,4 @@
-"""gRPC calls still running when the server's drain grace (`drain_grace_s`) ends: left to
+"""gRPC calls still running when the server's drain grace (`server.drain_grace_s`) ends: left to
 grpc.aio, they would be cancelled with UNAVAILABLE "Cancelling all calls" and no error code;
 they end UNAVAILABLE with the service's `shutting_down` error instead (its message and
 `rewardserve-error-code`, as HTTP's 503 body has them), which clients retry elsewhere."""

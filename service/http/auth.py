@@ -1,4 +1,4 @@
-"""API keys on every HTTP route but the open ones (probes, the scrape: `auth_open_paths`);
+"""API keys on every HTTP route but the open ones (probes, the scrape: `auth.open_paths`);
 /v1/admin/* needs an admin key (service.core.auth)."""
 
 from __future__ import annotations

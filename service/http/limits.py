@@ -1,4 +1,4 @@
-"""A bound on the bytes one HTTP request may send (`max_request_bytes`): a body that says it
+"""A bound on the bytes one HTTP request may send (`server.max_request_bytes`): a body that says it
 is larger is refused before it is read, and one that turns out larger (chunked) stops being
 read at the bound (a compressed body is never inflated past it either: service.http.encoding)."""
 
@@ -11,7 +11,7 @@ from service.http.errors import error_response
 
 def too_large(limit: int) -> HTTPException:
     return HTTPException(413, f"the request body is larger than the server's limit of {limit} bytes "
-                              "(max_request_bytes)")
+                              "(server.max_request_bytes)")
 
 
 class BodyLimit:

@@ -50,7 +50,7 @@ class BoundedH11Protocol(H11Protocol):
     def __init__(self, config, server_state, app_state, _loop=None, *, settings: Settings):
         super().__init__(config, server_state, app_state, _loop)
         self.settings = settings
-        self.conn = HeadBoundConnection(settings.max_header_bytes)
+        self.conn = HeadBoundConnection(settings.server.max_header_bytes)
         self.head_timer: asyncio.TimerHandle | None = None
         self.body_timer: asyncio.TimerHandle | None = None
 
@@ -73,10 +73,10 @@ class BoundedH11Protocol(H11Protocol):
         timer bounds the wait instead."""
         state, closing = self.conn.their_state, self.transport.is_closing()
         reading_head = state is h11.IDLE and self.timeout_keep_alive_task is None and not closing
-        self.head_timer = self.timer(self.head_timer, reading_head, self.settings.header_timeout_s,
+        self.head_timer = self.timer(self.head_timer, reading_head, self.settings.server.header_timeout_s,
                                      self.head_timed_out)
         self.body_timer = self.timer(self.body_timer, state is h11.SEND_BODY and not closing,
-                                     self.settings.body_timeout_s, self.transport.close)
+                                     self.settings.server.body_timeout_s, self.transport.close)
 
     def timer(self, running: asyncio.TimerHandle | None, wanted: bool, seconds: float,
               callback) -> asyncio.TimerHandle | None:
@@ -86,8 +86,8 @@ class BoundedH11Protocol(H11Protocol):
         return running or self.loop.call_later(seconds, callback)
 
     def head_timed_out(self) -> None:
-        self.refuse(408, "request_timeout",
-                    f"the request head did not arrive within {self.settings.header_timeout_s:g} s (header_timeout_s)")
+        self.refuse(408, "request_timeout", f"the request head did not arrive within "
+                    f"{self.settings.server.header_timeout_s:g} s (server.header_timeout_s)")
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to a request h11 could not parse: 431 where the head was too large."""
@@ -96,7 +96,7 @@ class BoundedH11Protocol(H11Protocol):
             return super().send_400_response(msg)
         self.refuse(431, "request_header_too_large",
                     f"the request head (request line and headers) is larger than the server's limit of "
-                    f"{self.settings.max_header_bytes} bytes (max_header_bytes)")
+                    f"{self.settings.server.max_header_bytes} bytes (server.max_header_bytes)")
 
     def refuse(self, status: int, code: str, message: str) -> None:
         """Answer with the service's JSON error and close: no request is being served."""

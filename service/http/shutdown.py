@@ -1,4 +1,4 @@
-"""Requests still running when the server stops and its drain grace (`drain_grace_s`) ends
+"""Requests still running when the server stops and its drain grace (`server.drain_grace_s`) ends
 are cancelled by uvicorn; each is answered 503 `shutting_down`, which a client retries on
 another replica, instead of uvicorn's 500 and a logged traceback."""
 

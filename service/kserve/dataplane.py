@@ -108,7 +108,7 @@ class DataPlane:
         served = self._ready(request.model_name, request.model_version)
         try:
             if isinstance(served, GraphModel):
-                priority = Priority(self.scorer.settings.default_priority)
+                priority = Priority(self.scorer.settings.batching.default_priority)
                 outputs = await graphs.infer(served, request.inputs, request.outputs, priority)
                 parameters = None
             else:

@@ -121,7 +121,7 @@ def _validated(graph: GraphModel, tensors: dict[str, np.ndarray], input_names: l
     limit = graph.runner.max_batch_tokens
     if rows * width > limit:
         raise bad_input("input_ids", f"{rows} x {width} tokens is more than the {limit} one forward takes "
-                        "(max_batch_tokens)")
+                        "(batching.max_batch_tokens)")
     if width > model.encoder.max_length:
         raise bad_input("input_ids", f"{width} positions is more than the model's {model.encoder.max_length}")
     vocab = model.config.vocab_size

@@ -17,7 +17,7 @@ Statistics of a live sample against a baseline:
 - the mean shift, in reference standard deviations, and the std shift (live std / reference
   std - 1).
 
-Limits (`calibrated_thresholds`): what an unshifted window of `drift_min_samples` values stays
+Limits (`calibrated_thresholds`): what an unshifted window of `drift.min_samples` values stays
 under, every statistic at once, 99% of the time, resampled from the reference run itself.
 Fixed limits cannot fit every model: how far an unshifted window wanders depends on the
 reference's size and on the shape of the model's scores. A live window holding more values

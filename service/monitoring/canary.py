@@ -1,6 +1,6 @@
 """Golden-set canary: a few fixed inputs per model, with the scores the model gave them
 when they were recorded, re-scored by the served model at start-up, every
-`canary_interval_s` seconds and on demand (`POST /v1/admin/canary`).
+`canary.interval_s` seconds and on demand (`POST /v1/admin/canary`).
 
 The set lives beside the model's reward_spec.yaml as `canary.jsonl`, one line per item:
 
@@ -15,9 +15,9 @@ changes no revision.
 
 A run reports the largest absolute deviation over every number (score, each dimension,
 each step reward) and the Spearman rank correlation of the scores with the expected ones;
-it passes when the deviation is within the tolerance (`canary_tolerance` for float32 models,
-`canary_tolerance_half` for bfloat16 and float16 ones, whose rounding alone moves scores by
-about 1e-2) and the correlation is at least `canary_min_spearman`. Items go through the
+it passes when the deviation is within the tolerance (`canary.tolerance` for float32 models,
+`canary.tolerance_half` for bfloat16 and float16 ones, whose rounding alone moves scores by
+about 1e-2) and the correlation is at least `canary.min_spearman`. Items go through the
 model's scheduler as `bulk` work (batched with live traffic and counted in the batch
 metrics, but never cached and never drift observations).
 """

@@ -1,13 +1,13 @@
 """Reward drift: each served model's live score distributions against its frozen baseline
 (service.monitoring.baseline: the dimensions, the baseline file, the statistics).
 
-Per model and drift dimension the server keeps a sliding window of the last `drift_window`
+Per model and drift dimension the server keeps a sliding window of the last `drift.window`
 live values (a bounded deque, appended to on the request path and nothing more) and, every
-`drift_interval_s` seconds in a background task, compares it with the model's baseline.
+`drift.interval_s` seconds in a background task, compares it with the model's baseline.
 
 Each statistic is judged against a limit per model and dimension: the one calibrated into the
 baseline (tightened to the live window's size, `window_limits`), or the operator's
-`drift_thresholds` for every model when set, or FALLBACK_THRESHOLDS for a baseline without
+`drift.thresholds` for every model when set, or FALLBACK_THRESHOLDS for a baseline without
 calibrated limits.
 
 Style bias: the Pearson correlation between the score and the item's length (`num_tokens`,

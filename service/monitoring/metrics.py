@@ -268,7 +268,7 @@ class StateCollector:
                                    labels=["model", "priority"])
         wait = GaugeMetricFamily("rewardserve_queue_wait_estimate_seconds",
                                  "Forward work queued ahead of a new item, per model and priority class, at the "
-                                 "measured throughput (what max_queue_wait_s bounds; absent before the first batch).",
+                                 "measured throughput (what queue.max_wait_s bounds; absent before the first batch).",
                                  labels=["model", "priority"])
         status = GaugeMetricFamily("rewardserve_model_status",
                                    "1 for the model's current status (loading: loading and warming up).",
@@ -340,7 +340,7 @@ class StateCollector:
         thresholds = GaugeMetricFamily("rewardserve_drift_threshold",
                                        "The limit each drift statistic of a model's dimension is judged against "
                                        "(calibrated into its baseline and tightened to the window's size, "
-                                       "or drift_thresholds).",
+                                       "or drift.thresholds).",
                                        labels=["model", "dimension", "statistic"])
         for name in drift.windows:
             loaded.add_metric([name], 1.0 if drift.baselines.get(name) else 0.0)

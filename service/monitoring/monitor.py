@@ -21,9 +21,9 @@ class Monitoring:
         self.registry = registry
         self.settings = settings
         self.metrics = Metrics()
-        self.drift = DriftMonitor(settings.drift_window, settings.drift_min_samples, settings.drift_thresholds)
-        self.canary = CanaryMonitor(registry, settings.canary_tolerance, settings.canary_tolerance_half,
-                                    settings.canary_min_spearman)
+        self.drift = DriftMonitor(settings.drift.window, settings.drift.min_samples, settings.drift.thresholds)
+        self.canary = CanaryMonitor(registry, settings.canary.tolerance, settings.canary.tolerance_half,
+                                    settings.canary.min_spearman)
         for name, runner in registry.runners.items():
             self.drift.add_model(name, runner.config.resolved_path() / BASELINE_FILENAME)
             runner.observer = ModelMetrics(name, self.metrics, self.drift)
@@ -33,8 +33,8 @@ class Monitoring:
     def start(self, loading: Awaitable | None) -> None:
         """Drift recomputation and canary runs, on the running event loop."""
         self._tasks = [
-            asyncio.create_task(self.drift.run(self.settings.drift_interval_s), name="drift"),
-            asyncio.create_task(self.canary.run(loading, self.settings.canary_interval_s), name="canary"),
+            asyncio.create_task(self.drift.run(self.settings.drift.interval_s), name="drift"),
+            asyncio.create_task(self.canary.run(loading, self.settings.canary.interval_s), name="canary"),
         ]
 
     async def stop(self) -> None:

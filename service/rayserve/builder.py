@@ -23,7 +23,7 @@ class ReplicaOptions(BaseModel):
         "requests in flight per replica that autoscaling keeps to: enough for our scheduler to fill batches"))
     max_ongoing_requests: int = Field(512, ge=1, description=(
         "requests one replica takes at once (more wait in Ray's queue); our admission control answers 429 "
-        "past max_queue_wait_s"))
+        "past queue.max_wait_s"))
 
 
 class AppArgs(ReplicaOptions):
@@ -37,7 +37,7 @@ class AppArgs(ReplicaOptions):
 
 def app(args: dict) -> Application:
     options = AppArgs.model_validate(args)
-    settings = load_settings(options.config).model_copy(update={"grpc_port": 0})  # Ray's proxy serves HTTP only
+    settings = load_settings(options.config, server={"grpc_port": 0})  # Ray's proxy serves HTTP only
     unknown = sorted(set(options.models) - {m.name for m in settings.models})
     if unknown:
         raise ValueError(f"options for models {unknown}, which the rewardserve config does not serve")
@@ -60,5 +60,5 @@ def model_deployment(settings: Settings, model: ModelConfig, options: ReplicaOpt
         max_ongoing_requests=options.max_ongoing_requests,
         autoscaling_config={"min_replicas": options.min_replicas, "max_replicas": options.max_replicas,
                             "target_ongoing_requests": options.target_ongoing_requests},
-        graceful_shutdown_timeout_s=settings.drain_grace_s,
+        graceful_shutdown_timeout_s=settings.server.drain_grace_s,
     ).bind(alone)

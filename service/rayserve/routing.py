@@ -29,7 +29,7 @@ PER_REPLICA = ("/metrics", "/v1/drift", "/v1/admin/canary")
 class Routes:
     def __init__(self, settings: Settings):
         self.default = settings.default_model_name
-        self.max_bytes = settings.max_request_bytes
+        self.max_bytes = settings.server.max_request_bytes
         self.names = {m.name: m.name for m in settings.models} | model_aliases(settings)
         self.names |= {m.graph_name: m.name for m in settings.models if m.serve_graph}
 
