@@ -61,7 +61,7 @@ def client_python(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(tiny_model_dirs):
     app = create_app(Settings(models=[ModelConfig(name=MODEL, path=str(tiny_model_dirs[MODEL]))],
-                              grpc_port=free_port()))
+                              server={"grpc_port": free_port()}))
     with live_server(app) as url:
         with httpx.Client(base_url=url) as http:
             wait_until_loaded(http)
