@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
+from paths import DEPLOY
 
-PROMETHEUS_DIR = Path(__file__).resolve().parents[1] / "deploy" / "prometheus"
+PROMETHEUS_DIR = DEPLOY / "prometheus"
 needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from http_helpers import free_port, live_server, wait_until_loaded, within_tol
+from paths import ROOT
 
 from service.app import create_app
 from service.client import RewardClient
@@ -22,7 +23,6 @@ from service.config import ModelConfig, Settings
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ("pyproject.toml", "README.md", "service", "models")  # what the wheel is built from
 INSTALL_TIMEOUT_S = 600
 MODEL = "llama-scalar"

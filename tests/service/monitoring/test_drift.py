@@ -17,20 +17,20 @@ import numpy as np
 import pytest
 from http_helpers import live_server, reference, sample_items, wait_until_loaded, write_config
 from metrics_helpers import scrape
+from paths import DATA
 from scipy import stats as scipy_stats
 from scipy.spatial.distance import jensenshannon
 from tiny_models import HELPSTEER
 
 from models.heads import RewardOutput
+from service.app import create_app
 from service.cli import main
 from service.config import BUILTIN_DIR, ModelConfig, Settings, load_settings
 from service.monitoring.baseline import BASELINE_FILENAME, compare, dimension_baseline, read_baseline, window_limits
 from service.monitoring.drift import FALLBACK_THRESHOLDS, DriftMonitor, ModelWindow
-from service.app import create_app
 from service.monitoring.metrics import DRIFT_GAUGES
 from training.reward_data import by_split, load_hh
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"real data not found at {DATA}")
 WAIT_S = 120
 

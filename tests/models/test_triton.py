@@ -30,6 +30,7 @@ from http_helpers import (
     served_input,
     wait_until_loaded,
 )
+from paths import DEPLOY
 from tiny_models import BUILDERS
 from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
@@ -39,13 +40,12 @@ from models.backends.config import TritonConfig
 from models.errors import ModelLoadError
 from models.onnx_export import export_onnx
 from models.reward_model import RewardModel
-from service.config import ModelConfig, Settings, load_settings
 from service.app import create_app
+from service.config import ModelConfig, Settings, load_settings
 
 MODEL_NAMES = list(BUILDERS)  # scalar (decoders, BERT), multi-objective with and without gating, both PRM conventions
 PROTOCOLS = ["http", "grpc"]
 TOL = 1e-4
-DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 EXAMPLES = {"skywork": "llama-scalar", "math-shepherd": "mistral-prm"}  # deploy/triton model -> tiny model of its kind
 ONNX_TYPES = {"INT64": "TYPE_INT64", "FLOAT": "TYPE_FP32"}
 

@@ -29,16 +29,15 @@ from fastapi import FastAPI
 from http_helpers import free_port, live_server, wait_until_loaded
 from k8s_crds import CRD_SCHEMAS
 from metrics_helpers import scrape
+from paths import ROOT
 from pydantic import SecretStr
 from redis_helpers import needs_redis
-from replica_helpers import Prometheus, bounded_wait
+from replica_helpers import Prometheus, bounded_wait, query
 from starlette.routing import Match
-from test_prometheus_e2e import query
 
 from service.app import create_app
 from service.config import Settings, load_settings
 
-ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
 TARGETS = ["base", "overlays/cpu", "overlays/gpu", "overlays/autoscale"]
 GPU_TARGETS = ["overlays/gpu", "overlays/autoscale"]

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import os
 import re
-from pathlib import Path
 
 import pytest
 import yaml
 from http_helpers import write_config
+from paths import ROOT
 from pydantic import ValidationError
 
 from models.backends.config import OnnxRuntimeConfig, TorchConfig, TritonConfig
@@ -218,7 +218,7 @@ def test_flat_keys_that_contradict_the_backend_are_refused(entry, message):
 
 
 def test_the_readmes_configuration_examples_are_valid_settings():
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
     examples = [yaml.safe_load(block) for block in re.findall(r"```yaml\n(.*?)```", readme, re.S)]
     configs = [example for example in examples if isinstance(example, dict) and "models" in example]
     assert configs

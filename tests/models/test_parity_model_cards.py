@@ -21,6 +21,7 @@ import yaml
 from http_helpers import live_server, wait_until_loaded
 from model_cards import cards
 from model_cards.checkpoints import BUILDERS, STEERLM_WEIGHTS
+from paths import DEPLOY
 from safetensors.torch import load_file
 
 from models.convert import ARMORM_OBJECTIVES, checkpoint_tensors
@@ -28,12 +29,12 @@ from models.errors import ModelLoadError
 from models.inputs import TextPair
 from models.reward_model import RewardModel
 from models.spec import load_spec
+from service.app import create_app
 from service.cli import main as cli
 from service.config import ModelConfig, Settings
-from service.app import create_app
 
 TOL = 1e-5
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "deploy" / "config"
+CONFIG_DIR = DEPLOY / "config"
 APPLES = ("Jane has 12 apples. She gives 4 apples to her friend Mark, then buys 1 more apple, and finally splits "
           "all her apples equally among herself and her 2 siblings. How many apples does each person get?")
 CHATS = [

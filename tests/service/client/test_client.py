@@ -14,8 +14,7 @@ import httpx
 import pytest
 from http_helpers import (assert_result_matches, free_port, live_server, reference, sample_items, wait_until_loaded,
                           within_tol)
-from sched_helpers import GatedForward, intercept_forward
-from test_grpc import wait_for
+from sched_helpers import GatedForward, intercept_forward, wait_for
 
 from service.client import AsyncRewardClient, RewardClient, RewardServeError, reward_fn
 from service.client.common import Retry

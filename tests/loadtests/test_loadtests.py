@@ -10,15 +10,15 @@ import asyncio
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import httpx
 import pytest
+from paths import ROOT
 
 from loadtests import cache_scenario, loadgen, naive_server, raw, report, servers, workloads
 from loadtests.run import QUICK, References, Run, Workloads
-from service.config import Settings
 from service.app import create_app
+from service.config import Settings
 from tests.http_helpers import live_server, wait_until_loaded
 
 SIZES = workloads.Sizes(rl_items=48, rerank_requests=4)
@@ -185,7 +185,7 @@ def test_gpu_bench_smoke_reports_every_system_and_matching_scores(tmp_path):
     per item, and all in one batched request) within the fp32 tolerance."""
     out = tmp_path / "RESULTS.gpu.md"
     done = subprocess.run([sys.executable, "-m", "loadtests.gpu_bench", "--smoke", "--out", str(out)], check=False,
-                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300)
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     text = out.read_text()
     assert "failed" not in text and "stopped early" not in text, text
@@ -277,7 +277,7 @@ def test_quick_run_measures_references_before_each_system(tmp_path):
     out = tmp_path / "RESULTS.quick.md"
     out.write_text(f"{report.ANALYSIS_MARKER}\n\n## Analysis\n\nkept by hand\n")
     done = subprocess.run([sys.executable, "-m", "loadtests.run", "--quick", "--systems", "naive,rewardserve",
-                           "--out", str(out)], check=False, cwd=Path(__file__).resolve().parents[1],
+                           "--out", str(out)], check=False, cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     text = out.read_text()

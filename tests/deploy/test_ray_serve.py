@@ -22,6 +22,7 @@ from typing import NamedTuple
 import httpx
 import pytest
 import yaml
+from paths import ROOT
 
 from service.app import create_app
 from service.config import load_settings
@@ -29,7 +30,6 @@ from service.rayserve.asgi import Call, call
 from service.rayserve.routing import Routes
 from tests.http_helpers import free_port, live_server, poll, sample_items, within_tol, write_config
 
-ROOT = Path(__file__).resolve().parent.parent
 RAY_VENV = ROOT / "loadtests" / ".venv-ray"
 MAKE_TARGET = "make loadtests/.venv-ray/.installed"
 SERVE_CONFIG = ROOT / "deploy" / "ray" / "serve_config.yaml"

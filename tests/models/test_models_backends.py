@@ -8,16 +8,15 @@ import subprocess
 import sys
 import time
 import typing
-from pathlib import Path
 
 import pytest
+from paths import ROOT
 
 from models.backends import FACTORIES
 from models.backends.base import Backend, ExportedGraphBackend, Support
 from models.backends.config import BackendConfig
 from models.errors import ModelLoadError
 
-ROOT = Path(__file__).resolve().parent.parent
 BACKEND_ONLY = ("onnx", "onnxruntime", "tritonclient")
 
 

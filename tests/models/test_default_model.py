@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import math
 import statistics
-from pathlib import Path
 
 import pytest
+from paths import DATA, ROOT
 
 from models.inputs import StepsInput, TextPair
 from models.reward_model import RewardModel
@@ -18,8 +18,7 @@ from training.heldout import as_text, harmless_figures, in_length_order, multi_f
 from training.reward_data import by_split, load_hh, load_processbench, split_of
 from training.train_default import HARMLESS, MULTI, PRM
 
-BUILTIN = Path(__file__).resolve().parents[1] / "models" / "builtin"
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+BUILTIN = ROOT / "models" / "builtin"
 needs_data = pytest.mark.skipif(
     not DATA.is_dir(), reason=f"real data not found at {DATA} (the repo root's sibling shared/data)"
 )

@@ -11,22 +11,20 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from pathlib import Path
 
 import httpx
 import pytest
 from http_helpers import live_server, sample_items, wait_until_loaded, write_config
 from metrics_helpers import scrape
+from paths import DEPLOY
 from prometheus_client.parser import text_string_to_metric_families
-from replica_helpers import Prometheus, bounded_wait
+from replica_helpers import ALERTS, Prometheus, bounded_wait, query, scalar
 
+from service.app import create_app
 from service.cli import main
 from service.config import ModelConfig, Settings, load_settings
-from service.app import create_app
 
-DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "rewardserve.json"
-ALERTS = DEPLOY / "prometheus" / "alerts.yml"
 MODEL = "scalar"
 WAIT_S = 60
 METRIC = re.compile(r"\b(rewardserve_[a-z_]+)\b")
@@ -109,17 +107,6 @@ def prometheus(server, tmp_path_factory):
     with Prometheus(targets, [ALERTS], tmp_path_factory.mktemp("prometheus")) as prometheus:
         yield prometheus.api
 
-
-def query(api: httpx.Client, promql: str) -> list[dict]:
-    response = api.get("/api/v1/query", params={"query": promql})
-    body = response.json()
-    assert response.status_code == 200 and body["status"] == "success", (promql, body)
-    return body["data"]["result"]
-
-
-def scalar(api: httpx.Client, promql: str) -> float | None:
-    result = query(api, promql)
-    return float(result[0]["value"][1]) if result else None
 
 
 @needs_prometheus

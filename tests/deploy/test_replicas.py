@@ -36,6 +36,7 @@ from http_helpers import reference, sample_items, write_config
 from metrics_helpers import scrape
 from redis_helpers import RedisProcess, needs_redis
 from replica_helpers import (
+    ALERTS,
     DEPLOY,
     NGINX,
     NGINX_TEMPLATE,
@@ -46,9 +47,10 @@ from replica_helpers import (
     Replica,
     bounded_wait,
     free_port,
+    query,
+    scalar,
     start_replicas,
 )
-from test_prometheus_e2e import ALERTS, query, scalar
 
 from service.cli import main
 from service.client import RewardClient

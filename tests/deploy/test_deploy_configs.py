@@ -1,13 +1,13 @@
 """The example configurations shipped in deploy/config must stay valid."""
 
-from pathlib import Path
 
 import pytest
+from paths import DEPLOY
 
 from models.spec import RewardSpec
 from service.config import DEFAULT_MODELS, load_settings
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "deploy" / "config"
+CONFIG_DIR = DEPLOY / "config"
 
 
 @pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)

@@ -25,7 +25,7 @@ from http_helpers import (
     served_input,
     wait_until_loaded,
 )
-from sched_helpers import GatedForward, ids, intercept_forward
+from sched_helpers import GatedForward, ids, intercept_forward, wait_for
 from tiny_models import BUILDERS
 
 from service.config import ModelConfig, Settings
@@ -98,12 +98,6 @@ def gate_model(monkeypatch):
         gate.open()
     assert not any(gate.stuck for gate in gates), "a forward waited on the gate past its limit"
 
-
-def wait_for(predicate, what: str, timeout: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.005)
 
 
 # ---- JSON items <-> messages ----------------------------------------------------------
