@@ -13,12 +13,10 @@ import re
 import shlex
 from pathlib import Path
 
-import httpx
 import pytest
-from http_helpers import free_port, live_server, wait_until_loaded
+from http_helpers import free_port, serve
 
 from service.config import Settings
-from service.app import create_app
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 EMBEDDED = ("minilm-harmless", "minilm-prm", "minilm-multi")
@@ -95,10 +93,8 @@ def same_as_shown(actual, shown) -> bool:
 
 @pytest.fixture(scope="module")
 def server():
-    app = create_app(Settings(grpc_port=free_port(), canary_interval_s=0))
-    with live_server(app) as url, httpx.Client(base_url=url, timeout=60) as client:
-        assert wait_until_loaded(client).status_code == 200
-        yield client, url, app.state.grpc_port
+    with serve(Settings(grpc_port=free_port(), canary_interval_s=0)) as server:
+        yield server.http, server.url, server.app.state.grpc_port
 
 
 def test_readme_has_examples_for_the_embedded_models():

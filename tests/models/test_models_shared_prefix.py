@@ -8,9 +8,7 @@ model's counters, that the shared path really ran."""
 from __future__ import annotations
 
 
-import httpx
 import pytest
-from http_helpers import live_server, wait_until_loaded
 from model_cards.checkpoints import qwen25_math_prm, skywork_gemma2
 from test_models_packed import filler
 
@@ -26,7 +24,6 @@ from models.shared_prefix import (
     prefix_groups,
 )
 from models.spec import ModelKind
-from service.app import create_app
 from service.config import ModelConfig, Settings
 from service.engine.runner import ModelRunner
 
@@ -221,13 +218,12 @@ def test_model_config_share_prefix_reaches_the_model(tiny_model_dirs):
         runner.close()
 
 
-def test_http_group_request_equals_one_item_per_request(tiny_model_dirs, load_tiny):
+def test_http_group_request_equals_one_item_per_request(served, load_tiny):
     """Through the server: a GRPO-style request (n responses to one prompt, as token ids)
     is scored by the shared path, with the numbers of each item sent alone."""
     names = ["llama-scalar", "llama-gating"]
-    app = create_app(Settings(models=[ModelConfig(name=n, path=str(tiny_model_dirs[n])) for n in names]))
-    with live_server(app) as url, httpx.Client(base_url=url, timeout=60) as client:
-        assert wait_until_loaded(client).status_code == 200
+    with served(names, grpc=False) as server:
+        app, client = server.app, server.http
         for name in names:
             model = app.state.registry.runners[name].model
             assert model.spec.kind != ModelKind.process and model.prefix_sharing is not None

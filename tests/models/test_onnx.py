@@ -8,16 +8,13 @@ import shutil
 import subprocess
 import sys
 
-import httpx
 import pytest
 
 from http_helpers import (
     assert_result_matches,
-    live_server,
     reference,
     sample_items,
     served_input,
-    wait_until_loaded,
     write_config,
 )
 from tiny_models import BUILDERS
@@ -28,8 +25,7 @@ from models.backends.onnx import ONNX_FILENAME
 from models.errors import ModelLoadError
 from models.onnx_export import export_onnx
 from models.reward_model import RewardModel
-from service.config import ModelConfig, Settings
-from service.app import create_app
+from service.config import ModelConfig
 
 pytest.importorskip("onnxruntime")
 TOL = 1e-4
@@ -69,11 +65,10 @@ def test_onnx_matches_torch_on_mixed_lengths(name, exported, load_tiny, assert_o
     assert_outputs_match(batched, [onnx_model.score([item])[0] for item in items], tol=TOL)
 
 
-def test_server_with_onnx_backend(exported, load_tiny):
+def test_server_with_onnx_backend(served, exported, load_tiny):
     names = ["llama-gating", "qwen2-prm", "bert-scalar"]
-    settings = Settings(models=[ModelConfig(name=n, path=str(exported[n]), backend=ONNX) for n in names])
-    with live_server(create_app(settings)) as url, httpx.Client(base_url=url, timeout=30) as client:
-        assert wait_until_loaded(client).status_code == 200
+    with served([ModelConfig(name=n, path=str(exported[n]), backend=ONNX) for n in names], grpc=False) as server:
+        client = server.http
         for name in names:
             items = sample_items(load_tiny(name))
             body = client.post("/v1/score", json={"model": name, "items": items}).json()

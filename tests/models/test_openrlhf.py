@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import torch
 import pytest
-from http_helpers import assert_error, live_server, wait_until_loaded
+from http_helpers import assert_error
 from model_cards import checkpoints, tokenizers
 from model_cards.serve_rm import ServeRm
 from safetensors.torch import load_file, save_file
@@ -27,8 +27,7 @@ from safetensors.torch import load_file, save_file
 from models.errors import ModelLoadError
 from models.reward_model import RewardModel
 from models.spec import SPEC_FILENAME
-from service.app import create_app
-from service.config import ModelConfig, Settings
+from service.config import ModelConfig
 
 TOL = 1e-5
 # served name -> (builder, its value head's name under serve_rm)
@@ -99,11 +98,10 @@ def model_dirs(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def client(model_dirs):
+def client(served, model_dirs):
     models = [ModelConfig(name=name, path=str(path)) for name, path in model_dirs.items()]
-    app = create_app(Settings(models=models, cache_max_bytes=0, max_wait_ms=50))
-    with live_server(app) as url, httpx.Client(base_url=url, timeout=120) as http:
-        assert wait_until_loaded(http, timeout=300).status_code == 200
+    with served(models, grpc=False, cache_max_bytes=0, max_wait_ms=50, timeout=300) as server:
+        http = server.http
         listing = {m["name"]: m["status"] for m in http.get("/v1/models").json()["models"]}
         assert listing == dict.fromkeys(SERVED, "ready"), listing
         yield http

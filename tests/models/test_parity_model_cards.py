@@ -14,11 +14,9 @@ import math
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 import pytest
 import torch
 import yaml
-from http_helpers import live_server, wait_until_loaded
 from model_cards import cards
 from model_cards.checkpoints import BUILDERS, STEERLM_WEIGHTS
 from paths import DEPLOY
@@ -29,9 +27,8 @@ from models.errors import ModelLoadError
 from models.inputs import TextPair
 from models.reward_model import RewardModel
 from models.spec import load_spec
-from service.app import create_app
 from service.cli import main as cli
-from service.config import ModelConfig, Settings
+from service.config import ModelConfig
 
 TOL = 1e-5
 CONFIG_DIR = DEPLOY / "config"
@@ -111,11 +108,10 @@ def served_dirs(checkpoints, tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def client(served_dirs):
+def client(served, served_dirs):
     models = [example(name).model_copy(update={"path": str(served_dirs[name])}) for name in SERVED]
-    app = create_app(Settings(models=models, cache_max_bytes=0, max_wait_ms=50))
-    with live_server(app) as url, httpx.Client(base_url=url, timeout=120) as http:
-        assert wait_until_loaded(http, timeout=300).status_code == 200
+    with served(models, grpc=False, cache_max_bytes=0, max_wait_ms=50, timeout=300) as server:
+        http = server.http
         listing = {m["name"]: m for m in http.get("/v1/models").json()["models"]}
         assert {n: m["status"] for n, m in listing.items()} == dict.fromkeys(SERVED, "ready"), listing
         yield http
@@ -239,7 +235,7 @@ def test_text_without_template_has_the_tokenizers_special_tokens_once(checkpoint
     assert encoded.input_ids.count(model.encoder.tokenizer.bos_token_id) == 1
 
 
-def test_qwen_prm_without_its_remote_code_is_a_load_error(checkpoints, tmp_path):
+def test_qwen_prm_without_its_remote_code_is_a_load_error(served, checkpoints, tmp_path):
     """Qwen2.5-Math-PRM's head is remote code: read as a plain token classifier, score.weight
     would be random and score.0/score.2 unread. The load fails naming them, and a server
     reports the model failed instead of serving it."""
@@ -248,8 +244,9 @@ def test_qwen_prm_without_its_remote_code_is_a_load_error(checkpoints, tmp_path)
                                              r"unexpected \(not read\): .*score\.0\.bias"):
         RewardModel.load("qwen-prm", checkpoints["qwen2.5-math-prm"], spec=spec)
     models = [ModelConfig(name="qwen-prm", path=str(checkpoints["qwen2.5-math-prm"]), spec=spec)]
-    with live_server(create_app(Settings(models=models))) as url, httpx.Client(base_url=url, timeout=60) as http:
-        assert wait_until_loaded(http).json()["status"] == "failed"
+    with served(models, grpc=False, ready=False) as server:
+        http = server.http
+        assert http.get("/health/ready").json()["status"] == "failed"
         (listed,) = http.get("/v1/models").json()["models"]
         assert listed["status"] == "failed" and "score.weight" in listed["error"]
         response = http.post("/v1/score", json={"model": "qwen-prm", "items": [{"prompt": "1+1?", "steps": ["2"]}]})

@@ -5,16 +5,14 @@ routes need an admin key; keys also come from a file."""
 from __future__ import annotations
 
 import grpc
-import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from http_helpers import assert_error, free_port, live_server, wait_until_loaded
+from http_helpers import assert_error, serve
 from tritonclient.utils import InferenceServerException
 
-from service.app import create_app
 from service.client import RewardClient, RewardServeError
 from service.config import ModelConfig, Settings
 from service.core.auth import KeyRing, read_keys_file
@@ -27,15 +25,13 @@ PAIR = {"prompt": "What is 2 + 2?", "response": "It is 4."}
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_dirs, tmp_path_factory):
+def server(served, tmp_path_factory):
     keys_file = tmp_path_factory.mktemp("keys") / "keys.txt"
     keys_file.write_text(f"# one key per line\n{FILE_KEY}\n")
-    app = create_app(Settings(models=[ModelConfig(name=SCALAR, path=str(tiny_model_dirs[SCALAR]))],
-                              grpc_port=free_port(), api_keys=[API_KEY], admin_api_keys=[ADMIN_KEY],
-                              api_keys_file=keys_file, cors_origins=["https://dashboard.example"]))
-    with live_server(app) as url, httpx.Client(base_url=url, timeout=60) as http:
-        assert wait_until_loaded(http).status_code == 200  # /health/ready: open without a key
-        yield url, http, app.state.grpc_port
+    # served() waits on /health/ready, which is open without a key
+    with served([SCALAR], api_keys=[API_KEY], admin_api_keys=[ADMIN_KEY], api_keys_file=keys_file,
+                cors_origins=["https://dashboard.example"]) as server:
+        yield server.url, server.http, server.app.state.grpc_port
 
 
 def bearer(key: str) -> dict:
@@ -90,7 +86,8 @@ def test_a_key_header_sent_twice_is_400_naming_it(header, server):
 def test_metrics_can_need_a_key(tiny_model_dirs):
     settings = Settings(models=[ModelConfig(name=SCALAR, path=str(tiny_model_dirs[SCALAR]))], grpc_port=0,
                         api_keys=[API_KEY], metrics_require_key=True)
-    with live_server(create_app(settings)) as url, httpx.Client(base_url=url, timeout=60) as http:
+    with serve(settings) as server:
+        http = server.http
         assert_error(http.get("/metrics"), 401, "unauthorized")
         assert_error(http.get("/metrics", headers=bearer("wrong")), 401, "unauthorized")
         for headers in (bearer(API_KEY), {"x-api-key": API_KEY}):

@@ -8,17 +8,15 @@ import json
 import shutil
 import statistics
 
-import httpx
 import pytest
 import yaml
-from http_helpers import live_server, reference, sample_items, served_input, wait_until_loaded, write_config
+from http_helpers import reference, sample_items, served_input, write_config
 from tiny_models import HELPSTEER
 
 from models.reward_model import RewardModel
 from models.spec import SPEC_FILENAME
 from service.cli import main
-from service.config import ModelConfig, Settings
-from service.app import create_app
+from service.config import ModelConfig
 
 MULTI, SCALAR, PRM = "llama-helpsteer", "llama-scalar", "qwen2-prm"
 EXTRA = [{"prompt": "Hi", "response": "Go away."}, {"prompt": "What is 2 + 2?", "response": "4"},
@@ -41,7 +39,7 @@ def calibrate(capsys, *args: str) -> tuple[dict, str]:
     return yaml.safe_load(captured.out)["reference_stats"], captured.err
 
 
-def test_calibrate_write_round_trip(tiny_model_dirs, load_tiny, tmp_path, capsys):
+def test_calibrate_write_round_trip(served, tiny_model_dirs, load_tiny, tmp_path, capsys):
     model_dir = tmp_path / "hs"
     shutil.copytree(tiny_model_dirs[MULTI], model_dir)
     spec_file = model_dir / SPEC_FILENAME
@@ -78,10 +76,8 @@ def test_calibrate_write_round_trip(tiny_model_dirs, load_tiny, tmp_path, capsys
     assert spec_file.read_text().count("reference_stats:") == 1 and again["count"] == 5
     calibrate(capsys, str(source), "--config", str(config), "--model", "hs", "--write")
 
-    app = create_app(Settings(models=[ModelConfig(name="hs", path=str(model_dir))]))
-    with live_server(app) as url, httpx.Client(base_url=url, timeout=60) as client:
-        assert wait_until_loaded(client).status_code == 200
-        response = client.post("/v1/score", json={"model": "hs", "items": items, "normalize": "zscore"})
+    with served([ModelConfig(name="hs", path=str(model_dir))], grpc=False) as server:
+        response = server.http.post("/v1/score", json={"model": "hs", "items": items, "normalize": "zscore"})
     assert response.status_code == 200, response.text
     results = response.json()["results"]
     scores = [r["score"] for r in results]

@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
-from http_helpers import assert_error, free_port, live_server, wait_until_loaded
+from http_helpers import assert_error
 from tritonclient.utils import InferenceServerException
 
 from models.inputs import TextPair, TokenIds
@@ -29,18 +29,15 @@ SURROGATE = "\ud800x"
 
 
 @pytest.fixture(scope="module")
-def served(tiny_model_dirs):
-    models = [ModelConfig(name=n, path=str(tiny_model_dirs[n])) for n in (SCALAR, PRM)]
-    app = create_app(Settings(models=models, grpc_port=free_port(), cache_max_bytes=0))
-    with live_server(app) as url, httpx.Client(base_url=url, timeout=60) as http:
-        assert wait_until_loaded(http).status_code == 200
-        with grpc.insecure_channel(f"127.0.0.1:{app.state.grpc_port}") as channel:
-            yield http, channel, app.state.grpc_port
+def live(served):
+    """(HTTP client, gRPC channel, gRPC port) of a server of SCALAR and PRM."""
+    with served([SCALAR, PRM], cache_max_bytes=0) as server, grpc.insecure_channel(server.grpc_target) as channel:
+        yield server.http, channel, server.app.state.grpc_port
 
 
 @pytest.fixture(scope="module")
-def http(served):
-    return served[0]
+def http(live):
+    return live[0]
 
 
 def post_ascii(http: httpx.Client, path: str, body: dict) -> httpx.Response:
@@ -104,8 +101,8 @@ def test_json_nested_past_the_parsers_depth_is_400(http):
     assert response.status_code == 400 and "nests too deeply" in response.json()["error"]
 
 
-def test_deeply_nested_steps_json_over_kserve_grpc_is_invalid_argument(served):
-    client = triton_grpc.InferenceServerClient(f"127.0.0.1:{served[2]}")
+def test_deeply_nested_steps_json_over_kserve_grpc_is_invalid_argument(live):
+    client = triton_grpc.InferenceServerClient(f"127.0.0.1:{live[2]}")
     try:
         tensors = {"prompt": np.array([b"q"], dtype=np.object_),
                    "steps_json": np.array([("[" * 100_000 + "]" * 100_000).encode()], dtype=np.object_)}
@@ -121,8 +118,8 @@ def test_deeply_nested_steps_json_over_kserve_grpc_is_invalid_argument(served):
         client.close()
 
 
-def test_a_nan_threshold_is_refused(served):
-    http, channel, _ = served
+def test_a_nan_threshold_is_refused(live):
+    http, channel, _ = live
     item = {"prompt": "q", "steps": ["a"]}
     response = http.post("/v1/steps", content=json.dumps({"model": PRM, "items": [item], "threshold": float("nan")}),
                          headers={"content-type": "application/json"})
@@ -135,8 +132,8 @@ def test_a_nan_threshold_is_refused(served):
 
 @pytest.mark.parametrize("payload", [b"\xff\xfe\x00garbage", bytes([0x0A, 0x05, 0x0A, 0x03, 0xFF, 0xFE, 0xFD])],
                          ids=["garbage", "invalid utf-8"])
-def test_bytes_that_are_not_the_message_are_invalid_argument(payload, served):
-    channel = served[1]
+def test_bytes_that_are_not_the_message_are_invalid_argument(payload, live):
+    channel = live[1]
     identity = {"request_serializer": lambda b: b, "response_deserializer": lambda b: b}
     calls = [(channel.unary_unary("/rewardserve.v1.RewardService/Score", **identity), payload),
              (channel.unary_unary("/inference.GRPCInferenceService/ModelInfer", **identity), payload),
@@ -189,13 +186,10 @@ def test_kserve_routes_document_their_errors(http):
 
 
 @pytest.fixture(scope="module")
-def small_body(tiny_model_dirs):
+def small_body(served):
     """A server whose request bodies are bounded at 64 KiB."""
-    app = create_app(Settings(models=[ModelConfig(name=SCALAR, path=str(tiny_model_dirs[SCALAR]))], grpc_port=0,
-                              max_request_bytes=64 * 1024))
-    with live_server(app) as url, httpx.Client(base_url=url, timeout=60) as http:
-        assert wait_until_loaded(http).status_code == 200
-        yield http
+    with served([SCALAR], grpc=False, max_request_bytes=64 * 1024) as server:
+        yield server.http
 
 
 def test_a_body_past_the_limit_is_413_before_it_is_read(small_body):

@@ -6,14 +6,11 @@ default stays as before: the first bad item fails the request."""
 from __future__ import annotations
 
 import grpc
-import httpx
 import pytest
-from http_helpers import assert_error, free_port, live_server, wait_until_loaded
+from http_helpers import assert_error
 
 from models.inputs import TextPair, TokenIds
-from service.app import create_app
 from service.client import RewardClient
-from service.config import ModelConfig, Settings
 from service.grpc.proto import rewardserve_pb2 as pb
 from service.grpc.proto import rewardserve_pb2_grpc as pb_grpc
 from service.protocol.scoring import FailedItem, ItemResult
@@ -33,11 +30,10 @@ GOOD_AT, BAD_AT = (0, 2, 4), (1, 3, 5)
 
 
 @pytest.fixture(scope="module")
-def served(tiny_model_dirs):
-    app = create_app(Settings(models=[ModelConfig(name=SCALAR, path=str(tiny_model_dirs[SCALAR]))],
-                              grpc_port=free_port(), cache_max_bytes=0))
-    with live_server(app) as url, httpx.Client(base_url=url, timeout=60) as http:
-        assert wait_until_loaded(http).status_code == 200
+def live(served):
+    """(URL, HTTP client, gRPC port) of a server of SCALAR whose forward fails on POISON_ID."""
+    with served([SCALAR], cache_max_bytes=0) as server:
+        url, http, app = server.url, server.http, server.app
         model = app.state.registry.runners[SCALAR].model
         real_forward = model.forward
 
@@ -61,13 +57,13 @@ def references(load_tiny):
     return [model.score([item])[0].score for item in inputs]
 
 
-def test_the_default_fails_the_request_on_its_first_bad_item(served):
-    _, http, _ = served
+def test_the_default_fails_the_request_on_its_first_bad_item(live):
+    _, http, _ = live
     assert_error(http.post("/v1/score", json={"items": ITEMS}), 422, "invalid_input", "items[1].input_ids[1]")
 
 
-def test_http_answers_each_bad_item_beside_its_batch_mates_scores(served, references):
-    _, http, _ = served
+def test_http_answers_each_bad_item_beside_its_batch_mates_scores(live, references):
+    _, http, _ = live
     response = http.post("/v1/score", json={"items": ITEMS, "on_item_error": "item"})
     assert response.status_code == 200, response.text
     results = response.json()["results"]
@@ -84,8 +80,8 @@ def test_http_answers_each_bad_item_beside_its_batch_mates_scores(served, refere
     assert response.json()["usage"]["total_tokens"] == good_tokens
 
 
-def test_a_request_whose_items_all_fail_is_still_answered_item_by_item(served):
-    _, http, _ = served
+def test_a_request_whose_items_all_fail_is_still_answered_item_by_item(live):
+    _, http, _ = live
     response = http.post("/v1/score", json={"items": [bad for bad, _, _ in BAD], "on_item_error": "item"})
     assert response.status_code == 200, response.text
     body = response.json()
@@ -93,8 +89,8 @@ def test_a_request_whose_items_all_fail_is_still_answered_item_by_item(served):
     assert body["usage"]["total_tokens"] == 0
 
 
-def test_grpc_answers_each_bad_item_beside_its_batch_mates_scores(served, references):
-    _, _, grpc_port = served
+def test_grpc_answers_each_bad_item_beside_its_batch_mates_scores(live, references):
+    _, _, grpc_port = live
     items = []
     for item in ITEMS:
         if "input_ids" in item:
@@ -120,8 +116,8 @@ def test_grpc_answers_each_bad_item_beside_its_batch_mates_scores(served, refere
     assert results[5].error.grpc_code == grpc.StatusCode.INTERNAL.value[0]
 
 
-def test_both_client_transports_give_the_same_per_item_results(served):
-    url, _, grpc_port = served
+def test_both_client_transports_give_the_same_per_item_results(live):
+    url, _, grpc_port = live
     answers = []
     for target in (url, f"grpc://127.0.0.1:{grpc_port}"):
         with RewardClient(target) as client:

@@ -19,16 +19,13 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
-from http_helpers import assert_error, free_port, live_server, reference, served_input, wait_until_loaded
-from test_grpc import to_request
-from test_kserve import infer, step_items, text_items, texts
+from http_helpers import assert_error, reference, served_input
+from protocol_helpers import infer, step_items, text_items, texts, to_request
 from tiny_models import BUILDERS
 from tritonclient.utils import InferenceServerException
 
 from models.spec import ModelKind
 from service.client import RewardClient, RewardServeError
-from service.config import ModelConfig, Settings
-from service.app import create_app
 from service.grpc.proto import rewardserve_pb2_grpc as pb_grpc
 
 TOL = 1e-5  # KServe answers in float32; the references are float64 of magnitude < 10
@@ -46,12 +43,9 @@ class Protocols:
 
 
 @pytest.fixture(scope="module")
-def protocols(tiny_model_dirs):
-    models = [ModelConfig(name=n, path=str(tiny_model_dirs[n])) for n in BUILDERS]
-    app = create_app(Settings(models=models, grpc_port=free_port(), cache_max_bytes=0))
-    with live_server(app) as url, httpx.Client(base_url=url, timeout=WAIT_S) as http:
-        assert wait_until_loaded(http).status_code == 200
-        target = f"127.0.0.1:{app.state.grpc_port}"
+def protocols(served):
+    with served(list(BUILDERS), cache_max_bytes=0, timeout=WAIT_S) as server:
+        url, http, target = server.url, server.http, server.grpc_target
         triton = {triton_http: triton_http.InferenceServerClient(url.removeprefix("http://"), network_timeout=WAIT_S),
                   triton_grpc: triton_grpc.InferenceServerClient(target)}
         with grpc.insecure_channel(target) as channel, RewardClient(url) as over_http, \

@@ -12,14 +12,11 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import httpx
 import pytest
-from http_helpers import (assert_result_matches, free_port, live_server, reference, sample_items, wait_until_loaded,
-                          within_tol)
+from http_helpers import (assert_result_matches, free_port, reference, sample_items, within_tol)
 from sched_helpers import GatedForward, intercept_forward, wait_for
 
 from service.client import AsyncRewardClient, RewardClient, RewardServeError, reward_fn
 from service.client.common import Retry
-from service.config import ModelConfig, Settings
-from service.app import create_app
 
 PAIRS = [("What is 2 + 2?", "It is 4."), ("Say hi.", "Hello there, how can I help you today?")]
 NAMES = ("llama-scalar", "llama-helpsteer", "llama-gating", "qwen2-prm")
@@ -31,20 +28,16 @@ PRM_ITEMS = [{"prompt": "What is 3 + 4 then doubled?", "steps": ["3 + 4 = 7", "7
 WAIT_S = 30
 
 
-def _urls(app, http_url: str) -> dict[str, str]:
-    return {"http": http_url, "grpc": f"grpc://127.0.0.1:{app.state.grpc_port}"}
+def _urls(server) -> dict[str, str]:
+    return {"http": server.url, "grpc": f"grpc://{server.grpc_target}"}
 
 
 @pytest.fixture(scope="module")
-def urls(tiny_model_dirs):
+def urls(served):
     """{transport: URL} of one server; no result cache, so repeated requests are computed
     again and every result compares whole (within batching's float rounding)."""
-    models = [ModelConfig(name=n, path=str(tiny_model_dirs[n])) for n in NAMES]
-    app = create_app(Settings(models=models, grpc_port=free_port(), cache_max_bytes=0))
-    with live_server(app) as url:
-        with httpx.Client(base_url=url) as http:
-            wait_until_loaded(http)
-        yield _urls(app, url)
+    with served(NAMES, cache_max_bytes=0) as server:
+        yield _urls(server)
 
 
 def same(result):
@@ -227,14 +220,10 @@ def test_unreachable_grpc_server_is_unavailable_after_retries():
 
 
 @pytest.fixture(scope="module")
-def small_queue(tiny_model_dirs):
+def small_queue(served):
     """A server whose llama-scalar queue holds two items, and {transport: URL}."""
-    app = create_app(Settings(models=[ModelConfig(name="llama-scalar", path=str(tiny_model_dirs["llama-scalar"]))],
-                              grpc_port=free_port(), cache_max_bytes=0, max_queue_items=2, max_wait_ms=0))
-    with live_server(app) as url:
-        with httpx.Client(base_url=url) as http:
-            wait_until_loaded(http)
-        yield app, _urls(app, url)
+    with served(["llama-scalar"], cache_max_bytes=0, max_queue_items=2, max_wait_ms=0) as server:
+        yield server.app, _urls(server)
 
 
 @pytest.fixture

@@ -12,14 +12,11 @@ import subprocess
 import venv
 from pathlib import Path
 
-import httpx
 import pytest
-from http_helpers import free_port, live_server, wait_until_loaded, within_tol
+from http_helpers import within_tol
 from paths import ROOT
 
-from service.app import create_app
 from service.client import RewardClient
-from service.config import ModelConfig, Settings
 
 pytestmark = pytest.mark.e2e
 
@@ -59,13 +56,9 @@ def client_python(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_dirs):
-    app = create_app(Settings(models=[ModelConfig(name=MODEL, path=str(tiny_model_dirs[MODEL]))],
-                              grpc_port=free_port()))
-    with live_server(app) as url:
-        with httpx.Client(base_url=url) as http:
-            wait_until_loaded(http)
-        yield {"http": url, "grpc": f"grpc://127.0.0.1:{app.state.grpc_port}"}
+def server(served):
+    with served([MODEL]) as server:
+        yield {"http": server.url, "grpc": f"grpc://{server.grpc_target}"}
 
 
 def test_a_plain_install_scores_without_torch(client_python, server):

@@ -14,18 +14,17 @@ import httpx
 import numpy as np
 import openai
 import pytest
-from http_helpers import LONG_TEXT, assert_error, live_server, reference, wait_until_loaded
+from http_helpers import LONG_TEXT, assert_error, reference
 from model_cards.tokenizers import mistral_v01
 from tiny_models import SMALL
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
 from models.inputs import TextPair, TokenIds
 from models.reward_model import RewardModel
-from service.app import create_app
 from service.client import RewardClient, verl_reward_fns
 from service.client import trainers
 from service.compat.openrlhf import response_after
-from service.config import ModelConfig, Settings
+from service.config import ModelConfig
 
 SCALAR, PRM, MULTI = "llama-scalar", "qwen2-prm", "llama-helpsteer"
 SKYWORK_PATH = "Skywork/Skywork-Reward-Llama-3.1-8B-v0.2"  # what a trainer's config names the RM by
@@ -49,15 +48,11 @@ def sentencepiece_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_dirs, sentencepiece_dir):
-    models = [ModelConfig(name=SCALAR, path=str(tiny_model_dirs[SCALAR]), aliases=[SKYWORK_PATH]),
-              ModelConfig(name=PRM, path=str(tiny_model_dirs[PRM])),
-              ModelConfig(name=SENTENCEPIECE, path=str(sentencepiece_dir)),
-              ModelConfig(name=MULTI, path=str(tiny_model_dirs[MULTI]))]
-    app = create_app(Settings(models=models, grpc_port=0, cache_max_bytes=0))
-    with live_server(app) as url, httpx.Client(base_url=url, timeout=60) as http:
-        assert wait_until_loaded(http).status_code == 200
-        yield url, http
+def server(served, tiny_model_dirs, sentencepiece_dir):
+    models = [ModelConfig(name=SCALAR, path=str(tiny_model_dirs[SCALAR]), aliases=[SKYWORK_PATH]), PRM,
+              ModelConfig(name=SENTENCEPIECE, path=str(sentencepiece_dir)), MULTI]
+    with served(models, grpc=False, cache_max_bytes=0) as server:
+        yield server.url, server.http
 
 
 @pytest.fixture(scope="module")

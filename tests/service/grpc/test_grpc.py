@@ -25,14 +25,15 @@ from http_helpers import (
     served_input,
     wait_until_loaded,
 )
+from protocol_helpers import to_item, to_request
 from sched_helpers import GatedForward, ids, intercept_forward, wait_for
 from tiny_models import BUILDERS
 
-from service.config import ModelConfig, Settings
 from service.app import create_app
+from service.config import ModelConfig, Settings
+from service.engine.registry import ModelRegistry
 from service.grpc.proto import rewardserve_pb2 as pb
 from service.grpc.proto import rewardserve_pb2_grpc as pb_grpc
-from service.engine.registry import ModelRegistry
 
 MODEL_NAMES = list(BUILDERS)
 PAIR = {"prompt": "Hi", "response": "Hello!"}
@@ -101,22 +102,6 @@ def gate_model(monkeypatch):
 
 
 # ---- JSON items <-> messages ----------------------------------------------------------
-
-
-def to_item(item: dict) -> pb.Item:
-    """A /v1/score JSON item as a gRPC Item."""
-    if "messages" in item:
-        return pb.Item(chat=pb.ChatItem(messages=[pb.Message(**m) for m in item["messages"]]))
-    if "input_ids" in item:
-        return pb.Item(tokens=pb.TokensItem(**item))
-    if "steps" in item:
-        return pb.Item(steps=pb.StepsItem(**item))
-    return pb.Item(text=pb.TextItem(**item))
-
-
-def to_request(body: dict) -> pb.ScoreRequest:
-    return pb.ScoreRequest(items=[to_item(item) for item in body["items"]],
-                           **{k: v for k, v in body.items() if k != "items"})
 
 
 def result_dict(result: pb.ItemResult, dimensions: list[str] | None) -> dict:

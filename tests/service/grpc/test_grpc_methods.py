@@ -14,11 +14,10 @@ import threading
 from contextlib import ExitStack
 
 import grpc
-import httpx
 import pytest
 from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from http_helpers import free_port, live_server, wait_until_loaded
+from http_helpers import free_port, live_server
 from metrics_helpers import wait_for_sample
 from tritonclient.grpc import service_pb2
 
@@ -137,13 +136,10 @@ async def refusal(channel: grpc.aio.Channel, path: str, metadata: tuple) -> tupl
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_dirs):
+def server(served):
     """A scalar and a process model, gRPC and API keys on; (HTTP client, gRPC target)."""
-    models = [ModelConfig(name=name, path=str(tiny_model_dirs[name])) for name in (SCALAR, PRM)]
-    app = create_app(Settings(models=models, grpc_port=free_port(), api_keys=[API_KEY], cache_max_bytes=0))
-    with live_server(app) as url, httpx.Client(base_url=url, timeout=WAIT_S) as http:
-        assert wait_until_loaded(http).status_code == 200
-        yield http, f"127.0.0.1:{app.state.grpc_port}"
+    with served([SCALAR, PRM], api_keys=[API_KEY], cache_max_bytes=0, timeout=WAIT_S) as server:
+        yield server.http, server.grpc_target
 
 
 def test_every_method_has_a_case():

@@ -5,11 +5,9 @@ its forward (the generator likes 5e-324 ms)."""
 
 from __future__ import annotations
 
-import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
-from http_helpers import free_port, live_server, wait_until_loaded
 
 from service.app import create_app
 from service.config import ModelConfig, Settings
@@ -25,12 +23,9 @@ schema.config.generation.update(modes=list(schemathesis.GenerationMode))  # vali
 
 
 @pytest.fixture(scope="module")
-def base_url(tiny_model_dirs):
-    models = [ModelConfig(name=n, path=str(tiny_model_dirs[n])) for n in NAMES]
-    app = create_app(Settings(models=models, grpc_port=free_port(), max_items_per_request=64))
-    with live_server(app) as url, httpx.Client(base_url=url) as http:
-        assert wait_until_loaded(http).status_code == 200
-        yield url
+def base_url(served):
+    with served(NAMES, max_items_per_request=64) as server:
+        yield server.url
 
 
 @schema.exclude(path=list(SKIPPED)).parametrize()

@@ -12,14 +12,13 @@ import httpx
 import pytest
 import torch
 import yaml
-from http_helpers import LONG_TEXT, assert_error, live_server, reference, wait_until_loaded
+from http_helpers import LONG_TEXT, assert_error, reference
 from sched_helpers import intercept_forward
 from tiny_models import HELPSTEER
 
 from models.inputs import RenderedText, TokenIds
 from models.spec import SPEC_FILENAME
-from service.config import ModelConfig, Settings
-from service.app import create_app
+from service.config import ModelConfig
 from service.engine.scheduler import Priority
 
 SCALAR, MULTI, PRM, MULTI_Z = "llama-scalar", "llama-helpsteer", "qwen2-prm", "helpsteer-z"
@@ -31,20 +30,23 @@ VLLM_USAGE_KEYS = {"prompt_tokens", "total_tokens", "completion_tokens", "prompt
 
 
 @pytest.fixture(scope="module")
-def app(tiny_model_dirs):
-    models = [ModelConfig(name=name, path=str(tiny_model_dirs[name])) for name in (SCALAR, MULTI, PRM)]
+def server(served, tiny_model_dirs):
     spec = yaml.safe_load((tiny_model_dirs[MULTI] / SPEC_FILENAME).read_text())
-    models.append(ModelConfig(name=MULTI_Z, path=str(tiny_model_dirs[MULTI]), spec={**spec, "reference_stats": STATS}))
+    models = [SCALAR, MULTI, PRM,
+              ModelConfig(name=MULTI_Z, path=str(tiny_model_dirs[MULTI]), spec={**spec, "reference_stats": STATS})]
     # a generous batching wait, so one-rollout requests sent together share forwards
-    return create_app(Settings(models=models, max_batch_size=16, max_wait_ms=50))
+    with served(models, grpc=False, max_batch_size=16, max_wait_ms=50) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
-def base_url(app):
-    with live_server(app) as url:
-        with httpx.Client(base_url=url, timeout=30) as client:
-            assert wait_until_loaded(client).status_code == 200
-        yield url
+def app(server):
+    return server.app
+
+
+@pytest.fixture(scope="module")
+def base_url(server):
+    return server.url
 
 
 @pytest.fixture

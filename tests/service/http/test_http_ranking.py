@@ -13,16 +13,13 @@ from http_helpers import (
     LONG_TEXT,
     assert_error,
     assert_result_matches,
-    live_server,
     reference,
     served_input,
-    wait_until_loaded,
 )
 from tiny_models import HELPSTEER
 
 from models.spec import SPEC_FILENAME
-from service.config import ModelConfig, Settings
-from service.app import create_app
+from service.config import ModelConfig
 
 SCALAR, MULTI, PRM = "llama-scalar", "llama-helpsteer", "qwen2-prm"
 MULTI_Z, PRM_Z = "helpsteer-z", "prm-z"
@@ -45,15 +42,12 @@ def _spec(directory, stats: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def base_url(tiny_model_dirs):
-    models = [ModelConfig(name=name, path=str(tiny_model_dirs[name])) for name in (SCALAR, MULTI, PRM)]
-    models += [ModelConfig(name=MULTI_Z, path=str(tiny_model_dirs[MULTI]), spec=_spec(tiny_model_dirs[MULTI], MULTI_STATS)),
-               ModelConfig(name=PRM_Z, path=str(tiny_model_dirs[PRM]), spec=_spec(tiny_model_dirs[PRM], PRM_STATS))]
-    app = create_app(Settings(models=models, max_batch_size=3))
-    with live_server(app) as url:
-        with httpx.Client(base_url=url, timeout=30) as client:
-            assert wait_until_loaded(client).status_code == 200
-        yield url
+def base_url(served, tiny_model_dirs):
+    models = [SCALAR, MULTI, PRM,
+              ModelConfig(name=MULTI_Z, path=str(tiny_model_dirs[MULTI]), spec=_spec(tiny_model_dirs[MULTI], MULTI_STATS)),
+              ModelConfig(name=PRM_Z, path=str(tiny_model_dirs[PRM]), spec=_spec(tiny_model_dirs[PRM], PRM_STATS))]
+    with served(models, grpc=False, max_batch_size=3) as server:
+        yield server.url
 
 
 @pytest.fixture

@@ -18,93 +18,43 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from http_helpers import (
     LONG_TEXT,
-    free_port,
-    live_server,
     reference,
     sample_items,
     served_input,
-    wait_until_loaded,
 )
+from protocol_helpers import TRANSPORTS, infer, step_items, text_items, texts
 from tiny_models import BUILDERS
 from tritonclient.utils import InferenceServerException
 
 from models.spec import ModelKind
-from service.config import ModelConfig, Settings
-from service.app import create_app
 
 MODEL_NAMES = list(BUILDERS)
 TEXT_MODELS = [n for n in MODEL_NAMES if not n.endswith("-prm")]
 PROCESS_MODELS = [n for n in MODEL_NAMES if n.endswith("-prm")]
 TOL = 1e-5  # float32 outputs against float64 references of magnitude < 10
 WAIT_S = 30
-# How a test talks to the server: (client module, binary tensor data over HTTP)
-TRANSPORTS = {"http-binary": (triton_http, True), "http-json": (triton_http, False), "grpc": (triton_grpc, None)}
 
 
 @pytest.fixture(scope="module")
-def app(tiny_model_dirs):
-    models = [ModelConfig(name=n, path=str(tiny_model_dirs[n])) for n in MODEL_NAMES]
-    return create_app(Settings(models=models, grpc_port=free_port(), cache_max_bytes=0, max_batch_size=4))
+def server(served):
+    with served(MODEL_NAMES, cache_max_bytes=0, max_batch_size=4) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
-def base_url(app):
-    with live_server(app) as url:
-        with httpx.Client(base_url=url, timeout=30) as client:
-            ready = wait_until_loaded(client)
-        assert ready.status_code == 200, ready.text
-        yield url
-
-
-@pytest.fixture(scope="module")
-def clients(app, base_url):
+def clients(server):
     """{triton_http: client, triton_grpc: client}, both pointed at the running server."""
-    http_client = triton_http.InferenceServerClient(base_url.removeprefix("http://"), network_timeout=WAIT_S)
-    grpc_client = triton_grpc.InferenceServerClient(f"127.0.0.1:{app.state.grpc_port}")
+    http_client = triton_http.InferenceServerClient(server.url.removeprefix("http://"), network_timeout=WAIT_S)
+    grpc_client = triton_grpc.InferenceServerClient(server.grpc_target)
     yield {triton_http: http_client, triton_grpc: grpc_client}
     http_client.close()
     grpc_client.close()
 
 
 @pytest.fixture
-def http(base_url):
-    with httpx.Client(base_url=base_url, timeout=30) as client:
+def http(server):
+    with httpx.Client(base_url=server.url, timeout=30) as client:
         yield client
-
-
-def infer(clients, transport: str, model: str, tensors: dict[str, np.ndarray], outputs: list[str] | None = None,
-          **options):
-    """One inference through a real Triton client; the InferResult."""
-    module, binary = TRANSPORTS[transport]
-    inputs = []
-    for name, array in tensors.items():
-        datatype = "BYTES" if array.dtype == np.object_ else {"int64": "INT64", "float32": "FP32"}[str(array.dtype)]
-        tensor = module.InferInput(name, list(array.shape), datatype)
-        if module is triton_http:
-            tensor.set_data_from_numpy(array, binary_data=binary)
-        else:
-            tensor.set_data_from_numpy(array)
-        inputs.append(tensor)
-    requested = None
-    if outputs is not None:
-        requested = [module.InferRequestedOutput(name, binary_data=binary) if module is triton_http
-                     else module.InferRequestedOutput(name) for name in outputs]
-    elif module is triton_http and binary is False:  # JSON out as well: name every output, none binary
-        metadata = clients[module].get_model_metadata(model)
-        requested = [module.InferRequestedOutput(o["name"], binary_data=False) for o in metadata["outputs"]]
-    return clients[module].infer(model, inputs, outputs=requested, **options)
-
-
-def texts(values: list[str]) -> np.ndarray:
-    return np.array([v.encode() for v in values], dtype=np.object_)
-
-
-def text_items(model) -> list[dict]:
-    return [item for item in sample_items(model) if "response" in item]
-
-
-def step_items(model) -> list[dict]:
-    return [item for item in sample_items(model) if "steps" in item]
 
 
 def assert_outputs_equal(result, model, items: list[dict], http_results: list[dict] | None = None) -> None:

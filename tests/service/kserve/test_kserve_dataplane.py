@@ -22,14 +22,12 @@ import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from google.protobuf import json_format
-from http_helpers import free_port, live_server, wait_until_loaded
-from test_kserve import infer, texts
+from protocol_helpers import infer, texts
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from models.backends.torch import TorchBackend
-from service.app import create_app
-from service.config import ModelConfig, Settings
+from service.config import ModelConfig
 from service.kserve import inference
 from service.kserve.dataplane import STATUSES
 
@@ -47,26 +45,30 @@ PAIR = {"prompt": texts(["Is the sky blue?", "Hi"]), "response": texts(["Yes, on
 
 
 @pytest.fixture(scope="module")
-def app(tiny_model_dirs, tmp_path_factory):
+def server(served, tiny_model_dirs, tmp_path_factory):
     models = [ModelConfig(name="llama-scalar", path=str(tiny_model_dirs["llama-scalar"]), aliases=[ALIAS]),
-              ModelConfig(name="qwen2-prm", path=str(tiny_model_dirs["qwen2-prm"])),
+              "qwen2-prm",
               ModelConfig(name="llama-gating", path=str(tiny_model_dirs["llama-gating"]), serve_graph=True),
               ModelConfig(name="ghost", path=str(tmp_path_factory.mktemp("ghost") / "does-not-exist"))]
-    return create_app(Settings(models=models, grpc_port=free_port(), cache_max_bytes=0, max_batch_size=4))
+    with served(models, cache_max_bytes=0, max_batch_size=4, ready=False, timeout=WAIT_S) as server:
+        assert server.http.get("/health/ready").json()["models"]["ghost"] == "failed"
+        yield server
 
 
 @pytest.fixture(scope="module")
-def base_url(app):
-    with live_server(app) as url:
-        with httpx.Client(base_url=url, timeout=WAIT_S) as client:
-            assert wait_until_loaded(client).json()["models"]["ghost"] == "failed"
-        yield url
+def app(server):
+    return server.app
 
 
 @pytest.fixture(scope="module")
-def clients(app, base_url):
-    http_client = triton_http.InferenceServerClient(base_url.removeprefix("http://"), network_timeout=WAIT_S)
-    grpc_client = triton_grpc.InferenceServerClient(f"127.0.0.1:{app.state.grpc_port}")
+def base_url(server):
+    return server.url
+
+
+@pytest.fixture(scope="module")
+def clients(server):
+    http_client = triton_http.InferenceServerClient(server.url.removeprefix("http://"), network_timeout=WAIT_S)
+    grpc_client = triton_grpc.InferenceServerClient(server.grpc_target)
     yield {triton_http: http_client, triton_grpc: grpc_client}
     http_client.close()
     grpc_client.close()
@@ -292,19 +294,17 @@ def test_graph_requests_run_on_the_models_forward_thread(clients, app, watched_b
     assert threads == ["forward-llama-gating_0"] * 2, threads
 
 
-def test_graph_requests_are_held_to_the_models_queue_bound(tiny_model_dirs, watched_backend):
+def test_graph_requests_are_held_to_the_models_queue_bound(served, tiny_model_dirs, watched_backend):
     """max_queue_items 3: while a 2-row graph request holds the forward, a second one (2
     more rows) and a 2-item score request are refused with 429; once it has run, both go."""
     _, hold, entered, release = watched_backend
     config = ModelConfig(name="rm", path=str(tiny_model_dirs["llama-gating"]), serve_graph=True)
-    app = create_app(Settings(models=[config], grpc_port=free_port(), cache_max_bytes=0, max_queue_items=3,
-                              max_queue_wait_s=None))
     graph_body = {"inputs": [{"name": n, "datatype": "INT64", "shape": list(a.shape), "data": a.reshape(-1).tolist()}
                              for n, a in GRAPH_INPUTS.items()]}
     score_body = {"items": [{"prompt": "Hi", "response": "Hello"}, {"prompt": "Yo", "response": "Hey"}]}
-    with live_server(app) as url, httpx.Client(base_url=url, timeout=WAIT_S) as http:
-        assert wait_until_loaded(http).status_code == 200
-        grpc_client = triton_grpc.InferenceServerClient(f"127.0.0.1:{app.state.grpc_port}")
+    with served([config], cache_max_bytes=0, max_queue_items=3, max_queue_wait_s=None, timeout=WAIT_S) as server:
+        app, url, http = server.app, server.url, server.http
+        grpc_client = triton_grpc.InferenceServerClient(server.grpc_target)
         hold["backend"] = app.state.registry.runners["rm"].model.backend
         first: dict = {}
         holder = threading.Thread(target=lambda: first.update(
