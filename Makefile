@@ -1,6 +1,7 @@
 # Two commands for a fresh machine with Python 3.11 and pip:
 #   make serve   serve the embedded default models on http://127.0.0.1:8000
-#   make test    run the test suite
+#   make test    run the test suite, the tests marked e2e (outside programs) included;
+#                ARGS='-m "not e2e"' leaves them out
 # and one for the benchmarks (loadtests/RESULTS.md, about 45 minutes on 2 cores):
 #   make bench
 # `make protos` regenerates the committed gRPC code after a change to service/grpc/proto/*.proto.

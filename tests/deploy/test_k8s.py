@@ -48,6 +48,8 @@ MARGIN_S = 10  # termination grace left after the preStop sleep and the drain
 API_KEY = "k8s-test-key"
 METRIC = re.compile(r"\b(rewardserve_[a-z_]+)\b")
 WAIT_S = 60
+# outside programs: kubectl (and redis-server, prometheus or promtool for some tests)
+pytestmark = pytest.mark.e2e
 
 
 @functools.cache

@@ -10,6 +10,7 @@ import pytest
 from paths import DEPLOY
 
 PROMETHEUS_DIR = DEPLOY / "prometheus"
+pytestmark = pytest.mark.e2e  # outside programs: promtool
 needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
 
 

@@ -32,6 +32,9 @@ from tests.http_helpers import free_port, live_server, poll, sample_items, withi
 
 RAY_VENV = ROOT / "loadtests" / ".venv-ray"
 MAKE_TARGET = "make loadtests/.venv-ray/.installed"
+# outside programs: the Ray venv (which `make test` builds) and its `ray start`
+pytestmark = pytest.mark.e2e
+
 SERVE_CONFIG = ROOT / "deploy" / "ray" / "serve_config.yaml"
 HEAD_IP, WORKER_IP = "127.0.0.2", "127.0.0.3"  # Ray turns 127.0.0.1 into the host's network address
 MODELS = ("llama-scalar", "qwen2-prm")

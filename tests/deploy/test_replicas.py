@@ -63,6 +63,8 @@ RULES = DEPLOY / "prometheus" / "replicas.rules.yml"
 COMPOSE_DIR = DEPLOY / "compose"
 COMPOSE = COMPOSE_DIR / "docker-compose.yml"
 UPSTREAM = "x-rewardserve-upstream"
+# outside programs: nginx, redis-server, prometheus and promtool
+pytestmark = pytest.mark.e2e
 
 needs_nginx = pytest.mark.skipif(NGINX is None, reason="nginx is not installed (apt-get install nginx)")
 needs_prometheus = pytest.mark.skipif(PROMETHEUS is None, reason="prometheus is not installed")

@@ -144,6 +144,7 @@ def test_process_outputs_cached_before_aggregation(tiny_model_dirs, load_tiny):
         assert last["step_rewards"] == plain["step_rewards"] and last["score"] == plain["step_rewards"][-1]
 
 
+@pytest.mark.e2e  # outside program: redis-server
 @needs_redis
 def test_redis_hits_ttl_and_corruption(tiny_model_dirs, load_tiny, redis_process):
     settings = _settings(tiny_model_dirs, cache_max_bytes=0, redis_url=redis_process.url,
@@ -169,6 +170,7 @@ def test_redis_hits_ttl_and_corruption(tiny_model_dirs, load_tiny, redis_process
         assert app.state.registry.cache.stats.errors == 0
 
 
+@pytest.mark.e2e  # outside program: redis-server
 @needs_redis
 def test_new_revision_never_reads_old_entries(tiny_model_dirs, tmp_path, redis_process):
     """Same name, same input, changed spec (so a new revision): a miss, not the old score."""
@@ -184,6 +186,7 @@ def test_new_revision_never_reads_old_entries(tiny_model_dirs, tmp_path, redis_p
         assert "cached" not in _score(client, PAIR, model="rm")
 
 
+@pytest.mark.e2e  # outside program: redis-server
 @needs_redis
 def test_two_server_processes_share_hits(tiny_model_dirs, tmp_path, load_tiny, redis_process):
     config = write_config(tmp_path / "config.yaml", {"llama-scalar": tiny_model_dirs["llama-scalar"]},
@@ -211,6 +214,7 @@ def test_two_server_processes_share_hits(tiny_model_dirs, tmp_path, load_tiny, r
                 proc.kill()
 
 
+@pytest.mark.e2e  # outside program: redis-server
 @needs_redis
 def test_redis_killed_mid_load_then_restarted(tiny_model_dirs, load_tiny, redis_process):
     """No request fails while Redis is gone (errors are counted instead), and hits resume

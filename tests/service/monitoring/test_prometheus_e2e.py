@@ -29,6 +29,7 @@ MODEL = "scalar"
 WAIT_S = 60
 METRIC = re.compile(r"\b(rewardserve_[a-z_]+)\b")
 SAMPLE_SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+pytestmark = pytest.mark.e2e  # outside programs: prometheus
 
 
 @pytest.fixture(autouse=True)
