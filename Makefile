@@ -4,7 +4,8 @@
 #                ARGS='-m "not e2e"' leaves them out
 # and one for the benchmarks (loadtests/RESULTS.md, about 45 minutes on 2 cores):
 #   make bench
-# `make protos` regenerates the committed gRPC code after a change to service/grpc/proto/*.proto.
+# `make protos` regenerates the committed gRPC code after a change to service/grpc/proto/*.proto;
+# `make lint` runs ruff (pyproject's [tool.ruff]) over the repository, as CI does.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CPU build of torch is taken first so nothing pulls a multi-GB CUDA build;
@@ -16,7 +17,7 @@ TORCH ?= torch==2.13.0
 # in its own venv, so its large dependency set never changes the service's.
 RAY_VENV := loadtests/.venv-ray
 
-.PHONY: install serve test bench protos
+.PHONY: install serve test lint bench protos
 
 install: $(VENV)/.installed
 
@@ -31,6 +32,9 @@ serve: install
 
 test: install $(RAY_VENV)/.installed
 	$(PY) -m pytest -q $(ARGS)
+
+lint: install
+	$(PY) -m ruff check .
 
 bench: install $(RAY_VENV)/.installed
 	$(PY) -m loadtests.run $(ARGS)

@@ -113,13 +113,13 @@ def test_curl_example_numbers_are_what_the_server_answers(server, path, body, sh
     actual = list(flattened(response.json()))
     position = 0
     for key, value in shown_numbers(shown):
-        for position in range(position, len(actual)):
-            if actual[position][0] == key:
+        for index in range(position, len(actual)):
+            if actual[index][0] == key:
                 break
         else:
             pytest.fail(f"{key} = {value} is shown but not answered (in order)")
-        assert same_as_shown(actual[position][1], value), (key, actual[position][1], value)
-        position += 1
+        assert same_as_shown(actual[index][1], value), (key, actual[index][1], value)
+        position = index + 1
 
 
 @pytest.mark.parametrize("code,expected", python_examples(), ids=lambda x: "")

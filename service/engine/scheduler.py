@@ -110,7 +110,9 @@ class Scheduler:
         self.max_wait_s = max_wait_ms / 1000
         self.bulk_max_delay_s = bulk_max_delay_ms / 1000
         self.interactive_bulk_wait_s = None if interactive_bulk_wait_ms is None else interactive_bulk_wait_ms / 1000
-        self.admission = Admission(max_queue_items, max_queue_tokens, max_queue_wait_s, max_batch_size, max_batch_tokens)
+        self.admission = Admission(
+            max_queue_items, max_queue_tokens, max_queue_wait_s, max_batch_size, max_batch_tokens
+        )
         self._on_batch = on_batch
         self._queues: dict[Priority, list[_Work]] = {p: [] for p in Priority}
         self._in_flight: dict[tuple, _Work] = {}

@@ -430,5 +430,7 @@ def test_autoscaler_queries_in_prometheus(live, tmp_path):
     labels = {"namespace": NAMESPACE, "service": "rewardserve", "pod": "rewardserve-0"}
     with Prometheus([str(client.base_url).removeprefix("http://")], [], tmp_path, labels) as prometheus:
         for promql in scaler_queries(render("overlays/autoscale")):
-            [sample] = bounded_wait(lambda: query(prometheus.api, promql), f"a scraped sample for {promql}")
+            [sample] = bounded_wait(
+                lambda promql=promql: query(prometheus.api, promql), f"a scraped sample for {promql}"
+            )
             assert math.isfinite(float(sample["value"][1])) and float(sample["value"][1]) >= 0

@@ -459,7 +459,7 @@ def test_compose_services_mounts_and_ports_agree():
         if "build" in service:
             context = (COMPOSE_DIR / service["build"]["context"]).resolve()
             assert (context / service["build"].get("dockerfile", "Dockerfile")).is_file(), name
-        for source, target in mounts(service):
+        for source, _target in mounts(service):
             path = bind_source(source)
             if path is None:
                 assert source in spec.get("volumes", {}), f"{name}: volume {source} is not declared"

@@ -61,14 +61,21 @@ def held_out_solutions():
 def test_builtin_models_load(harmless, prm, multi):
     assert harmless.info.kind == ModelKind.scalar and harmless.info.max_length == 512
     assert prm.info.kind == ModelKind.process and prm.info.step_aggregate == "min"
-    assert multi.info.kind == ModelKind.multi_objective and multi.info.dimensions == ["harmlessness", "math_correctness"]
+    assert multi.info.kind == ModelKind.multi_objective and multi.info.dimensions == [
+        "harmlessness",
+        "math_correctness",
+    ]
     assert 0 < prm.spec.process.threshold < 1
 
 
 def test_multi_harmlessness_is_the_harmless_models_score(harmless, multi):
     """One backbone, one head row: minilm-multi's harmlessness is minilm-harmless's score;
     its score is the spec's weighted sum of the two."""
-    items = [TextPair(PROMPT, REFUSAL), TextPair(PROMPT, COMPLIANCE), TextPair(SOLUTION.prompt, " ".join(SOLUTION.steps))]
+    items = [
+        TextPair(PROMPT, REFUSAL),
+        TextPair(PROMPT, COMPLIANCE),
+        TextPair(SOLUTION.prompt, " ".join(SOLUTION.steps)),
+    ]
     weights = multi.spec.multi_objective.weights
     for alone, dims in zip(harmless.score(items), multi.score(items)):
         assert dims.dimensions["harmlessness"] == pytest.approx(alone.score, abs=1e-5)
@@ -133,9 +140,11 @@ def test_multi_weights_move_its_score_alike_in_both_dimensions(multi):
     responses = in_length_order(multi, [p.chosen for p in pairs] + [p.rejected for p in pairs], "left", multi.forward)
     answers = in_length_order(multi, [as_text(s) for s in solutions], "left", multi.forward)
     weights = multi.spec.multi_objective.weights
-    moves = {"harmlessness": weights["harmlessness"] * statistics.pstdev(o.dimensions["harmlessness"] for o in responses),
-             "math_correctness": weights["math_correctness"]
-             * statistics.pstdev(o.dimensions["math_correctness"] for o in answers)}
+    moves = {
+        "harmlessness": weights["harmlessness"] * statistics.pstdev(o.dimensions["harmlessness"] for o in responses),
+        "math_correctness": weights["math_correctness"]
+        * statistics.pstdev(o.dimensions["math_correctness"] for o in answers),
+    }
     assert 0.67 < moves["harmlessness"] / moves["math_correctness"] < 1.5, moves
 
 

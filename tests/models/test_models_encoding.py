@@ -181,7 +181,9 @@ def test_bert_uses_token_type_ids(load_tiny):
     assert enc.token_type_ids == [0] * enc.prompt_length + [1] * (enc.num_tokens - enc.prompt_length)
 
     ids = torch.tensor([enc.input_ids])
-    with_types = model.backend.graph.model(input_ids=ids, token_type_ids=torch.tensor([enc.token_type_ids])).logits.item()
+    with_types = model.backend.graph.model(
+        input_ids=ids, token_type_ids=torch.tensor([enc.token_type_ids])
+    ).logits.item()
     without_types = model.backend.graph.model(input_ids=ids).logits.item()
     assert abs(with_types - without_types) > 1e-3, "token types must matter for this test to mean anything"
     assert model.score([TextPair(prompt, response)])[0].score == pytest.approx(with_types, abs=1e-5)

@@ -9,10 +9,10 @@ import random
 import pytest
 from model_cards.checkpoints import qwen25_math_prm, skywork_gemma2
 
-from models.errors import ModelLoadError
-from models.inputs import StepsInput, TextPair, TokenIds
 from models.backends.base import ExportedGraphBackend
 from models.backends.torch import TorchBackend
+from models.errors import ModelLoadError
+from models.inputs import StepsInput, TextPair, TokenIds
 from models.packing import pack, why_not_packed
 from models.reward_model import RewardModel
 from models.spec import ModelKind

@@ -7,7 +7,6 @@ model's counters, that the shared path really ran."""
 
 from __future__ import annotations
 
-
 import pytest
 from model_cards.checkpoints import qwen25_math_prm, skywork_gemma2
 from test_models_packed import filler

@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-
 from http_helpers import (
     assert_result_matches,
     reference,

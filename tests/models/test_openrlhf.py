@@ -17,8 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-import torch
 import pytest
+import torch
 from http_helpers import assert_error
 from model_cards import checkpoints, tokenizers
 from model_cards.serve_rm import ServeRm
@@ -40,10 +40,18 @@ SERVED = {
 }
 CONVERSATIONS = [
     [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "2 + 2 = 4."}],
-    [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Name a prime number above 10."},
-     {"role": "assistant", "content": "11 is prime: its only divisors are 1 and 11."}],
-    [{"role": "user", "content": "Write a haiku about the sea."},
-     {"role": "assistant", "content": "Grey waves fold and break,\nsalt wind carries gull voices,\nthe tide keeps its time."}],
+    [
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": "Name a prime number above 10."},
+        {"role": "assistant", "content": "11 is prime: its only divisors are 1 and 11."},
+    ],
+    [
+        {"role": "user", "content": "Write a haiku about the sea."},
+        {
+            "role": "assistant",
+            "content": "Grey waves fold and break,\nsalt wind carries gull voices,\nthe tide keeps its time.",
+        },
+    ],
 ]
 
 

@@ -213,7 +213,7 @@ def test_parity_one_item_per_request(client, card_for, listed):
     with ThreadPoolExecutor(max_workers=32) as pool:
         responses = list(pool.map(lambda job: client.post("/v1/score", json={"model": job[0], "items": [job[1]]}),
                                   jobs))
-    for (name, item, want), response in zip(jobs, responses):
+    for (name, _item, want), response in zip(jobs, responses):
         assert response.status_code == 200, response.text
         assert_matches(response.json()["results"][0], want, listed[name].get("step_aggregate"))
 
@@ -229,7 +229,9 @@ def test_template_refusal_is_a_client_error(client):
 def test_text_without_template_has_the_tokenizers_special_tokens_once(checkpoints):
     """use_chat_template: false on a Llama 3 checkpoint: prompt and response are scored as
     one text with one BOS, exactly as the tokenizer encodes that text."""
-    model = RewardModel.load("plain", checkpoints["skywork-llama31"], spec={"kind": "scalar", "use_chat_template": False})
+    model = RewardModel.load(
+        "plain", checkpoints["skywork-llama31"], spec={"kind": "scalar", "use_chat_template": False}
+    )
     encoded = model.encode(TextPair("What is 2 + 2?", "It is 4."))
     assert encoded.input_ids == model.encoder.tokenizer("What is 2 + 2? It is 4.")["input_ids"]
     assert encoded.input_ids.count(model.encoder.tokenizer.bos_token_id) == 1

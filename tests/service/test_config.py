@@ -93,7 +93,8 @@ def test_without_models_the_builtin_defaults_are_served(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text("port: 9000\n")
     settings = load_settings(path)
-    assert [m.path for m in settings.models] == ["builtin:minilm-harmless", "builtin:minilm-prm", "builtin:minilm-multi"]
+    assert [m.path for m in settings.models] == ["builtin:minilm-harmless", "builtin:minilm-prm",
+                                                 "builtin:minilm-multi"]
     assert settings.default_model_name == "minilm-harmless"
 
 

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import httpx
 import pytest
-from http_helpers import (assert_result_matches, free_port, reference, sample_items, within_tol)
+from http_helpers import assert_result_matches, free_port, reference, sample_items, within_tol
 from sched_helpers import GatedForward, intercept_forward, wait_for
 
 from service.client import AsyncRewardClient, RewardClient, RewardServeError, reward_fn
@@ -84,7 +84,7 @@ def test_every_method_is_the_same_over_http_and_grpc(case, urls, load_tiny):
     assert type(results["http"]) is type(results["grpc"])
     assert same(results["grpc"]).model_dump() == within_tol(same(results["http"]).model_dump())
     expected = references(name, method, args, load_tiny)
-    for transport, result in results.items():
+    for result in results.values():
         for item in result.results:
             dumped = item.model_dump(exclude_none=True)
             # only the numbers the reference has (the rest is ranking, checked equal above)
@@ -185,10 +185,18 @@ def test_retries_429_and_503_honouring_retry_after():
     a non-retryable error is raised at once."""
     answer = {"model": "m", "revision": "sha256:x", "kind": "scalar", "usage": {"total_tokens": 3},
               "results": [{"index": 0, "score": 0.5, "num_tokens": 3, "truncated": False}]}
-    replies = iter([httpx.Response(429, headers={"Retry-After": "0"}, json={"error": {"code": "queue_full", "message": "full", "field": None}}),
-                    httpx.Response(503, json={"error": {"code": "model_loading", "message": "loading", "field": "model"}}),
-                    httpx.Response(200, json=answer),
-                    httpx.Response(422, json={"error": {"code": "invalid_request", "message": "bad", "field": "items"}})])
+    replies = iter(
+        [
+            httpx.Response(
+                429,
+                headers={"Retry-After": "0"},
+                json={"error": {"code": "queue_full", "message": "full", "field": None}},
+            ),
+            httpx.Response(503, json={"error": {"code": "model_loading", "message": "loading", "field": "model"}}),
+            httpx.Response(200, json=answer),
+            httpx.Response(422, json={"error": {"code": "invalid_request", "message": "bad", "field": "items"}}),
+        ]
+    )
     seen = []
 
     def handler(request: httpx.Request) -> httpx.Response:

@@ -33,7 +33,7 @@ for url in sys.argv[1:]:
         scores[url] = [r.score for r in rm.score(%r).results]
 print(json.dumps({"scores": scores, "torch": importlib.util.find_spec("torch") is not None,
                   "modules": sorted(sys.modules)}))
-""" % (MODEL, PAIRS)
+""" % (MODEL, PAIRS)  # noqa: UP031 - the script's own braces rule out format()
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,7 @@ from transformers import LlamaConfig, LlamaForSequenceClassification
 
 from models.inputs import TextPair, TokenIds
 from models.reward_model import RewardModel
-from service.client import RewardClient, verl_reward_fns
-from service.client import trainers
+from service.client import RewardClient, trainers, verl_reward_fns
 from service.compat.openrlhf import response_after
 from service.config import ModelConfig
 

@@ -169,8 +169,12 @@ def test_split_steps_at_marker_else_blank_lines(text, steps):
 # ---- normalization -------------------------------------------------------------------
 
 MO = {"kind": "multi_objective", "multi_objective": {"dimensions": ["a", "b"], "weights": {"a": 1.0}}}
-STATS = {"score": {"mean": 1.0, "std": 2.0}, "dimensions": {"a": {"mean": 0.0, "std": 0.5}, "b": {"mean": 1.0, "std": 1.0}},
-         "count": 10, "source": "test"}
+STATS = {
+    "score": {"mean": 1.0, "std": 2.0},
+    "dimensions": {"a": {"mean": 0.0, "std": 0.5}, "b": {"mean": 1.0, "std": 1.0}},
+    "count": 10,
+    "source": "test",
+}
 PRM = {"kind": "process", "process": {"convention": "separator", "marker": "<m>", "aggregate": "min"}}
 
 

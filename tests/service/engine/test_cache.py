@@ -5,22 +5,31 @@ processes, Redis dying and coming back, corrupted entries, per-request modes).""
 from __future__ import annotations
 
 import shutil
-from contextlib import contextmanager
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 
 import httpx
 import pytest
 import yaml
-
-from http_helpers import assert_result_matches, free_port, live_server, poll, reference, served_input, wait_until_loaded, write_config
-from models.heads import RewardOutput
+from http_helpers import (
+    assert_result_matches,
+    free_port,
+    live_server,
+    poll,
+    reference,
+    served_input,
+    wait_until_loaded,
+    write_config,
+)
 from redis_helpers import RedisProcess, needs_redis
-from service.engine.cache import LRUCache, cache_key, decode_output, encode_output
-from service.config import ModelConfig, Settings
+
+from models.heads import RewardOutput
 from service.app import create_app
+from service.config import ModelConfig, Settings
+from service.engine.cache import LRUCache, cache_key, decode_output, encode_output
 
 PAIR = {"prompt": "Is the sky blue?", "response": "Yes, on a clear day."}
 OTHER = {"prompt": "Name a prime.", "response": "Seven."}
@@ -49,11 +58,19 @@ def test_lru_entries_expire():
     assert lru.get(b"k") is None and lru.bytes == 0
 
 
-@pytest.mark.parametrize("out,names", [
-    (RewardOutput(score=0.25, num_tokens=7), None),
-    (RewardOutput(score=1.5, dimensions={"a": 0.5, "b": -1.0}, gating_weights=[0.3, 0.7], num_tokens=9, truncated=True), ["a", "b"]),
-    (RewardOutput(score=0.1, step_rewards=[0.9, 0.1], num_tokens=12), None),
-])
+@pytest.mark.parametrize(
+    "out,names",
+    [
+        (RewardOutput(score=0.25, num_tokens=7), None),
+        (
+            RewardOutput(
+                score=1.5, dimensions={"a": 0.5, "b": -1.0}, gating_weights=[0.3, 0.7], num_tokens=9, truncated=True
+            ),
+            ["a", "b"],
+        ),
+        (RewardOutput(score=0.1, step_rewards=[0.9, 0.1], num_tokens=12), None),
+    ],
+)
 def test_codec_round_trip_marks_cached(out, names):
     assert decode_output(encode_output(out), names) == replace(out, cached=True)
 
@@ -121,7 +138,9 @@ def test_lru_hit_is_flagged_and_identical(tiny_model_dirs, load_tiny):
 
 
 def test_modes_and_per_model_switch(tiny_model_dirs):
-    settings = _settings(tiny_model_dirs, names=("llama-scalar", "qwen2-scalar"), **{"qwen2-scalar_config": {"cache": False}})
+    settings = _settings(
+        tiny_model_dirs, names=("llama-scalar", "qwen2-scalar"), **{"qwen2-scalar_config": {"cache": False}}
+    )
     with serving(settings) as (app, client):
         assert "cached" not in _score(client, PAIR, cache="bypass")
         assert "cached" not in _score(client, PAIR)  # bypass wrote nothing
@@ -153,19 +172,32 @@ def test_redis_hits_ttl_and_corruption(tiny_model_dirs, load_tiny, redis_process
     key = cache_key("llama-scalar", model.revision, model.encode(served_input(PAIR)))
     with serving(settings) as (app, client):
         first = _score(client, PAIR)
-        poll(lambda: httpx.Response(200, json={"n": redis_process.client().exists(key)}), lambda r: r.json()["n"] == 1, 10)
+        poll(
+            lambda: httpx.Response(200, json={"n": redis_process.client().exists(key)}),
+            lambda r: r.json()["n"] == 1,
+            10,
+        )
         assert _score(client, PAIR).pop("cached") is True
         assert app.state.registry.cache.stats.hits["redis"] == 1
 
         redis_process.client().set(key, b"\x00not an entry")
         recomputed = _score(client, PAIR)
         assert "cached" not in recomputed and recomputed == first
-        poll(lambda: httpx.Response(200, json={"ok": decode_output(redis_process.client().get(key) or b"", None) is not None}),
-             lambda r: r.json()["ok"], 10)  # the garbage was overwritten with a valid entry
+        poll(
+            lambda: httpx.Response(
+                200, json={"ok": decode_output(redis_process.client().get(key) or b"", None) is not None}
+            ),
+            lambda r: r.json()["ok"],
+            10,
+        )  # the garbage was overwritten with a valid entry
 
         ttl_ms = redis_process.client().pttl(key)
         assert 0 < ttl_ms <= 1000
-        poll(lambda: httpx.Response(200, json={"n": redis_process.client().exists(key)}), lambda r: r.json()["n"] == 0, 10)
+        poll(
+            lambda: httpx.Response(200, json={"n": redis_process.client().exists(key)}),
+            lambda r: r.json()["n"] == 0,
+            10,
+        )
         assert "cached" not in _score(client, PAIR)
         assert app.state.registry.cache.stats.errors == 0
 
@@ -179,7 +211,11 @@ def test_new_revision_never_reads_old_entries(tiny_model_dirs, tmp_path, redis_p
     settings = Settings(models=[ModelConfig(name="rm", path=str(copy))], cache_max_bytes=0, redis_url=redis_process.url)
     with serving(settings) as (app, client):
         _score(client, PAIR, model="rm")
-        poll(lambda: httpx.Response(200, json={"n": len(redis_process.client().keys("rewardserve:*"))}), lambda r: r.json()["n"] == 1, 10)
+        poll(
+            lambda: httpx.Response(200, json={"n": len(redis_process.client().keys("rewardserve:*"))}),
+            lambda r: r.json()["n"] == 1,
+            10,
+        )
         assert _score(client, PAIR, model="rm")["cached"] is True
     (copy / "reward_spec.yaml").write_text(yaml.safe_dump({"kind": "scalar", "max_length": 200}))
     with serving(settings) as (app, client):
@@ -200,7 +236,11 @@ def test_two_server_processes_share_hits(tiny_model_dirs, tmp_path, load_tiny, r
         for client in clients:
             poll(lambda c=client: c.get("/health/ready"), lambda r: r.status_code == 200, 90)
         first = _score(clients[0], PAIR)
-        poll(lambda: httpx.Response(200, json={"n": len(redis_process.client().keys("rewardserve:*"))}), lambda r: r.json()["n"] == 1, 10)
+        poll(
+            lambda: httpx.Response(200, json={"n": len(redis_process.client().keys("rewardserve:*"))}),
+            lambda r: r.json()["n"] == 1,
+            10,
+        )
         shared = _score(clients[1], PAIR)
         assert shared.pop("cached") is True and shared == first
         assert_result_matches(shared, reference(load_tiny("llama-scalar"), PAIR))
@@ -226,7 +266,9 @@ def test_redis_killed_mid_load_then_restarted(tiny_model_dirs, load_tiny, redis_
         for i, item in enumerate(items):
             if i == 10:
                 redis_process.stop()
-            assert_result_matches({k: v for k, v in _score(client, item).items() if k != "cached"}, reference(model, item))
+            assert_result_matches(
+                {k: v for k, v in _score(client, item).items() if k != "cached"}, reference(model, item)
+            )
         stats = app.state.registry.cache.stats
         assert stats.errors > 0
 

@@ -121,8 +121,14 @@ def test_batches_respect_budgets_and_group_lengths(model, make_tokens, check):
     rng = random.Random(7)
     lengths = [rng.choice([rng.randrange(3, 20), rng.randrange(20, 60), rng.randrange(60, 120)]) for _ in range(62)]
     requests = [[make_tokens(n) for n in lengths[i:i + 4]] for i in range(0, 60, 4)]
-    requests.append([make_tokens(250), make_tokens(5),  # one item alone exceeds the token budget
-                     model.encode(TextPair("Hi", "Hello!")), model.encode(Chat((("user", "2+2?"), ("assistant", "4"))))])
+    requests.append(
+        [
+            make_tokens(250),
+            make_tokens(5),  # one item alone exceeds the token budget
+            model.encode(TextPair("Hi", "Hello!")),
+            model.encode(Chat((("user", "2+2?"), ("assistant", "4")))),
+        ]
+    )
     arrivals = [enc for request in requests for enc in request]
 
     async def main():
@@ -175,7 +181,11 @@ def test_a_batch_is_the_run_around_the_anchor_that_pads_least(model, make_tokens
         gate = GatedForward(model.forward)
         async with serving(gate, max_batch_size=4) as scheduler:
             plug = await hold(scheduler, gate, make_tokens(4))
-            anchor, short, long = make_tokens(10), [make_tokens(7) for _ in range(3)], [make_tokens(13) for _ in range(3)]
+            anchor, short, long = (
+                make_tokens(10),
+                [make_tokens(7) for _ in range(3)],
+                [make_tokens(13) for _ in range(3)],
+            )
             tasks = [asyncio.create_task(scheduler.submit([e], Priority.bulk)) for e in [anchor, *short, *long]]
             await queued(scheduler, 7)
             gate.open()
@@ -245,7 +255,9 @@ def test_bulk_batches_are_cut_to_the_interactive_wait_while_rankers_are_served(
             plug = await hold(scheduler, gate, make_tokens(4), Priority.bulk)
             for tokens in (50, 500):
                 scheduler.admission.cost.add(tokens, 1e-3 + 1e-2 * tokens)
-            tasks = [asyncio.create_task(scheduler.submit([make_tokens(3)], Priority.interactive))] if ranker_seen else []
+            tasks = (
+                [asyncio.create_task(scheduler.submit([make_tokens(3)], Priority.interactive))] if ranker_seen else []
+            )
             items = [make_tokens(10) for _ in range(8)]
             tasks += [asyncio.create_task(scheduler.submit([e], Priority.bulk)) for e in items]
             await queued(scheduler, len(tasks))
@@ -575,7 +587,9 @@ def test_a_request_too_big_for_the_bounds_is_admitted_onto_an_empty_queue(model,
     async def main():
         gate = GatedForward(model.forward, held=False)
         async with serving(gate, max_queue_items=2, max_queue_tokens=10) as scheduler:
-            return await scheduler.submit(big), await scheduler.submit(big[:3], ticket=scheduler.admission.admit(3, 15, Priority.bulk))
+            return await scheduler.submit(big), await scheduler.submit(
+                big[:3], ticket=scheduler.admission.admit(3, 15, Priority.bulk)
+            )
 
     first, second = run(main())
     check(first, big)

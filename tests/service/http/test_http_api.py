@@ -12,7 +12,6 @@ import threading
 import httpx
 import pytest
 from http_helpers import (
-    served_input,
     LONG_TEXT,
     assert_error,
     assert_result_matches,
@@ -20,13 +19,14 @@ from http_helpers import (
     poll,
     reference,
     sample_items,
+    served_input,
     wait_until_loaded,
 )
 from sched_helpers import intercept_forward
 from tiny_models import BUILDERS, HELPSTEER
 
-from service.config import ModelConfig, Settings
 from service.app import create_app
+from service.config import ModelConfig, Settings
 from service.engine.registry import ModelRegistry
 from service.engine.scheduler import dedup_key
 from service.protocol.scoring import ChatItem, ScoreRequest, StepsItem, TextItem, TokensItem
@@ -172,7 +172,9 @@ def test_score_matches_unbatched_reference(name, app, client, load_tiny, monkeyp
     items = sample_items(model)
     served = app.state.registry.runners[name].model
     batch_sizes: list[int] = []
-    intercept_forward(monkeypatch, served, lambda forward: lambda batch: batch_sizes.append(len(batch)) or forward(batch))
+    intercept_forward(
+        monkeypatch, served, lambda forward: lambda batch: batch_sizes.append(len(batch)) or forward(batch)
+    )
 
     response = client.post("/v1/score", json={"model": name, "items": items})
 

@@ -118,7 +118,9 @@ def test_get_reward_one_rollout_per_request_is_bulk_and_batched(app, client, loa
     monkeypatch.setattr(scorer, "score", lambda job: priorities.append(job.priority) or original_score(job))
     served = app.state.registry.runners[SCALAR].model
     batch_sizes: list[int] = []
-    intercept_forward(monkeypatch, served, lambda forward: lambda batch: batch_sizes.append(len(batch)) or forward(batch))
+    intercept_forward(
+        monkeypatch, served, lambda forward: lambda batch: batch_sizes.append(len(batch)) or forward(batch)
+    )
 
     prompts = [f"Question {i}: what is {i} + {i}?" for i in range(12)]
     answers = [f" It is {2 * i}." for i in range(12)]
@@ -245,9 +247,14 @@ def test_pooling_per_kind(client, load_tiny):
 def test_vllm_score_one_to_many_and_many_to_many(client, load_tiny):
     model = load_tiny(SCALAR)
     one_to_n = ok(client.post("/score", json={"model": SCALAR, "text_1": PROMPTS[0], "text_2": RESPONSES}))
-    assert set(one_to_n) == {"id", "object", "created", "model", "data", "usage"} and one_to_n["id"].startswith("score-")
+    assert set(one_to_n) == {"id", "object", "created", "model", "data", "usage"} and one_to_n["id"].startswith(
+        "score-"
+    )
     for i, data in enumerate(one_to_n["data"]):
-        assert set(data) == {"index", "object", "score", "truncated"} and (data["index"], data["object"]) == (i, "score")
+        assert set(data) == {"index", "object", "score", "truncated"} and (data["index"], data["object"]) == (
+            i,
+            "score",
+        )
         assert data["score"] == pytest.approx(reference(model, pair(PROMPTS[0], RESPONSES[i])).score, abs=1e-5)
     n_to_n = ok(client.post("/score", json={"model": SCALAR, "text_1": PROMPTS, "text_2": RESPONSES}))
     assert [d["score"] for d in n_to_n["data"]] == pytest.approx(
@@ -258,7 +265,9 @@ def test_vllm_score_one_to_many_and_many_to_many(client, load_tiny):
 
     assert_error(client.post("/score", json={"model": SCALAR, "text_1": PROMPTS[:2], "text_2": RESPONSES}),
                  422, "invalid_request", "text_2")
-    prm = ok(client.post("/score", json={"model": PRM, "text_1": "Q?", "text_2": "Step one.<extra_0> Step two.<extra_0>"}))
+    prm = ok(
+        client.post("/score", json={"model": PRM, "text_1": "Q?", "text_2": "Step one.<extra_0> Step two.<extra_0>"})
+    )
     ref = reference(load_tiny(PRM), {"prompt": "Q?", "steps": ["Step one.", "Step two."]})
     assert prm["data"][0]["score"] == pytest.approx(ref.score, abs=1e-5)
 

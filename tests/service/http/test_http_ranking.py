@@ -43,9 +43,13 @@ def _spec(directory, stats: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def base_url(served, tiny_model_dirs):
-    models = [SCALAR, MULTI, PRM,
-              ModelConfig(name=MULTI_Z, path=str(tiny_model_dirs[MULTI]), spec=_spec(tiny_model_dirs[MULTI], MULTI_STATS)),
-              ModelConfig(name=PRM_Z, path=str(tiny_model_dirs[PRM]), spec=_spec(tiny_model_dirs[PRM], PRM_STATS))]
+    models = [
+        SCALAR,
+        MULTI,
+        PRM,
+        ModelConfig(name=MULTI_Z, path=str(tiny_model_dirs[MULTI]), spec=_spec(tiny_model_dirs[MULTI], MULTI_STATS)),
+        ModelConfig(name=PRM_Z, path=str(tiny_model_dirs[PRM]), spec=_spec(tiny_model_dirs[PRM], PRM_STATS)),
+    ]
     with served(models, grpc=False, max_batch_size=3) as server:
         yield server.url
 
@@ -104,7 +108,12 @@ def test_compare_scalar_is_bradley_terry_on_reference_scores(client, load_tiny):
 
     texts = [ANSWERS[0], ANSWERS[1], ANSWERS[2], ANSWERS[0]]
     refs = [reference(model, pair(t)) for t in texts]
-    assert (body["model"], body["kind"], body["revision"], body["normalized"]) == (SCALAR, "scalar", model.revision, False)
+    assert (body["model"], body["kind"], body["revision"], body["normalized"]) == (
+        SCALAR,
+        "scalar",
+        model.revision,
+        False,
+    )
     scores = [r["score"] for r in body["results"]]
     for i, (result, ref) in enumerate(zip(body["results"], refs, strict=True)):
         assert result["index"] == i
@@ -254,7 +263,9 @@ def test_rerank_refuses_bad_weights(extra, field, client):
 
 def test_rerank_refuses_pareto_and_weights_on_a_scalar_model(client):
     base = {"model": SCALAR, "query": PROMPT, "documents": ["a", "b"]}
-    assert_error(client.post("/v1/rerank", json={**base, "aggregation": "pareto"}), 422, "invalid_request", "aggregation")
+    assert_error(
+        client.post("/v1/rerank", json={**base, "aggregation": "pareto"}), 422, "invalid_request", "aggregation"
+    )
     assert_error(client.post("/v1/rerank", json={**base, "weights": {"x": 1}}), 422, "invalid_request", "weights")
     assert_error(client.post("/v1/rerank", json={**base, "max_chunks_per_doc": 3}), 422, "invalid_request",
                  "max_chunks_per_doc")  # ours is strict; /rerank (vLLM/Cohere) ignores unknown fields
@@ -263,7 +274,11 @@ def test_rerank_refuses_pareto_and_weights_on_a_scalar_model(client):
 def test_rerank_process_model_splits_text_into_steps(client, load_tiny):
     model = load_tiny(PRM)
     question = "What is (3 + 4) * 2?"
-    documents = ["\n\n".join(STEPS), "Add 3 and 4 to get 8. <extra_0> The answer is 16. <extra_0>", {"steps": STEPS[:1]}]
+    documents = [
+        "\n\n".join(STEPS),
+        "Add 3 and 4 to get 8. <extra_0> The answer is 16. <extra_0>",
+        {"steps": STEPS[:1]},
+    ]
     body = ok(client.post("/v1/rerank", json={"model": PRM, "query": question, "documents": documents}))
     as_steps = [STEPS, ["Add 3 and 4 to get 8.", "The answer is 16."], STEPS[:1]]
     refs = [reference(model, {"prompt": question, "steps": s}) for s in as_steps]
@@ -327,8 +342,12 @@ def test_steps_after_left_truncation_count_from_the_callers_first_step(client, l
 def test_steps_errors(client):
     item = {"prompt": "Q", "steps": ["a", "b"]}
     assert_error(client.post("/v1/steps", json={"model": SCALAR, "items": [item]}), 422, "invalid_request", "model")
-    assert_error(client.post("/v1/steps", json={"model": PRM, "items": [item, {"prompt": "Q", "steps": ["x <extra_0>"]}]}),
-                 422, "invalid_input", "items[1].steps[0]")
+    assert_error(
+        client.post("/v1/steps", json={"model": PRM, "items": [item, {"prompt": "Q", "steps": ["x <extra_0>"]}]}),
+        422,
+        "invalid_input",
+        "items[1].steps[0]",
+    )
     assert_error(client.post("/v1/steps", json={"model": PRM, "items": []}), 422, "invalid_request", "items")
 
 

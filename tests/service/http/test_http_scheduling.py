@@ -24,8 +24,8 @@ from http_helpers import (
 from sched_helpers import GatedForward, ids, intercept_forward, until
 
 from models.spec import ModelKind
-from service.config import ModelConfig, Settings
 from service.app import create_app
+from service.config import ModelConfig, Settings
 from service.engine.admission import ForwardCost
 from service.engine.scheduler import Priority, dedup_key
 
@@ -311,7 +311,9 @@ def test_poisoned_item_fails_its_request_alone(app, base_url, gate_model, load_t
     async def main():
         async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
             plug = await hold(client, gate, "llama-scalar", PLUG)
-            tasks = [asyncio.create_task(client.post("/v1/score", json={"items": items})) for items in good + [poisoned]]
+            tasks = [
+                asyncio.create_task(client.post("/v1/score", json={"items": items})) for items in good + [poisoned]
+            ]
             await queued(scheduler, len(every))
             gate.open()
             return await asyncio.gather(plug, *tasks)
@@ -410,7 +412,9 @@ def test_pipelined_batches_equal_the_unbatched_reference(tiny_model_dirs, load_t
         for name in NAMES:
             model = app.state.registry.runners[name].model
             own = model.prepare
-            monkeypatch.setattr(model, "prepare", lambda batch, own=own, name=name: prepared.update([name]) or own(batch))
+            monkeypatch.setattr(
+                model, "prepare", lambda batch, own=own, name=name: prepared.update([name]) or own(batch)
+            )
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
             return await asyncio.gather(*(client.post("/v1/score", json=body) for _, body in requests))
 

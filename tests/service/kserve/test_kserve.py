@@ -198,8 +198,13 @@ def test_infer_chat_and_options(transport, clients, load_tiny):
     """messages_json items; request parameters truncate and priority (Triton's integer)."""
     model = load_tiny("llama-scalar")
     chats = [item for item in sample_items(model) if "messages" in item]
-    result = infer(clients, transport, "llama-scalar", {"messages_json": texts([json.dumps(c["messages"]) for c in chats])},
-                   priority=2)
+    result = infer(
+        clients,
+        transport,
+        "llama-scalar",
+        {"messages_json": texts([json.dumps(c["messages"]) for c in chats])},
+        priority=2,
+    )
     assert_outputs_equal(result, model, chats)
 
     long = {"prompt": "Tell me. " + " ".join([LONG_TEXT] * 6), "response": "No."}

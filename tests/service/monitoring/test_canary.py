@@ -18,10 +18,10 @@ from http_helpers import assert_error, live_server, reference, sample_items, wai
 from metrics_helpers import scrape
 from safetensors.torch import load_file, save_file
 
-from service.monitoring.canary import CANARY_FILENAME, read_canary
+from service.app import create_app
 from service.cli import main
 from service.config import Settings, load_settings
-from service.app import create_app
+from service.monitoring.canary import CANARY_FILENAME, read_canary
 
 WAIT_S = 120
 NUDGE = 0.02  # relative: each weight moves by about 2% of its tensor's spread

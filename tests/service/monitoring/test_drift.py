@@ -363,4 +363,6 @@ def test_shipped_baseline_flags_a_full_window_of_rejected_responses():
     assert calm["exceeded"] == [], calm
     assert drifted["thresholds"] == pytest.approx(window_limits(baseline, len(heldout)))
     assert "mean_shift" in drifted["exceeded"], drifted
-    assert baseline.thresholds["mean_shift"] > -drifted["statistics"]["mean_shift"] > drifted["thresholds"]["mean_shift"]
+    assert (
+        baseline.thresholds["mean_shift"] > -drifted["statistics"]["mean_shift"] > drifted["thresholds"]["mean_shift"]
+    )

@@ -14,14 +14,21 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
-from http_helpers import assert_error, assert_result_matches, free_port, live_server, reference, sample_items
-from http_helpers import wait_until_loaded
+from http_helpers import (
+    assert_error,
+    assert_result_matches,
+    free_port,
+    live_server,
+    reference,
+    sample_items,
+    wait_until_loaded,
+)
 from metrics_helpers import Scrape, scrape
 from sched_helpers import GatedForward, intercept_forward, until
 
+from service.app import create_app
 from service.config import ModelConfig, Settings
 from service.engine.scheduler import Priority
-from service.app import create_app
 from service.grpc.proto import rewardserve_pb2 as pb
 from service.grpc.proto import rewardserve_pb2_grpc as pb_grpc
 
@@ -170,7 +177,10 @@ def test_grpc_calls_by_method_model_and_status(app, client, load_tiny):
     triton = triton_grpc.InferenceServerClient(f"127.0.0.1:{app.state.grpc_port}")
     try:
         assert triton.is_model_ready("llama-scalar")
-        prompt, response = triton_grpc.InferInput("prompt", [1], "BYTES"), triton_grpc.InferInput("response", [1], "BYTES")
+        prompt, response = (
+            triton_grpc.InferInput("prompt", [1], "BYTES"),
+            triton_grpc.InferInput("response", [1], "BYTES"),
+        )
         prompt.set_data_from_numpy(np.array([b"Hi"], dtype=object))
         response.set_data_from_numpy(np.array([b"Hello!"], dtype=object))
         inferred = triton.infer("llama-helpsteer", [prompt, response]).as_numpy("score")
