@@ -1,9 +1,11 @@
 # Two commands for a fresh machine with Python 3.11 and pip:
 #   make serve   serve the embedded default models on http://127.0.0.1:8000
-#   make test    run the test suite
+#   make test    run the test suite, the tests marked e2e (outside programs) included;
+#                ARGS='-m "not e2e"' leaves them out
 # and one for the benchmarks (loadtests/RESULTS.md, about 45 minutes on 2 cores):
 #   make bench
-# `make protos` regenerates the committed gRPC code after a change to service/grpc/proto/*.proto.
+# `make protos` regenerates the committed gRPC code after a change to service/grpc/proto/*.proto;
+# `make lint` runs ruff (pyproject's [tool.ruff]) over the repository, as CI does.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CPU build of torch is taken first so nothing pulls a multi-GB CUDA build;
@@ -15,7 +17,7 @@ TORCH ?= torch==2.13.0
 # in its own venv, so its large dependency set never changes the service's.
 RAY_VENV := loadtests/.venv-ray
 
-.PHONY: install serve test bench protos docs
+.PHONY: install serve test lint bench protos docs
 
 install: $(VENV)/.installed
 
@@ -30,6 +32,9 @@ serve: install
 
 test: install $(RAY_VENV)/.installed
 	$(PY) -m pytest -q $(ARGS)
+
+lint: install
+	$(PY) -m ruff check .
 
 bench: install $(RAY_VENV)/.installed
 	$(PY) -m loadtests.run $(ARGS)

@@ -64,6 +64,9 @@ def run(w: CacheWorkload, model_path: str, workdir: Path, log_dir: Path) -> dict
                 out[mode] = asyncio.run(measure(server.url, w, cached=mode != "off"))
         r = out[mode]
         hit = f", hit p50 {r.hits.latency_ms(50):.2f} ms" if r.hits else ""
-        print(f"  cache {mode}: {r.bulk.ok}/{r.bulk.sent} ok, {r.bulk.tokens_per_s:,.0f} tok/s, "
-              f"{r.bulk.cached}/{r.bulk.items} cached{hit}, computed p50 {r.computed.latency_ms(50):.2f} ms", flush=True)
+        print(
+            f"  cache {mode}: {r.bulk.ok}/{r.bulk.sent} ok, {r.bulk.tokens_per_s:,.0f} tok/s, "
+            f"{r.bulk.cached}/{r.bulk.items} cached{hit}, computed p50 {r.computed.latency_ms(50):.2f} ms",
+            flush=True,
+        )
     return out

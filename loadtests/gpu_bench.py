@@ -38,8 +38,8 @@ from loadtests.model import to_input
 from loadtests.run import Run, _timed
 from models.loading import DTYPES
 from models.reward_model import RewardModel
-from tests.tiny_models import _llama_tokenizer, _save
 from service.config.sections import BatchingSettings, CanarySettings
+from tests.tiny_models import _llama_tokenizer, _save
 
 T0 = time.monotonic()
 MODEL_NAME = "llama3-8b-random"

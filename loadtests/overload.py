@@ -199,7 +199,8 @@ def main() -> None:
         row(f"cold, {COLD_REQUESTS} x {COLD_ITEMS} items, default bound", cold, COLD_REQUESTS),
         "",
         f"Admitted by both: {len(same)} items; largest score difference {worst:.2e}. "
-        f"Longest admitted wait, bounded / unbounded: {max(bounded.latencies_s.values()) / max(off.latencies_s.values()):.2f}x.",
+        "Longest admitted wait, bounded / unbounded: "
+        f"{max(bounded.latencies_s.values()) / max(off.latencies_s.values()):.2f}x.",
         "",
         "Latencies are the load generator's, from the moment it starts each request: with every request opened at "
         "once they include its own time to open the connections; the server's own time per 429 is from its "

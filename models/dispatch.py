@@ -54,7 +54,9 @@ def device_map_of(name: str, device_map, max_memory, offload_folder) -> DeviceMa
     try:
         importlib.import_module("accelerate")
     except ImportError as err:
-        raise ModelLoadError(f"{name}: device_map needs the accelerate package: pip install 'rewardserve[gpu]'") from err
+        raise ModelLoadError(
+            f"{name}: device_map needs the accelerate package: pip install 'rewardserve[gpu]'"
+        ) from err
     if isinstance(device_map, str):
         if device_map not in STRATEGIES:
             raise ModelLoadError(f"{name}: device_map must be one of {list(STRATEGIES)} or a "

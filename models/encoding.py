@@ -157,7 +157,9 @@ class Encoder:
             if role not in CHAT_ROLES:
                 raise InputError(f"messages[{i}].role", f"unknown role {role!r}; use one of {sorted(CHAT_ROLES)}")
         if len(messages) < 2 or messages[-1][0] != "assistant":
-            raise InputError("messages", "messages must end with the assistant response to score, after at least one prompt turn")
+            raise InputError(
+                "messages", "messages must end with the assistant response to score, after at least one prompt turn"
+            )
         if not self.use_template:
             return self._encode_pair(plain_prompt(messages[:-1]), messages[-1][1])
         if self.spec.system_prompt is not None and messages[0][0] != "system":
@@ -258,7 +260,11 @@ class Encoder:
                 f"{self.spec.process.marker!r} merged with neighbouring text when tokenized",
             )
         if not positions:
-            why = "truncation removed every step marker" if enc.truncated else f"no step marker {self.spec.process.marker!r} found"
+            why = (
+                "truncation removed every step marker"
+                if enc.truncated
+                else f"no step marker {self.spec.process.marker!r} found"
+            )
             raise InputError(field, why)
         return positions
 

@@ -19,7 +19,6 @@ from models.dispatch import onloaded
 from models.heads import HeadFile
 from models.spec import ModelKind, Pooling, RewardSpec
 
-
 # Every tensor the graph may take or give, by its axes: a named axis is dynamic (batch,
 # sequence), None is fixed by the model (head outputs, gating experts, step classes). Inputs
 # are int64, outputs float32. The ONNX export and any server running it share this contract.

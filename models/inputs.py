@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
 
 from service.protocol.enums import Truncate  # noqa: F401 - the model layer imports it from here
 
@@ -51,7 +50,7 @@ class RenderedText:
     prompt: str | None = None
 
 
-ScoreInput = Union[TextPair, Chat, TokenIds, StepsInput, RenderedText]
+ScoreInput = TextPair | Chat | TokenIds | StepsInput | RenderedText
 
 
 @dataclass

@@ -34,7 +34,10 @@ def export_onnx(model: RewardModel, path: Path) -> Path:
         )
     proto = onnx.load(str(path))
     width = graph.output_width
-    for key, value in ((META_ARCHITECTURE, type(graph.model).__name__), (META_OUTPUT_WIDTH, "" if width is None else str(width))):
+    for key, value in (
+        (META_ARCHITECTURE, type(graph.model).__name__),
+        (META_OUTPUT_WIDTH, "" if width is None else str(width)),
+    ):
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.save(proto, str(path))

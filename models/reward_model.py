@@ -106,7 +106,9 @@ class RewardModel:
         packs = compute.packing.chosen(packed, f"{name}: packed: true, but this model cannot run packed")
         shares = compute.prefix_sharing.chosen(
             share_prefix, f"{name}: share_prefix: true, but this model cannot share a prompt's forward")
-        own_files = [model_dir / f for f in (reward_spec.head_file, reward_spec.backbone_weights) if f]  # may lie elsewhere
+        own_files = [
+            model_dir / f for f in (reward_spec.head_file, reward_spec.backbone_weights) if f
+        ]  # may lie elsewhere
         revision = fingerprint([backbone_dir, model_dir], reward_spec.canonical_json() + compute.identity,
                                [*own_files, *compute.files])
         return cls(name, reward_spec, config, tokenizer, compute, revision, dtype, packs,

@@ -118,7 +118,9 @@ class ReferenceStats(_Strict):
 
     score: Moments
     dimensions: dict[str, Moments] = Field(default_factory=dict)
-    aggregate: StepAggregate | None = Field(None, description="process models: the step aggregate `score` was taken with")
+    aggregate: StepAggregate | None = Field(
+        None, description="process models: the step aggregate `score` was taken with"
+    )
     count: int | None = Field(None, ge=2, description="items in the reference set, where known")
     source: str = Field("", description="what the reference set was")
 

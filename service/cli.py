@@ -157,7 +157,9 @@ def calibrate(args) -> None:
     source = Path(args.file)
     outputs = _score_reference(runner, source, args.truncate, args.quiet)
     scores = [out.score for out in outputs]
-    dims: dict[str, list[float]] = {name: [] for name in spec.multi_objective.dimensions} if spec.multi_objective else {}
+    dims: dict[str, list[float]] = (
+        {name: [] for name in spec.multi_objective.dimensions} if spec.multi_objective else {}
+    )
     for out in outputs:
         for name, value in (out.dimensions or {}).items():
             dims[name].append(value)
@@ -190,7 +192,7 @@ def _write_reference_stats(runner: ModelRunner, block: str) -> None:
     spec_file.write_text(kept.rstrip("\n") + "\n" + block)
     try:
         load_spec(model_dir)
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - whatever the check refuses, the old file is put back
         if old_text is None:
             spec_file.unlink()
         else:

@@ -1,16 +1,20 @@
-"""Shared fixtures: the tiny reward models, built once per test session."""
+"""Shared fixtures: the tiny reward models, built once per test session, and `served`, a live
+server of them."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
 import torch
+from http_helpers import Served, free_port, serve
 from tiny_models import build_all
 
 from models.reward_model import RewardModel
+from service.config import ModelConfig, Settings
 
 torch.set_num_threads(2)
 # Servers the tests start leave gRPC off unless a test asks for it (server.grpc_port=free_port()),
@@ -55,6 +59,23 @@ class _LazyModels(Mapping):
 
     def __len__(self) -> int:
         return len(self._names)
+
+
+@pytest.fixture(scope="session")
+def served(tiny_model_dirs) -> Callable[..., AbstractContextManager[Served]]:
+    """`with served(models, **sections) as server:` a live rewardserve (http_helpers.serve)
+    of `models`: tiny model names (served under their own names) or ModelConfig entries,
+    with the settings' `sections` on top (`batching={"max_batch_size": 4}`, ...) and gRPC on
+    a free port unless `grpc=False` or `server` names a grpc_port; `ready` and `timeout` go
+    to serve()."""
+    def start(models: list[str | ModelConfig], *, grpc: bool = True, ready: bool = True, timeout: float = 60.0,
+              server: dict | None = None, **sections) -> AbstractContextManager[Served]:
+        entries = [m if isinstance(m, ModelConfig) else ModelConfig(name=m, path=str(tiny_model_dirs[m]))
+                   for m in models]
+        server = {"grpc_port": free_port() if grpc else 0} | (server or {})
+        return serve(Settings(models=entries, server=server, **sections), ready=ready, timeout=timeout)
+
+    return start
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 """Helpers shared by the HTTP, CLI and config tests: a real uvicorn server on a free
-loopback port, bounded polling, YAML configs, sample items per model and the comparison
-of a JSON result with the unbatched reference `RewardModel.score([item])`, and the shape
-of JSON errors."""
+loopback port (and a rewardserve app served there, loaded), bounded polling, YAML configs,
+sample items per model and the comparison of a JSON result with the unbatched reference
+`RewardModel.score([item])`, and the shape of JSON errors."""
 
 from __future__ import annotations
 
@@ -12,12 +12,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 import uvicorn
 import yaml
+from fastapi import FastAPI
 from pydantic import TypeAdapter
 
 from loadtests.servers import free_port  # noqa: F401 - re-exported for the tests
@@ -25,6 +27,8 @@ from models.heads import RewardOutput
 from models.inputs import ScoreInput
 from models.reward_model import RewardModel
 from models.spec import ModelKind
+from service.app import create_app
+from service.config import Settings
 from service.core.inputs import item_input
 from service.http.protocol import BoundedH11Protocol
 from service.protocol.scoring import ScoreItem
@@ -70,6 +74,34 @@ def running(server: uvicorn.Server, sockets: list[socket.socket] | None = None,
         server.should_exit = True
         thread.join(timeout=15)
         assert not thread.is_alive(), "uvicorn did not shut down"
+
+
+
+@dataclass
+class Served:
+    """A live rewardserve: its app, base URL and an HTTP client on it; `grpc_target` is its
+    gRPC port's host:port (when gRPC is on)."""
+
+    app: FastAPI
+    url: str
+    http: httpx.Client
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.app.state.grpc_port}"
+
+
+@contextmanager
+def serve(settings: Settings, *, ready: bool = True, timeout: float = 60.0, **uvicorn_options) -> Iterator[Served]:
+    """`settings` served by `create_app` under a real uvicorn on loopback (live_server) until
+    the block ends, once no model is loading any more; with `ready`, every model must have
+    loaded. The HTTP client's timeout and the wait for loading are `timeout` seconds."""
+    app = create_app(settings)
+    with live_server(app, **uvicorn_options) as url, httpx.Client(base_url=url, timeout=timeout) as http:
+        loaded = wait_until_loaded(http, timeout)
+        if ready:
+            assert loaded.status_code == 200, loaded.text
+        yield Served(app, url, http)
 
 
 def hung_up(sock: socket.socket) -> bytes:

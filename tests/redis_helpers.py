@@ -7,6 +7,8 @@ import pytest
 
 from loadtests.redis_process import REDIS_SERVER, RedisProcess
 
-needs_redis = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed (apt-get install redis-server)")
+needs_redis = pytest.mark.skipif(
+    REDIS_SERVER is None, reason="redis-server is not installed (apt-get install redis-server)"
+)
 
 __all__ = ["RedisProcess", "needs_redis"]

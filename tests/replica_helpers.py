@@ -23,6 +23,7 @@ from loadtests.servers import ROOT, Server, free_port, ours, stop_group
 
 DEPLOY = ROOT / "deploy"
 NGINX_DIR = DEPLOY / "nginx"
+ALERTS = DEPLOY / "prometheus" / "alerts.yml"
 NGINX_TEMPLATE = NGINX_DIR / "rewardserve.conf.template"
 PLACEHOLDER = re.compile(r"\$\{(RS_[A-Z0-9_]+)\}")
 WAIT_S = 60.0
@@ -217,3 +218,16 @@ class Prometheus:
         if self.process is not None:
             stop_group(self.process, signal.SIGTERM, 15)
             self.process = None
+
+
+def query(api: httpx.Client, promql: str) -> list[dict]:
+    """The result vector of an instant PromQL query through Prometheus's HTTP API."""
+    response = api.get("/api/v1/query", params={"query": promql})
+    body = response.json()
+    assert response.status_code == 200 and body["status"] == "success", (promql, body)
+    return body["data"]["result"]
+
+
+def scalar(api: httpx.Client, promql: str) -> float | None:
+    result = query(api, promql)
+    return float(result[0]["value"][1]) if result else None

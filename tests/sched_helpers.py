@@ -95,3 +95,11 @@ async def until(predicate: Callable[[], bool], what: str, timeout: float = 30.0)
     while not predicate():
         assert time.monotonic() < deadline, f"gave up waiting for {what}"
         await asyncio.sleep(0.005)
+
+
+def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """`until` for synchronous code: poll `predicate()` from this thread."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.005)

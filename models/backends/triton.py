@@ -129,7 +129,7 @@ class TritonBackend(ExportedGraphBackend):
             metadata = self._client().metadata(model, config.version)
         except ModelLoadError:
             raise
-        except Exception as err:  # noqa: BLE001 - whatever the transport raised, the model cannot load
+        except Exception as err:  # whatever the transport raised, the model cannot load
             raise ModelLoadError(f"{self.where} cannot be reached: {type(err).__name__}: {err}") from err
         problems = contract_problems(metadata, input_names, output_names)
         if problems:
@@ -153,7 +153,7 @@ class TritonBackend(ExportedGraphBackend):
         arrays = {name: np.ascontiguousarray(inputs[name].numpy()) for name in self.input_names}
         try:
             outputs = self._client().infer(self.model, self.version, arrays, self.output_names)
-        except Exception as err:  # noqa: BLE001 - the scheduler isolates and reports it per item
+        except Exception as err:  # the scheduler isolates and reports it per item
             raise TritonError(f"{self.where}: {type(err).__name__}: {err}") from err
         rows = len(arrays["input_ids"])
         for name, array in outputs.items():

@@ -6,8 +6,8 @@ and an unreachable server with backoff, honouring the server's retry-after hint.
 from __future__ import annotations
 
 import asyncio
-import ssl
 import itertools
+import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -75,10 +75,21 @@ class RewardClient:
     wants one. Over https:// and grpcs://, `tls_ca_file` is the CA of the server's certificate
     (default: the system's) and `tls_cert_file`/`tls_key_file` this client's, for mutual TLS."""
 
-    def __init__(self, url: str = "http://127.0.0.1:8000", *, model: str | None = None, timeout_s: float = 60.0,
-                 retries: int = 5, backoff_s: float = 0.1, max_backoff_s: float = 10.0,
-                 transport: httpx.BaseTransport | None = None, api_key: str | None = None, tls_ca_file: str | None = None,
-                 tls_cert_file: str | None = None, tls_key_file: str | None = None):
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:8000",
+        *,
+        model: str | None = None,
+        timeout_s: float = 60.0,
+        retries: int = 5,
+        backoff_s: float = 0.1,
+        max_backoff_s: float = 10.0,
+        transport: httpx.BaseTransport | None = None,
+        api_key: str | None = None,
+        tls_ca_file: str | None = None,
+        tls_cert_file: str | None = None,
+        tls_key_file: str | None = None,
+    ):
         self.model = model
         self._transport = _transport(url, timeout_s, transport, asynchronous=False, api_key=api_key,
                                      tls=Tls(tls_ca_file, tls_cert_file, tls_key_file))
@@ -99,7 +110,9 @@ class RewardClient:
     def score(self, items: Sequence[Any], **options: Unpack[ScoreOptions]) -> ScoreResponse:
         return self._call(*Calls.score(items, **options))
 
-    def compare(self, prompt: str | None, responses: Sequence[Any], **options: Unpack[CompareOptions]) -> CompareResponse:
+    def compare(
+        self, prompt: str | None, responses: Sequence[Any], **options: Unpack[CompareOptions]
+    ) -> CompareResponse:
         return self._call(*Calls.compare(prompt, responses, **options))
 
     def rerank(self, query: str | None, documents: Sequence[Any], **options: Unpack[RerankOptions]) -> RerankResponse:
@@ -124,10 +137,21 @@ class RewardClient:
 class AsyncRewardClient:
     """RewardClient's asyncio twin: the same arguments, awaitable methods."""
 
-    def __init__(self, url: str = "http://127.0.0.1:8000", *, model: str | None = None, timeout_s: float = 60.0,
-                 retries: int = 5, backoff_s: float = 0.1, max_backoff_s: float = 10.0,
-                 transport: httpx.AsyncBaseTransport | None = None, api_key: str | None = None, tls_ca_file: str | None = None,
-                 tls_cert_file: str | None = None, tls_key_file: str | None = None):
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:8000",
+        *,
+        model: str | None = None,
+        timeout_s: float = 60.0,
+        retries: int = 5,
+        backoff_s: float = 0.1,
+        max_backoff_s: float = 10.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        api_key: str | None = None,
+        tls_ca_file: str | None = None,
+        tls_cert_file: str | None = None,
+        tls_key_file: str | None = None,
+    ):
         self.model = model
         self._transport = _transport(url, timeout_s, transport, asynchronous=True, api_key=api_key,
                                      tls=Tls(tls_ca_file, tls_cert_file, tls_key_file))

@@ -70,7 +70,9 @@ async def _score_inputs(scorer: Scorer, body: VllmRequest, input: VllmInput | No
 
 
 class _InputRequest(VllmRequest):
-    input: VllmInput | None = Field(None, description="text(s) as they are (markers and templates included), or token ids")
+    input: VllmInput | None = Field(
+        None, description="text(s) as they are (markers and templates included), or token ids"
+    )
     messages: list[VllmMessage] | None = Field(None, min_length=1, description="or: one conversation")
     add_special_tokens: bool | None = Field(None, description="input: add BOS and the like (default true)")
 
@@ -197,7 +199,9 @@ class VllmScoreRequest(VllmRequest):
     def pairs(self) -> tuple[str, str, list[str], list[str]]:
         """(first name, second name, prompts, responses), one prompt per response."""
         given = [(a, b) for a, b in SCORE_PAIRS if getattr(self, a) is not None and getattr(self, b) is not None]
-        stray = [n for pair in SCORE_PAIRS for n in pair if getattr(self, n) is not None and not any(n in g for g in given)]
+        stray = [
+            n for pair in SCORE_PAIRS for n in pair if getattr(self, n) is not None and not any(n in g for g in given)
+        ]
         if len(given) != 1 or stray:
             raise APIError(422, "invalid_request", "give one pair: queries + documents, queries + items, "
                            "data_1 + data_2 or text_1 + text_2", (stray or ["queries"])[0])

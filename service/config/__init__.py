@@ -14,8 +14,16 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDic
 
 from service.config.flat import ENV_NESTED_DELIMITER, ENV_PREFIX, FlatEnv, Nested
 from service.config.model import BUILTIN_DIR, DEFAULT_MODELS, ModelConfig
-from service.config.sections import (AuthSettings, BatchingSettings, CacheSettings, CanarySettings, DriftSettings,
-                                     QueueSettings, ServerSettings, TlsSettings)
+from service.config.sections import (
+    AuthSettings,
+    BatchingSettings,
+    CacheSettings,
+    CanarySettings,
+    DriftSettings,
+    QueueSettings,
+    ServerSettings,
+    TlsSettings,
+)
 
 __all__ = ["BUILTIN_DIR", "CONFIG_ENV", "DEFAULT_MODELS", "ModelConfig", "Settings", "load_settings"]
 

@@ -10,8 +10,16 @@ import logging
 from pydantic import BaseModel, create_model
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from service.config.sections import (AuthSettings, BatchingSettings, CacheSettings, CanarySettings, DriftSettings,
-                                     QueueSettings, ServerSettings, TlsSettings)
+from service.config.sections import (
+    AuthSettings,
+    BatchingSettings,
+    CacheSettings,
+    CanarySettings,
+    DriftSettings,
+    QueueSettings,
+    ServerSettings,
+    TlsSettings,
+)
 
 ENV_PREFIX = "REWARDSERVE_"
 ENV_NESTED_DELIMITER = "__"

@@ -25,7 +25,8 @@ SCALARS = {str: "string", int: "integer", float: "number", bool: "boolean", dict
 INTRO = """\
 # Configuration reference
 
-<!-- Generated from the settings schema (service/config/): `python -m service.config.reference > docs/configuration.md`. -->
+<!-- Generated from the settings schema (service/config/): \
+`python -m service.config.reference > docs/configuration.md`. -->
 
 The server reads a YAML file (`rewardserve serve --config FILE`, or the path in
 `REWARDSERVE_CONFIG`); environment variables override it, and `serve`'s `--host` and

@@ -17,7 +17,6 @@ from service.engine.runner import ItemError
 from service.engine.scheduler import ItemTimeout
 from service.protocol.errors import field_path, led_by_field
 
-
 MAX_MESSAGE_CHARS = 1000  # an error message quoting a huge input says where it was cut
 
 

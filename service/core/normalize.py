@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import replace
+
 from models.heads import RewardOutput
 from models.spec import Moments, ReferenceStats, RewardSpec
 from service.core.errors import APIError

@@ -120,9 +120,16 @@ async def rerank_documents(scorer: Scorer, body: RerankRequest) -> RerankRespons
             dimensions=out.dimensions, gating_weights=out.gating_weights, step_rewards=out.step_rewards,
             pareto_rank=ranked.pareto_rank, num_tokens=out.num_tokens, truncated=out.truncated))
     return RerankResponse(
-        id=f"rerank-{uuid.uuid4().hex}", model=scored.model, revision=scored.revision, kind=scored.kind,
-        normalized=scored.normalized, aggregation=ranking.aggregation, weights=ranking.weights,
-        pareto_front=ranking.pareto_front, results=results, usage=RerankUsage(prompt_tokens=scored.total_tokens, total_tokens=scored.total_tokens),
+        id=f"rerank-{uuid.uuid4().hex}",
+        model=scored.model,
+        revision=scored.revision,
+        kind=scored.kind,
+        normalized=scored.normalized,
+        aggregation=ranking.aggregation,
+        weights=ranking.weights,
+        pareto_front=ranking.pareto_front,
+        results=results,
+        usage=RerankUsage(prompt_tokens=scored.total_tokens, total_tokens=scored.total_tokens),
     )
 
 
@@ -148,6 +155,12 @@ async def score_steps(scorer: Scorer, body: StepsRequest) -> StepsResponse:
         results.append(StepsResult(index=i, score=out.score, step_rewards=out.step_rewards,
                                    first_below=None if below is None else offset + below, step_offset=offset,
                                    num_tokens=out.num_tokens, truncated=out.truncated))
-    return StepsResponse(model=scored.model, revision=scored.revision, aggregate=default_aggregate(spec, body.aggregate),
-                         threshold=threshold, normalized=scored.normalized, results=results,
-                         usage=Usage(total_tokens=scored.total_tokens))
+    return StepsResponse(
+        model=scored.model,
+        revision=scored.revision,
+        aggregate=default_aggregate(spec, body.aggregate),
+        threshold=threshold,
+        normalized=scored.normalized,
+        results=results,
+        usage=Usage(total_tokens=scored.total_tokens),
+    )

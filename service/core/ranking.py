@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
 import numpy as np
 
 from models.heads import RewardOutput
@@ -113,8 +114,12 @@ def resolve_aggregation(dimensions: list[str] | None, aggregation: Aggregation |
             raise APIError(422, "invalid_request", "weights apply to multi-objective models only", "weights")
         for name in weights:
             if name not in dimensions:
-                raise APIError(422, "invalid_request",
-                               f"unknown dimension {name!r}; the model's dimensions are {dimensions}", f"weights.{name}")
+                raise APIError(
+                    422,
+                    "invalid_request",
+                    f"unknown dimension {name!r}; the model's dimensions are {dimensions}",
+                    f"weights.{name}",
+                )
     if chosen == "weights" and not weights:
         raise APIError(422, "invalid_request", "aggregation 'weights' needs weights", "weights")
     if chosen == "pareto" and dimensions is None:

@@ -108,7 +108,7 @@ class ModelRunner:
             self._measure_warm_forward(model)
             if config.serve_graph:  # its tensors' shapes, read off one forward before any request runs
                 _ = model.graph_contract
-        except Exception as err:  # a model that fails to load must not take the others down
+        except Exception as err:  # noqa: BLE001 - a model that fails to load must not take the others down
             self.status, self.error = "failed", f"{type(err).__name__}: {err}"
             log.error("model %s failed to load: %s", self.name, self.error)
             return
@@ -213,13 +213,17 @@ class ModelRunner:
             keys = {i: cache_key(self.name, self.model.revision, encoded[i]) for i in todo}
             if cache_mode == CacheMode.use:
                 dimensions = self.model.info.dimensions
-                for index, (blob, _) in zip(todo, await self.cache.get_many(list(keys.values()), self.config.cache_ttl_s)):
+                for index, (blob, _) in zip(
+                    todo, await self.cache.get_many(list(keys.values()), self.config.cache_ttl_s)
+                ):
                     results[index] = decode_output(blob, dimensions) if blob is not None else None
         misses = [i for i in todo if results[i] is None]
         if len(misses) < len(todo):
             self.observer.cache_hits(len(todo) - len(misses), time.perf_counter() - started)
         timeout_s = None if deadline is None else deadline - time.monotonic()
-        outputs = await self.scheduler.submit([encoded[i] for i in misses], priority, timeout_s, ticket) if misses else []
+        outputs = (
+            await self.scheduler.submit([encoded[i] for i in misses], priority, timeout_s, ticket) if misses else []
+        )
         self.observer.scheduled(outputs)
         returned = time.perf_counter()
         for index, output in zip(misses, outputs):

@@ -34,7 +34,7 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
         sent = None
         while True:
             async with self._changed:
-                await self._changed.wait_for(lambda: self._status(request.service) != sent)
+                await self._changed.wait_for(lambda sent=sent: self._status(request.service) != sent)
                 sent = self._status(request.service)
             await context.write(Status(status=sent))
             if self._draining:  # the last change: a watch left open would hold the drain for its whole grace

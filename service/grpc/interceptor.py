@@ -16,7 +16,6 @@ from service.core.errors import APIError
 from service.grpc.calls import abort
 from service.monitoring.metrics import Metrics, task_labels
 
-
 METHOD_KINDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")  # request_response
 
 

@@ -98,7 +98,9 @@ def error_message(err: APIError) -> pb.Error:
 
 def model_card(card: ModelCard) -> pb.ModelCard:
     fields = card.model_dump(mode="json", exclude_none=True)
-    return pb.ModelCard(**{name: value for name, value in fields.items() if name in pb.ModelCard.DESCRIPTOR.fields_by_name})
+    return pb.ModelCard(
+        **{name: value for name, value in fields.items() if name in pb.ModelCard.DESCRIPTOR.fields_by_name}
+    )
 
 
 # ---- the operations: the core's own, so HTTP and gRPC score and rank alike -------------

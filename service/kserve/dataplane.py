@@ -115,7 +115,7 @@ class DataPlane:
                 outputs, parameters = await inference.infer(self.scorer, served, request)
         except APIError:
             raise
-        except Exception as err:  # noqa: BLE001 - reported as 500
+        except Exception as err:  # reported as 500
             raise unexpected(err) from err
         return InferResponse(served.name, VERSION, outputs, parameters, request.id)
 

@@ -159,7 +159,8 @@ async def infer(graph: GraphModel, tensors: dict[str, np.ndarray], requested: li
     rows, width = inputs["input_ids"].shape
     try:
         outputs = await graph.runner.run_forward(
-            lambda: backend({name: torch.tensor(array) for name, array in inputs.items()}), rows, rows * width, priority)
+            lambda: backend({name: torch.tensor(array) for name, array in inputs.items()}), rows, rows * width, priority
+        )
     except QueueFull as err:
         raise APIError.from_queue_full(err) from err
     except Exception as err:

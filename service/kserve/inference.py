@@ -278,7 +278,9 @@ def output_names(runner: ModelRunner, requested: list[str] | None) -> list[str]:
     return requested or names
 
 
-def output_tensors(runner: ModelRunner, scored: Scored, requested: list[str] | None) -> list[tuple[TensorSpec, np.ndarray]]:
+def output_tensors(
+    runner: ModelRunner, scored: Scored, requested: list[str] | None
+) -> list[tuple[TensorSpec, np.ndarray]]:
     """The requested outputs (all, when None), in the order requested."""
     specs = {spec.name: spec for spec in output_specs(runner)}
     names = output_names(runner, requested)

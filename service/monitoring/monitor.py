@@ -10,8 +10,8 @@ from collections.abc import Awaitable
 
 from service.config import Settings
 from service.engine.registry import ModelRegistry
-from service.monitoring.canary import CanaryMonitor
 from service.monitoring.baseline import BASELINE_FILENAME
+from service.monitoring.canary import CanaryMonitor
 from service.monitoring.drift import DriftMonitor
 from service.monitoring.metrics import Metrics, ModelMetrics, StateCollector
 

@@ -126,8 +126,10 @@ class RerankRequest(RankingOptions):
     top_n: int | None = Field(None, ge=0, description="return the best n; default (or 0): all")
     return_documents: bool = Field(True, description="echo each text document in its result")
     aggregation: Aggregation | None = Field(
-        None, description="'model' (the model's score), 'weights' (sum of weights x dimensions) or 'pareto' "
-        "(Pareto fronts over the dimensions, then the aggregate); default: 'weights' when weights are given, else 'model'"
+        None,
+        description="'model' (the model's score), 'weights' (sum of weights x dimensions) or 'pareto' "
+        "(Pareto fronts over the dimensions, then the aggregate); default: 'weights' when weights are given, "
+        "else 'model'",
     )
     weights: dict[str, FiniteFloat] | None = Field(
         None, description="multi-objective: weight per dimension (others weigh 0)")

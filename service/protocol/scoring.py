@@ -65,7 +65,10 @@ def _item_form(value: Any) -> str | None:
 
 
 ScoreItem = Annotated[
-    Annotated[TextItem, Tag("text")] | Annotated[ChatItem, Tag("chat")] | Annotated[TokensItem, Tag("tokens")] | Annotated[StepsItem, Tag("steps")],
+    Annotated[TextItem, Tag("text")]
+    | Annotated[ChatItem, Tag("chat")]
+    | Annotated[TokensItem, Tag("tokens")]
+    | Annotated[StepsItem, Tag("steps")],
     Discriminator(
         _item_form,
         custom_error_type="invalid_item",
@@ -135,5 +138,7 @@ class ScoreResponse(BaseModel):
     revision: str
     kind: ModelKind
     normalized: bool | None = Field(None, description="true when scores are z-scores (else absent)")
-    results: list[ItemResult | FailedItem] = Field(description="per item in order; FailedItem only with on_item_error 'item'")
+    results: list[ItemResult | FailedItem] = Field(
+        description="per item in order; FailedItem only with on_item_error 'item'"
+    )
     usage: Usage

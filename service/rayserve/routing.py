@@ -14,8 +14,8 @@ from fastapi.responses import JSONResponse
 
 from service.config import Settings
 from service.engine.registry import model_aliases
-from service.http.errors import error_response
 from service.http.encoding import WBITS, content_encoding, inflate
+from service.http.errors import error_response
 from service.protocol.catalog import Health
 from service.rayserve.asgi import Call, Reply
 

@@ -291,7 +291,7 @@ BUILDERS = {
     "qwen2.5-math-prm": qwen25_math_prm,
     "math-shepherd": math_shepherd,
 }
-# reward models trained by OpenRLHF, served as its serve_rm serves them (tests/test_openrlhf.py)
+# reward models trained by OpenRLHF, served as its serve_rm serves them (tests/models/test_openrlhf.py)
 OPENRLHF_BUILDERS = {
     "openrlhf-llama3": openrlhf_llama3,
     "openrlhf-qwen2": openrlhf_qwen2,

@@ -99,7 +99,6 @@ def _sentencepiece(out: Path, filename: str, config: dict, pieces: dict[str, int
     """A SentencePiece model trained on a small corpus with a release's special pieces at
     their ids, saved as `filename` with `config` as tokenizer_config.json, loaded back."""
     import sentencepiece
-
     from tiny_models import CORPUS
 
     out.mkdir(parents=True, exist_ok=True)
