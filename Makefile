@@ -42,9 +42,11 @@ bench: install $(RAY_VENV)/.installed
 protos: install
 	$(PY) -m service.grpc.proto.build
 
-# the configuration reference, generated from the settings' schema (a test checks it is current)
+# the docs site (mkdocs.yml) with the configuration reference generated from the settings' schema
+# (tests check both: the reference is current, the site builds strict)
 docs: install
 	$(PY) -m service.config.reference > docs/configuration.md
+	$(VENV)/bin/mkdocs build --strict
 
 $(RAY_VENV)/.installed: pyproject.toml
 	python3 -m venv $(RAY_VENV)
