@@ -183,9 +183,11 @@ async def open_loop(http: Clients, requests: list[Request], arrivals_s: list[flo
 
 
 def arrivals(gaps: list[float], rate_per_s: float) -> list[float]:
-    """Arrival instants of a Poisson process at `rate_per_s`, from unit-rate gaps."""
+    """Arrival instants of a Poisson process at `rate_per_s`, from unit-rate gaps, the first
+    at 0: a run starts with its first request, not with an idle wait that a short time limit
+    (a slow machine's low rate, the quick plan's 8 s) could spend before anything is sent."""
     times, now = [], 0.0
     for gap in gaps:
-        now += gap / rate_per_s
         times.append(now)
+        now += gap / rate_per_s
     return times
