@@ -170,6 +170,8 @@ class RewardSpec(_Strict):
 
     @model_validator(mode="after")
     def _kind_section(self) -> RewardSpec:
+        if self.kind == ModelKind.pipeline:
+            raise ValueError("kind 'pipeline' is for configured pipelines (`pipelines:`), not a model's spec")
         if self.kind == ModelKind.multi_objective and self.multi_objective is None:
             raise ValueError("kind 'multi_objective' needs a multi_objective section")
         if self.kind == ModelKind.process and self.process is None:

@@ -41,7 +41,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        app.state.loading = asyncio.get_running_loop().run_in_executor(None, registry.load_all)
+        app.state.loading = asyncio.gather(asyncio.get_running_loop().run_in_executor(None, registry.load_all),
+                                           scorer.pipelines.start())
         grpc_server = None
         if settings.server.grpc_port:  # 0 turns gRPC off
             credentials = None
@@ -64,6 +65,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.drain = drain
         yield
         await monitor.stop()
+        await scorer.pipelines.close()
         if grpc_server is not None:
             await grpc_server.stop(settings.server.drain_grace_s)
         await registry.close()

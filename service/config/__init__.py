@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDic
 
 from service.config.flat import ENV_NESTED_DELIMITER, ENV_PREFIX, FlatEnv, Nested
 from service.config.model import BUILTIN_DIR, DEFAULT_MODELS, ModelConfig
+from service.config.pipeline import PipelineConfig
 from service.config.sections import (
     AuthSettings,
     BatchingSettings,
@@ -21,11 +22,12 @@ from service.config.sections import (
     CanarySettings,
     DriftSettings,
     QueueSettings,
+    RulesSettings,
     ServerSettings,
     TlsSettings,
 )
 
-__all__ = ["BUILTIN_DIR", "CONFIG_ENV", "DEFAULT_MODELS", "ModelConfig", "Settings", "load_settings"]
+__all__ = ["BUILTIN_DIR", "CONFIG_ENV", "DEFAULT_MODELS", "ModelConfig", "PipelineConfig", "Settings", "load_settings"]
 
 CONFIG_ENV = "REWARDSERVE_CONFIG"
 _config_file: ContextVar[str | None] = ContextVar("config_file", default=None)
@@ -37,7 +39,10 @@ class Settings(BaseSettings):
 
     models: list[ModelConfig] = Field(default_factory=lambda: list(DEFAULT_MODELS), description=(
         "the models to serve, each `{name, path, ...}` (below)"))
-    default_model: str | None = Field(None, description="model used when a request names none; default: the first")
+    pipelines: list[PipelineConfig] = Field(default_factory=list, description=(
+        "reward pipelines, each served like a model under its name (docs/pipelines.md)"))
+    default_model: str | None = Field(None, description=(
+        "model (or pipeline) used when a request names none; default: the first model"))
     server: ServerSettings = Field(default_factory=ServerSettings)
     tls: TlsSettings = Field(default_factory=TlsSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
@@ -46,6 +51,7 @@ class Settings(BaseSettings):
     cache: CacheSettings = Field(default_factory=CacheSettings)
     drift: DriftSettings = Field(default_factory=DriftSettings)
     canary: CanarySettings = Field(default_factory=CanarySettings)
+    rules: RulesSettings = Field(default_factory=RulesSettings)
 
     @field_validator("models")
     @classmethod
@@ -66,8 +72,23 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _default_is_served(self) -> Settings:
-        if self.default_model and self.default_model not in {m.name for m in self.models}:
-            raise ValueError(f"default_model {self.default_model!r} is not among the configured models")
+        served = {m.name for m in self.models} | {p.name for p in self.pipelines}
+        if self.default_model and self.default_model not in served:
+            raise ValueError(f"default_model {self.default_model!r} is not among the configured models and pipelines")
+        return self
+
+    @model_validator(mode="after")
+    def _pipelines_use_served_models(self) -> Settings:
+        models = {m.name for m in self.models}
+        taken = models | {a for m in self.models for a in m.aliases}
+        names = [p.name for p in self.pipelines]
+        for pipeline in self.pipelines:
+            if pipeline.name in taken or names.count(pipeline.name) > 1:
+                raise ValueError(f"pipeline name {pipeline.name!r} is taken by a model, an alias or another pipeline")
+            missing = sorted(pipeline.served_models - models)
+            if missing:
+                raise ValueError(f"pipeline {pipeline.name!r} uses {missing}, which are not among the configured "
+                                 f"models {sorted(models)}")
         return self
 
     @property

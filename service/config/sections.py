@@ -145,3 +145,12 @@ class CanarySettings(Section):
     tolerance_half: float = Field(0.05, gt=0, description=(
         "the same for bfloat16 and float16 models (their rounding moves scores by ~1e-2)"))
     min_spearman: float = Field(0.98, ge=-1, le=1, description="least rank correlation with the recorded scores")
+
+
+class RulesSettings(Section):
+    """The worker processes that run pipelines' rules and user functions, isolated from the
+    server: a call past its limit is killed and its worker replaced."""
+
+    workers: int = Field(2, ge=1, description="worker processes (started when a pipeline has a rule or function)")
+    timeout_s: float = Field(10.0, gt=0, description=(
+        "a rule or function call's wall-clock limit, unless its component sets its own"))

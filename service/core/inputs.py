@@ -8,6 +8,7 @@ import re
 from models.inputs import Chat, ScoreInput, StepsInput, TextPair, TokenIds
 from models.spec import RewardSpec
 from service.core.errors import APIError
+from service.pipelines.rules import RuleInput
 from service.protocol.enums import ModelKind
 from service.protocol.ranking import Candidate
 from service.protocol.scoring import ChatItem, Message, ScoreItem, StepsItem, TextItem, TokensItem
@@ -24,6 +25,20 @@ def item_input(item: ScoreItem) -> ScoreInput:
     if isinstance(item, StepsItem):
         return StepsInput(item.prompt, tuple(item.steps))
     raise TypeError(f"not a score item: {type(item).__name__}")
+
+
+def rule_input(item: ScoreItem) -> RuleInput | None:
+    """What a pipeline's rules read of a /v1/score item: the response's text (a process item's
+    steps joined by blank lines, a chat's last message after the turn before it) and the
+    item's context; None for token ids, which carry no text."""
+    context = {"ground_truth": item.ground_truth, "data_source": item.data_source, "extra_info": item.extra_info}
+    if isinstance(item, TextItem):
+        return RuleInput(item.response, item.prompt, **context)
+    if isinstance(item, ChatItem):
+        return RuleInput(item.messages[-1].content, item.messages[-2].content, **context)
+    if isinstance(item, StepsItem):
+        return RuleInput("\n\n".join(item.steps), item.prompt, **context)
+    return None
 
 
 def split_steps(text: str, marker: str) -> tuple[str, ...]:

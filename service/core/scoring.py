@@ -15,14 +15,26 @@ from models.inputs import ScoreInput
 from models.spec import RewardSpec
 from service.config import Settings
 from service.core.errors import APIError, ItemNamer, renamed, status_message, validation_error
-from service.core.inputs import item_input
+from service.core.inputs import item_input, rule_input
 from service.core.normalize import reference_stats_for, zscore
 from service.engine.admission import QueueFull
 from service.engine.registry import ModelNotFound, ModelNotReady, ModelRegistry
 from service.engine.runner import ItemError, ModelRunner
+from service.pipelines.pipeline import ModelCall, Pipeline
+from service.pipelines.registry import PipelineSet
+from service.pipelines.rules import RuleInput
+from service.pipelines.values import ComponentFailed, PipelineOutput
 from service.protocol.catalog import ModelCard, ModelDetail, ModelList, ModelObject
 from service.protocol.enums import CacheMode, ModelKind, Normalize, OnItemError, Priority, StepAggregate, Truncate
-from service.protocol.scoring import FailedItem, ItemErrorDetail, ItemResult, ScoreRequest, ScoreResponse, Usage
+from service.protocol.scoring import (
+    ComponentResult,
+    FailedItem,
+    ItemErrorDetail,
+    ItemResult,
+    ScoreRequest,
+    ScoreResponse,
+    Usage,
+)
 
 
 @dataclass(frozen=True)
@@ -37,6 +49,7 @@ class ScoreJob:
     normalize: Normalize | None = None
     cache: CacheMode = CacheMode.use
     on_item_error: OnItemError = "request"
+    texts: tuple[RuleInput | None, ...] | None = None  # what a pipeline's rules read, per item
 
 
 @dataclass(frozen=True)
@@ -60,6 +73,17 @@ class Scorer:
     def __init__(self, registry: ModelRegistry, settings: Settings):
         self.registry = registry
         self.settings = settings
+        self.pipelines = PipelineSet(settings, registry)
+
+    def pipeline(self, name: str | None) -> Pipeline | None:
+        """The pipeline a request names (the default when None and the default is one), ready
+        to score (503 while it is not); None when the name is a model's."""
+        pipeline = self.pipelines.get(name or self.settings.default_model_name)
+        if pipeline is not None and (status := self.pipelines.status(pipeline.name)) != "ready":
+            error = self.pipelines.error(pipeline.name)
+            raise APIError(503, f"model_{status}", f"pipeline {pipeline.name!r} is {status}"
+                           + (f": {error}" if error else ""), "model")
+        return pipeline
 
     def runner(self, name: str | None, ready: bool = True) -> ModelRunner:
         """The runner of the model a request names (the default when None): 404 when no
@@ -69,19 +93,37 @@ class Scorer:
         except (ModelNotFound, ModelNotReady) as err:
             raise APIError.from_lookup(err) from None
 
+    @property
+    def statuses(self) -> dict[str, str]:
+        """Every served model's and pipeline's status."""
+        return self.registry.statuses | {name: self.pipelines.status(name) for name in self.pipelines.pipelines}
+
     def spec(self, name: str | None) -> RewardSpec:
         return self.runner(name).model.spec
 
     def model_cards(self) -> list[ModelCard]:
-        return [model_card(runner) for runner in self.registry.runners.values()]
+        return ([model_card(runner) for runner in self.registry.runners.values()]
+                + [self._pipeline_card(name) for name in self.pipelines.pipelines])
 
     def model_list(self) -> ModelList:
         objects = [self._model_object(runner, name)
                    for runner in self.registry.runners.values() for name in (runner.name, *runner.config.aliases)]
+        objects += [self._pipeline_object(name) for name in self.pipelines.pipelines]
         return ModelList(data=objects, models=self.model_cards())
+
+    def _pipeline_card(self, name: str) -> ModelCard:
+        status = self.pipelines.status(name)
+        return ModelCard(name=name, status=status, kind=ModelKind.pipeline, error=self.pipelines.error(name),
+                         revision=self.pipelines.revision(name) if status == "ready" else None,
+                         dimensions=[c.name for c in self.pipelines.pipelines[name].config.components])
+
+    def _pipeline_object(self, name: str) -> ModelObject:
+        return ModelObject(id=name, created=self.registry.created, root=f"pipeline:{name}")
 
     def model_detail(self, name: str) -> ModelDetail:
         """The model a request may call `name` (404 when none): its OpenAI object and card."""
+        if name in self.pipelines.pipelines:
+            return ModelDetail(**self._pipeline_object(name).__dict__, **self._pipeline_card(name).__dict__)
         try:
             runner = self.registry.find(name)
         except ModelNotFound:
@@ -99,6 +141,9 @@ class Scorer:
         limit = self.settings.server.max_items_per_request
         if len(job.inputs) > limit:
             raise APIError(422, "too_many_items", f"{len(job.inputs)} items; at most {limit} per request", "items")
+        pipeline = self.pipeline(job.model)
+        if pipeline is not None:
+            return await self._score_pipeline(pipeline, job)
         runner = self.runner(job.model)
         model = runner.model
         if job.aggregate is not None and model.spec.kind != ModelKind.process:
@@ -118,6 +163,35 @@ class Scorer:
         return Scored(runner.name, model.revision, model.spec.kind, outputs, normalized=stats is not None,
                       errors=errors)
 
+    async def _score_pipeline(self, pipeline: Pipeline, job: ScoreJob) -> Scored:
+        """Every item's reward from `pipeline`, its model components scored as this job's
+        items by each model (their per-item errors the components' errors)."""
+        for option in ("aggregate", "normalize"):
+            if getattr(job, option) not in (None, "none"):
+                raise APIError(422, "invalid_request", f"{option} is set per component in a pipeline's "
+                               "configuration, not per request", option)
+        texts = job.texts or (None,) * len(job.inputs)
+        if pipeline.reads_text:
+            for i, text in enumerate(texts):
+                if text is None:
+                    raise APIError(422, "invalid_request", f"pipeline {pipeline.name!r} has rules, which read text: "
+                                   "give the item as text, not token ids", f"items[{i}]")
+                if (missing := pipeline.missing_input(text)) is not None:
+                    raise APIError(422, "invalid_request", missing, f"items[{i}].ground_truth")
+
+        async def score_model(call: ModelCall) -> list:
+            scored = await self.score(dataclasses.replace(
+                job, model=call.model, aggregate=call.aggregate, normalize="zscore" if call.zscore else None,
+                on_item_error="item", texts=None))
+            return [scored.errors.get(i, out) for i, out in enumerate(scored.outputs)]
+
+        results = await pipeline.run(texts, score_model)
+        errors = {i: component_error(i, r) for i, r in enumerate(results) if isinstance(r, ComponentFailed)}
+        if errors and job.on_item_error == "request":
+            raise errors[min(errors)]
+        return Scored(pipeline.name, self.pipelines.revision(pipeline.name), ModelKind.pipeline,
+                      [None if i in errors else out for i, out in enumerate(results)], errors=errors)
+
     async def score_as(self, job: ScoreJob, name: ItemNamer, whole: str) -> Scored:
         """`score`, its errors naming the request's own fields (`name(i, rest)` for item i,
         `whole` for the list) instead of /v1/score's `items[i]`."""
@@ -132,6 +206,17 @@ def _finished(out: RewardOutput, aggregate: StepAggregate | None, stats) -> Rewa
     if aggregate is not None:
         out = out.with_step_aggregate(aggregate)
     return zscore(out, stats) if stats is not None else out
+
+
+def component_error(index: int, failed: ComponentFailed) -> APIError:
+    """An item's error when its pipeline component failed: a model's own error (its status,
+    its field), a rule's timeout (504) or failure (500)."""
+    cause = failed.cause
+    if isinstance(cause, APIError):
+        return APIError(cause.status, cause.code, f"component {failed.component!r}: {cause.message}", cause.field)
+    if failed.status == "timeout":
+        return APIError(504, "component_timeout", f"items[{index}]: {failed}", f"items[{index}]")
+    return APIError(500, "component_failed", f"items[{index}]: {failed}", f"items[{index}]")
 
 
 def model_card(runner: ModelRunner) -> ModelCard:
@@ -160,7 +245,8 @@ def score_job(body: ScoreRequest, deadline_ms: float | None = None) -> ScoreJob:
     options = {name: getattr(body, name) for name in _JOB_OPTIONS if name in type(body).model_fields}
     if deadline_ms is not None and (options.get("timeout_ms") is None or deadline_ms < options["timeout_ms"]):
         options["timeout_ms"] = deadline_ms
-    return ScoreJob(inputs=[item_input(item) for item in body.items], **options)
+    return ScoreJob(inputs=[item_input(item) for item in body.items],
+                    texts=tuple(rule_input(item) for item in body.items), **options)
 
 
 def score_response(scored: Scored) -> ScoreResponse:
@@ -173,9 +259,14 @@ def score_response(scored: Scored) -> ScoreResponse:
 
 
 def item_result(index: int, out: RewardOutput) -> ItemResult:
+    pipeline = out if isinstance(out, PipelineOutput) else None
     return ItemResult(index=index, score=out.score, dimensions=out.dimensions, gating_weights=out.gating_weights,
                       step_rewards=out.step_rewards, num_tokens=out.num_tokens, truncated=out.truncated,
-                      cached=out.cached or None)
+                      cached=out.cached or None,
+                      components=pipeline and {name: ComponentResult(value=v.value, status=v.status, message=v.message,
+                                                                     spread=v.spread)
+                                               for name, v in pipeline.components.items()},
+                      uncertainty=pipeline and pipeline.uncertainty)
 
 
 def failed_item(index: int, err: APIError) -> FailedItem:

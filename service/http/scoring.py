@@ -63,7 +63,7 @@ async def live() -> Health:
 @router.get("/health/ready", response_model=Health, responses={503: {"model": Health}})
 @router.head("/health/ready", include_in_schema=False)
 async def ready(request: Request):
-    health = Health.of(request.app.state.registry.statuses)
+    health = Health.of(request.app.state.scorer.statuses)
     if health.status == "ready":
         return health
     return JSONResponse(status_code=503, content=health.model_dump())

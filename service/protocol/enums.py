@@ -11,6 +11,7 @@ class ModelKind(str, Enum):
     scalar = "scalar"
     multi_objective = "multi_objective"
     process = "process"
+    pipeline = "pipeline"  # served pipelines only: no model has this kind
 
 
 class StepAggregate(str, Enum):

@@ -3,7 +3,7 @@ validates with the same models, so an input gets the same error by every protoco
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictInt, Tag
 
@@ -16,7 +16,16 @@ class Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class TextItem(Body):
+class Context(Body):
+    """What a pipeline's verifiable rules and user functions read beside the text (veRL's
+    reward function arguments); models ignore it."""
+
+    ground_truth: Any = Field(None, description="the reference answer (OpenRLHF's `labels`), any JSON value")
+    data_source: str | None = Field(None, description="the data set the item comes from (veRL's data_source)")
+    extra_info: dict[str, Any] | None = Field(None, description="anything else a user function reads")
+
+
+class TextItem(Context):
     """A prompt and the response to score."""
 
     prompt: str
@@ -28,14 +37,14 @@ class Message(Body):
     content: str
 
 
-class ChatItem(Body):
+class ChatItem(Context):
     """A conversation ending with the assistant response to score; rendered with the
     model's chat template when it has one."""
 
     messages: list[Message] = Field(min_length=2)
 
 
-class TokensItem(Body):
+class TokensItem(Context):
     """Pre-tokenized input. `prompt_length` (leading prompt tokens) is needed by models
     that gate on the prompt."""
 
@@ -43,7 +52,7 @@ class TokensItem(Body):
     prompt_length: int | None = Field(None, ge=1)
 
 
-class StepsItem(Body):
+class StepsItem(Context):
     """A problem and its solution as reasoning steps, for process reward models; the
     server inserts the model's step markers itself."""
 
@@ -102,6 +111,16 @@ class ScoreRequest(Body):
         "and the other items their scores"))
 
 
+class ComponentResult(BaseModel):
+    """One pipeline component's value for an item, and whether it was computed."""
+
+    value: float | None = Field(description="after its transforms; under on_component_error 'default' a failed "
+                                "component's default")
+    status: Literal["ok", "timeout", "error"]
+    message: str | None = Field(None, description="why it is not ok")
+    spread: float | None = Field(None, description="an ensemble's standard deviation across its models")
+
+
 class ItemResult(BaseModel):
     index: int
     score: float = Field(description="the aggregate reward")
@@ -111,6 +130,9 @@ class ItemResult(BaseModel):
     num_tokens: int
     truncated: bool
     cached: bool | None = Field(None, description="true when served from the result cache (else absent)")
+    components: dict[str, ComponentResult] | None = Field(None, description="pipelines: every component's value")
+    uncertainty: float | None = Field(None, description=(
+        "pipelines with ensembles: the spread of the reward (the weighted ensemble spreads, in quadrature)"))
 
 
 class ItemErrorDetail(BaseModel):

@@ -1,0 +1,77 @@
+"""The configured pipelines and the worker pool their rules run in: started with the server,
+each ready once its models are and its user functions import in a worker."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+
+from service.config import Settings
+from service.config.pipeline import PythonComponent
+from service.engine.registry import ModelRegistry
+from service.pipelines.pipeline import Pipeline
+from service.pipelines.workers import RulePool
+
+log = logging.getLogger("rewardserve")
+
+
+class PipelineSet:
+    def __init__(self, settings: Settings, models: ModelRegistry):
+        self.models = models
+        tokenizer_paths = {m.name: str(m.resolved_path) for m in settings.models}
+        reads_text = any(c.type in ("rule", "python") for p in settings.pipelines for c in p.components)
+        self.pool = RulePool(settings.rules.workers) if reads_text else None
+        self.pipelines = {p.name: Pipeline(p, self.pool, settings.rules.timeout_s, tokenizer_paths)
+                          for p in settings.pipelines}
+        self.errors: dict[str, str] = {}
+        self.started = False
+
+    def get(self, name: str | None) -> Pipeline | None:
+        return self.pipelines.get(name) if name is not None else None
+
+    async def start(self) -> None:
+        """Starts the worker pool and resolves every user function in it: a pipeline whose
+        pool or function fails is failed, with the reason."""
+        if self.pool is not None:
+            try:
+                await self.pool.start()
+            except Exception as err:  # noqa: BLE001 - every pipeline that needs the pool reports it
+                self.errors |= {name: f"the rule worker pool did not start: {err}"
+                                for name, p in self.pipelines.items() if p.reads_text}
+        for name, pipeline in self.pipelines.items():
+            for c in pipeline.config.components:
+                if isinstance(c, PythonComponent) and name not in self.errors:
+                    try:
+                        await self.pool.check_python(c.function, c.timeout_s or pipeline.default_timeout_s)
+                    except ValueError as err:
+                        self.errors[name] = f"component {c.name!r}: {err}"
+        for name, error in self.errors.items():
+            log.error("pipeline %s failed: %s", name, error)
+        self.started = True
+
+    def status(self, name: str) -> str:
+        """failed (itself or a model it uses), loading (until it and its models are up), ready."""
+        models = [self.models.runners[m].status for m in self.pipelines[name].config.served_models]
+        if name in self.errors or "failed" in models:
+            return "failed"
+        return "ready" if self.started and all(s == "ready" for s in models) else "loading"
+
+    def error(self, name: str) -> str | None:
+        if name in self.errors:
+            return self.errors[name]
+        failed = [m for m in sorted(self.pipelines[name].config.served_models)
+                  if self.models.runners[m].status == "failed"]
+        return f"its model {failed[0]!r} failed to load: {self.models.runners[failed[0]].error}" if failed else None
+
+    def revision(self, name: str) -> str:
+        """sha256 over the pipeline's configuration and its models' revisions: a change to
+        either is a new revision."""
+        pipeline = self.pipelines[name]
+        models = {m: self.models.runners[m].model.revision for m in sorted(pipeline.config.served_models)}
+        text = json.dumps([pipeline.config.model_dump(mode="json"), models], sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    async def close(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
