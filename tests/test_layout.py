@@ -22,12 +22,13 @@ MAX_LINES = 400
 # Each part of service/ (a subpackage, or a top-level module) and the parts it may import.
 LAYERS = {
     "protocol": set(),
-    "config": set(),
+    "config": {"protocol"},
     "engine": {"config", "protocol"},
-    "core": {"config", "engine", "protocol"},
-    "monitoring": {"config", "engine", "core", "protocol"},
+    "pipelines": {"config", "engine", "protocol"},
+    "core": {"config", "engine", "pipelines", "protocol"},
+    "monitoring": {"config", "engine", "pipelines", "core", "protocol"},
     "kserve": {"config", "engine", "core", "protocol"},
-    "compat": {"config", "engine", "core", "protocol"},
+    "compat": {"config", "engine", "pipelines", "core", "protocol"},
     "http": {"config", "engine", "core", "monitoring", "kserve", "compat", "protocol"},
     "grpc": {"config", "engine", "core", "monitoring", "kserve", "protocol"},
     "app": {"config", "engine", "core", "monitoring", "http", "grpc", "protocol"},
@@ -38,7 +39,7 @@ LAYERS = {
 }
 TRANSPORTS = ("http", "grpc")
 WIRE_LIBRARIES = ("fastapi", "starlette", "uvicorn", "grpc", "grpc_health", "tritonclient")
-WIRE_FREE = ("protocol", "config", "engine", "core", "monitoring", "kserve", "compat")
+WIRE_FREE = ("protocol", "config", "engine", "pipelines", "core", "monitoring", "kserve", "compat")
 # What the wire protocol may import (beside itself), and what importing the client must not
 # load: a trainer's process takes the client without the server's stack.
 PROTOCOL_IMPORTS = {"__future__", "enum", "typing", "pydantic"}

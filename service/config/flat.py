@@ -17,6 +17,7 @@ from service.config.sections import (
     CanarySettings,
     DriftSettings,
     QueueSettings,
+    RulesSettings,
     ServerSettings,
     TlsSettings,
 )
@@ -26,6 +27,7 @@ ENV_NESTED_DELIMITER = "__"
 SECTIONS: dict[str, type[BaseModel]] = {
     "server": ServerSettings, "tls": TlsSettings, "auth": AuthSettings, "batching": BatchingSettings,
     "queue": QueueSettings, "cache": CacheSettings, "drift": DriftSettings, "canary": CanarySettings,
+    "rules": RulesSettings,
 }
 log = logging.getLogger("rewardserve")
 

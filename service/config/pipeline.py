@@ -19,26 +19,35 @@ class _Strict(BaseModel):
 
 
 class Raw(_Strict):
+    """The value as it is."""
+
     type: Literal["raw"] = "raw"
 
 
 class Sigmoid(_Strict):
+    """1 / (1 + e^-value): a logit as a probability."""
+
     type: Literal["sigmoid"] = "sigmoid"
 
 
 class ZScore(_Strict):
-    """Against the model's reference statistics: model and ensemble components only."""
+    """Against the model's reference statistics; first, on model components only (an
+    ensemble takes `normalize: zscore`)."""
 
     type: Literal["zscore"] = "zscore"
 
 
 class Clip(_Strict):
+    """The value kept within [low, high] (either may be left out)."""
+
     type: Literal["clip"] = "clip"
     low: float | None = None
     high: float | None = None
 
 
 class Affine(_Strict):
+    """scale * value + shift."""
+
     type: Literal["affine"] = "affine"
     scale: float = 1.0
     shift: float = 0.0
@@ -87,7 +96,7 @@ class RuleComponent(_Component):
     """A built-in verifiable rule, run in the isolated worker pool."""
 
     type: Literal["rule"]
-    rule: Literal[RULES] = Field(description=", ".join(RULES))
+    rule: Literal[RULES] = Field(description="which built-in rule (pipelines.md describes each and its params)")
     params: dict = Field(default_factory=dict, description="the rule's parameters (docs/pipelines.md)")
     timeout_s: float | None = Field(None, gt=0, description="per-call limit; default: rules.timeout_s")
 
@@ -107,10 +116,10 @@ Component = Annotated[ModelComponent | EnsembleComponent | RuleComponent | Pytho
 class Gate(_Strict):
     """When `component`'s value is below `below` (or above `above`), the reward is `reward`."""
 
-    component: str
-    below: float | None = None
-    above: float | None = None
-    reward: float
+    component: str = Field(description="a component's name")
+    below: float | None = Field(None, description="closes when the component's value is below this")
+    above: float | None = Field(None, description="closes when the component's value is above this")
+    reward: float = Field(description="the reward when it closes")
 
     @model_validator(mode="after")
     def _one_bound(self) -> Gate:
@@ -124,7 +133,7 @@ class Gate(_Strict):
 
 class PipelineConfig(_Strict):
     name: str = Field(pattern=NAME, description="the name requests give as `model`")
-    components: list[Component] = Field(min_length=1)
+    components: list[Component] = Field(min_length=1, description="what the reward is made of (below)")
     gates: list[Gate] = Field(default_factory=list, description="checked in order; the first that closes wins")
     on_component_error: Literal["fail", "default"] = Field("fail", description=(
         "a component that errs or times out: 'fail' its item, or 'default': take `default_value` (its status "

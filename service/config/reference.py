@@ -4,6 +4,7 @@ checks the committed file is what this prints)."""
 
 from __future__ import annotations
 
+import enum
 import inspect
 import json
 import types
@@ -17,6 +18,7 @@ from models.backends.config import BackendConfig
 from service.config import DEFAULT_MODELS, ModelConfig, Settings
 from service.config.flat import FLAT_KEYS, SECTIONS, env_name
 from service.config.model import FLAT_BACKEND_KEYS
+from service.config.pipeline import Component, Gate, PipelineConfig, Transform
 from service.config.sections import ServerSettings
 
 SCALARS = {str: "string", int: "integer", float: "number", bool: "boolean", dict: "mapping", Path: "path",
@@ -61,7 +63,7 @@ def type_name(annotation) -> str:
         return type_name(args[0])
     if origin in (typing.Union, types.UnionType):
         if all(isinstance(arg, type) and issubclass(arg, BaseModel) for arg in args):
-            return "mapping, one of the backends below"
+            return "mapping, told apart by `type` (below)"
         return " or ".join(type_name(arg) for arg in args)
     if origin is typing.Literal:
         return "one of " + ", ".join(f"`{value}`" for value in args)
@@ -74,6 +76,8 @@ def type_name(annotation) -> str:
         return f"mapping ({named} to {type_name(args[1])})"
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return "mapping"
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return "one of " + ", ".join(f"`{member.value}`" for member in annotation)
     return SCALARS[annotation]
 
 
@@ -108,12 +112,35 @@ def field_rows(model: type[BaseModel], prefix: str, with_env: bool, skip: tuple[
     return rows
 
 
+def pipeline_parts() -> list[str]:
+    """A pipeline's keys, its components' by `type`, its transforms' and its gates'."""
+    columns = ("key", "type", "default", "description")
+    parts = ["## `pipelines`: one entry per pipeline\n\nIn the file, a list under `pipelines`; in the environment, "
+             "all of it as one JSON list in `REWARDSERVE_PIPELINES`. How they work: [pipelines](pipelines.md).\n",
+             table(field_rows(PipelineConfig, "", False), columns),
+             "## A pipeline's `components`\n\nTold apart by `type`.\n"]
+    for component in typing.get_args(typing.get_args(Component)[0]):
+        kind = typing.get_args(component.model_fields["type"].annotation)[0]
+        parts += [f"### `type: {kind}`\n\n{inspect.getdoc(component)}\n",
+                  table(field_rows(component, "", False, skip=("type",)), columns)]
+    parts.append("## A component's `transform`\n\nOne, or a list applied in order; one without keys may be given "
+                 "by its name (`transform: sigmoid`).\n")
+    parts.append(table([(f"`{t.model_fields['type'].default}`",
+                         ", ".join(f"`{k}`" for k in t.model_fields if k != "type") or "none",
+                         inspect.getdoc(t) if t.__doc__ else "")
+                        for t in typing.get_args(typing.get_args(Transform)[0])], ("type", "keys", "note")))
+    parts += [f"## A pipeline's `gates`\n\n{inspect.getdoc(Gate)}\n", table(field_rows(Gate, "", False), columns)]
+    return parts
+
+
 def render() -> str:
     header = ("key", "type", "default", "environment", "description")
     parts = [INTRO.format(server=ServerSettings()), "## Top level\n", table([
         ("`models`", "list of models (below)", "the embedded models: " + ", ".join(m.name for m in DEFAULT_MODELS),
          "`REWARDSERVE_MODELS`", Settings.model_fields["models"].description),
-        *field_rows(Settings, "", True, skip=("models", *SECTIONS)),
+        ("`pipelines`", "list of pipelines (below)", "`[]`", "`REWARDSERVE_PIPELINES`",
+         Settings.model_fields["pipelines"].description),
+        *field_rows(Settings, "", True, skip=("models", "pipelines", *SECTIONS)),
     ], header)]
     for section, model in SECTIONS.items():
         parts += [f"## `{section}`\n\n{inspect.getdoc(model)}\n", table(field_rows(model, f"{section}.", True), header)]
@@ -126,6 +153,7 @@ def render() -> str:
         parts += [f"### `type: {kind}`\n\n{inspect.getdoc(backend)}\n",
                   table(field_rows(backend, "backend.", False, skip=("type",)), ("key", "type", "default",
                                                                                   "description"))]
+    parts += pipeline_parts()
     parts += ["## Keys of earlier releases\n\nThe flat keys of earlier releases still work for this release, in the "
               "file and in the environment, each logging a warning that names its new key. A key given both ways "
               "in one place (the file, or the environment) is an error naming both; across places the usual order "
