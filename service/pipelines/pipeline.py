@@ -55,12 +55,12 @@ def model_calls(component: Component) -> list[ModelCall]:
 
 class Pipeline:
     def __init__(self, config: PipelineConfig, pool: RulePool | None, default_timeout_s: float,
-                 tokenizer_paths: dict[str, str] | None = None):
+                 tokenizer_path: Callable[[str], str] = str):
         self.config = config
         self.name = config.name
         self.pool = pool
         self.default_timeout_s = default_timeout_s
-        self.tokenizer_paths = tokenizer_paths or {}  # served model name -> its directory, for `length`
+        self.tokenizer_path = tokenizer_path  # `length`'s tokenizer: a served model's name or a directory
         self.observer = PipelineObserver()  # service.monitoring installs the real one
         self.calls = list(dict.fromkeys(call for c in config.components for call in model_calls(c)))
 
@@ -111,7 +111,7 @@ class Pipeline:
         if isinstance(component, RuleComponent):
             params = dict(component.params)
             if component.rule == "length":
-                params["tokenizer"] = self.tokenizer_paths.get(params.get("tokenizer"), params.get("tokenizer"))
+                params["tokenizer"] = self.tokenizer_path(params.get("tokenizer") or self.calls[0].model)
             outcome = await self.pool.rule(component.rule, params, item, timeout_s)
         else:
             outcome = await self.pool.python(component.function, item, timeout_s)

@@ -19,13 +19,18 @@ log = logging.getLogger("rewardserve")
 class PipelineSet:
     def __init__(self, settings: Settings, models: ModelRegistry):
         self.models = models
-        tokenizer_paths = {m.name: str(m.resolved_path) for m in settings.models}
         reads_text = any(c.type in ("rule", "python") for p in settings.pipelines for c in p.components)
         self.pool = RulePool(settings.rules.workers) if reads_text else None
-        self.pipelines = {p.name: Pipeline(p, self.pool, settings.rules.timeout_s, tokenizer_paths)
+        self.pipelines = {p.name: Pipeline(p, self.pool, settings.rules.timeout_s, self.tokenizer_path)
                           for p in settings.pipelines}
         self.errors: dict[str, str] = {}
         self.started = False
+
+    def tokenizer_path(self, name: str) -> str:
+        """Where the served model `name` loaded its tokenizer from (a rule's worker loads it
+        there); any other name is taken for a tokenizer directory."""
+        runner = self.models.runners.get(name)
+        return runner.model.encoder.tokenizer.name_or_path if runner is not None and runner.model else name
 
     def get(self, name: str | None) -> Pipeline | None:
         return self.pipelines.get(name) if name is not None else None
