@@ -1,0 +1,148 @@
+"""The worker processes rules and user functions run in, so that one item's hang, endless
+loop or crash costs that item alone: each call has a wall-clock limit past which its worker
+is killed and replaced (pebble), and a worker that dies answers its item with an error.
+
+Workers start from a forkserver that has imported the rules (math-verify, transformers)
+once: the server's process holds torch threads and gRPC, which do not survive a fork, and a
+replacement worker forked from a warm server costs milliseconds, not a cold import."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Literal
+
+from pebble import ProcessExpired, ProcessPool
+
+from service.pipelines.rules import BUILTIN_RULES, RuleInput, call_python, math_verify, resolve_function
+
+log = logging.getLogger(__name__)
+
+PRELOAD = ["service.pipelines.rules"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One call's result: a value, or why there is none."""
+
+    status: Literal["ok", "timeout", "error"]
+    value: float | None = None
+    message: str | None = None  # for timeout and error: what happened, short
+    extras: dict[str, float] | None = None  # a user function's other numeric keys
+
+
+# ---- in the worker ------------------------------------------------------------------------
+
+
+def _warm_worker() -> None:
+    """Each worker's first math-verify call builds its parsers before a timed call can."""
+    # math-verify warns once that its own (signal-based) timeout is off: the pool's limit replaces it
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    math_verify(RuleInput(response="1", ground_truth="1"))
+
+
+def _rule(name: str, params: dict, item: RuleInput) -> tuple[float, None]:
+    return BUILTIN_RULES[name](item, **params), None
+
+
+def _check(function: str) -> tuple[None, None]:
+    resolve_function(function)
+    return None, None
+
+
+def _work(fn, *args) -> Outcome:
+    """Runs in a worker: an exception comes back as text, since a user's own exception class
+    may not unpickle in the server."""
+    try:
+        value, extras = fn(*args)
+    except Exception as error:  # noqa: BLE001 - any failure of one item is that item's error
+        return Outcome("error", message=f"{type(error).__name__}: {error}")
+    return Outcome("ok", value, extras=extras)
+
+
+# ---- in the server ------------------------------------------------------------------------
+
+
+def _died(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        return f"worker process killed by signal {-exitcode} ({signal.strsignal(-exitcode)})"
+    return f"worker process died (exit code {exitcode})"
+
+
+def _started_pool(workers: int) -> ProcessPool:
+    """A pool whose workers are up and warm (blocking: run in a thread)."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)  # only the first start of the forkserver reads it
+    pool = ProcessPool(max_workers=workers, initializer=_warm_worker, context=context)
+    for future in [pool.schedule(os.getpid) for _ in range(workers)]:
+        future.result()
+    return pool
+
+
+class RulePool:
+    """Runs rules and user functions in `workers` processes, each call under its own limit."""
+
+    def __init__(self, workers: int):
+        if workers < 1:
+            raise ValueError(f"a rule pool needs at least one worker, got {workers}")
+        self.workers = workers
+        self._pool: ProcessPool | None = None
+        self._restarting = asyncio.Lock()
+
+    async def start(self) -> None:
+        """Workers up and warm, so no timed call pays for an import."""
+        if self._pool is None:
+            self._pool = await asyncio.to_thread(_started_pool, self.workers)
+
+    async def rule(self, name: str, params: dict, item: RuleInput, timeout_s: float) -> Outcome:
+        if name not in BUILTIN_RULES:
+            raise ValueError(f"unknown rule {name!r}; one of {', '.join(BUILTIN_RULES)}")
+        return await self._call(timeout_s, _rule, name, params, item)
+
+    async def python(self, function: str, item: RuleInput, timeout_s: float) -> Outcome:
+        return await self._call(timeout_s, call_python, function, item)
+
+    async def check_python(self, function: str, timeout_s: float) -> None:
+        """Raises ValueError saying why `function` cannot be imported, found or called."""
+        outcome = await self._call(timeout_s, _check, function)
+        if outcome.status != "ok":
+            raise ValueError(f"{function!r}: {outcome.message.removeprefix('ValueError: ')}")
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.stop()
+            await asyncio.to_thread(pool.join)
+
+    async def _call(self, timeout_s: float, fn, *args) -> Outcome:
+        """One call in a worker; the limit counts from when a worker takes it."""
+        future = (await self._running()).schedule(_work, args=(fn, *args), timeout=timeout_s)
+        try:
+            return await asyncio.wrap_future(future)  # cancelling the caller cancels the task
+        except TimeoutError:
+            return Outcome("timeout", message=f"timed out after {timeout_s:g} s")
+        except ProcessExpired as expired:
+            return Outcome("error", message=_died(expired.exitcode))
+        except BrokenProcessPool as broken:
+            return Outcome("error", message=f"worker pool broke: {broken}")
+
+    async def _running(self) -> ProcessPool:
+        """The pool, started afresh if pebble gave up on it (as it does when a worker dies
+        while no task runs)."""
+        if self._pool is None:
+            raise RuntimeError("the rule pool is not started")
+        if not self._pool.active:
+            async with self._restarting:
+                if self._pool is not None and not self._pool.active:
+                    log.warning("rule worker pool broke; starting a new one")
+                    broken, self._pool = self._pool, await asyncio.to_thread(_started_pool, self.workers)
+                    broken.stop()
+                    await asyncio.to_thread(broken.join)
+        if self._pool is None:
+            raise RuntimeError("the rule pool is closed")
+        return self._pool
