@@ -42,6 +42,9 @@ class Outcome:
 
 def _warm_worker() -> None:
     """Each worker's first math-verify call builds its parsers before a timed call can."""
+    # killed past its limit, a worker stuck in C code dies at once (pebble's handler would
+    # wait for the interpreter, and pebble gives it 3 s before SIGKILL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # math-verify warns once that its own (signal-based) timeout is off: the pool's limit replaces it
     logging.getLogger("math_verify").setLevel(logging.ERROR)
     math_verify(RuleInput(response="1", ground_truth="1"))
@@ -130,6 +133,8 @@ class RulePool:
         """One call in a worker; the limit counts from when a worker takes it. A task that
         pebble aborts with its pool had not started (a pool breaks when a worker dies with no
         task running), so it is tried once more, on a fresh pool."""
+        if not timeout_s > 0:  # pebble reads 0 as no limit
+            raise ValueError(f"a call's limit must be positive, got {timeout_s}")
         for retries in (1, 0):
             future = (await self._running()).schedule(_work, args=(fn, *args), timeout=timeout_s)
             self._pending.add(future)
@@ -148,7 +153,7 @@ class RulePool:
         """The pool, started afresh if pebble gave up on it (as it does when a worker dies
         while no task runs)."""
         if self._pool is None:
-            raise RuntimeError("the rule pool is not started")
+            raise RuntimeError("the rule pool is not running (not started, or closed)")
         if not self._pool.active:
             async with self._restarting:
                 if self._pool is not None and not self._pool.active:
@@ -156,6 +161,4 @@ class RulePool:
                     broken, self._pool = self._pool, await asyncio.to_thread(_started_pool, self.workers)
                     broken.stop()
                     await asyncio.to_thread(broken.join)
-        if self._pool is None:
-            raise RuntimeError("the rule pool is closed")
         return self._pool
