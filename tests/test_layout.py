@@ -36,7 +36,6 @@ LAYERS = {
     "launcher": {"cli"},
     "rayserve": {"config", "engine", "core", "http", "app", "protocol"},
     "client": {"protocol", "grpc.proto"},
-    # rules and the worker pool run inside worker processes: nothing of the server's
 }
 TRANSPORTS = ("http", "grpc")
 WIRE_LIBRARIES = ("fastapi", "starlette", "uvicorn", "grpc", "grpc_health", "tritonclient")
