@@ -49,6 +49,18 @@ def split_steps(text: str, marker: str) -> tuple[str, ...]:
     return tuple(piece.strip() for piece in pieces if piece.strip())
 
 
+def input_for(spec: RewardSpec, item: ScoreInput) -> ScoreInput:
+    """`item` as a model of this kind reads it, for a pipeline whose models read differently:
+    a solution's steps joined by blank lines for a model that reads a response, a response cut
+    into steps (as `split_steps` cuts) for a process model."""
+    is_process = spec.kind == ModelKind.process
+    if isinstance(item, StepsInput) and not is_process:
+        return TextPair(item.prompt, "\n\n".join(item.steps))
+    if isinstance(item, TextPair) and is_process:
+        return StepsInput(item.prompt, split_steps(item.response, spec.process.marker))
+    return item
+
+
 def candidate_inputs(spec: RewardSpec, prompt: str | None, messages: list[Message] | None,
                      candidates: list[Candidate], prompt_field: str = "prompt") -> list[ScoreInput]:
     """Each candidate as the model layer scores it: with `prompt` a text pair (process

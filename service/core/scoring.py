@@ -15,7 +15,7 @@ from models.inputs import ScoreInput
 from models.spec import RewardSpec
 from service.config import Settings
 from service.core.errors import APIError, ItemNamer, renamed, status_message, validation_error
-from service.core.inputs import item_input, rule_input
+from service.core.inputs import input_for, item_input, rule_input
 from service.core.normalize import reference_stats_for, zscore
 from service.engine.admission import QueueFull
 from service.engine.registry import ModelNotFound, ModelNotReady, ModelRegistry
@@ -182,9 +182,10 @@ class Scorer:
                     raise APIError(422, "invalid_request", missing, f"items[{i}].ground_truth")
 
         async def score_model(call: ModelCall) -> list:
+            spec = self.spec(call.model)
             scored = await self.score(dataclasses.replace(
-                job, model=call.model, aggregate=call.aggregate, normalize="zscore" if call.zscore else None,
-                on_item_error="item", texts=None))
+                job, inputs=[input_for(spec, item) for item in job.inputs], model=call.model, aggregate=call.aggregate,
+                normalize="zscore" if call.zscore else None, on_item_error="item", texts=None))
             return [scored.errors.get(i, out) for i, out in enumerate(scored.outputs)]
 
         results = await pipeline.run(texts, score_model)
