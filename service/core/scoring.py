@@ -267,7 +267,7 @@ def item_result(index: int, out: RewardOutput) -> ItemResult:
                       step_rewards=out.step_rewards, num_tokens=out.num_tokens, truncated=out.truncated,
                       cached=out.cached or None,
                       components=pipeline and {name: ComponentResult(value=v.value, status=v.status, message=v.message,
-                                                                     spread=v.spread)
+                                                                     spread=v.spread, extras=v.extras)
                                                for name, v in pipeline.components.items()},
                       uncertainty=pipeline and pipeline.uncertainty)
 

@@ -153,7 +153,7 @@ class Pipeline:
         if gate is not None:
             reward = gate.reward
         spreads = [by_name[name].weight * v.spread for name, v in values.items() if v.spread is not None]
-        outputs = [scored[call][i] for call in self.calls]
+        outputs = [out for call in self.calls if isinstance(out := scored[call][i], RewardOutput)]
         return PipelineOutput(
             score=reward, dimensions={name: v.value for name, v in values.items()},
             num_tokens=sum(out.num_tokens for out in outputs), truncated=any(out.truncated for out in outputs),
@@ -177,4 +177,4 @@ def check_params(component: RuleComponent) -> None:
 def _from_outcome(outcome: Outcome, component: RuleComponent | PythonComponent) -> ComponentValue:
     if outcome.status != "ok":
         return ComponentValue(None, outcome.status, outcome.message)
-    return ComponentValue(transformed(outcome.value, component.transform))
+    return ComponentValue(transformed(outcome.value, component.transform), extras=outcome.extras)

@@ -10,8 +10,9 @@ import logging
 from service.config import Settings
 from service.config.pipeline import PythonComponent
 from service.engine.registry import ModelRegistry
-from service.pipelines.pipeline import Pipeline
+from service.pipelines.pipeline import Pipeline, model_calls
 from service.pipelines.workers import RulePool
+from service.protocol.enums import ModelKind
 
 log = logging.getLogger("rewardserve")
 
@@ -58,11 +59,34 @@ class PipelineSet:
         self.started = True
 
     def status(self, name: str) -> str:
-        """failed (itself or a model it uses), loading (until it and its models are up), ready."""
+        """failed (itself or a model it uses), loading (until it and its models are up), ready
+        (once its models, loaded, have what its components read)."""
         models = [self.models.runners[m].status for m in self.configs[name].served_models]
         if name in self.errors or "failed" in models:
             return "failed"
-        return "ready" if self.started and all(s == "ready" for s in models) else "loading"
+        if not (self.started and all(s == "ready" for s in models)):
+            return "loading"
+        if (problem := self._unfit_model(name)) is not None:
+            self.errors[name] = problem
+            log.error("pipeline %s failed: %s", name, problem)
+            return "failed"
+        return "ready"
+
+    def _unfit_model(self, name: str) -> str | None:
+        """What a loaded model lacks that a component reads of it: a dimension, step rewards
+        to aggregate, reference statistics to z-score against."""
+        for c in self.configs[name].components:
+            for call in model_calls(c):
+                model, spec = call.model, self.models.runners[call.model].model.spec
+                dims = spec.multi_objective.dimensions if spec.kind == ModelKind.multi_objective else []
+                if c.type == "model" and c.dimension is not None and c.dimension not in dims:
+                    return f"component {c.name!r}: model {model!r} has no dimension {c.dimension!r} (it has {dims})"
+                if c.type == "model" and c.aggregate is not None and spec.kind != ModelKind.process:
+                    return f"component {c.name!r}: aggregate is for process models; {model!r} is {spec.kind.value}"
+                if call.zscore and spec.reference_stats is None:
+                    return (f"component {c.name!r}: model {model!r} has no reference_stats to z-score against "
+                            "(`rewardserve calibrate` computes them)")
+        return None
 
     def error(self, name: str) -> str | None:
         if name in self.errors:

@@ -17,12 +17,14 @@ Status = Literal["ok", "timeout", "error"]
 class ComponentValue:
     """One component's value for one item; `message` says why when it is not ok (its value
     is then the pipeline's default, or None when the item failed); `spread` is an
-    ensemble's standard deviation across its models; `cause` a model's own error."""
+    ensemble's standard deviation across its models; `extras` a user function's other numbers;
+    `cause` a model's own error."""
 
     value: float | None
     status: Status = "ok"
     message: str | None = None
     spread: float | None = None
+    extras: dict[str, float] | None = None
     cause: Exception | None = field(default=None, compare=False, repr=False)
 
 

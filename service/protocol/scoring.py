@@ -119,6 +119,7 @@ class ComponentResult(BaseModel):
     status: Literal["ok", "timeout", "error"]
     message: str | None = Field(None, description="why it is not ok")
     spread: float | None = Field(None, description="an ensemble's standard deviation across its models")
+    extras: dict[str, float] | None = Field(None, description="a user function's other numbers (a dict's keys)")
 
 
 class ItemResult(BaseModel):

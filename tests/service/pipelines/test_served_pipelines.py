@@ -108,3 +108,18 @@ def test_a_pipeline_whose_rule_params_do_not_fit_fails_and_says_why(served):
     assert_error(response, 503, "model_failed", "model")
     assert "must_macth" in response.json()["error"]["message"]
     assert direct.status_code == 200
+
+
+@pytest.mark.parametrize("fields,says", [
+    ({"model": "llama-helpsteer", "dimension": "wit"}, "no dimension 'wit'"),
+    ({"model": "llama-scalar", "aggregate": "min"}, "aggregate is for process models"),
+    ({"model": "llama-scalar", "transform": "zscore"}, "no reference_stats"),
+])
+def test_a_component_reading_what_its_model_lacks_fails_the_pipeline(served, fields, says):
+    pipeline = {"name": "unfit", "components": [component("c", **fields)]}
+    with served(["llama-scalar", "llama-helpsteer"], pipelines=[pipeline], ready=False) as server:
+        poll(lambda: server.http.get("/v1/models/llama-helpsteer"), lambda r: r.json()["status"] != "loading")
+        card = server.http.get("/v1/models/unfit").json()
+        response = server.http.post("/v1/score", json={"model": "unfit", "items": ITEMS})
+    assert card["status"] == "failed" and says in card["error"]
+    assert_error(response, 503, "model_failed", "model")
