@@ -33,3 +33,17 @@ def pipeline(tmp: Path) -> dict:
         {"name": "acc", "type": "rule", "rule": "math_verify", "weight": 2.0},
         {"name": "user", "type": "python", "function": f"{function}:compute_score", "weight": 0.0},
     ]}
+
+
+def assert_same_result(got: dict, expected: dict, tol: float = 1e-6) -> None:
+    """Two answers for one item agree: the same components, statuses and messages, the
+    numbers within `tol` (a batch's composition moves a model's score in its last float bits)."""
+    def close(a, b) -> bool:
+        return (a is None and b is None) or (a is not None and b is not None and abs(a - b) <= tol)
+
+    assert close(got["score"], expected["score"]) and close(got.get("uncertainty"), expected.get("uncertainty"))
+    assert got["components"].keys() == expected["components"].keys()
+    for name, component in expected["components"].items():
+        other = got["components"][name]
+        assert (other["status"], other.get("message")) == (component["status"], component.get("message")), name
+        assert close(other["value"], component["value"]) and close(other.get("spread"), component.get("spread")), name

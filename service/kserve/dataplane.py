@@ -87,7 +87,7 @@ class DataPlane:
                 continue
             entry = {"name": name, "version": VERSION, "state": REPOSITORY_STATES[runner.status]}
             index.append({**entry, "reason": runner.error} if runner.error else entry)
-        for name in self.scorer.pipelines.pipelines:
+        for name in self.scorer.pipelines.configs:
             pipeline = self._pipeline(name)
             if not ready or pipeline.status == "ready":
                 entry = {"name": name, "version": VERSION, "state": REPOSITORY_STATES[pipeline.status]}
@@ -125,14 +125,14 @@ class DataPlane:
         return InferResponse(served.name, VERSION, outputs, parameters, request.id)
 
     def _pipeline(self, name: str) -> PipelineModel | None:
-        """The served pipeline called `name`, as it stands now."""
+        """The configured pipeline called `name`, as it stands now."""
         pipelines = self.scorer.pipelines
-        pipeline = pipelines.get(name)
-        if pipeline is None:
+        config = pipelines.configs.get(name)
+        if config is None:
             return None
         status = pipelines.status(name)
-        return PipelineModel(name, [c.name for c in pipeline.config.components],
-                             any(c.type == "ensemble" for c in pipeline.config.components), status,
+        return PipelineModel(name, [c.name for c in config.components],
+                             any(c.type == "ensemble" for c in config.components), status,
                              pipelines.error(name), pipelines.revision(name) if status == "ready" else None)
 
     def _find(self, name: str, version: str | None) -> Served | GraphModel:

@@ -8,7 +8,7 @@ import asyncio
 
 import numpy as np
 import pytest
-from pipeline_helpers import ACCURACY, DEFAULT, FORMAT, ITEMS, MEMBERS, NAME, pipeline
+from pipeline_helpers import ACCURACY, DEFAULT, FORMAT, ITEMS, MEMBERS, NAME, assert_same_result, pipeline
 
 from service.client import AsyncRewardClient, RewardClient, reward_fn, verl_reward_fns
 
@@ -43,7 +43,8 @@ def test_the_transports_agree(urls, expected, transport):
     with RewardClient(urls[transport], model=NAME) as client:
         response = client.score(ITEMS)
     assert response.kind == "pipeline"
-    assert [r.model_dump() for r in response.results] == expected
+    for result, want in zip(response.results, expected, strict=True):
+        assert_same_result(result.model_dump(), want)
     assert list(response.results[0].components) == ["rm", "ens", "fmt", "acc", "user"]
 
 
@@ -53,7 +54,8 @@ def test_the_async_client_too(urls, expected, transport):
         async with AsyncRewardClient(urls[transport], model=NAME) as client:
             return await client.score(ITEMS)
 
-    assert [r.model_dump() for r in asyncio.run(main()).results] == expected
+    for result, want in zip(asyncio.run(main()).results, expected, strict=True):
+        assert_same_result(result.model_dump(), want)
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -62,7 +64,8 @@ def test_trl_reward_function_passes_the_ground_truth_column(urls, expected, tran
         rewards = reward_fn(client)(prompts=PROMPTS, completions=RESPONSES, ground_truth=TRUTHS, level=[1, 2, 3])
         renamed = reward_fn(client, ground_truth_key="answer")(prompts=PROMPTS, completions=RESPONSES,
                                                               answer=np.array(TRUTHS))
-    assert rewards == renamed == [r["score"] for r in expected]
+    assert rewards == pytest.approx(renamed, abs=1e-6)
+    assert rewards == pytest.approx([r["score"] for r in expected], abs=1e-6)
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -73,6 +76,6 @@ def test_verl_reward_functions_send_the_samples_context(urls, expected, transpor
         one = [per_sample(data_source="arith", solution_str=r, ground_truth=t, extra_info=i)
                for r, t, i in zip(RESPONSES, TRUTHS, infos, strict=True)]
         many = batched(data_sources=["arith"] * 3, solution_strs=RESPONSES, ground_truths=TRUTHS, extra_infos=infos)
-    assert one == many
-    assert [r["acc"] for r in one] == ACCURACY
-    assert [r["score"] for r in one] == pytest.approx([r["score"] for r in expected], abs=1e-12)
+    assert [r["acc"] for r in one] == [r["acc"] for r in many] == ACCURACY
+    assert [r["score"] for r in one] == pytest.approx([r["score"] for r in many], abs=1e-6)
+    assert [r["score"] for r in one] == pytest.approx([r["score"] for r in expected], abs=1e-6)

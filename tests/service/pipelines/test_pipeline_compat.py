@@ -48,10 +48,10 @@ def test_get_reward_scores_a_pipeline_as_its_models_and_rules(server, eos, mode)
     alone = {m: ok(server.http.post("/get_reward", json={**body, "model": m}))["scores"] for m in MEMBERS}
     got = ok(server.http.post("/get_reward", json={**body, "model": NAME}))
     assert got["rewards"] == got["scores"]
-    assert got["scores"] == pytest.approx(expected_rewards(alone["llama-scalar"], list(alone.values())), abs=1e-12)
+    assert got["scores"] == pytest.approx(expected_rewards(alone["llama-scalar"], list(alone.values())), abs=1e-6)
     logs = got["extra_logs"]
     assert set(logs) == {f"pipeline/{c}" for c in ("rm", "ens", "fmt", "acc", "user")}
-    assert logs["pipeline/rm"] == alone["llama-scalar"]
+    assert logs["pipeline/rm"] == pytest.approx(alone["llama-scalar"], abs=1e-6)
     assert logs["pipeline/fmt"] == FORMAT and logs["pipeline/acc"] == ACCURACY
     assert logs["pipeline/user"] == [DEFAULT] * len(ITEMS)
 
@@ -85,7 +85,8 @@ def test_classify_a_pipeline(server):
     alone = [d["probs"][0] for d in ok(server.http.post("/classify", json={**body, "model": "llama-scalar"}))["data"]]
     got = ok(server.http.post("/classify", json={**body, "model": CHECKED}))
     assert got["model"] == CHECKED
-    assert [d["probs"] for d in got["data"]] == [[rm + fmt] for rm, fmt in zip(alone, FORMAT, strict=True)]
+    assert [d["probs"][0] for d in got["data"]] == pytest.approx([rm + f for rm, f in zip(alone, FORMAT, strict=True)],
+                                                                 abs=1e-6)
     activated = ok(server.http.post("/classify", json={"input": inputs, "model": CHECKED}))["data"]
     assert [d["probs"][0] for d in activated] == pytest.approx(
         [1 / (1 + math.exp(-d["probs"][0])) for d in got["data"]], abs=1e-12)
@@ -95,7 +96,7 @@ def test_vllm_score_a_pipeline(server):
     body = {"text_1": PROMPTS, "text_2": RESPONSES}
     alone = [d["score"] for d in ok(server.http.post("/score", json={**body, "model": "llama-scalar"}))["data"]]
     got = ok(server.http.post("/score", json={**body, "model": CHECKED}))["data"]
-    assert [d["score"] for d in got] == [rm + fmt for rm, fmt in zip(alone, FORMAT, strict=True)]
+    assert [d["score"] for d in got] == pytest.approx([rm + f for rm, f in zip(alone, FORMAT, strict=True)], abs=1e-6)
 
 
 @pytest.mark.parametrize(("body", "field"), [
