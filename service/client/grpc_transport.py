@@ -17,6 +17,7 @@ from service.client.common import RESULT_TYPES, RewardServeError, retry_hint
 from service.grpc.proto import rewardserve_pb2 as pb
 from service.grpc.proto import rewardserve_pb2_grpc as pb_grpc
 from service.protocol.errors import CODE_KEY, FIELD_KEY, RETRY_AFTER_KEY
+from service.protocol.scoring import Context
 
 RPCS = {"score": ("Score", pb.ScoreRequest), "compare": ("Compare", pb.CompareRequest),
         "rerank": ("Rerank", pb.RerankRequest), "steps": ("Steps", pb.StepsRequest),
@@ -37,17 +38,21 @@ HTTP_STATUS = {
 # The server's message size limit, so the large token-id batches it accepts can be sent.
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 2**20), ("grpc.max_send_message_length", 64 * 2**20)]
 _ZEROS = (bool, int, float, str, list, dict)
+CONTEXT = tuple(Context.model_fields)
 
 
 # ---- requests -------------------------------------------------------------------------
 
 
 def _item(item: dict) -> dict:
-    """A /v1/score JSON item as an Item message, its form told apart as the server does."""
+    """A /v1/score JSON item as an Item message, its form told apart as the server does and
+    its context (ground_truth, data_source, extra_info) beside the form."""
+    context = {key: item[key] for key in CONTEXT if item.get(key) is not None}
+    item = {key: value for key, value in item.items() if key not in CONTEXT}
     for key, form in (("messages", "chat"), ("input_ids", "tokens"), ("steps", "steps")):
         if key in item:
-            return {form: item}
-    return {"text": item}
+            return {form: item, **context}
+    return {"text": item, **context}
 
 
 def _candidate(candidate: Any) -> Any:
@@ -122,8 +127,9 @@ def to_json(method: str, response, order: list[str]) -> dict:
 
 
 def needs_order(response) -> bool:
-    """Multi-objective results carry dimension maps, which proto maps do not keep in order."""
-    return getattr(response, "kind", "") == "multi_objective"
+    """Multi-objective and pipeline results carry dimension (and component) maps, which proto
+    maps do not keep in order."""
+    return getattr(response, "kind", "") in ("multi_objective", "pipeline")
 
 
 def dimension_orders(listed: pb.ListModelsResponse) -> dict[str, list[str]]:

@@ -37,14 +37,19 @@ def _completion_item(prompt: Any, completion: Any) -> dict:
     return {"messages": [*turns, *reply]}
 
 
-def reward_fn(client: RewardClient, *, model: str | None = None,
+def reward_fn(client: RewardClient, *, model: str | None = None, ground_truth_key: str = "ground_truth",
               **options: Unpack[ItemScoring]) -> Callable[..., list[float]]:
     """A TRL GRPOTrainer reward function (`reward_funcs=[reward_fn(client)]`): scores each
-    (prompt, completion) with the server, as bulk work, over the client's transport."""
+    (prompt, completion) with the server, as bulk work, over the client's transport. TRL
+    passes the dataset's other columns as keyword lists: the `ground_truth_key` column, when
+    the dataset has it, is each item's ground truth (which a pipeline's rules read)."""
     options.setdefault("priority", "bulk")
 
-    def rewardserve_reward(prompts: list, completions: list, **_: Any) -> list[float]:
+    def rewardserve_reward(prompts: list, completions: list, **columns: Any) -> list[float]:
         items = [_completion_item(p, c) for p, c in zip(prompts, completions, strict=True)]
+        truths = columns.get(ground_truth_key)
+        if truths is not None:
+            items = [{**item, "ground_truth": jsonable(truth)} for item, truth in zip(items, truths, strict=True)]
         return [result.score for result in client.score(items, model=model, **options).results]
 
     return rewardserve_reward
@@ -62,9 +67,28 @@ def _prompt(extra_info: dict | None, prompt_key: str) -> str:
     return str(extra_info[prompt_key])
 
 
+def jsonable(value: Any) -> Any:
+    """A dataset's value as JSON: numpy arrays and scalars (what parquet columns load as)
+    as lists and numbers."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def _verl_item(prompt_key: str, data_source: Any, solution: str, ground_truth: Any, extra_info: dict | None) -> dict:
+    """A sample as an item, with what a pipeline's rules and user functions read."""
+    item = {"prompt": _prompt(extra_info, prompt_key), "response": solution, "ground_truth": jsonable(ground_truth),
+            "data_source": None if data_source is None else str(data_source), "extra_info": jsonable(extra_info)}
+    return {key: value for key, value in item.items() if value is not None}
+
+
 def _reward(result) -> float | dict:
-    """A float; for a multi-objective model a dict with "score" and each dimension, which
-    veRL logs beside the reward."""
+    """A float; for a multi-objective model or a pipeline a dict with "score" and each
+    dimension (component), which veRL logs beside the reward."""
     return result.score if result.dimensions is None else {"score": result.score, **result.dimensions}
 
 
@@ -72,20 +96,22 @@ def verl_reward_fns(client: RewardClient, *, model: str | None = None, prompt_ke
                     **options: Unpack[ItemScoring]) -> tuple[Callable[..., float | dict], Callable[..., list]]:
     """veRL's two custom reward function forms for `client`: per sample (naive and dapo
     reward managers, called with keywords; prime calls it positionally) and batched (the
-    batch reward manager)."""
+    batch reward manager). Each item carries the sample's ground_truth, data_source and
+    extra_info, which a pipeline's rules and user functions read."""
     options.setdefault("priority", "bulk")
 
     def compute_score(data_source: Any = None, solution_str: str = "", ground_truth: Any = None,
                       extra_info: dict | None = None, **_: Any) -> float | dict:
-        item = {"prompt": _prompt(extra_info, prompt_key), "response": solution_str}
+        item = _verl_item(prompt_key, data_source, solution_str, ground_truth, extra_info)
         return _reward(client.score([item], model=model, **options).results[0])
 
     def compute_score_batch(data_sources: Sequence = (), solution_strs: Sequence[str] = (),
                             ground_truths: Sequence = (), extra_infos: Sequence[dict | None] = (),
                             **_: Any) -> list:
-        infos = list(extra_infos) or [None] * len(solution_strs)
-        items = [{"prompt": _prompt(info, prompt_key), "response": text}
-                 for info, text in zip(infos, solution_strs, strict=True)]
+        count = len(solution_strs)
+        columns = zip(list(data_sources) or [None] * count, solution_strs, list(ground_truths) or [None] * count,
+                      list(extra_infos) or [None] * count, strict=True)
+        items = [_verl_item(prompt_key, *sample) for sample in columns]
         return [_reward(r) for r in client.score(items, model=model, **options).results] if items else []
 
     return compute_score, compute_score_batch

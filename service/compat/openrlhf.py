@@ -14,19 +14,23 @@ markers, and an encoder reads a prompt and response pair).
 
 from __future__ import annotations
 
-import re
+from dataclasses import replace
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from models.heads import RewardOutput
 from models.inputs import RenderedText, ScoreInput
 from models.reward_model import RewardModel
 from service.compat.common import Lenient
-from service.core.errors import APIError, whole_item
+from service.compat.rollouts import RolloutEnds, split_response
+from service.core.errors import APIError, renamed, whole_item
 from service.core.inputs import candidate_inputs
 from service.core.normalize import reference_stats_for, zscore
 from service.core.operations import chosen_priority
 from service.core.scoring import ScoreJob, Scorer
+from service.pipelines.pipeline import ModelCall, Pipeline
+from service.pipelines.rules import RuleInput
 from service.protocol.enums import ModelKind, Normalize, Priority, Truncate
 from service.protocol.ranking import Candidate
 
@@ -39,7 +43,8 @@ class GetRewardRequest(Lenient):
     query: list[str] = Field(min_length=1, description="full texts as the policy decoded them: prompt followed by "
                              "response")
     prompts: list[str] | None = Field(None, description="the prompt each query starts with")
-    labels: list[Any] | None = Field(None, description="accepted and ignored")
+    labels: list[Any] | None = Field(None, description="each query's ground truth, which a pipeline's rules read "
+                                     "(a model ignores it)")
     normalize: Normalize | None = Field(None, description="'zscore': rewards as z-scores (scores stay raw); "
                                         "OpenRLHF's --normalize_reward")
     mode: Mode | None = Field(None, description="'serve_rm': each query tokenized as OpenRLHF's serve_rm does (the "
@@ -49,8 +54,9 @@ class GetRewardRequest(Lenient):
 
 class GetRewardResponse(BaseModel):
     rewards: list[float] = Field(description="the reward per query (a z-score with normalize='zscore')")
-    scores: list[float] = Field(description="the model's raw score per query")
-    extra_logs: dict[str, list[float]] = Field(description="per query, for the trainer's logs (rm/truncated: 1 if cut)")
+    scores: list[float] = Field(description="the model's raw score per query (a pipeline's reward)")
+    extra_logs: dict[str, list[float]] = Field(description="per query, for the trainer's logs (rm/truncated: 1 if cut; "
+                                               "a pipeline's pipeline/<component>: the component's value)")
     truncate: Truncate = Field(description="the end over-long queries were cut at (left unless asked otherwise)")
 
 
@@ -66,31 +72,26 @@ async def get_reward(scorer: Scorer, body: GetRewardRequest, model: str | None =
     otherwise: trainers send one rollout per request, many at once, and the scheduler
     batches them across requests. Over-long queries are cut from the left (OpenRLHF's
     server truncates rather than failing), unless `truncate` says otherwise. Query-string
-    options apply when the body has none, so they can ride on `--remote_rm_url`."""
+    options apply when the body has none, so they can ride on `--remote_rm_url`. A pipeline
+    scores each query with its models as they would alone, its rules reading the response
+    (after prompts[i], else the query less padding and EOS) against labels[i]; extra_logs
+    holds each component's values (`pipeline/<component>`)."""
     name = body.model or model
+    _one_per_query(body, "prompts")
+    side = body.truncate or truncate or "left"
+    job = ScoreJob(inputs=[], model=name, truncate=side,
+                   priority=chosen_priority(body.priority) or priority or Priority.bulk, timeout_ms=body.timeout_ms)
+    mode = body.mode or mode
+    pipeline = scorer.pipeline(name)
+    if pipeline is not None:
+        if body.normalize or normalize:
+            raise APIError(422, "invalid_request", "normalize is set per component in a pipeline's configuration, "
+                           "not per request", "normalize")
+        return await pipeline_reward(scorer, pipeline, body, job, mode)
     reward_model = scorer.runner(name).model
     spec = reward_model.spec
-    if body.prompts is not None and len(body.prompts) != len(body.query):
-        raise APIError(422, "invalid_request",
-                       f"{len(body.prompts)} prompts for {len(body.query)} queries; give one per query", "prompts")
     stats = reference_stats_for(spec) if (body.normalize or normalize) == "zscore" else None
-    ends = RolloutEnds.of(reward_model.encoder.tokenizer)
-    as_sent = (body.mode or mode or default_mode(reward_model)) == "serve_rm"
-    inputs: list[ScoreInput] = []
-    for i, query in enumerate(body.query):
-        prompt = body.prompts[i] if body.prompts is not None else ""
-        text = ends.strip(query)
-        if as_sent:
-            inputs.append(RenderedText(text + ends.eos, prompt or None))
-            continue
-        response = response_after(ends.without_bos(text, prompt), prompt)
-        if response is None:
-            raise APIError(422, "invalid_request", f"query[{i}] does not start with prompts[{i}] (even ignoring "
-                           "whitespace)", f"query[{i}]")
-        inputs += candidate_inputs(spec, prompt, None, [Candidate(text=response)])
-    side = body.truncate or truncate or "left"
-    job = ScoreJob(inputs=inputs, model=name, truncate=side,
-                   priority=chosen_priority(body.priority) or priority or Priority.bulk, timeout_ms=body.timeout_ms)
+    job = replace(job, inputs=model_inputs(reward_model, body, mode))
     scored = await scorer.score_as(job, whole_item("query"), "query")
     raw = scored.outputs
     shown = [zscore(out, stats) for out in raw] if stats is not None else raw
@@ -105,55 +106,69 @@ async def get_reward(scorer: Scorer, body: GetRewardRequest, model: str | None =
                              truncate=side)
 
 
+def model_inputs(model: RewardModel, body: GetRewardRequest, mode: Mode | None) -> list[ScoreInput]:
+    """Each query as `model` scores it in `mode` (default: the model's own, default_mode)."""
+    ends = RolloutEnds.of(model.encoder.tokenizer)
+    as_sent = (mode or default_mode(model)) == "serve_rm"
+    inputs: list[ScoreInput] = []
+    for i, query in enumerate(body.query):
+        prompt = body.prompts[i] if body.prompts is not None else ""
+        text = ends.strip(query)
+        if as_sent:
+            inputs.append(RenderedText(text + ends.eos, prompt or None))
+        else:
+            response = split_response(ends, text, prompt, i)
+            inputs += candidate_inputs(model.spec, prompt, None, [Candidate(text=response)])
+    return inputs
+
+
 def default_mode(model: RewardModel) -> Mode:
     return "split" if model.is_encoder or model.spec.kind == ModelKind.process else "serve_rm"
 
 
-class RolloutEnds:
-    """The reward model's EOS, padding and BOS texts, which a decoded rollout carries at its
-    ends: serve_rm strips every padding and EOS text from both ends and appends one EOS
-    (the token OpenRLHF's reward models are trained to be read at); with no padding token
-    the EOS pads, as OpenRLHF's tokenizer set-up makes it."""
+async def pipeline_reward(scorer: Scorer, pipeline: Pipeline, body: GetRewardRequest, job: ScoreJob,
+                          mode: Mode | None) -> GetRewardResponse:
+    """The queries' rewards from `pipeline`: each model component's inputs built as
+    /get_reward builds them for that model, the rules reading each query's response."""
+    async def score_model(call: ModelCall) -> list[RewardOutput | Exception]:
+        inputs = model_inputs(scorer.runner(call.model).model, body, mode)
+        return await scorer.score_call(replace(job, inputs=inputs), call)
 
-    def __init__(self, eos: str | None, pad: str | None, bos: str | None):
-        self.eos = eos or ""
-        self.bos = bos or ""
-        texts = [re.escape(t) for t in dict.fromkeys((eos, pad or eos)) if t]
-        run = f"(?:{'|'.join(texts)})+" if texts else None
-        self._leading = re.compile(f"^{run}") if run else None
-        self._trailing = re.compile(f"{run}$") if run else None
-
-    @classmethod
-    def of(cls, tokenizer) -> RolloutEnds:
-        return cls(tokenizer.eos_token, tokenizer.pad_token, tokenizer.bos_token)
-
-    def strip(self, text: str) -> str:
-        if self._leading is None:
-            return text
-        return self._trailing.sub("", self._leading.sub("", text))
-
-    def without_bos(self, text: str, prompt: str) -> str:
-        """`text` less a leading BOS text its prompt lacks: a policy served by vLLM decodes
-        its BOS into the query (`<s>Human: ...`) while the prompt it was given has none."""
-        if self.bos and text.startswith(self.bos) and not prompt.lstrip().startswith(self.bos):
-            return text[len(self.bos):]
-        return text
+    try:
+        texts = rule_texts(scorer, pipeline, body)
+        scored = await scorer.run_pipeline(pipeline, texts, score_model)
+    except APIError as err:
+        raise renamed(err, _query_or_label, "query") from err
+    outs = scored.outputs
+    extra = {f"pipeline/{c.name}": [out.components[c.name].value for out in outs] for c in pipeline.config.components}
+    return GetRewardResponse(rewards=[out.score for out in outs], scores=[out.score for out in outs],
+                             extra_logs=extra, truncate=job.truncate)
 
 
-def response_after(query: str, prompt: str) -> str | None:
-    """What follows `prompt` in `query`, or None when the query does not start with it.
-    The trainer decodes prompt and response together, and a SentencePiece tokenizer's
-    decode puts a space after a special token (`<s> [INST]` for the prompt `<s>[INST]`),
-    so where the exact prefix is missing the prompt is matched ignoring whitespace."""
-    if query.startswith(prompt):
-        return query[len(prompt):]
-    at = 0
-    for char in prompt:
-        if char.isspace():
-            continue
-        while at < len(query) and query[at].isspace():
-            at += 1
-        if at == len(query) or query[at] != char:
-            return None
-        at += 1
-    return query[at:]
+def rule_texts(scorer: Scorer, pipeline: Pipeline, body: GetRewardRequest) -> list[RuleInput]:
+    """What the rules read of each query: the response after prompts[i] (without prompts, the
+    query), its padding and EOS stripped as the pipeline's first model's tokenizer writes
+    them, and labels[i] as the ground truth."""
+    _one_per_query(body, "labels")
+    models = [scorer.runner(call.model).model for call in pipeline.calls]
+    ends = RolloutEnds.of(models[0].encoder.tokenizer) if models else RolloutEnds(None, None, None)
+    texts = []
+    for i, query in enumerate(body.query):
+        text = ends.strip(query)
+        prompt = body.prompts[i] if body.prompts is not None else None
+        response = split_response(ends, text, prompt, i) if prompt is not None else text
+        label = body.labels[i] if body.labels is not None else None
+        texts.append(RuleInput(response, prompt, ground_truth=label))
+    return texts
+
+
+def _one_per_query(body: GetRewardRequest, field: str) -> None:
+    given = getattr(body, field)
+    if given is not None and len(given) != len(body.query):
+        raise APIError(422, "invalid_request", f"{len(given)} {field} for {len(body.query)} queries; give one per "
+                       "query", field)
+
+
+def _query_or_label(index: int, rest: str) -> str:
+    """A pipeline's errors on item i: its missing ground truth is labels[i], anything else query[i]."""
+    return f"labels[{index}]" if rest == ".ground_truth" else f"query[{index}]"

@@ -8,17 +8,30 @@ from __future__ import annotations
 import base64
 import time
 import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from service.compat.vllm_inputs import VllmMessage, VllmOptions, VllmRequest, content_text, input_items
-from service.core.errors import APIError, whole_item
+from models.inputs import ScoreInput
+from models.reward_model import RewardModel
+from service.compat.vllm_inputs import (
+    VllmMessage,
+    VllmOptions,
+    VllmRequest,
+    content_text,
+    input_items,
+    input_texts,
+)
+from service.core.errors import APIError, renamed, whole_item
 from service.core.inputs import candidate_inputs
 from service.core.operations import chosen_priority, rerank_documents
 from service.core.ranking import sigmoid
 from service.core.scoring import Scored, ScoreJob, Scorer
+from service.pipelines.pipeline import ModelCall
+from service.pipelines.rules import RuleInput
 from service.protocol.enums import ModelKind, Normalize, Priority
 from service.protocol.ranking import Candidate, RerankRequest, RerankResponse
 
@@ -58,15 +71,41 @@ def activated(kind: ModelKind, values: list[float], activation: bool | None) -> 
     return [sigmoid(v) for v in values] if activation else values
 
 
+async def _scored(scorer: Scorer, body: VllmRequest, build: Callable[[RewardModel], Awaitable[list[ScoreInput]]],
+                  texts: list[RuleInput | None], whole: str, normalize: Normalize | None = None) -> Scored:
+    """The inputs `build` makes for a model, scored by the model `body` names; for a pipeline,
+    each of its models scores the inputs `build` makes for it and its rules read `texts`.
+    Errors on item i name `whole[i]`."""
+    job = ScoreJob(inputs=[], model=body.model, truncate=body.side(), priority=chosen_priority(body.priority),
+                   timeout_ms=body.timeout_ms, normalize=normalize)
+
+    async def model_job(model: RewardModel) -> ScoreJob:
+        return replace(job, inputs=await build(model), keep=body.kept_tokens(model.encoder.max_length))
+
+    async def score_model(call: ModelCall) -> list:
+        return await scorer.score_call(await model_job(scorer.runner(call.model).model), call)
+
+    pipeline = scorer.pipeline(body.model)
+    try:
+        if pipeline is None:
+            return await scorer.score(await model_job(scorer.runner(body.model).model))
+        if normalize not in (None, "none"):
+            raise APIError(422, "invalid_request", "normalize is set per component in a pipeline's configuration, "
+                           "not per request", "normalize")
+        return await scorer.run_pipeline(pipeline, texts, score_model)
+    except APIError as err:
+        raise renamed(err, whole_item(whole), whole) from err
+
+
 async def _score_inputs(scorer: Scorer, body: VllmRequest, input: VllmInput | None,
                         messages: list[VllmMessage] | None, add_special_tokens: bool | None,
                         normalize: Normalize | None = None) -> Scored:
-    model = scorer.runner(body.model).model
-    keep = body.kept_tokens(model.encoder.max_length)
-    inputs = await input_items(model, body, _entries(input), messages, add_special_tokens)
-    job = ScoreJob(inputs=inputs, model=body.model, truncate=body.side(), keep=keep,
-                   priority=chosen_priority(body.priority), timeout_ms=body.timeout_ms, normalize=normalize)
-    return await scorer.score_as(job, whole_item("input"), "input")
+    entries = _entries(input)
+
+    async def build(model: RewardModel) -> list[ScoreInput]:
+        return await input_items(model, body, entries, messages, add_special_tokens)
+
+    return await _scored(scorer, body, build, input_texts(entries, messages), "input", normalize)
 
 
 class _InputRequest(VllmRequest):
@@ -159,7 +198,8 @@ async def classify(scorer: Scorer, body: ClassifyRequest) -> ClassificationRespo
     aggregate, is a probability of good). `label` is the model config's name of the most
     probable class, as vLLM reports it."""
     scored = await _score_inputs(scorer, body, body.input, body.messages, body.add_special_tokens)
-    id2label = getattr(scorer.runner(scored.model).model.config, "id2label", None) or {}
+    is_model = scored.kind != ModelKind.pipeline
+    id2label = (getattr(scorer.runner(scored.model).model.config, "id2label", None) if is_model else None) or {}
     wants = body.wants_activation()
     data = []
     for i, out in enumerate(scored.outputs):
@@ -249,15 +289,13 @@ async def score(scorer: Scorer, body: VllmScoreRequest) -> VllmScoreResponse:
     """vLLM score: each pair is a prompt and a response, scored like /v1/score's
     {prompt, response}; the raw score unless use_activation is true (then sigmoid)."""
     first, second, firsts, seconds = body.pairs()
-    runner = scorer.runner(body.model)
-    keep = body.kept_tokens(runner.model.encoder.max_length)
-    spec = runner.model.spec
-    inputs = []
-    for prompt, response in zip(firsts, seconds):
-        inputs += candidate_inputs(spec, prompt, None, [Candidate(text=response)], prompt_field=first)
-    job = ScoreJob(inputs=inputs, model=body.model, truncate=body.side(), keep=keep,
-                   priority=chosen_priority(body.priority), timeout_ms=body.timeout_ms, normalize=body.normalize)
-    scored = await scorer.score_as(job, whole_item(second), second)
+
+    async def build(model: RewardModel) -> list[ScoreInput]:
+        return [item for prompt, response in zip(firsts, seconds)
+                for item in candidate_inputs(model.spec, prompt, None, [Candidate(text=response)], prompt_field=first)]
+
+    texts = [RuleInput(response, prompt) for prompt, response in zip(firsts, seconds)]
+    scored = await _scored(scorer, body, build, texts, second, body.normalize)
     wants = body.wants_activation()
     data = [ScoreData(index=i, score=activated(scored.kind, [out.score], wants)[0], truncated=out.truncated)
             for i, out in enumerate(scored.outputs)]

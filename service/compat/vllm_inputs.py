@@ -18,6 +18,7 @@ from models.reward_model import RewardModel
 from service.compat.common import Lenient
 from service.core.errors import APIError
 from service.core.operations import kept_prompt_tokens
+from service.pipelines.rules import RuleInput
 from service.protocol.enums import Truncate
 
 TEXT_PARTS = ("text", "input_text", "output_text")
@@ -125,8 +126,7 @@ async def input_items(model: RewardModel, body: VllmRequest, entries: list[str |
     template. `messages` ending in the response go through the model's chat template as
     /v1/score's do; any other conversation (a user turn alone, say) is rendered with the
     template as vLLM renders it and scored whole."""
-    if (entries is None) == (messages is None):
-        raise APIError(422, "invalid_request", "give input or messages", "input")
+    _given(entries, messages)
     if messages is not None:
         if add_special_tokens:
             raise APIError(422, "invalid_request", "the chat template adds the special tokens; leave it out or false",
@@ -135,8 +135,6 @@ async def input_items(model: RewardModel, body: VllmRequest, entries: list[str |
         if len(turns) >= 2 and turns[-1][0] == "assistant":
             return [Chat(tuple(turns))]
         return [await asyncio.to_thread(_rendered, model, turns)]
-    if not entries:
-        raise APIError(422, "invalid_request", "input must not be empty", "input")
     for i, entry in enumerate(entries):
         if isinstance(entry, str):
             checked(f"input[{i}]", entry)
@@ -150,6 +148,23 @@ async def input_items(model: RewardModel, body: VllmRequest, entries: list[str |
                 else tuple(e) for e in texts]
 
     return [TokenIds(row) for row in await asyncio.to_thread(tokenize)]
+
+
+def input_texts(entries: list[str | list[int]] | None, messages: list[VllmMessage] | None) -> list[RuleInput | None]:
+    """What a pipeline's rules read of a classify or pooling request: each `input` text as the
+    response (token ids carry none), or the conversation's last message after the one before."""
+    _given(entries, messages)
+    if messages is not None:
+        turns = conversation(messages)
+        return [RuleInput(turns[-1][1], turns[-2][1] if len(turns) >= 2 else None)] if turns else [None]
+    return [RuleInput(entry) if isinstance(entry, str) else None for entry in entries]
+
+
+def _given(entries: list[str | list[int]] | None, messages: list[VllmMessage] | None) -> None:
+    if (entries is None) == (messages is None):
+        raise APIError(422, "invalid_request", "give input or messages", "input")
+    if messages is None and not entries:
+        raise APIError(422, "invalid_request", "input must not be empty", "input")
 
 
 def _rendered(model: RewardModel, turns: list[tuple[str, str]]) -> TokenIds:

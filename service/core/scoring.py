@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from pydantic import ValidationError
@@ -20,7 +21,7 @@ from service.core.normalize import reference_stats_for, zscore
 from service.engine.admission import QueueFull
 from service.engine.registry import ModelNotFound, ModelNotReady, ModelRegistry
 from service.engine.runner import ItemError, ModelRunner
-from service.pipelines.pipeline import ModelCall, Pipeline
+from service.pipelines.pipeline import ModelCall, Pipeline, ScoreModel
 from service.pipelines.registry import PipelineSet
 from service.pipelines.rules import RuleInput
 from service.pipelines.values import ComponentFailed, PipelineOutput
@@ -167,12 +168,29 @@ class Scorer:
 
     async def _score_pipeline(self, pipeline: Pipeline, job: ScoreJob) -> Scored:
         """Every item's reward from `pipeline`, its model components scored as this job's
-        items by each model (their per-item errors the components' errors)."""
+        items by each model."""
         for option in ("aggregate", "normalize"):
             if getattr(job, option) not in (None, "none"):
                 raise APIError(422, "invalid_request", f"{option} is set per component in a pipeline's "
                                "configuration, not per request", option)
         texts = job.texts or (None,) * len(job.inputs)
+        return await self.run_pipeline(pipeline, texts, lambda call: self.score_call(job, call), job.on_item_error)
+
+    async def score_call(self, job: ScoreJob, call: ModelCall) -> list[RewardOutput | Exception]:
+        """`job`'s items scored as a pipeline's `call` asks, by the model it names: per item
+        its output or its error (the component's error)."""
+        spec = self.spec(call.model)
+        scored = await self.score(dataclasses.replace(
+            job, inputs=[input_for(spec, item) for item in job.inputs], model=call.model, aggregate=call.aggregate,
+            normalize="zscore" if call.zscore else None, on_item_error="item", texts=None))
+        return [scored.errors.get(i, out) for i, out in enumerate(scored.outputs)]
+
+    async def run_pipeline(self, pipeline: Pipeline, texts: Sequence[RuleInput | None], score_model: ScoreModel,
+                           on_item_error: OnItemError = "request") -> Scored:
+        """Every item's reward from `pipeline`, `score_model` scoring its items for each model
+        component (each transport builds the model inputs its own way); the texts its rules
+        read are checked first (422 naming `items[i]`), and a failed component is the item's
+        error as a model's would be."""
         if pipeline.reads_text:
             for i, text in enumerate(texts):
                 if text is None:
@@ -180,17 +198,9 @@ class Scorer:
                                    "give the item as text, not token ids", f"items[{i}]")
                 if (missing := pipeline.missing_input(text)) is not None:
                     raise APIError(422, "invalid_request", missing, f"items[{i}].ground_truth")
-
-        async def score_model(call: ModelCall) -> list:
-            spec = self.spec(call.model)
-            scored = await self.score(dataclasses.replace(
-                job, inputs=[input_for(spec, item) for item in job.inputs], model=call.model, aggregate=call.aggregate,
-                normalize="zscore" if call.zscore else None, on_item_error="item", texts=None))
-            return [scored.errors.get(i, out) for i, out in enumerate(scored.outputs)]
-
         results = await pipeline.run(texts, score_model)
         errors = {i: component_error(i, r) for i, r in enumerate(results) if isinstance(r, ComponentFailed)}
-        if errors and job.on_item_error == "request":
+        if errors and on_item_error == "request":
             raise errors[min(errors)]
         return Scored(pipeline.name, self.pipelines.revision(pipeline.name), ModelKind.pipeline,
                       [None if i in errors else out for i, out in enumerate(results)], errors=errors)

@@ -35,6 +35,10 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RewardService"].full_name
 
 
 def _item_body(index: int, item: pb.Item) -> dict:
+    return {**_form_body(index, item), **_context(item)}
+
+
+def _form_body(index: int, item: pb.Item) -> dict:
     form = item.WhichOneof("form")
     if form == "text":
         return {"prompt": item.text.prompt, "response": item.text.response}
@@ -48,6 +52,29 @@ def _item_body(index: int, item: pb.Item) -> dict:
     if form == "steps":
         return {"prompt": item.steps.prompt, "steps": list(item.steps.steps)}
     raise APIError(422, "invalid_request", "an item must set one of text, chat, tokens or steps", f"items[{index}]")
+
+
+def _context(item: pb.Item) -> dict:
+    """The item's context fields it sets, as JSON values (a whole number as an integer, as
+    JSON would carry it; protobuf's Value holds every number as a double)."""
+    body = {}
+    if item.HasField("ground_truth"):
+        body["ground_truth"] = _whole(json_format.MessageToDict(item.ground_truth))
+    if item.HasField("data_source"):
+        body["data_source"] = item.data_source
+    if item.HasField("extra_info"):
+        body["extra_info"] = _whole(json_format.MessageToDict(item.extra_info))
+    return body
+
+
+def _whole(value):
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_whole(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _whole(v) for k, v in value.items()}
+    return value
 
 
 def _options(request) -> dict:
@@ -78,6 +105,11 @@ def item_result(index: int, out: RewardOutput) -> pb.ItemResult:
         result.gating_weights.extend(out.gating_weights)
     if out.step_rewards is not None:
         result.step_rewards.extend(out.step_rewards)
+    for name, value in (getattr(out, "components", None) or {}).items():  # a pipeline's
+        result.components[name].CopyFrom(pb.ComponentResult(
+            value=value.value, status=value.status, message=value.message or "", spread=value.spread))
+    if getattr(out, "uncertainty", None) is not None:
+        result.uncertainty = out.uncertainty
     return result
 
 

@@ -4,8 +4,9 @@ The HTTP routes (service/http/kserve.py) and the gRPC service (service/grpc/kser
 only decode their requests into calls here and encode the answers; its errors are
 `APIError`s, which leave each transport with the status `STATUSES` gives them.
 
-A KServe model is a served reward model (by its name or an alias: service/kserve/inference.py)
-or a served graph (`<model>-graph`: service/kserve/graph.py). Each has the one version
+A KServe model is a served reward model (by its name or an alias: service/kserve/inference.py),
+a served pipeline (service/kserve/models.py's PipelineModel, scored as a model is) or a
+served graph (`<model>-graph`: service/kserve/graph.py). Each has the one version
 `VERSION`; any other is 404, like a name nobody serves."""
 
 from __future__ import annotations
@@ -15,12 +16,11 @@ from importlib.metadata import PackageNotFoundError, version
 
 from service.core.errors import APIError
 from service.core.scoring import Scorer
-from service.engine.runner import ModelRunner
 from service.engine.scheduler import Priority
 from service.kserve import graph as graphs
 from service.kserve import inference, models
 from service.kserve.graph import GraphModel
-from service.kserve.models import VERSION
+from service.kserve.models import VERSION, PipelineModel, Served
 from service.kserve.types import InferRequest, InferResponse
 
 log = logging.getLogger("rewardserve")
@@ -87,6 +87,11 @@ class DataPlane:
                 continue
             entry = {"name": name, "version": VERSION, "state": REPOSITORY_STATES[runner.status]}
             index.append({**entry, "reason": runner.error} if runner.error else entry)
+        for name in self.scorer.pipelines.configs:
+            pipeline = self._pipeline(name)
+            if not ready or pipeline.status == "ready":
+                entry = {"name": name, "version": VERSION, "state": REPOSITORY_STATES[pipeline.status]}
+                index.append({**entry, "reason": pipeline.error} if pipeline.error else entry)
         return index
 
     # ---- one model -----------------------------------------------------------------
@@ -119,15 +124,26 @@ class DataPlane:
             raise unexpected(err) from err
         return InferResponse(served.name, VERSION, outputs, parameters, request.id)
 
-    def _find(self, name: str, version: str | None) -> ModelRunner | GraphModel:
-        """The served graph or reward model called `name` (aliases too), in whatever state."""
-        served = graphs.find(self.registry, name) or self.scorer.runner(name, ready=False)
+    def _pipeline(self, name: str) -> PipelineModel | None:
+        """The configured pipeline called `name`, as it stands now."""
+        pipelines = self.scorer.pipelines
+        config = pipelines.configs.get(name)
+        if config is None:
+            return None
+        status = pipelines.status(name)
+        return PipelineModel(name, [c.name for c in config.components],
+                             any(c.type == "ensemble" for c in config.components), status,
+                             pipelines.error(name), pipelines.revision(name) if status == "ready" else None)
+
+    def _find(self, name: str, version: str | None) -> Served | GraphModel:
+        """The served graph, pipeline or reward model called `name` (aliases too), in whatever state."""
+        served = graphs.find(self.registry, name) or self._pipeline(name) or self.scorer.runner(name, ready=False)
         if version not in (None, "", VERSION):
             raise APIError(404, "model_not_found", f"model {served.name!r} has no version {version!r}; "
                            f"served: {VERSION}", "model_version")
         return served
 
-    def _ready(self, name: str, version: str | None) -> ModelRunner | GraphModel:
+    def _ready(self, name: str, version: str | None) -> Served | GraphModel:
         """`_find`, and 503 while the model is loading or failed."""
         served = self._find(name, version)
         runner = _runner(served)
@@ -137,5 +153,5 @@ class DataPlane:
         return served
 
 
-def _runner(served: ModelRunner | GraphModel) -> ModelRunner:
+def _runner(served: Served | GraphModel) -> Served:
     return served.runner if isinstance(served, GraphModel) else served

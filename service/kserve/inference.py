@@ -13,11 +13,17 @@ Inputs (one group per request; N items):
     prompt BYTES [N] + steps_json BYTES [N]          process: a JSON list of step strings
     input_ids INT64 [N, L]                           every kind; rows end at `lengths` [N]
       (+ lengths INT64 [N], prompt_length INT64 [N])   or at the first -1 (padding)
+    + ground_truth, data_source, extra_info BYTES [N]  pipelines, optional: what their rules
+                                                     read (ground_truth a plain string, or a
+                                                     JSON object or list; extra_info a JSON
+                                                     object; an empty element: none)
 
 Outputs (all by default, or those requested):
 
     score FP32 [N]; num_tokens INT32 [N]; truncated BOOL [N]
-    dimensions FP32 [N, K]                           multi-objective (names: model parameters)
+    dimensions FP32 [N, K]                           multi-objective, pipelines (the components'
+                                                     values; names: model parameters)
+    uncertainty FP32 [N]                             pipelines with an ensemble
     gating_weights FP32 [N, G]                       gated multi-objective
     step_rewards FP32 [N, S] (NaN-padded) + num_steps INT32 [N]   process
 
@@ -34,8 +40,7 @@ import numpy as np
 
 from service.core.errors import APIError
 from service.core.scoring import Scored, ScoreJob, Scorer, parse_score_request, score_job
-from service.engine.runner import ModelRunner
-from service.kserve.models import input_specs, output_specs
+from service.kserve.models import CONTEXT_INPUTS, Served, dimensions, input_specs, output_specs
 from service.kserve.tensors import TensorSpec, bad_input, parse_json
 from service.kserve.types import InferRequest
 
@@ -45,15 +50,17 @@ GROUPS = {  # the inputs of each item form, the first being the one that names a
     "chat": ("messages_json",),
     "text": ("prompt", "response"),
 }
+CONTEXT = {spec.name for spec in CONTEXT_INPUTS}
 REQUIRED = {"tokens": {"input_ids"}, "steps": {"steps_json", "prompt"}, "chat": {"messages_json"},
             "text": {"prompt", "response"}}
 
 
-def _group(runner: ModelRunner, names: set[str]) -> str:
+def _group(runner: Served, names: set[str]) -> str:
     allowed = {spec.name for spec in input_specs(runner)}
     unknown = sorted(names - allowed)
     if unknown:
         raise bad_input(unknown[0], f"no such input; model {runner.name!r} takes {sorted(allowed)}")
+    names = names - CONTEXT
     if "input_ids" in names:
         group = "tokens"
     elif "steps_json" in names:
@@ -155,7 +162,29 @@ def _same_count(counts: dict[str, int]) -> None:
         raise bad_input(other, f"has {counts[other]} elements but '{first}' has {counts[first]}")
 
 
-def decode_items(runner: ModelRunner, tensors: dict[str, np.ndarray]) -> tuple[str, list[dict]]:
+def _context(tensors: dict[str, np.ndarray], main: str, count: int) -> list[dict]:
+    """Each item's ground_truth, data_source and extra_info, where its element is not empty."""
+    items: list[dict] = [{} for _ in range(count)]
+    for name in sorted(CONTEXT & set(tensors)):
+        texts = _texts(name, tensors[name])
+        _same_count({main: count, name: len(texts)})
+        for i, text in enumerate(texts):
+            if not text:
+                continue
+            if name == "extra_info" or (name == "ground_truth" and text.lstrip()[:1] in ("{", "[")):
+                items[i][name] = parse_json(text, f"{name}[{i}]")
+            else:
+                items[i][name] = text
+    return items
+
+
+def decode_items(runner: Served, tensors: dict[str, np.ndarray]) -> tuple[str, list[dict]]:
+    group, items = _decode_forms(runner, tensors)
+    contexts = _context(tensors, GROUPS[group][0], len(items))
+    return group, [{**item, **context} for item, context in zip(items, contexts, strict=True)]
+
+
+def _decode_forms(runner: Served, tensors: dict[str, np.ndarray]) -> tuple[str, list[dict]]:
     group = _group(runner, set(tensors))
     if group == "tokens":
         return group, _token_items(tensors)
@@ -197,7 +226,7 @@ def request_options(parameters: dict) -> dict:
     return options
 
 
-def score_job_for(runner: ModelRunner, tensors: dict[str, np.ndarray], parameters: dict,
+def score_job_for(runner: Served, tensors: dict[str, np.ndarray], parameters: dict,
                   deadline: float | None = None) -> tuple[ScoreJob, str]:
     """The job for a KServe request to `runner`'s model, and the input group (for naming
     fields in errors raised later by the scorer)."""
@@ -254,7 +283,7 @@ def tensor_error(err: APIError, group: str) -> APIError:
     return APIError(err.status, err.code, message, field, err.headers)
 
 
-async def infer(scorer: Scorer, runner: ModelRunner,
+async def infer(scorer: Scorer, runner: Served,
                 request: InferRequest) -> tuple[list[tuple[TensorSpec, np.ndarray]], dict[str, str]]:
     """The request scored by `runner`'s model: its output tensors and response parameters."""
     job, group = score_job_for(runner, request.inputs, request.parameters, request.deadline_ms)
@@ -269,7 +298,7 @@ async def infer(scorer: Scorer, runner: ModelRunner,
 # ---- responses --------------------------------------------------------------------------
 
 
-def output_names(runner: ModelRunner, requested: list[str] | None) -> list[str]:
+def output_names(runner: Served, requested: list[str] | None) -> list[str]:
     """The requested outputs (all, when None), in the order requested."""
     names = [spec.name for spec in output_specs(runner)]
     for name in requested or ():
@@ -279,7 +308,7 @@ def output_names(runner: ModelRunner, requested: list[str] | None) -> list[str]:
 
 
 def output_tensors(
-    runner: ModelRunner, scored: Scored, requested: list[str] | None
+    runner: Served, scored: Scored, requested: list[str] | None
 ) -> list[tuple[TensorSpec, np.ndarray]]:
     """The requested outputs (all, when None), in the order requested."""
     specs = {spec.name: spec for spec in output_specs(runner)}
@@ -294,7 +323,7 @@ def output_tensors(
         elif name == "truncated":
             arrays[name] = np.array([o.truncated for o in outs], dtype=np.bool_)
         elif name == "dimensions":
-            dims = runner.model.spec.multi_objective.dimensions
+            dims = dimensions(runner)
             arrays[name] = np.array([[o.dimensions[d] for d in dims] for o in outs], dtype=np.float32).reshape(
                 len(outs), len(dims))
         elif name == "gating_weights":
@@ -303,6 +332,8 @@ def output_tensors(
         elif name == "step_rewards":
             width = max((len(o.step_rewards or []) for o in outs), default=0)
             arrays[name] = _padded([o.step_rewards or [] for o in outs], width)
+        elif name == "uncertainty":
+            arrays[name] = np.array([o.uncertainty for o in outs], dtype=np.float32)
         elif name == "num_steps":
             arrays[name] = np.array([len(o.step_rewards or []) for o in outs], dtype=np.int32)
     return [(TensorSpec(name, specs[name].datatype, list(arrays[name].shape)), arrays[name]) for name in names]

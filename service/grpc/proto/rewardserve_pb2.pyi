@@ -1,3 +1,4 @@
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -45,16 +46,22 @@ class StepsItem(_message.Message):
     def __init__(self, prompt: _Optional[str] = ..., steps: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Item(_message.Message):
-    __slots__ = ("text", "chat", "tokens", "steps")
+    __slots__ = ("text", "chat", "tokens", "steps", "ground_truth", "data_source", "extra_info")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     CHAT_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
+    GROUND_TRUTH_FIELD_NUMBER: _ClassVar[int]
+    DATA_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    EXTRA_INFO_FIELD_NUMBER: _ClassVar[int]
     text: TextItem
     chat: ChatItem
     tokens: TokensItem
     steps: StepsItem
-    def __init__(self, text: _Optional[_Union[TextItem, _Mapping]] = ..., chat: _Optional[_Union[ChatItem, _Mapping]] = ..., tokens: _Optional[_Union[TokensItem, _Mapping]] = ..., steps: _Optional[_Union[StepsItem, _Mapping]] = ...) -> None: ...
+    ground_truth: _struct_pb2.Value
+    data_source: str
+    extra_info: _struct_pb2.Struct
+    def __init__(self, text: _Optional[_Union[TextItem, _Mapping]] = ..., chat: _Optional[_Union[ChatItem, _Mapping]] = ..., tokens: _Optional[_Union[TokensItem, _Mapping]] = ..., steps: _Optional[_Union[StepsItem, _Mapping]] = ..., ground_truth: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., data_source: _Optional[str] = ..., extra_info: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class ScoreRequest(_message.Message):
     __slots__ = ("model", "items", "truncate", "aggregate", "priority", "timeout_ms", "request_id", "normalize", "cache", "on_item_error")
@@ -81,7 +88,7 @@ class ScoreRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., truncate: _Optional[str] = ..., aggregate: _Optional[str] = ..., priority: _Optional[str] = ..., timeout_ms: _Optional[float] = ..., request_id: _Optional[str] = ..., normalize: _Optional[str] = ..., cache: _Optional[str] = ..., on_item_error: _Optional[str] = ...) -> None: ...
 
 class ItemResult(_message.Message):
-    __slots__ = ("index", "score", "dimensions", "gating_weights", "step_rewards", "num_tokens", "truncated", "cached", "error")
+    __slots__ = ("index", "score", "dimensions", "gating_weights", "step_rewards", "num_tokens", "truncated", "cached", "error", "components", "uncertainty")
     class DimensionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -89,6 +96,13 @@ class ItemResult(_message.Message):
         key: str
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class ComponentsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: ComponentResult
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[ComponentResult, _Mapping]] = ...) -> None: ...
     INDEX_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +112,8 @@ class ItemResult(_message.Message):
     TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     CACHED_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    COMPONENTS_FIELD_NUMBER: _ClassVar[int]
+    UNCERTAINTY_FIELD_NUMBER: _ClassVar[int]
     index: int
     score: float
     dimensions: _containers.ScalarMap[str, float]
@@ -107,7 +123,21 @@ class ItemResult(_message.Message):
     truncated: bool
     cached: bool
     error: Error
-    def __init__(self, index: _Optional[int] = ..., score: _Optional[float] = ..., dimensions: _Optional[_Mapping[str, float]] = ..., gating_weights: _Optional[_Iterable[float]] = ..., step_rewards: _Optional[_Iterable[float]] = ..., num_tokens: _Optional[int] = ..., truncated: _Optional[bool] = ..., cached: _Optional[bool] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+    components: _containers.MessageMap[str, ComponentResult]
+    uncertainty: float
+    def __init__(self, index: _Optional[int] = ..., score: _Optional[float] = ..., dimensions: _Optional[_Mapping[str, float]] = ..., gating_weights: _Optional[_Iterable[float]] = ..., step_rewards: _Optional[_Iterable[float]] = ..., num_tokens: _Optional[int] = ..., truncated: _Optional[bool] = ..., cached: _Optional[bool] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., components: _Optional[_Mapping[str, ComponentResult]] = ..., uncertainty: _Optional[float] = ...) -> None: ...
+
+class ComponentResult(_message.Message):
+    __slots__ = ("value", "status", "message", "spread")
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    SPREAD_FIELD_NUMBER: _ClassVar[int]
+    value: float
+    status: str
+    message: str
+    spread: float
+    def __init__(self, value: _Optional[float] = ..., status: _Optional[str] = ..., message: _Optional[str] = ..., spread: _Optional[float] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("total_tokens",)

@@ -22,7 +22,7 @@ from transformers import LlamaConfig, LlamaForSequenceClassification
 from models.inputs import TextPair, TokenIds
 from models.reward_model import RewardModel
 from service.client import RewardClient, trainers, verl_reward_fns
-from service.compat.openrlhf import response_after
+from service.compat.rollouts import response_after
 from service.config import ModelConfig
 
 SCALAR, PRM, MULTI = "llama-scalar", "qwen2-prm", "llama-helpsteer"
