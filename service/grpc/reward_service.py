@@ -107,7 +107,8 @@ def item_result(index: int, out: RewardOutput) -> pb.ItemResult:
         result.step_rewards.extend(out.step_rewards)
     for name, value in (getattr(out, "components", None) or {}).items():  # a pipeline's
         result.components[name].CopyFrom(pb.ComponentResult(
-            value=value.value, status=value.status, message=value.message or "", spread=value.spread))
+            value=value.value, status=value.status, message=value.message or "", spread=value.spread,
+            extras=value.extras))
     if getattr(out, "uncertainty", None) is not None:
         result.uncertainty = out.uncertainty
     return result

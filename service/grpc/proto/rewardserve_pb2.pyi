@@ -128,16 +128,25 @@ class ItemResult(_message.Message):
     def __init__(self, index: _Optional[int] = ..., score: _Optional[float] = ..., dimensions: _Optional[_Mapping[str, float]] = ..., gating_weights: _Optional[_Iterable[float]] = ..., step_rewards: _Optional[_Iterable[float]] = ..., num_tokens: _Optional[int] = ..., truncated: _Optional[bool] = ..., cached: _Optional[bool] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., components: _Optional[_Mapping[str, ComponentResult]] = ..., uncertainty: _Optional[float] = ...) -> None: ...
 
 class ComponentResult(_message.Message):
-    __slots__ = ("value", "status", "message", "spread")
+    __slots__ = ("value", "status", "message", "spread", "extras")
+    class ExtrasEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     VALUE_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     SPREAD_FIELD_NUMBER: _ClassVar[int]
+    EXTRAS_FIELD_NUMBER: _ClassVar[int]
     value: float
     status: str
     message: str
     spread: float
-    def __init__(self, value: _Optional[float] = ..., status: _Optional[str] = ..., message: _Optional[str] = ..., spread: _Optional[float] = ...) -> None: ...
+    extras: _containers.ScalarMap[str, float]
+    def __init__(self, value: _Optional[float] = ..., status: _Optional[str] = ..., message: _Optional[str] = ..., spread: _Optional[float] = ..., extras: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("total_tokens",)

@@ -14,6 +14,8 @@ import pytest
 from math_verify import parse, verify
 from paths import DATA
 
+from service.client import RewardClient
+
 VERIFIER = '''
 import os, time
 
@@ -57,6 +59,8 @@ def test_failing_verifiers_are_answered_in_their_limit_while_other_items_score(s
         response = server.http.post("/v1/score", json={"model": "checked", "items": items(modes)})
         probe.join(30)
         again = server.http.post("/v1/score", json={"model": "checked", "items": items([None] * 4)})
+        with RewardClient(f"grpc://{server.grpc_target}") as client:
+            over_grpc = client.score(items([None, None]), model="checked").results
     assert live == [200] * 20
     assert response.status_code == 200, response.text
     results = response.json()["results"]
@@ -71,6 +75,7 @@ def test_failing_verifiers_are_answered_in_their_limit_while_other_items_score(s
     assert "RuntimeError: bad verifier" in results[3]["components"]["exact"]["message"]
     assert "2" in results[1]["components"]["exact"]["message"]  # says its limit
     assert [r["components"]["exact"]["status"] for r in again.json()["results"]] == ["ok"] * 4
+    assert [r.components["exact"].extras for r in over_grpc] == [{"chars": 2}] * 2
 
 
 def test_a_failing_component_fails_its_item_alone_or_the_request(served, tmp_path):
