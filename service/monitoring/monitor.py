@@ -24,6 +24,7 @@ class Monitoring:
     def __init__(self, registry: ModelRegistry, settings: Settings, pipelines: PipelineSet):
         self.registry = registry
         self.settings = settings
+        self.pipelines = pipelines
         self.metrics = Metrics()
         self.drift = DriftMonitor(settings.drift.window, settings.drift.min_samples, settings.drift.thresholds)
         self.canary = CanaryMonitor(registry, settings.canary.tolerance, settings.canary.tolerance_half,
@@ -38,6 +39,14 @@ class Monitoring:
             pipeline.observer = PipelineMetrics(pipeline, families, self.drift)
         self.metrics.registry.register(StateCollector(registry, self.drift, self.canary))
         self._tasks: list[asyncio.Task] = []
+
+    def revision(self, name: str) -> str | None:
+        """What a drift window's values come from: the model's revision, or the pipeline's
+        (None until it is loaded)."""
+        if name in self.pipelines.pipelines:
+            return self.pipelines.revision(name) if self.pipelines.status(name) == "ready" else None
+        model = self.registry.runners[name].model
+        return model.revision if model else None
 
     def start(self, loading: Awaitable | None) -> None:
         """Drift recomputation and canary runs, on the running event loop."""

@@ -6,8 +6,10 @@ the reward, `dim:<component>` a component's ok values (a verifier's 0/1 values m
 mean shift the change of its pass rate, in reference standard deviations).
 
 Value buckets serve both kinds of component: 0 and 1 are edges, so a verifier's values
-fall on them exactly (the share at or below 0 is its failure rate), and the rest resolve a
-sigmoid in quarters and a raw reward model's logit from -10 to 10.
+fall on them exactly (1 - the share at or below 0 is its pass rate), and the rest resolve
+a sigmoid in quarters and a raw reward model's logit from -10 to 10. prometheus-client
+gives a histogram with negative buckets no `_sum`, so means are the drift windows'
+(`rewardserve_drift_window_mean`).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ class PipelineFamilies:
             ["pipeline", "component", "status"], registry=r)
         self.component_value = Histogram(
             "rewardserve_pipeline_component_value",
-            "Per item: a component's value when ok, after its transforms (a verifier's sum / count is its pass rate).",
+            "Per item: a component's value when ok, after its transforms (a verifier's: 0 or 1).",
             ["pipeline", "component"], buckets=VALUE_BUCKETS, registry=r)
         self.spread = Histogram(
             "rewardserve_pipeline_ensemble_spread",
