@@ -43,6 +43,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI):
         app.state.loading = asyncio.gather(asyncio.get_running_loop().run_in_executor(None, registry.load_all),
                                            scorer.pipelines.start())
+        app.state.loading.add_done_callback(lambda done: done.cancelled() or done.exception())  # stopped while loading
         grpc_server = None
         if settings.server.grpc_port:  # 0 turns gRPC off
             credentials = None

@@ -152,6 +152,9 @@ class PipelineConfig(_Strict):
             if gate.component not in names:
                 raise ValueError(f"pipeline {self.name!r}: gate on {gate.component!r}, which is not a component")
         for c in self.components:
+            if c.type == "rule" and c.rule == "length" and "tokenizer" not in c.params and not self.served_models:
+                raise ValueError(f"pipeline {self.name!r}: component {c.name!r} (length) counts tokens: give "
+                                 "params.tokenizer (a served model's name or a tokenizer directory)")
             kinds = [t.type for t in c.transform]
             if "zscore" in kinds and (kinds.index("zscore") != 0 or c.type != "model"):
                 raise ValueError(f"pipeline {self.name!r}: component {c.name!r}: zscore comes first and on model "

@@ -78,12 +78,14 @@ class Scorer:
     def pipeline(self, name: str | None) -> Pipeline | None:
         """The pipeline a request names (the default when None and the default is one), ready
         to score (503 while it is not); None when the name is a model's."""
-        pipeline = self.pipelines.get(name or self.settings.default_model_name)
-        if pipeline is not None and (status := self.pipelines.status(pipeline.name)) != "ready":
-            error = self.pipelines.error(pipeline.name)
-            raise APIError(503, f"model_{status}", f"pipeline {pipeline.name!r} is {status}"
-                           + (f": {error}" if error else ""), "model")
-        return pipeline
+        name = name or self.settings.default_model_name
+        if name not in self.pipelines.configs:
+            return None
+        if (status := self.pipelines.status(name)) != "ready":
+            error = self.pipelines.error(name)
+            raise APIError(503, f"model_{status}", f"pipeline {name!r} is {status}" + (f": {error}" if error else ""),
+                           "model")
+        return self.pipelines.pipelines[name]
 
     def runner(self, name: str | None, ready: bool = True) -> ModelRunner:
         """The runner of the model a request names (the default when None): 404 when no
@@ -96,33 +98,33 @@ class Scorer:
     @property
     def statuses(self) -> dict[str, str]:
         """Every served model's and pipeline's status."""
-        return self.registry.statuses | {name: self.pipelines.status(name) for name in self.pipelines.pipelines}
+        return self.registry.statuses | {name: self.pipelines.status(name) for name in self.pipelines.configs}
 
     def spec(self, name: str | None) -> RewardSpec:
         return self.runner(name).model.spec
 
     def model_cards(self) -> list[ModelCard]:
         return ([model_card(runner) for runner in self.registry.runners.values()]
-                + [self._pipeline_card(name) for name in self.pipelines.pipelines])
+                + [self._pipeline_card(name) for name in self.pipelines.configs])
 
     def model_list(self) -> ModelList:
         objects = [self._model_object(runner, name)
                    for runner in self.registry.runners.values() for name in (runner.name, *runner.config.aliases)]
-        objects += [self._pipeline_object(name) for name in self.pipelines.pipelines]
+        objects += [self._pipeline_object(name) for name in self.pipelines.configs]
         return ModelList(data=objects, models=self.model_cards())
 
     def _pipeline_card(self, name: str) -> ModelCard:
         status = self.pipelines.status(name)
         return ModelCard(name=name, status=status, kind=ModelKind.pipeline, error=self.pipelines.error(name),
                          revision=self.pipelines.revision(name) if status == "ready" else None,
-                         dimensions=[c.name for c in self.pipelines.pipelines[name].config.components])
+                         dimensions=[c.name for c in self.pipelines.configs[name].components])
 
     def _pipeline_object(self, name: str) -> ModelObject:
         return ModelObject(id=name, created=self.registry.created, root=f"pipeline:{name}")
 
     def model_detail(self, name: str) -> ModelDetail:
         """The model a request may call `name` (404 when none): its OpenAI object and card."""
-        if name in self.pipelines.pipelines:
+        if name in self.pipelines.configs:
             return ModelDetail(**self._pipeline_object(name).__dict__, **self._pipeline_card(name).__dict__)
         try:
             runner = self.registry.find(name)

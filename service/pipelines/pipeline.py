@@ -6,7 +6,9 @@ values transformed, weighted, summed and gated."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import math
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
@@ -21,7 +23,7 @@ from service.config.pipeline import (
     RuleComponent,
 )
 from service.pipelines.observer import PipelineObserver
-from service.pipelines.rules import RuleInput
+from service.pipelines.rules import BUILTIN_RULES, RuleInput
 from service.pipelines.values import ComponentFailed, ComponentValue, PipelineOutput, ensemble_value, transformed
 from service.pipelines.workers import Outcome, RulePool
 from service.protocol.enums import StepAggregate
@@ -55,14 +57,17 @@ def model_calls(component: Component) -> list[ModelCall]:
 
 class Pipeline:
     def __init__(self, config: PipelineConfig, pool: RulePool | None, default_timeout_s: float,
-                 tokenizer_paths: dict[str, str] | None = None):
+                 tokenizer_path: Callable[[str], str] = str):
         self.config = config
         self.name = config.name
         self.pool = pool
         self.default_timeout_s = default_timeout_s
-        self.tokenizer_paths = tokenizer_paths or {}  # served model name -> its directory, for `length`
+        self.tokenizer_path = tokenizer_path  # `length`'s tokenizer: a served model's name or a directory
         self.observer = PipelineObserver()  # service.monitoring installs the real one
         self.calls = list(dict.fromkeys(call for c in config.components for call in model_calls(c)))
+        for c in config.components:
+            if isinstance(c, RuleComponent):
+                check_params(c)
 
     @property
     def reads_text(self) -> bool:
@@ -113,7 +118,7 @@ class Pipeline:
         if isinstance(component, RuleComponent):
             params = dict(component.params)
             if component.rule == "length":
-                params["tokenizer"] = self.tokenizer_paths.get(params.get("tokenizer"), params.get("tokenizer"))
+                params["tokenizer"] = self.tokenizer_path(params.get("tokenizer") or self.calls[0].model)
             outcome = await self.pool.rule(component.rule, params, item, timeout_s)
         else:
             outcome = await self.pool.python(component.function, item, timeout_s)
@@ -155,6 +160,20 @@ class Pipeline:
             score=reward, dimensions={name: v.value for name, v in values.items()},
             num_tokens=sum(out.num_tokens for out in outputs), truncated=any(out.truncated for out in outputs),
             components=values, uncertainty=math.sqrt(sum(s * s for s in spreads)) if spreads else None)
+
+
+def check_params(component: RuleComponent) -> None:
+    """ValueError naming the component when its params do not fit its rule (a missing or
+    unknown parameter, a regex that does not compile), so the pipeline fails at start-up,
+    not on every item."""
+    params = {"tokenizer": ""} | component.params if component.rule == "length" else component.params
+    try:
+        inspect.signature(BUILTIN_RULES[component.rule]).bind(None, **params)
+        for key in ("pattern", "must_match", "must_not_match"):
+            for pattern in [params[key]] if isinstance(params.get(key), str) else params.get(key) or ():
+                re.compile(pattern)
+    except (TypeError, re.error) as err:
+        raise ValueError(f"component {component.name!r} ({component.rule}) params {params}: {err}") from None
 
 
 def _from_outcome(outcome: Outcome, component: RuleComponent | PythonComponent) -> ComponentValue:

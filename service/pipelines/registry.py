@@ -19,16 +19,23 @@ log = logging.getLogger("rewardserve")
 class PipelineSet:
     def __init__(self, settings: Settings, models: ModelRegistry):
         self.models = models
-        tokenizer_paths = {m.name: str(m.resolved_path) for m in settings.models}
         reads_text = any(c.type in ("rule", "python") for p in settings.pipelines for c in p.components)
         self.pool = RulePool(settings.rules.workers) if reads_text else None
-        self.pipelines = {p.name: Pipeline(p, self.pool, settings.rules.timeout_s, tokenizer_paths)
-                          for p in settings.pipelines}
+        self.configs = {config.name: config for config in settings.pipelines}
+        self.pipelines: dict[str, Pipeline] = {}  # those whose configuration holds up
         self.errors: dict[str, str] = {}
+        for config in settings.pipelines:
+            try:
+                self.pipelines[config.name] = Pipeline(config, self.pool, settings.rules.timeout_s, self.tokenizer_path)
+            except ValueError as err:
+                self.errors[config.name] = str(err)
         self.started = False
 
-    def get(self, name: str | None) -> Pipeline | None:
-        return self.pipelines.get(name) if name is not None else None
+    def tokenizer_path(self, name: str) -> str:
+        """Where the served model `name` loaded its tokenizer from (a rule's worker loads it
+        there); any other name is taken for a tokenizer directory."""
+        runner = self.models.runners.get(name)
+        return runner.model.encoder.tokenizer.name_or_path if runner is not None and runner.model else name
 
     async def start(self) -> None:
         """Starts the worker pool and resolves every user function in it: a pipeline whose
@@ -52,7 +59,7 @@ class PipelineSet:
 
     def status(self, name: str) -> str:
         """failed (itself or a model it uses), loading (until it and its models are up), ready."""
-        models = [self.models.runners[m].status for m in self.pipelines[name].config.served_models]
+        models = [self.models.runners[m].status for m in self.configs[name].served_models]
         if name in self.errors or "failed" in models:
             return "failed"
         return "ready" if self.started and all(s == "ready" for s in models) else "loading"
@@ -60,16 +67,16 @@ class PipelineSet:
     def error(self, name: str) -> str | None:
         if name in self.errors:
             return self.errors[name]
-        failed = [m for m in sorted(self.pipelines[name].config.served_models)
+        failed = [m for m in sorted(self.configs[name].served_models)
                   if self.models.runners[m].status == "failed"]
         return f"its model {failed[0]!r} failed to load: {self.models.runners[failed[0]].error}" if failed else None
 
     def revision(self, name: str) -> str:
         """sha256 over the pipeline's configuration and its models' revisions: a change to
         either is a new revision."""
-        pipeline = self.pipelines[name]
-        models = {m: self.models.runners[m].model.revision for m in sorted(pipeline.config.served_models)}
-        text = json.dumps([pipeline.config.model_dump(mode="json"), models], sort_keys=True)
+        config = self.configs[name]
+        models = {m: self.models.runners[m].model.revision for m in sorted(config.served_models)}
+        text = json.dumps([config.model_dump(mode="json"), models], sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
     async def close(self) -> None:

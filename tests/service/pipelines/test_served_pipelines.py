@@ -8,8 +8,7 @@ import math
 import statistics
 
 import pytest
-
-from tests.http_helpers import assert_error
+from http_helpers import assert_error, poll
 
 ITEMS = [
     {"prompt": "What is 2 + 3?", "response": "2 + 3 = 5. The answer is \\boxed{5}.", "ground_truth": "5"},
@@ -94,3 +93,18 @@ def test_a_pipeline_refuses_per_request_normalize(served):
     with served(["llama-scalar"], pipelines=[pipeline]) as server:
         response = server.http.post("/v1/score", json={"model": "p", "items": ITEMS, "normalize": "zscore"})
     assert_error(response, 422, field="normalize")
+
+
+def test_a_pipeline_whose_rule_params_do_not_fit_fails_and_says_why(served):
+    broken = {"name": "broken", "components": [
+        component("rm", model="llama-scalar"),
+        component("fmt", "rule", rule="format", params={"must_macth": ["x"]})]}
+    with served(["llama-scalar"], pipelines=[broken], ready=False) as server:
+        poll(lambda: server.http.get("/v1/models/llama-scalar"), lambda r: r.json()["status"] != "loading")
+        card = next(c for c in server.http.get("/v1/models").json()["models"] if c["name"] == "broken")
+        response = server.http.post("/v1/score", json={"model": "broken", "items": ITEMS})
+        direct = server.http.post("/v1/score", json={"model": "llama-scalar", "items": ITEMS})
+    assert card["status"] == "failed" and "must_macth" in card["error"] and "'fmt'" in card["error"]
+    assert_error(response, 503, "model_failed", "model")
+    assert "must_macth" in response.json()["error"]["message"]
+    assert direct.status_code == 200
