@@ -21,7 +21,14 @@ ITEMS = [
     {"prompt": "Name a colour.", "response": "Blue.", "ground_truth": "red"},
 ]
 FORMAT = {"name": "fmt", "type": "rule", "rule": "format", "params": {"must_match": [r"\\boxed\{"]}}
-FAILING = "def compute_score(data_source, solution_str, ground_truth, extra_info=None):\n    raise ValueError('no')\n"
+FUNCTIONS = """import time
+
+def failing(data_source, solution_str, ground_truth, extra_info=None):
+    raise ValueError("no")
+
+def slow(data_source, solution_str, ground_truth, extra_info=None):
+    time.sleep(60)
+"""
 
 
 def score(http, model: str, **options) -> list[dict]:
@@ -31,12 +38,13 @@ def score(http, model: str, **options) -> list[dict]:
 
 
 def test_component_metrics_count_every_item(served, tmp_path):
-    function = tmp_path / "failing.py"
-    function.write_text(FAILING)
-    fn = {"name": "fn", "type": "python", "function": f"{function}:compute_score"}
+    functions = tmp_path / "functions.py"
+    functions.write_text(FUNCTIONS)
+    fn = {"name": "fn", "type": "python", "function": f"{functions}:failing"}
+    slow = {"name": "slow", "type": "python", "function": f"{functions}:slow", "timeout_s": 0.5}
     checked = {"name": "checked", "on_component_error": "default", "components": [
         {"name": "rm", "type": "model", "model": "llama-scalar"},
-        {"name": "ens", "type": "ensemble", "models": ["llama-scalar", "qwen2-scalar"]}, FORMAT, fn]}
+        {"name": "ens", "type": "ensemble", "models": ["llama-scalar", "qwen2-scalar"]}, FORMAT, fn, slow]}
     strict = {"name": "strict", "components": [FORMAT, fn]}
     with served(["llama-scalar", "qwen2-scalar"], pipelines=[checked, strict]) as server:
         results = score(server.http, "checked")
@@ -47,10 +55,10 @@ def test_component_metrics_count_every_item(served, tmp_path):
         return s.value("rewardserve_pipeline_component_calls_total", pipeline=pipeline, component=component,
                        status=status)
 
-    assert {(c, st): calls(c, st) for c in ("rm", "ens", "fmt", "fn") for st in ("ok", "timeout", "error")} == {
-        ("rm", "ok"): 3, ("rm", "timeout"): 0, ("rm", "error"): 0, ("ens", "ok"): 3, ("ens", "timeout"): 0,
-        ("ens", "error"): 0, ("fmt", "ok"): 3, ("fmt", "timeout"): 0, ("fmt", "error"): 0, ("fn", "ok"): 0,
-        ("fn", "timeout"): 0, ("fn", "error"): 3}
+    statuses = {"rm": "ok", "ens": "ok", "fmt": "ok", "fn": "error", "slow": "timeout"}
+    assert {(c, st): calls(c, st) for c in statuses for st in ("ok", "timeout", "error")} == {
+        (c, st): 3 if st == status else 0 for c, status in statuses.items() for st in ("ok", "timeout", "error")}
+    assert [r["components"]["slow"]["status"] for r in results] == ["timeout"] * 3
     assert (calls("fmt", "ok", "strict"), calls("fn", "error", "strict")) == (3, 3)
 
     value = "rewardserve_pipeline_component_value"
@@ -71,8 +79,8 @@ def test_component_metrics_count_every_item(served, tmp_path):
         sum(r["components"]["ens"]["spread"] for r in results), abs=1e-9)
 
     seconds = "rewardserve_pipeline_component_duration_seconds_count"
-    assert {c: s.value(seconds, pipeline="checked", component=c) for c in ("rm", "ens", "fmt", "fn")} == {
-        "rm": None, "ens": None, "fmt": 3, "fn": 3}  # model components are timed per model call
+    assert {c: s.value(seconds, pipeline="checked", component=c) for c in statuses} == {
+        "rm": None, "ens": None, "fmt": 3, "fn": 3, "slow": 3}  # model components are timed per model call
     model_seconds = "rewardserve_pipeline_model_call_duration_seconds_count"
     assert {m: s.value(model_seconds, pipeline="checked", model=m) for m in ("llama-scalar", "qwen2-scalar")} == {
         "llama-scalar": 1, "qwen2-scalar": 1}
