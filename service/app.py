@@ -36,7 +36,7 @@ from service.monitoring.monitor import Monitoring
 def create_app(settings: Settings) -> FastAPI:
     registry = ModelRegistry(settings)
     scorer = Scorer(registry, settings)
-    monitor = Monitoring(registry, settings)
+    monitor = Monitoring(registry, settings, scorer.pipelines)
     keys = KeyRing(settings.auth)
 
     @asynccontextmanager

@@ -139,6 +139,9 @@ class PipelineConfig(_Strict):
         "a component that errs or times out: 'fail' its item, or 'default': take `default_value` (its status "
         "still says what happened)"))
     default_value: float = Field(0.0, description="a failed component's value under on_component_error 'default'")
+    drift_baseline: str | None = Field(None, description=(
+        "a drift_baseline.jsonl for the reward (`score`) and each component's value (`dim:<component>`), "
+        "as `rewardserve baseline` writes for a model; without it the drift windows are kept, not judged"))
 
     @model_validator(mode="after")
     def _consistent(self) -> PipelineConfig:

@@ -26,13 +26,12 @@ async def metrics(request: Request) -> Response:
 
 @router.get("/v1/drift")
 async def drift(request: Request) -> dict:
-    """Per model and drift dimension: the live window's size, mean and std, and its drift
+    """Per model (and pipeline) and drift dimension: the live window's size, mean and std, and its drift
     statistics against the model's baseline, with those past their thresholds."""
     monitoring = _monitoring(request)
     body = monitoring.drift.as_json()
     for name, report in body["models"].items():
-        model = monitoring.registry.runners[name].model
-        report["revision"] = model.revision if model else None
+        report["revision"] = monitoring.revision(name)
     return body
 
 

@@ -1,5 +1,6 @@
 """Reward drift: each served model's live score distributions against its frozen baseline
-(service.monitoring.baseline: the dimensions, the baseline file, the statistics).
+(service.monitoring.baseline: the dimensions, the baseline file, the statistics). A
+pipeline is tracked as a model named like it (service.monitoring.pipeline_metrics).
 
 Per model and drift dimension the server keeps a sliding window of the last `drift.window`
 live values (a bounded deque, appended to on the request path and nothing more) and, every
@@ -122,9 +123,13 @@ class DriftMonitor:
         self.reports: dict[str, ModelReport] = {}
         self.baseline_errors: dict[str, str] = {}
 
-    def add_model(self, name: str, baseline_file: Path | None) -> None:
+    def add_model(self, name: str, baseline_file: Path | None, required: bool = False) -> None:
+        """A model's (or pipeline's) window and baseline; `required`: a baseline file that is
+        not there is an error (one the operator named), not a model without a baseline."""
         self.windows[name] = ModelWindow(self.window)
         try:
+            if required and baseline_file is not None and not baseline_file.is_file():
+                raise OSError(f"{baseline_file}: no such file")
             self.baselines[name] = read_baseline(baseline_file) if baseline_file is not None else {}
         except (OSError, ValueError) as err:  # a bad baseline must not stop serving
             self.baselines[name] = {}

@@ -13,6 +13,8 @@ Where they come from:
   method;
 - stages, batches, rejections and time-outs: the hooks a ModelRunner calls
   (service.engine.observer), one `ModelMetrics` per served model;
+- pipelines' components and rewards: the hooks a Pipeline calls
+  (service.monitoring.pipeline_metrics);
 - queue depth, model status, cache counters, drift and canary: read when scraped
   (`StateCollector`), so they cost nothing between scrapes.
 
@@ -319,6 +321,9 @@ class StateCollector:
         drift = self.drift
         stats = {s: GaugeMetricFamily(name, f"Reward drift: {s} of the live window against the baseline.",
                                       labels=["model", "dimension"]) for s, name in DRIFT_GAUGES.items()}
+        mean = GaugeMetricFamily("rewardserve_drift_window_mean",
+                                 "Mean of the live drift window's values (a pipeline verifier's: its pass rate).",
+                                 labels=["model", "dimension"])
         observed = GaugeMetricFamily("rewardserve_drift_window_observations",
                                      "Values in the live drift window (capacity: rewardserve_drift_window_capacity).",
                                      labels=["model", "dimension"])
@@ -354,12 +359,14 @@ class StateCollector:
                 ref_corr.add_metric([name], report.reference_length_correlation)
             for dim, dim_report in report.dimensions.items():
                 observed.add_metric([name, dim], dim_report.observations)
+                if dim_report.live_mean is not None:
+                    mean.add_metric([name, dim], dim_report.live_mean)
                 for s, value in (dim_report.statistics or {}).items():
                     stats[s].add_metric([name, dim], value)
                 for s, limit in (dim_report.thresholds or {}).items():
                     thresholds.add_metric([name, dim, s], limit)
                     exceeded.add_metric([name, dim, s], 1.0 if s in dim_report.exceeded else 0.0)
-        yield from (*stats.values(), observed, capacity, computed, corr, ref_corr, loaded, exceeded, thresholds)
+        yield from (*stats.values(), mean, observed, capacity, computed, corr, ref_corr, loaded, exceeded, thresholds)
 
     def _canary(self):
         canary = self.canary

@@ -1,12 +1,14 @@
 """A server's monitoring, assembled in one place: the Prometheus metrics, each model's
-runner hooks, reward drift and the golden-set canary, and the background tasks that keep
-drift and canary results current. Transports only expose what this holds."""
+runner hooks and each pipeline's hooks, reward drift and the golden-set canary, and the
+background tasks that keep drift and canary results current. Transports only expose what
+this holds."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections.abc import Awaitable
+from pathlib import Path
 
 from service.config import Settings
 from service.engine.registry import ModelRegistry
@@ -14,12 +16,15 @@ from service.monitoring.baseline import BASELINE_FILENAME
 from service.monitoring.canary import CanaryMonitor
 from service.monitoring.drift import DriftMonitor
 from service.monitoring.metrics import Metrics, ModelMetrics, StateCollector
+from service.monitoring.pipeline_metrics import PipelineFamilies, PipelineMetrics
+from service.pipelines.registry import PipelineSet
 
 
 class Monitoring:
-    def __init__(self, registry: ModelRegistry, settings: Settings):
+    def __init__(self, registry: ModelRegistry, settings: Settings, pipelines: PipelineSet):
         self.registry = registry
         self.settings = settings
+        self.pipelines = pipelines
         self.metrics = Metrics()
         self.drift = DriftMonitor(settings.drift.window, settings.drift.min_samples, settings.drift.thresholds)
         self.canary = CanaryMonitor(registry, settings.canary.tolerance, settings.canary.tolerance_half,
@@ -27,8 +32,21 @@ class Monitoring:
         for name, runner in registry.runners.items():
             self.drift.add_model(name, runner.config.resolved_path() / BASELINE_FILENAME)
             runner.observer = ModelMetrics(name, self.metrics, self.drift)
+        families = PipelineFamilies(self.metrics.registry)
+        for name, pipeline in pipelines.pipelines.items():
+            baseline = pipeline.config.drift_baseline
+            self.drift.add_model(name, baseline and Path(baseline).expanduser(), required=True)
+            pipeline.observer = PipelineMetrics(pipeline, families, self.drift)
         self.metrics.registry.register(StateCollector(registry, self.drift, self.canary))
         self._tasks: list[asyncio.Task] = []
+
+    def revision(self, name: str) -> str | None:
+        """What a drift window's values come from: the model's revision, or the pipeline's
+        (None until it is loaded)."""
+        if name in self.pipelines.pipelines:
+            return self.pipelines.revision(name) if self.pipelines.status(name) == "ready" else None
+        model = self.registry.runners[name].model
+        return model.revision if model else None
 
     def start(self, loading: Awaitable | None) -> None:
         """Drift recomputation and canary runs, on the running event loop."""

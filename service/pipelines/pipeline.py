@@ -101,8 +101,10 @@ class Pipeline:
                 columns[c.name] = [_from_outcome(o, c) for o in next(ruled)]
             else:
                 columns[c.name] = [self._model_value(c, scored, i) for i in range(len(items))]
-        return [self._combined(i, {name: column[i] for name, column in columns.items()}, scored)
-                for i in range(len(items))]
+        results = [self._combined(i, {name: column[i] for name, column in columns.items()}, scored)
+                   for i in range(len(items))]
+        self.observer.scored(results)
+        return results
 
     async def _timed_model(self, call: ModelCall, score_model: ScoreModel) -> list[RewardOutput | Exception]:
         started = time.perf_counter()
@@ -127,7 +129,7 @@ class Pipeline:
         outputs = [scored[call][i] for call in model_calls(component)]
         failed = next((out for out in outputs if isinstance(out, Exception)), None)
         if failed is not None:
-            self.observer.component(component.name, "error", None, 0.0)
+            self.observer.component(component.name, "error", None, None)
             return ComponentValue(None, "error", str(failed), cause=failed)
         if isinstance(component, ModelComponent):
             out = outputs[0]
@@ -137,7 +139,7 @@ class Pipeline:
             value = ensemble_value(component, [out.score for out in outputs])
             self.observer.spread(component.name, value.spread)
         value = replace(value, value=transformed(value.value, component.transform))
-        self.observer.component(component.name, "ok", value.value, 0.0)
+        self.observer.component(component.name, "ok", value.value, None)
         return value
 
     def _combined(self, i: int, values: dict[str, ComponentValue], scored: dict) -> PipelineOutput | Exception:

@@ -1,10 +1,11 @@
 """rewardserve under a real Prometheus server: the `prometheus` binary, started on a free
 loopback port with a temporary config that scrapes a live rewardserve every second and loads
 deploy/prometheus/alerts.yml, and stopped after. After traffic, PromQL through Prometheus's
-HTTP API gives the latency quantile, the cache hit ratio and a drift gauge; every query of
-the Grafana dashboard (deploy/grafana/rewardserve.json) parses and names only metrics the
-live server's /metrics exports. Waits are bounded; Prometheus's own storage is a temporary
-directory."""
+HTTP API gives the latency quantile, the cache hit ratio, a drift gauge and a pipeline's
+component statuses and pass rate; every query of the Grafana dashboard
+(deploy/grafana/rewardserve.json) parses and names only metrics the live server's /metrics
+exports, and the pipeline panels' metrics have samples once a pipeline has scored. Waits are
+bounded; Prometheus's own storage is a temporary directory."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import shutil
 import httpx
 import pytest
 from http_helpers import live_server, sample_items, wait_until_loaded, write_config
-from metrics_helpers import scrape
+from metrics_helpers import scrape, wait_for_sample
 from paths import DEPLOY
 from prometheus_client.parser import text_string_to_metric_families
 from replica_helpers import ALERTS, Prometheus, bounded_wait, query, scalar
@@ -26,6 +27,8 @@ from service.config import ModelConfig, Settings, load_settings
 
 DASHBOARD = DEPLOY / "grafana" / "rewardserve.json"
 MODEL = "scalar"
+PIPELINE = "graded"
+FORMAT_RULE = r"\\boxed\{"
 WAIT_S = 60
 METRIC = re.compile(r"\b(rewardserve_[a-z_]+)\b")
 SAMPLE_SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
@@ -39,13 +42,17 @@ def offline(monkeypatch):
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dirs, load_tiny, tmp_path_factory):
-    """A live rewardserve on a tiny scalar model with a drift baseline and a golden set, so
-    every metric family has samples (Redis aside); yields its HTTP client."""
+    """A live rewardserve on a tiny scalar model with a drift baseline and a golden set, and
+    a pipeline of it and a format rule, so every metric family has samples (Redis aside)
+    once traffic has come; yields its HTTP client."""
     root = tmp_path_factory.mktemp("prometheus_e2e")
     model_dir = root / MODEL
     shutil.copytree(tiny_model_dirs["llama-scalar"], model_dir)
+    pipeline = {"name": PIPELINE, "components": [
+        {"name": "rm", "type": "model", "model": MODEL},
+        {"name": "fmt", "type": "rule", "rule": "format", "params": {"must_match": [FORMAT_RULE]}}]}
     config = write_config(root / "config.yaml", {MODEL: model_dir}, drift={"interval_s": 0.2, "min_samples": 5},
-                          canary={"interval_s": 0})
+                          canary={"interval_s": 0}, pipelines=[pipeline])
     items = root / "items.jsonl"
     items.write_text("".join(json.dumps(item) + "\n" for item in sample_items(load_tiny("llama-scalar"))))
     main(["baseline", str(items), "--config", str(config), "--write", "--quiet"])
@@ -56,9 +63,24 @@ def server(tiny_model_dirs, load_tiny, tmp_path_factory):
         yield client
 
 
-def dashboard_queries() -> list[str]:
-    panels = json.loads(DASHBOARD.read_text())["panels"]
-    return [target["expr"] for panel in panels for target in panel.get("targets", [])]
+def dashboard_queries(row: str | None = None) -> list[str]:
+    """Every query of the dashboard, or of the panels under the row titled `row`."""
+    panels, under = json.loads(DASHBOARD.read_text())["panels"], None
+    queries = []
+    for panel in panels:
+        under = panel["title"] if panel["type"] == "row" else under
+        if row is None or under == row:
+            queries += [target["expr"] for target in panel.get("targets", [])]
+    return queries
+
+
+def pipeline_traffic(client: httpx.Client, tag: str) -> list[dict]:
+    """Four items for the pipeline, the first two in the rule's format; their results."""
+    items = [{"prompt": f"Sum {i} ({tag})", "response": f"It is \\boxed{{{i}}}." if i < 2 else f"It is {i}."}
+             for i in range(4)]
+    reply = client.post("/v1/score", json={"model": PIPELINE, "items": items})
+    assert reply.status_code == 200, reply.text
+    return reply.json()["results"]
 
 
 def exported_sample_names(text: str) -> set[str]:
@@ -84,7 +106,10 @@ def traffic(client: httpx.Client, tag: str) -> int:
 
 def test_dashboard_names_only_exported_metrics(server):
     traffic(server, "dashboard")
-    exported = exported_sample_names(scrape(server).text)
+    pipeline_traffic(server, "dashboard")
+    scraped = wait_for_sample(server, lambda s: s.value("rewardserve_drift_window_mean", model=PIPELINE) is not None,
+                              "the pipeline's drift window")
+    exported = exported_sample_names(scraped.text)
     queries = dashboard_queries()
     assert len(queries) >= 30
     used = {name for query in queries for name in METRIC.findall(query)}
@@ -92,8 +117,16 @@ def test_dashboard_names_only_exported_metrics(server):
     # every panel group the dashboard promises is there
     titles = {panel["title"] for panel in json.loads(DASHBOARD.read_text())["panels"]}
     for title in ("Request latency (scoring routes)", "Requests per second by endpoint", "Queue depth (items)",
-                  "Batch efficiency", "Cache hit ratio", "PSI per dimension", "Canary max |deviation| vs tolerance"):
+                  "Batch efficiency", "Cache hit ratio", "PSI per dimension", "Canary max |deviation| vs tolerance",
+                  "Reward pipelines", "Pipeline component latency p90", "Component error and timeout rates",
+                  "Verifier pass rates", "Component values", "Ensemble spread",
+                  "Component drift (mean shift, reference stds)"):
         assert title in titles
+    # the pipeline panels' metrics are not only declared: a pipeline's traffic gave them samples
+    pipeline_metrics = {name for query in dashboard_queries("Reward pipelines") for name in METRIC.findall(query)}
+    assert "rewardserve_pipeline_component_calls_total" in pipeline_metrics
+    assert pipeline_metrics - {"rewardserve_pipeline_ensemble_spread_sum", "rewardserve_pipeline_ensemble_spread_count",
+                               "rewardserve_pipeline_ensemble_spread_bucket"} <= scraped.names()
 
 
 # ---- a real Prometheus ---------------------------------------------------------------
@@ -149,9 +182,33 @@ def test_promql_over_scraped_metrics(server, prometheus):
 
 
 @needs_prometheus
+def test_pipeline_metrics_in_prometheus(server, prometheus):
+    """The dashboard's pass-rate and status queries over scraped pipeline metrics give the
+    counts the server answered with."""
+    calls = f'sum by (component, status) (rewardserve_pipeline_component_calls_total{{pipeline="{PIPELINE}"}})'
+    bounded_wait(lambda: scalar(prometheus, 'up{job="rewardserve"}') == 1, "a first successful scrape")
+    results = pipeline_traffic(server, "prometheus")
+    served = scrape(server)
+    rewarded = served.value("rewardserve_pipeline_reward_count", pipeline=PIPELINE)
+    bounded_wait(lambda: scalar(prometheus, f'rewardserve_pipeline_reward_count{{pipeline="{PIPELINE}"}}') == rewarded,
+                 "Prometheus to scrape the pipeline's traffic")
+    by_status = {(r["metric"]["component"], r["metric"]["status"]): float(r["value"][1])
+                 for r in query(prometheus, calls)}
+    assert by_status == {(c, s): served.value("rewardserve_pipeline_component_calls_total", pipeline=PIPELINE,
+                                              component=c, status=s)
+                         for c in ("rm", "fmt") for s in ("ok", "timeout", "error")}
+    assert by_status["fmt", "ok"] == rewarded and by_status["fmt", "error"] == 0
+    value = "rewardserve_pipeline_component_value"
+    pass_rate = scalar(prometheus, f'1 - sum({value}_bucket{{pipeline="{PIPELINE}", component="fmt", le="0.0"}}) / '
+                                   f'sum({value}_count{{pipeline="{PIPELINE}", component="fmt"}})')
+    assert pass_rate == 1 - served.value(f"{value}_bucket", pipeline=PIPELINE, component="fmt", le="0.0") / rewarded
+    assert [r["components"]["fmt"]["value"] for r in results] == [1.0, 1.0, 0.0, 0.0]
+
+
+@needs_prometheus
 def test_every_dashboard_query_runs_in_prometheus(server, prometheus):
     for expr in dashboard_queries():
-        promql = expr.replace("$__rate_interval", "1m").replace("$model", ".*")
+        promql = expr.replace("$__rate_interval", "1m").replace("$model", ".*").replace("$pipeline", ".*")
         query(prometheus, promql)  # a syntax or type error is a 400 with status "error"
 
 
