@@ -31,12 +31,11 @@ class Request:
 
 
 def make_request(items: list[dict], tokens: int, model: str, priority: str, timeout_ms: int | None = None,
-                 cache: str | None = None) -> Request:
+                 cache: str | None = None, truncate: str | None = None) -> Request:
     body = {"model": model, "items": items, "priority": priority}
-    if timeout_ms is not None:
-        body["timeout_ms"] = timeout_ms
-    if cache is not None:
-        body["cache"] = cache
+    for option, value in (("timeout_ms", timeout_ms), ("cache", cache), ("truncate", truncate)):
+        if value is not None:
+            body[option] = value
     return Request(json.dumps(body, separators=(",", ":")).encode(), len(items), tokens)
 
 

@@ -6,7 +6,7 @@ with the rules run in the load generator after each answer, one rollout at a tim
 naive reward manager runs them (what a trainer does without a pipeline). Then the rule pool
 alone: math-verify items/s through the pool against in-process, single-threaded.
 
-    python -m loadtests.pipelines                 # 2 rounds of 400 requests, ~5 minutes
+    python -m loadtests.pipelines                 # 400 requests a system in 2 rounds, ~6 minutes
     python -m loadtests.pipelines --quick         # a smoke run, under 2 minutes
 """
 
@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from sympy.core.cache import clear_cache
 
 from loadtests import loadgen, report, servers, workloads
 from service.pipelines.rules import BUILTIN_RULES, RuleInput, math_verify
@@ -40,10 +41,15 @@ PIPELINE_CONFIG = {"name": PIPELINE, "components": [
     "gates": [{"component": "boxed", "below": 1, "reward": UNBOXED_REWARD}]}
 
 
+WARM_UP_ITEM = {"prompt": "Tom has 3 boxes of 4 apples. How many apples?", "ground_truth": "12",
+                "steps": ["3 boxes of 4 apples is 3 * 4 = 12 apples.", "The answer is \\boxed{12}."]}
+WARM_UP = RuleInput("1", ground_truth="1")  # what the pool's workers warm up on
+
+
 @dataclass(frozen=True)
 class Plan:
     rounds: int
-    requests: int
+    requests: int  # over all rounds, each round its own share of the solutions
     in_flight: int
     rule_items: int  # for the rule pool alone
     rule_chunks: int
@@ -79,10 +85,13 @@ class Measured:
 
 
 def requests_for(items: list[dict], system: str) -> list[loadgen.Request]:
-    """One request per item; only the pipeline is given the ground truth."""
+    """One request per item; only the pipeline is given the ground truth. A solution past the
+    model's 512 tokens (22 of the 400) loses its first tokens: its last steps and its answer
+    are kept (the rules read the whole text)."""
     if system == "pipeline":
-        return [loadgen.make_request([item], 0, PIPELINE, "bulk") for item in items]
-    return [loadgen.make_request([{"prompt": i["prompt"], "steps": i["steps"]}], 0, MODEL, "bulk") for i in items]
+        return [loadgen.make_request([item], 0, PIPELINE, "bulk", truncate="left") for item in items]
+    return [loadgen.make_request([{"prompt": i["prompt"], "steps": i["steps"]}], 0, MODEL, "bulk", truncate="left")
+            for i in items]
 
 
 async def measure(http: loadgen.Clients, items: list[dict], system: str, plan: Plan) -> Measured:
@@ -110,16 +119,20 @@ async def measure(http: loadgen.Clients, items: list[dict], system: str, plan: P
 
 
 async def run_rounds(url: str, items: list[dict], plan: Plan) -> list[dict[str, Measured]]:
-    """Every system once a round, the order rotated each round so that none always goes first."""
-    math_verify(rule_input(items[0]))  # the trainer's parsers built before anything is timed
+    """Every system once a round on the round's share of the items, the order rotated each
+    round so that none always goes first. Each item is scored once by each system, so no
+    process's rules see a repeat (sympy's cache makes one several times faster)."""
+    math_verify(WARM_UP)  # the trainer's parsers built before anything is timed
+    size = len(items) // plan.rounds
     rounds = []
     async with loadgen.Clients(url, plan.in_flight + 8) as http:
         for system in SYSTEMS[:2]:  # warm-up, not measured
-            await loadgen.closed_loop(http, requests_for(items[:16], system), 8, 60)
+            await loadgen.closed_loop(http, requests_for([WARM_UP_ITEM] * 16, system), 8, 60)
         for r in range(plan.rounds):
             print(f"round {r + 1}", flush=True)
             order = SYSTEMS[r % len(SYSTEMS):] + SYSTEMS[:r % len(SYSTEMS)]
-            measured = {system: await measure(http, items, system, plan) for system in order}
+            share = items[r * size:(r + 1) * size]
+            measured = {system: await measure(http, share, system, plan) for system in order}
             rounds.append({system: measured[system] for system in SYSTEMS})
     return rounds
 
@@ -156,8 +169,9 @@ def rule_rates(items: list[dict], chunks: int) -> RuleRates:
     the pool (its workers up and warm before the clock), with no server running, in `chunks`
     taking turns so that the machine's drift (other load) falls on both. Each process sees
     each item once: sympy's cache makes a repeat several times faster."""
-    math_verify(RuleInput("1", ground_truth="1"))  # this process's parsers, as the workers' warm-up builds theirs
+    math_verify(WARM_UP)
     rates = asyncio.run(_rule_rates([rule_input(item) for item in items], chunks))
+    clear_cache()  # the trainer-side rules, later in this process, see the items afresh
     print(f"  math-verify: {rates.in_process:.1f} items/s in-process, {rates.pool:.1f} items/s through the pool",
           flush=True)
     return rates
@@ -204,9 +218,11 @@ def render(command: str, started: float, load: tuple[str, str], plan: Plan, roun
         f"{report._cpu_model()}, torch {torch.__version__}; load average (1/5/15 min) before: {load[0]}, "
         f"after: {load[1]}.",
         f"{plan.requests} of ProcessBench's {items} GSM8K solutions (steps items, the gold answer from GSM8K's test "
-        f"split), each its own `POST /v1/score`, {plan.in_flight} in flight, priority bulk, result cache off, one "
-        f"`rewardserve serve` for every system (`rules.workers: {RULE_WORKERS}`), {plan.rounds} interleaved "
-        "round(s), the order rotated each round. Systems: **model only**: `minilm-prm` (its weakest step); "
+        f"split), each its own `POST /v1/score`, {plan.in_flight} in flight, priority bulk, result cache and "
+        f"`queue.max_wait_s` off, one `rewardserve serve` for every system (`rules.workers: {RULE_WORKERS}`); "
+        f"{plan.rounds} interleaved round(s) of {plan.requests // plan.rounds} solutions each, every system scoring "
+        "the round's solutions, in an order rotated each round. Solutions past minilm-prm's 512 tokens are cut "
+        "from the left (`truncate: left`) for the model. Systems: **model only**: `minilm-prm` (its weakest step); "
         f"**pipeline**: `{PIPELINE}`: minilm-prm's weakest step × {STEPS_WEIGHT} + math-verify + a boxed-answer "
         f"`format` rule gating the reward to {UNBOXED_REWARD} (rules in the server's worker pool); **trainer-side "
         "rules**: model only, then math-verify and the format check in the load generator's event loop right "
@@ -241,7 +257,8 @@ def main(argv: list[str] | None = None) -> None:
     items = [corpus[i % len(corpus)] for i in range(plan.requests)]
     rules = rule_rates(corpus[:plan.rule_items], plan.rule_chunks)
     with tempfile.TemporaryDirectory(prefix="pipelines-") as tmp:
-        extra = {"pipelines": [PIPELINE_CONFIG], "rules": {"workers": RULE_WORKERS}}
+        extra = {"pipelines": [PIPELINE_CONFIG], "rules": {"workers": RULE_WORKERS},
+                 "queue": {"max_wait_s": None}}  # throughput is measured, not admission
         spec = servers.ours(MODEL, f"builtin:{MODEL}", Path(tmp), system="rewardserve-pipelines", extra=extra)
         with servers.Server.fresh_log(spec, HERE) as server:
             rounds = asyncio.run(run_rounds(server.url, items, plan))
