@@ -15,6 +15,7 @@ import itertools
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -30,12 +31,11 @@ class Request:
 
 
 def make_request(items: list[dict], tokens: int, model: str, priority: str, timeout_ms: int | None = None,
-                 cache: str | None = None) -> Request:
+                 cache: str | None = None, truncate: str | None = None) -> Request:
     body = {"model": model, "items": items, "priority": priority}
-    if timeout_ms is not None:
-        body["timeout_ms"] = timeout_ms
-    if cache is not None:
-        body["cache"] = cache
+    for option, value in (("timeout_ms", timeout_ms), ("cache", cache), ("truncate", truncate)):
+        if value is not None:
+            body[option] = value
     return Request(json.dumps(body, separators=(",", ":")).encode(), len(items), tokens)
 
 
@@ -110,7 +110,13 @@ class Clients:
         return await next(self._turn).post(path, **kwargs)
 
 
-async def _send(http: Clients, request: Request, started: float, summary: Summary) -> None:
+OnReply = Callable[[Request, list[dict]], None]
+
+
+async def _send(http: Clients, request: Request, started: float, summary: Summary,
+                on_reply: OnReply | None = None) -> None:
+    """One request; `on_reply(request, results)`, given, is the client's own work on a
+    complete answer (a trainer's rule on the score), in its latency."""
     summary.sent += 1
     try:
         reply = await http.post("/v1/score", content=request.body)
@@ -125,6 +131,9 @@ async def _send(http: Clients, request: Request, started: float, summary: Summar
     if len(results) != request.items:
         summary.add_error("missing results")
         return
+    if on_reply is not None:
+        on_reply(request, results)
+        latency = time.perf_counter() - started
     summary.ok += 1
     summary.items += request.items
     summary.cached += sum(1 for result in results if result.get("cached"))
@@ -144,9 +153,10 @@ async def _bounded(tasks: list[asyncio.Task], summary: Summary, deadline: float)
 
 
 async def closed_loop(http: Clients, requests: list[Request], concurrency: int, time_limit_s: float,
-                      stop: asyncio.Event | None = None) -> Summary:
+                      stop: asyncio.Event | None = None, on_reply: OnReply | None = None) -> Summary:
     """Keep `concurrency` requests in flight until the list is sent (or `stop` is set, or
-    time is up); each worker sends its next request when its last one returns."""
+    time is up); each worker sends its next request when its last one returns (and
+    `on_reply` is done with it)."""
     summary = Summary()
     queue = iter(requests)
     start = time.perf_counter()
@@ -156,7 +166,7 @@ async def closed_loop(http: Clients, requests: list[Request], concurrency: int, 
         for request in queue:
             if (stop is not None and stop.is_set()) or time.perf_counter() >= deadline:
                 return
-            await _send(http, request, time.perf_counter(), summary)
+            await _send(http, request, time.perf_counter(), summary, on_reply)
 
     workers = [asyncio.create_task(worker()) for _ in range(min(concurrency, len(requests)))]
     await _bounded(workers, summary, deadline)

