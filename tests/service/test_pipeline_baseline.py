@@ -128,3 +128,14 @@ def test_refusals(tiny_model_dirs, tmp_path, capsys):
     assert message.startswith(f"{source}: line 4: invalid_request: ") and message.endswith(
         " (ground_truth); fix or remove it"), message
     assert not (tmp_path / "b.jsonl").exists()
+
+
+def test_items_a_component_failed_are_left_out_as_the_drift_windows_leave_them(tiny_model_dirs, tmp_path, capsys):
+    strict = graded(tmp_path, None) | {"on_component_error": "fail"}  # the user function fails the colours
+    config, source = write_setup(tmp_path, tiny_model_dirs, strict, reference_items())
+    main(["baseline", str(source), "--config", str(config), "--model", "graded", "--quiet"])
+    out, err = capsys.readouterr()
+    counts = {line.split("\t")[0]: line.split("\t")[1] for line in out.splitlines()}
+    assert counts == {dim: "count=12" for dim in ("score", "dim:rm", "dim:fmt", "dim:acc", "dim:user")}
+    assert "3 of 15 items failed a component and are left out" in err
+    assert "wrote" not in err
