@@ -141,7 +141,8 @@ class PipelineConfig(_Strict):
     default_value: float = Field(0.0, description="a failed component's value under on_component_error 'default'")
     drift_baseline: str | None = Field(None, description=(
         "a drift_baseline.jsonl for the reward (`score`) and each component's value (`dim:<component>`), "
-        "as `rewardserve baseline` writes for a model; without it the drift windows are kept, not judged"))
+        "which `rewardserve baseline FILE.jsonl --model <pipeline> --write` writes; without it the drift windows "
+        "are kept, not judged"))
 
     @model_validator(mode="after")
     def _consistent(self) -> PipelineConfig:

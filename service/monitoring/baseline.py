@@ -161,15 +161,18 @@ def window_limits(baseline: DimensionBaseline, size: int) -> dict[str, float]:
 def compute_baseline(model: str, revision: str, source: str, outputs: list[RewardOutput],
                      bins: int = DEFAULT_BINS, threshold_window: int | None = None) -> dict[str, DimensionBaseline]:
     """The baseline of every dimension the outputs carry (with limits calibrated for windows
-    of `threshold_window` values, when given)."""
+    of `threshold_window` values, when given). A dimension need not be in every output (a
+    pipeline component's value is there when it was ok): each value is paired with its own
+    item's length."""
     values: dict[str, list[float]] = {}
+    lengths: dict[str, list[int]] = {}
     for out in outputs:
         for dim, vals in observations(out).items():
             values.setdefault(dim, []).extend(vals)
-    lengths = [out.num_tokens for out in outputs]
+            if dim != STEP:
+                lengths.setdefault(dim, []).append(out.num_tokens)
     return {
-        dim: dimension_baseline(model, revision, source, dim, vals, lengths if dim != STEP else None, bins,
-                                threshold_window)
+        dim: dimension_baseline(model, revision, source, dim, vals, lengths.get(dim), bins, threshold_window)
         for dim, vals in values.items()
     }
 
