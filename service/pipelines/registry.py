@@ -97,10 +97,11 @@ class PipelineSet:
 
     def revision(self, name: str) -> str:
         """sha256 over the pipeline's configuration and its models' revisions: a change to
-        either is a new revision."""
+        either (its drift baseline's path aside) is a new revision."""
         config = self.configs[name]
         models = {m: self.models.runners[m].model.revision for m in sorted(config.served_models)}
-        text = json.dumps([config.model_dump(mode="json"), models], sort_keys=True)
+        scoring = config.model_dump(mode="json", exclude={"drift_baseline"})  # where drift is watched changes no score
+        text = json.dumps([scoring, models], sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
     async def close(self) -> None:
