@@ -28,7 +28,7 @@ from service.core.errors import APIError, renamed, whole_item
 from service.core.inputs import candidate_inputs
 from service.core.normalize import reference_stats_for, zscore
 from service.core.operations import chosen_priority
-from service.core.scoring import ScoreJob, Scorer
+from service.core.scoring import ScoreJob, Scorer, refuse_per_request
 from service.pipelines.pipeline import ModelCall, Pipeline
 from service.pipelines.rules import RuleInput
 from service.protocol.enums import ModelKind, Normalize, Priority, Truncate
@@ -84,9 +84,7 @@ async def get_reward(scorer: Scorer, body: GetRewardRequest, model: str | None =
     mode = body.mode or mode
     pipeline = scorer.pipeline(name)
     if pipeline is not None:
-        if body.normalize or normalize:
-            raise APIError(422, "invalid_request", "normalize is set per component in a pipeline's configuration, "
-                           "not per request", "normalize")
+        refuse_per_request(normalize=body.normalize or normalize)
         return await pipeline_reward(scorer, pipeline, body, job, mode)
     reward_model = scorer.runner(name).model
     spec = reward_model.spec

@@ -29,7 +29,7 @@ from service.core.errors import APIError, renamed, whole_item
 from service.core.inputs import candidate_inputs
 from service.core.operations import chosen_priority, rerank_documents
 from service.core.ranking import sigmoid
-from service.core.scoring import Scored, ScoreJob, Scorer
+from service.core.scoring import Scored, ScoreJob, Scorer, refuse_per_request
 from service.pipelines.pipeline import ModelCall
 from service.pipelines.rules import RuleInput
 from service.protocol.enums import ModelKind, Normalize, Priority
@@ -89,9 +89,7 @@ async def _scored(scorer: Scorer, body: VllmRequest, build: Callable[[RewardMode
     try:
         if pipeline is None:
             return await scorer.score(await model_job(scorer.runner(body.model).model))
-        if normalize not in (None, "none"):
-            raise APIError(422, "invalid_request", "normalize is set per component in a pipeline's configuration, "
-                           "not per request", "normalize")
+        refuse_per_request(normalize=normalize)
         return await scorer.run_pipeline(pipeline, texts, score_model)
     except APIError as err:
         raise renamed(err, whole_item(whole), whole) from err

@@ -97,6 +97,11 @@ class Scorer:
             raise APIError.from_lookup(err) from None
 
     @property
+    def ready(self) -> bool:
+        """Whether every model and pipeline is ready to score."""
+        return all(status == "ready" for status in self.statuses.values())
+
+    @property
     def statuses(self) -> dict[str, str]:
         """Every served model's and pipeline's status."""
         return self.registry.statuses | {name: self.pipelines.status(name) for name in self.pipelines.configs}
@@ -169,10 +174,7 @@ class Scorer:
     async def _score_pipeline(self, pipeline: Pipeline, job: ScoreJob) -> Scored:
         """Every item's reward from `pipeline`, its model components scored as this job's
         items by each model."""
-        for option in ("aggregate", "normalize"):
-            if getattr(job, option) not in (None, "none"):
-                raise APIError(422, "invalid_request", f"{option} is set per component in a pipeline's "
-                               "configuration, not per request", option)
+        refuse_per_request(aggregate=job.aggregate, normalize=job.normalize)
         texts = job.texts or (None,) * len(job.inputs)
         return await self.run_pipeline(pipeline, texts, lambda call: self.score_call(job, call), job.on_item_error)
 
@@ -219,6 +221,14 @@ def _finished(out: RewardOutput, aggregate: StepAggregate | None, stats) -> Rewa
     if aggregate is not None:
         out = out.with_step_aggregate(aggregate)
     return zscore(out, stats) if stats is not None else out
+
+
+def refuse_per_request(**options) -> None:
+    """422 for a request option a pipeline's configuration sets per component instead."""
+    for option, value in options.items():
+        if value not in (None, "none"):
+            raise APIError(422, "invalid_request", f"{option} is set per component in a pipeline's configuration, "
+                           "not per request", option)
 
 
 def component_error(index: int, failed: ComponentFailed) -> APIError:

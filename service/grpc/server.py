@@ -45,7 +45,7 @@ class GrpcServer:
 
     def __init__(self, scorer: Scorer, metrics: Metrics, keys: KeyRing, host: str, port: int,
                  credentials: grpc.ServerCredentials | None = None, *, handshake_timeout_s: float):
-        self.registry = scorer.registry
+        self.scorer = scorer
         self.calls = CallsInFlight()
         self.server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -77,7 +77,7 @@ class GrpcServer:
         """SERVING (overall and per service) once every model is ready, as /health/ready."""
         if loading is not None:
             await asyncio.shield(loading)
-        ready = self.registry.ready
+        ready = self.scorer.ready
         status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
         for service in self.services:
             await self.health.set(service, status)

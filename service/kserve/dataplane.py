@@ -74,7 +74,7 @@ class DataPlane:
         return True
 
     def server_ready(self) -> bool:
-        return self.registry.ready
+        return self.scorer.ready
 
     def server_metadata(self) -> dict:
         return {"name": SERVER_NAME, "version": server_version(), "extensions": EXTENSIONS}
