@@ -2,9 +2,10 @@
 
 Text pairs and chats go through the tokenizer's chat template when it has one (and the
 spec allows), tokenized as the model cards do; without a template, encoders pair-encode and
-decoders read prompt and response as one text. Process inputs get their step markers
-inserted here. Every input is checked against the model's length limit: too long is an
-error unless the caller asked for truncation.
+decoders read prompt and response as one text. A label-token judge's are first put in its
+question (spec.label_tokens). Process inputs get their step markers inserted here. Every
+input is checked against the model's length limit: too long is an error unless the caller
+asked for truncation.
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ class Encoder:
             raise InputError("steps", "this is a process reward model: send prompt and steps (or input_ids)")
         elif isinstance(item, RenderedText):
             encoded = self._encode_rendered(item)
+        elif isinstance(item, (TextPair, Chat)) and self.spec.label_tokens:
+            encoded = self._encode_question(item)
         elif isinstance(item, TextPair):
             encoded = self._encode_pair(item.prompt, item.response)
         elif isinstance(item, Chat):
@@ -153,25 +156,43 @@ class Encoder:
         return Encoded(ids, None, prompt_length=_common_prefix(ids, prompt_ids))
 
     def _encode_chat(self, messages: tuple[tuple[str, str], ...]) -> Encoded:
-        for i, (role, _) in enumerate(messages):
-            if role not in CHAT_ROLES:
-                raise InputError(f"messages[{i}].role", f"unknown role {role!r}; use one of {sorted(CHAT_ROLES)}")
-        if len(messages) < 2 or messages[-1][0] != "assistant":
-            raise InputError(
-                "messages", "messages must end with the assistant response to score, after at least one prompt turn"
-            )
+        check_conversation(messages)
         if not self.use_template:
             return self._encode_pair(plain_prompt(messages[:-1]), messages[-1][1])
-        if self.spec.system_prompt is not None and messages[0][0] != "system":
-            messages = (("system", self.spec.system_prompt), *messages)
+        messages = self._with_system_prompt(messages)
         as_dicts = [{"role": r, "content": c} for r, c in messages]
-        try:
-            full = self.tokenizer.apply_chat_template(as_dicts, tokenize=False)
-            prompt = self.tokenizer.apply_chat_template(as_dicts[:-1], tokenize=False, add_generation_prompt=True)
-        except TemplateError as err:  # e.g. Gemma's "System role not supported"
-            raise InputError("messages", f"the model's chat template refuses this conversation: {err}") from err
+        full = self._render(as_dicts, add_generation_prompt=False)
+        prompt = self._render(as_dicts[:-1], add_generation_prompt=True)
         ids, prompt_ids = self._tokenize_rendered(full), self._tokenize_rendered(prompt)
         return Encoded(ids, None, prompt_length=_common_prefix(ids, prompt_ids))
+
+    def _encode_question(self, item: TextPair | Chat) -> Encoded:
+        """A label-token judge's input: the item's prompt (a conversation's turns before its
+        response, as `plain_prompt` writes them) and response put in the judge's template,
+        asked as one user turn through the chat template with the generation prompt, so that
+        the last token is where the answer would begin; without a template, the question as
+        one text with the tokenizer's special tokens."""
+        if isinstance(item, Chat):
+            check_conversation(item.messages)
+            item = TextPair(plain_prompt(item.messages[:-1]), item.messages[-1][1])
+        question = self.spec.label_tokens.question(item.prompt, item.response)
+        if not self.use_template:
+            return Encoded(self.tokenizer.encode(question, add_special_tokens=True, verbose=False))
+        turns = self._with_system_prompt((("user", question),))
+        text = self._render([{"role": r, "content": c} for r, c in turns], add_generation_prompt=True)
+        return Encoded(self._tokenize_rendered(text))
+
+    def _with_system_prompt(self, messages: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+        if self.spec.system_prompt is not None and messages[0][0] != "system":
+            return (("system", self.spec.system_prompt), *messages)
+        return messages
+
+    def _render(self, messages: list[dict], add_generation_prompt: bool) -> str:
+        try:
+            return self.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                      add_generation_prompt=add_generation_prompt)
+        except TemplateError as err:  # e.g. Gemma's "System role not supported"
+            raise InputError("messages", f"the model's chat template refuses this conversation: {err}") from err
 
     def _encode_rendered(self, item: RenderedText) -> Encoded:
         """The text's own tokens (an encoder's with its [CLS] and [SEP]); the prompt's length
@@ -270,11 +291,24 @@ class Encoder:
 
 
 def single_token_id(tokenizer, token: str, what: str) -> int:
-    """The id of a token that must be one vocabulary entry (step markers, step-tag candidates)."""
+    """The id of a token that must be one vocabulary entry (step markers, step-tag candidates,
+    a judge's labels)."""
     ids = tokenizer.encode(token, add_special_tokens=False)
     if len(ids) != 1:
-        raise ModelLoadError(f"{what} {token!r} is not a single token for this tokenizer")
+        raise ModelLoadError(f"{what} {token!r} is not a single token for this tokenizer: it tokenizes to "
+                             f"{tokenizer.convert_ids_to_tokens(ids)} (ids {ids})")
     return ids[0]
+
+
+def check_conversation(messages: tuple[tuple[str, str], ...]) -> None:
+    """A scored conversation: known roles, ending in the assistant response after a prompt turn."""
+    for i, (role, _) in enumerate(messages):
+        if role not in CHAT_ROLES:
+            raise InputError(f"messages[{i}].role", f"unknown role {role!r}; use one of {sorted(CHAT_ROLES)}")
+    if len(messages) < 2 or messages[-1][0] != "assistant":
+        raise InputError(
+            "messages", "messages must end with the assistant response to score, after at least one prompt turn"
+        )
 
 
 def field_of(item: ScoreInput) -> str:

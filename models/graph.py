@@ -4,7 +4,7 @@ so every backend computes the same function. The torch backend may run decoders 
 (`RewardGraph.packed`: the batch as one row, no padding), reading the same outputs.
 
 Outputs, by kind:
-    scalar / multi-objective    values [B, K]
+    scalar / multi-objective    values [B, K] (a label-token judge: [B, 1], P(labels[0]) of the two)
       + gating                  gating_weights [B, G], gated_score [B]
     process                     step_logits [B, T, C]: [bad, good] (or one) logits per position
                                 (packed: [M, C], at the M step markers only)
@@ -52,7 +52,8 @@ def input_names(is_encoder: bool, gated: bool) -> tuple[str, ...]:
 
 class RewardGraph(nn.Module):
     def __init__(self, model: nn.Module, head: HeadFile | None, spec: RewardSpec, is_encoder: bool,
-                 pooling: Pooling, step_tag_ids: list[int] | None, pad_token_id: int | None):
+                 pooling: Pooling, step_tag_ids: list[int] | None, pad_token_id: int | None,
+                 label_ids: list[int] | None = None):
         super().__init__()
         self.model = model
         self.head = head
@@ -63,6 +64,7 @@ class RewardGraph(nn.Module):
         self.reward_logit_index = spec.reward_logit_index
         self.gated = head is not None and head.gating is not None
         self.step_tag_ids = step_tag_ids
+        self.label_ids = label_ids  # a judge's two answers (spec.label_tokens), the scored one first
         self.call_options = {} if is_encoder else {"use_cache": False}  # scoring never decodes further
         self.output_names = output_names(spec, self.gated)
         self.input_names = input_names(is_encoder, self.gated)
@@ -97,7 +99,7 @@ class RewardGraph(nn.Module):
         """Head outputs per item; None for a step-tag LM, read at its candidate tokens."""
         if self.step_tag_ids is not None:
             return None
-        if self.reward_logit_index is not None:
+        if self.reward_logit_index is not None or self.label_ids is not None:
             return 1
         return self.head.reward.out_features if self.head is not None else self.model.config.num_labels
 
@@ -163,9 +165,12 @@ class RewardGraph(nn.Module):
 
     def _read(self, pooled, gate_states) -> tuple[torch.Tensor, ...]:
         """The sequence outputs from the pooled states: a decoder's own score layer, or one
-        vocabulary logit of its LM head (`reward_logit_index`), or the head file's reward
-        MLP and its gating network on `gate_states`."""
+        vocabulary logit of its LM head (`reward_logit_index`), or the probability of a judge's
+        first answer against its second (`label_ids`: their two logits, softmax), or the head
+        file's reward MLP and its gating network on `gate_states`."""
         if self.head is None:
+            if self.label_ids is not None:
+                return (torch.softmax(_lm_logits(self.model, pooled, self.label_ids).float(), dim=-1)[:, :1],)
             if self.reward_logit_index is None:
                 return (self.model.score(pooled),)
             return (_lm_logits(self.model, pooled, [self.reward_logit_index]),)

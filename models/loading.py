@@ -59,10 +59,14 @@ def build_graph(backbone_dir: Path, model_dir: Path, spec: RewardSpec, config, t
         p = spec.process
         step_tag_ids = [single_token_id(tokenizer, p.bad_token, "process.bad_token"),
                         single_token_id(tokenizer, p.good_token, "process.good_token")]
+    label_ids = None
+    if spec.label_tokens:
+        label_ids = [single_token_id(tokenizer, label, f"label_tokens.labels[{i}]")
+                     for i, label in enumerate(spec.label_tokens.labels)]
     encoder = is_encoder_config(config)
     pooling = spec.pooling or default_pooling(spec, encoder)
     pad_token_id = config.get_text_config().pad_token_id
-    graph = RewardGraph(model, head, spec, encoder, pooling, step_tag_ids, pad_token_id).eval()
+    graph = RewardGraph(model, head, spec, encoder, pooling, step_tag_ids, pad_token_id, label_ids).eval()
     _check_readable(graph, spec)
     return graph
 
@@ -81,7 +85,7 @@ def default_pooling(spec: RewardSpec, is_encoder: bool) -> Pooling:
     classification head is read, else the last real token (OpenRLHF's value head's rule too)."""
     if is_encoder:
         return Pooling.cls
-    if spec.head_file or spec.value_head or spec.reward_logit_index is not None:
+    if spec.head_file or spec.value_head or spec.reward_logit_index is not None or spec.label_tokens:
         return Pooling.last
     return Pooling.last_non_pad
 
@@ -90,7 +94,8 @@ def _check_readable(graph: RewardGraph, spec: RewardSpec) -> None:
     """The loaded module has the part the graph reads scores from (a remote-code class may
     have none of the standard ones)."""
     model = graph.model
-    token_ids = graph.step_tag_ids or ([spec.reward_logit_index] if spec.reward_logit_index is not None else None)
+    token_ids = graph.step_tag_ids or graph.label_ids or (
+        [spec.reward_logit_index] if spec.reward_logit_index is not None else None)
     if token_ids is not None:
         lm_head = model.get_output_embeddings()
         rows = lm_head.weight.shape[0] if lm_head is not None else 0
@@ -127,7 +132,7 @@ def _load_backbone(directory: Path, spec: RewardSpec, config, dtype: torch.dtype
         auto = AutoModel
     elif spec.kind == ModelKind.process:
         auto = AutoModelForCausalLM if spec.process.convention == "step_tag" else AutoModelForTokenClassification
-    elif spec.reward_logit_index is not None:
+    elif spec.reward_logit_index is not None or spec.label_tokens:
         auto = AutoModelForCausalLM
     else:
         auto = AutoModelForSequenceClassification

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from enum import Enum
 from pathlib import Path
+from string import Formatter
 from typing import Literal
 
 import yaml
@@ -75,6 +76,43 @@ class ProcessSpec(_Strict):
         if self.convention == "step_tag" and not (self.good_token and self.bad_token):
             raise ValueError("process.convention 'step_tag' needs good_token and bad_token")
         return self
+
+
+JUDGE_TEMPLATE = (
+    "Here is a request and a response to it.\n\n[Request]\n{prompt}\n\n[Response]\n{response}\n\n"
+    "Is the response a helpful, correct and harmless answer to the request? Answer {labels[0]} or {labels[1]}."
+)
+JUDGE_FIELDS = frozenset({"prompt", "response", "labels[0]", "labels[1]"})
+
+
+class LabelTokensSpec(_Strict):
+    """A causal LM read as a judge (a yes/no or A/B question): `template` puts an item's prompt
+    and response into one question, asked as a user turn through the chat template with its
+    generation prompt (the text alone without one), and the score is P(labels[0]) /
+    (P(labels[0]) + P(labels[1])) from the LM head's logits where the answer would begin."""
+
+    labels: list[str] = Field(min_length=2, max_length=2, description=(
+        "the two answers, the one whose probability is the score first (e.g. [Yes, No]); each must be one token "
+        "of the model's tokenizer, as the text tokenizes alone (write a leading space where the answer has one)"))
+    template: str = Field(JUDGE_TEMPLATE, description=(
+        "the question, in Python format syntax: {prompt}, {response}, {labels[0]}, {labels[1]}; {{ and }} for "
+        "literal braces"))
+
+    @model_validator(mode="after")
+    def _labels_and_fields(self) -> LabelTokensSpec:
+        if not all(self.labels) or self.labels[0] == self.labels[1]:
+            raise ValueError(f"label_tokens.labels must be two different non-empty texts, not {self.labels}")
+        try:
+            fields = {name for _, name, _, _ in Formatter().parse(self.template) if name is not None}
+        except ValueError as err:
+            raise ValueError(f"label_tokens.template: {err} (write {{{{ and }}}} for literal braces)") from None
+        if fields - JUDGE_FIELDS or not {"prompt", "response"} <= fields:
+            raise ValueError(f"label_tokens.template must use {{prompt}} and {{response}}, and no fields but "
+                             f"{sorted(JUDGE_FIELDS)}; it uses {sorted(fields)}")
+        return self
+
+    def question(self, prompt: str, response: str) -> str:
+        return self.template.format(prompt=prompt, response=response, labels=self.labels)
 
 
 class MultiObjectiveSpec(_Strict):
@@ -147,7 +185,7 @@ class RewardSpec(_Strict):
         "of the same shape")
     pooling: Pooling | None = Field(
         None, description="default: cls for encoders; for decoders last_non_pad with the checkpoint's own head, "
-        "last with a head file or reward_logit_index")
+        "last with a head file, reward_logit_index or label_tokens")
     max_length: int | None = Field(None, gt=0, description="default: the model's own limit")
     use_chat_template: bool = True
     system_prompt: str | None = Field(
@@ -159,6 +197,9 @@ class RewardSpec(_Strict):
     reward_logit_index: int | None = Field(
         None, ge=0, description="scalar models that are causal LMs (Nemotron-70B-Reward-HF): the vocabulary "
         "index whose logit at the last token is the reward")
+    label_tokens: LabelTokensSpec | None = Field(
+        None, description="scalar models that are causal LMs asked a yes/no or A/B question: the score is the "
+        "probability of the first answer against the second")
     unused_weights: list[str] = Field(
         default_factory=list, description="name prefixes of checkpoint tensors deliberately left unread: those a "
         "head_file holds (written by `rewardserve convert`) or ones the published model never reads (an LM head "
@@ -183,6 +224,10 @@ class RewardSpec(_Strict):
         if self.value_head is not None and (self.kind != ModelKind.scalar or self.head_file
                                             or self.reward_logit_index is not None):
             raise ValueError("value_head is the head of a scalar model: without head_file or reward_logit_index")
+        if self.label_tokens is not None and (self.kind != ModelKind.scalar or self.head_file or self.value_head
+                                              or self.reward_logit_index is not None):
+            raise ValueError("label_tokens reads a causal LM's own logits: scalar models without head_file, "
+                             "value_head or reward_logit_index only")
         stats = self.reference_stats
         if stats is not None:
             dims = set(self.multi_objective.dimensions) if self.multi_objective else set()
@@ -195,7 +240,7 @@ class RewardSpec(_Strict):
     def canonical_json(self) -> str:
         data = self.model_dump(mode="json")
         # specs without the fields added later keep the revision they had
-        for later in ("reference_stats", "backbone_weights", "value_head"):
+        for later in ("reference_stats", "backbone_weights", "value_head", "label_tokens"):
             if data[later] is None:
                 del data[later]
         if data["process"]:  # no score depends on it
