@@ -45,7 +45,7 @@ class VllmUsage(BaseModel):
     prompt_tokens_details: None = None
 
 
-def _usage(tokens: int) -> VllmUsage:
+def vllm_usage(tokens: int) -> VllmUsage:
     return VllmUsage(prompt_tokens=tokens, total_tokens=tokens)
 
 
@@ -71,8 +71,9 @@ def activated(kind: ModelKind, values: list[float], activation: bool | None) -> 
     return [sigmoid(v) for v in values] if activation else values
 
 
-async def _scored(scorer: Scorer, body: VllmRequest, build: Callable[[RewardModel], Awaitable[list[ScoreInput]]],
-                  texts: list[RuleInput | None], whole: str, normalize: Normalize | None = None) -> Scored:
+async def scored_request(scorer: Scorer, body: VllmRequest,
+                         build: Callable[[RewardModel], Awaitable[list[ScoreInput]]],
+                         texts: list[RuleInput | None], whole: str, normalize: Normalize | None = None) -> Scored:
     """The inputs `build` makes for a model, scored by the model `body` names; for a pipeline,
     each of its models scores the inputs `build` makes for it and its rules read `texts`.
     Errors on item i name `whole[i]`."""
@@ -103,7 +104,7 @@ async def _score_inputs(scorer: Scorer, body: VllmRequest, input: VllmInput | No
     async def build(model: RewardModel) -> list[ScoreInput]:
         return await input_items(model, body, entries, messages, add_special_tokens)
 
-    return await _scored(scorer, body, build, input_texts(entries, messages), "input", normalize)
+    return await scored_request(scorer, body, build, input_texts(entries, messages), "input", normalize)
 
 
 class _InputRequest(VllmRequest):
@@ -162,7 +163,7 @@ async def pooling(scorer: Scorer, body: PoolingRequest) -> PoolingResponse:
     data = [PoolingData(index=i, data=_encoded(activated(kind, vector(out), body.wants_activation()), body),
                         truncated=out.truncated) for i, out in enumerate(scored.outputs)]
     return PoolingResponse(id=f"pooling-{uuid.uuid4().hex}", created=int(time.time()), model=scored.model, data=data,
-                           usage=_usage(scored.total_tokens))
+                           usage=vllm_usage(scored.total_tokens))
 
 
 # ---- /classify --------------------------------------------------------------------------
@@ -209,7 +210,7 @@ async def classify(scorer: Scorer, body: ClassifyRequest) -> ClassificationRespo
         data.append(ClassificationData(index=i, label=id2label.get(best, f"LABEL_{best}"), probs=probs,
                                        num_classes=len(probs), truncated=out.truncated))
     return ClassificationResponse(id=f"classify-{uuid.uuid4().hex}", created=int(time.time()), model=scored.model,
-                                  data=data, usage=_usage(scored.total_tokens))
+                                  data=data, usage=vllm_usage(scored.total_tokens))
 
 
 # ---- /score -----------------------------------------------------------------------------
@@ -293,12 +294,12 @@ async def score(scorer: Scorer, body: VllmScoreRequest) -> VllmScoreResponse:
                 for item in candidate_inputs(model.spec, prompt, None, [Candidate(text=response)], prompt_field=first)]
 
     texts = [RuleInput(response, prompt) for prompt, response in zip(firsts, seconds)]
-    scored = await _scored(scorer, body, build, texts, second, body.normalize)
+    scored = await scored_request(scorer, body, build, texts, second, body.normalize)
     wants = body.wants_activation()
     data = [ScoreData(index=i, score=activated(scored.kind, [out.score], wants)[0], truncated=out.truncated)
             for i, out in enumerate(scored.outputs)]
     return VllmScoreResponse(id=f"score-{uuid.uuid4().hex}", created=int(time.time()), model=scored.model, data=data,
-                             usage=_usage(scored.total_tokens))
+                             usage=vllm_usage(scored.total_tokens))
 
 
 # ---- /rerank ----------------------------------------------------------------------------

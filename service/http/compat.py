@@ -3,8 +3,9 @@ unchanged (service.compat):
 
 - OpenRLHF's remote reward model: `POST /get_reward` (`--remote_rm_url http://HOST:PORT/get_reward`).
 - vLLM's pooling API, at its unprefixed paths: `/pooling`, `/classify`, `/score`, `/rerank`
-  (also `/v2/rerank`, Cohere's path); our own `/v1/score` (which answers a body in vLLM's
-  form as `/score`: service.http.scoring) and `/v1/rerank` keep our shapes.
+  (also `/v2/rerank`, Cohere's path), and its `/generative_scoring` (by label-token judges);
+  our own `/v1/score` (which answers a body in vLLM's form as `/score`: service.http.scoring)
+  and `/v1/rerank` keep our shapes.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Literal
 
 from fastapi import APIRouter, Query, Request
 
-from service.compat import openrlhf, vllm
+from service.compat import openrlhf, vllm, vllm_generative
 from service.http.disconnect import unless_disconnected
 from service.http.errors import ERROR_RESPONSES
 from service.protocol.enums import Normalize, Priority
@@ -62,3 +63,10 @@ async def score(body: vllm.VllmScoreRequest, request: Request) -> vllm.VllmScore
 async def rerank(body: vllm.VllmRerankRequest, request: Request) -> RerankResponse:
     """vLLM / Cohere rerank: /v1/rerank at the paths their clients call, with vLLM's fields."""
     return await unless_disconnected(request, vllm.rerank(request.app.state.scorer, body))
+
+
+@router.post("/generative_scoring", response_model=vllm.VllmScoreResponse, responses=ERROR_RESPONSES,
+             description=getdoc(vllm_generative.generative_scoring))
+async def generative_scoring(body: vllm_generative.GenerativeScoringRequest,
+                             request: Request) -> vllm.VllmScoreResponse:
+    return await unless_disconnected(request, vllm_generative.generative_scoring(request.app.state.scorer, body))

@@ -27,6 +27,7 @@ from transformers import (
     MistralForCausalLM,
     MistralModel,
     Qwen2Config,
+    Qwen2ForCausalLM,
     Qwen2Model,
     Qwen3Config,
     Qwen3ForSequenceClassification,
@@ -278,6 +279,21 @@ def openrlhf_mistral(out: Path) -> Path:
     config = MistralConfig(vocab_size=32000, bos_token_id=1, eos_token_id=2, max_position_embeddings=32768,
                            sliding_window=4096, **TINY)
     return _openrlhf(out, MistralModel(config), tok, "value_head", (1.25, 0.8))
+
+
+# ---- label-token judges ------------------------------------------------------------------
+
+
+def qwen2_judge(out: Path) -> Path:
+    """A causal LM read as a judge (spec label_tokens: Yes / No, the default question): Qwen2
+    with embeddings tied, so the LM head is the embedding, Qwen's tokenizer and template."""
+    tok = tokenizers.qwen(tokenizers.qwen3_template(), through="<|file_sep|>")
+    config = Qwen2Config(vocab_size=151936, max_position_embeddings=4096, tie_word_embeddings=True,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **TINY)
+    torch.manual_seed(3)
+    _save(out, Qwen2ForCausalLM(config), tok)
+    (out / "reward_spec.yaml").write_text("kind: scalar\nlabel_tokens:\n  labels: [\"Yes\", \"No\"]\n")
+    return out
 
 
 BUILDERS = {

@@ -14,15 +14,14 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from model_cards import tokenizers
+from model_cards import checkpoints
 from pydantic import ValidationError
-from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from models.errors import ModelLoadError
 from models.inputs import TextPair
 from models.reward_model import RewardModel
-from models.spec import JUDGE_TEMPLATE, SPEC_FILENAME, RewardSpec
+from models.spec import JUDGE_TEMPLATE, RewardSpec
 from service.config import ModelConfig
 
 TOL = 1e-5
@@ -53,26 +52,9 @@ ITEMS = [
 ]
 
 
-def build_judge(out: Path) -> Path:
-    """A Qwen2 causal LM (embeddings tied, so the LM head is the embedding) with Qwen's
-    tokenizer, asked Yes / No by the default template."""
-    tok = tokenizers.qwen(tokenizers.qwen3_template(), through="<|file_sep|>")
-    config = Qwen2Config(vocab_size=151936, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                         tie_word_embeddings=True, initializer_range=0.2, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id)
-    torch.manual_seed(3)
-    out.mkdir(parents=True)
-    Qwen2ForCausalLM(config).save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
-    spec = {"kind": "scalar", "label_tokens": {"labels": ["Yes", "No"]}}
-    (out / SPEC_FILENAME).write_text(yaml.safe_dump(spec))
-    return out
-
-
 @pytest.fixture(scope="module")
 def judge_dir(tmp_path_factory) -> Path:
-    return build_judge(tmp_path_factory.mktemp("judge") / "qwen2-judge")
+    return checkpoints.qwen2_judge(tmp_path_factory.mktemp("judge") / "qwen2-judge")
 
 
 class Reference:
