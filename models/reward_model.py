@@ -16,6 +16,7 @@ from transformers import AutoConfig, AutoTokenizer
 from models.backends import load_backend
 from models.backends.base import Backend, ModelSource
 from models.backends.config import BackendConfig, TorchConfig
+from models.determinism import batch_invariant
 from models.encoding import Encoder, max_length_for
 from models.errors import ModelLoadError
 from models.graph import RewardGraph, contract_shape
@@ -185,6 +186,20 @@ class RewardModel:
         if self.prefix_sharing is not None and len(batch) > 1:
             return self.prefix_sharing.prepare(self, batch)
         return self.prepare_unshared(batch)
+
+    def prepare_alone(self, batch: list[Encoded]) -> Callable[[], list[RewardOutput]]:
+        """One item's forward on its own (no batch-mates, padding or shared prefix): the same
+        shapes every time, so the same bits whatever else is queued; on CUDA under the
+        switches that keeps its kernels deterministic (models.determinism)."""
+        if len(batch) != 1:
+            raise ValueError(f"an item scored alone is a batch of one, not {len(batch)}")
+        forward = self.prepare_unshared(batch)
+
+        def run() -> list[RewardOutput]:
+            with batch_invariant(self.device):
+                return forward()
+
+        return run
 
     def forward_unshared(self, batch: list[Encoded]) -> list[RewardOutput]:
         return self.prepare_unshared(batch)()

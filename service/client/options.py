@@ -19,6 +19,7 @@ class ItemScoring(TypedDict, total=False):
     normalize: Normalize
     cache: CacheMode | str
     on_item_error: OnItemError
+    deterministic: bool | None
 
 
 class ScoreOptions(ItemScoring, total=False):

@@ -59,6 +59,10 @@ class ModelConfig(BaseModel):
     pipeline: bool | None = Field(None, description=(
         "build the next batch's inputs on a thread of their own while the forward runs; null: on GPUs, where "
         "the forward leaves the CPU free (on a CPU, the forward's threads take every core)"))
+    deterministic: bool = Field(False, description=(
+        "score every item alone (a batch of one: no batch-mates, padding, packing or shared prefix), so its "
+        "score is the same bits whatever else is queued; a request's `deterministic` overrides it. On CUDA "
+        "these forwards also run deterministic kernels without TF32 (docs/determinism.md)"))
     serve_graph: bool = Field(False, description="also serve the raw graph over KServe v2 as `<name>-graph`")
     cache: bool = Field(True, description="serve repeated inputs from the result cache")
     cache_ttl_s: float = Field(3600.0, gt=0, description="how long cached results live")

@@ -50,6 +50,7 @@ class ScoreJob:
     normalize: Normalize | None = None
     cache: CacheMode = CacheMode.use
     on_item_error: OnItemError = "request"
+    deterministic: bool | None = None  # items scored alone (bitwise batch-invariant); None: the model's setting
     texts: tuple[RuleInput | None, ...] | None = None  # what a pipeline's rules read, per item
 
 
@@ -159,9 +160,10 @@ class Scorer:
         stats = reference_stats_for(model.spec, job.aggregate) if job.normalize == "zscore" else None
         priority = job.priority or Priority(self.settings.batching.default_priority)
         deadline = None if job.timeout_ms is None else time.monotonic() + job.timeout_ms / 1000
+        alone = runner.config.deterministic if job.deterministic is None else job.deterministic
         try:
             results = await runner.score(job.inputs, job.truncate, priority, deadline, job.cache,
-                                         item_errors=job.on_item_error == "item", keep=job.keep)
+                                         item_errors=job.on_item_error == "item", keep=job.keep, alone=alone)
         except ItemError as err:
             raise APIError.from_item_error(err) from err
         except QueueFull as err:

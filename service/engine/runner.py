@@ -82,6 +82,7 @@ class ModelRunner:
             self._forward_thread,
             prepare=(lambda batch: self.model.prepare(batch)) if config.pipelines() else None,
             prepare_executor=self._prepare_thread,
+            prepare_alone=lambda batch: self.model.prepare_alone(batch),
             batching=settings.batching,
             queue=settings.queue,
             cost_clock=lambda: self.model.forward_clock(),
@@ -182,12 +183,15 @@ class ModelRunner:
     async def score(self, inputs: list[ScoreInput], truncate: Truncate | None,
                     priority: Priority = Priority.interactive, deadline: float | None = None,
                     cache_mode: CacheMode = CacheMode.use, item_errors: bool = False,
-                    keep: int | None = None) -> list[RewardOutput | ItemError]:
+                    keep: int | None = None, alone: bool = False) -> list[RewardOutput | ItemError]:
         """Every item scored, in request order: cache hits answered at once, the rest
         through the scheduler. `deadline` is a time.monotonic() instant; `keep`: what
         `truncate` cuts to (default max_length). The request is
         admitted (or QueueFull) before it is tokenized. An item that fails raises its
-        ItemError, or with `item_errors` is answered by it while the rest are scored."""
+        ItemError, or with `item_errors` is answered by it while the rest are scored. With
+        `alone`, each item is forwarded in a batch of its own (Scheduler.submit), so its score
+        is the same bits whatever else is queued; the cache keeps those results apart, so an
+        item scored alone is never answered by a batched result nor a batched one by it."""
         self.observer.request()
         try:
             ticket = self.scheduler.admission.admit(len(inputs), self.estimated_tokens(inputs), priority)
@@ -195,13 +199,14 @@ class ModelRunner:
             self.observer.rejected(len(inputs))
             raise
         try:
-            return await self._score(inputs, truncate, priority, deadline, cache_mode, item_errors, ticket, keep)
+            return await self._score(inputs, truncate, priority, deadline, cache_mode, item_errors, ticket, keep,
+                                     alone)
         finally:
             self.scheduler.admission.release(ticket)
 
     async def _score(self, inputs: list[ScoreInput], truncate: Truncate | None, priority: Priority,
                      deadline: float | None, cache_mode: CacheMode, item_errors: bool,
-                     ticket: Ticket, keep: int | None) -> list[RewardOutput | ItemError]:
+                     ticket: Ticket, keep: int | None, alone: bool) -> list[RewardOutput | ItemError]:
         started = time.perf_counter()
         encoded = await asyncio.to_thread(self.encode_all, inputs, truncate, item_errors, keep)
         self._measure_chars_per_token(inputs, encoded)
@@ -210,7 +215,7 @@ class ModelRunner:
         self.observer.tokenized([encoded[i] for i in todo], time.perf_counter() - started)
         keys = {}
         if self.cache is not None and cache_mode != CacheMode.bypass:
-            keys = {i: cache_key(self.name, self.model.revision, encoded[i]) for i in todo}
+            keys = {i: cache_key(self.name, self.model.revision, encoded[i], alone) for i in todo}
             if cache_mode == CacheMode.use:
                 dimensions = self.model.info.dimensions
                 for index, (blob, _) in zip(
@@ -222,7 +227,8 @@ class ModelRunner:
             self.observer.cache_hits(len(todo) - len(misses), time.perf_counter() - started)
         timeout_s = None if deadline is None else deadline - time.monotonic()
         outputs = (
-            await self.scheduler.submit([encoded[i] for i in misses], priority, timeout_s, ticket) if misses else []
+            await self.scheduler.submit([encoded[i] for i in misses], priority, timeout_s, ticket, alone)
+            if misses else []
         )
         self.observer.scheduled(outputs)
         returned = time.perf_counter()

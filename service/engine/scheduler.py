@@ -12,6 +12,9 @@ thread is free, the scheduler forms the next batch:
   requests are being served (one within `INTERACTIVE_RECENT_S`), a bulk batch is cut to about
   `interactive_bulk_wait_ms` of forward: the most an interactive item arriving just after
   it started waits behind it (forwards are not preemptible);
+- alone: an item submitted `alone` (a deterministic request's) is a batch of its own, never
+  joined by another, so its score is the same bits whatever else is queued (on this CPU, even
+  batch-mates of its own length change the last bits);
 - fill: a `bulk` batch that is not full waits at most `max_wait_ms` (from the anchor's
   arrival) for more items, so one-rollout-per-request trainers still fill batches when
   the model is idle. An `interactive` batch goes at once: a ranker's request arrives
@@ -66,6 +69,7 @@ class _Work:
     key: tuple
     waiters: int = 1
     queued: bool = True
+    alone: bool = False  # forwarded in a batch of its own
     timer: asyncio.TimerHandle | None = None
 
     @property
@@ -81,7 +85,8 @@ def dedup_key(enc: Encoded) -> tuple:
 class Scheduler:
     """`forward` runs a batch on `executor` (the model's one forward thread). `prepare`, run on
     `prepare_executor`, builds a batch's inputs ahead of its forward and returns it ready to
-    run (a Prepared); without it, batches are built as they run. `batching` and `queue` are
+    run (a Prepared); without it, batches are built as they run. `prepare_alone` builds the
+    forward of an item submitted `alone` (default: as any batch is). `batching` and `queue` are
     the settings' sections (their defaults are the settings' defaults)."""
 
     def __init__(
@@ -95,12 +100,14 @@ class Scheduler:
         queue: QueueSettings = QueueSettings(),
         cost_clock: Callable[[], float] = time.perf_counter,
         on_batch: Callable[[BatchRecord], None] | None = None,
+        prepare_alone: Callable[[list[Encoded]], Prepared] | None = None,
     ):
         self._forward = forward
         self._run_forward = IsolatingForward(forward, cost_clock)
         self._executor = executor
         self._prepare = prepare
         self._prepare_executor = prepare_executor
+        self._prepare_alone = prepare_alone
         self.max_batch_size = batching.max_batch_size
         self.max_batch_tokens = batching.max_batch_tokens
         self.max_wait_s = batching.max_wait_ms / 1000
@@ -131,11 +138,13 @@ class Scheduler:
         return self.admission.queued_tokens
 
     async def submit(self, encoded: list[Encoded], priority: Priority = Priority.bulk,
-                     timeout_s: float | None = None, ticket: Ticket | None = None) -> list[RewardOutput | Exception]:
+                     timeout_s: float | None = None, ticket: Ticket | None = None,
+                     alone: bool = False) -> list[RewardOutput | Exception]:
         """Queue every item and wait for all of them; per item, an output or the exception
         that stopped it (ItemTimeout, forward_thread.ItemFailed). With the request's `ticket` it was
-        admitted already; without, it is admitted here (or QueueFull). Cancelling the
-        caller drops its items."""
+        admitted already; without, it is admitted here (or QueueFull). With `alone`, each item
+        is forwarded in a batch of its own, and shares its computation only with identical
+        items also submitted alone. Cancelling the caller drops its items."""
         self._ensure_running()
         now = time.monotonic()
         deadline = now + timeout_s if timeout_s is not None else None
@@ -146,16 +155,17 @@ class Scheduler:
         else:
             fresh = {}
             for enc in encoded:
-                key = dedup_key(enc)
+                key = (dedup_key(enc), alone)
                 if key not in self._in_flight and key not in fresh:
                     fresh[key] = enc
             self.admission.check(len(fresh), sum(e.num_tokens for e in fresh.values()), priority)
         works: list[_Work] = []
         for enc in encoded:
-            key = dedup_key(enc)
+            key = (dedup_key(enc), alone)
             work = self._in_flight.get(key)
             if work is None:
-                work = _Work(enc, priority, deadline, now, asyncio.get_running_loop().create_future(), key, waiters=0)
+                work = _Work(enc, priority, deadline, now, asyncio.get_running_loop().create_future(), key, waiters=0,
+                             alone=alone)
                 self._in_flight[key] = work
                 self._queues[priority].append(work)
                 self.admission.queued(priority, work.tokens)
@@ -259,9 +269,12 @@ class Scheduler:
 
     def _form(self, priority: Priority, slice_s: float | None = None) -> tuple[list[_Work], bool]:
         """The class's next batch (service.engine.batching), and whether it is full: nothing
-        more could join, or items that could were left for a better batch."""
+        more could join, or items that could were left for a better batch. An anchor that goes
+        alone is its own full batch; otherwise items that go alone are left out."""
         queue = self._queues[priority]
-        ordered = sorted(queue, key=lambda w: w.tokens)
+        if queue[0].alone:
+            return [queue[0]], True
+        ordered = sorted((w for w in queue if not w.alone), key=lambda w: w.tokens)
         start, end = best_run([w.tokens for w in ordered], ordered.index(queue[0]),
                               Budgets(self.max_batch_size, self.max_batch_tokens, slice_s), self.admission.cost)
         best = ordered[start:end]
@@ -301,7 +314,7 @@ class Scheduler:
                 await self._until_next_is_due(running, expected_end)
             self._preparing = batch = await self._next_batch()
             formed = time.monotonic()
-            prepared = await self._prepared(loop, [w.encoded for w in batch])
+            prepared = await self._prepared(loop, [w.encoded for w in batch], batch[0].alone)
             if running is not None:
                 await asyncio.wait([running])
             self._preparing = []
@@ -318,13 +331,15 @@ class Scheduler:
         if wait > 0 and not running.done():
             await asyncio.wait([running], timeout=None if wait == float("inf") else wait)
 
-    async def _prepared(self, loop: asyncio.AbstractEventLoop, batch: list[Encoded]) -> Prepared | Exception:
+    async def _prepared(self, loop: asyncio.AbstractEventLoop, batch: list[Encoded],
+                        alone: bool = False) -> Prepared | Exception:
         """The batch ready to run (or what preparing it raised, for the forward thread to
         isolate), built on the preparation thread while the running forward goes on."""
-        if self._prepare is None:
+        prepare = self._prepare_alone if alone and self._prepare_alone is not None else self._prepare
+        if prepare is None:
             return functools.partial(self._forward, batch)
         started = time.perf_counter()
-        prepared = await loop.run_in_executor(self._prepare_executor, attempt, self._prepare, batch)
+        prepared = await loop.run_in_executor(self._prepare_executor, attempt, prepare, batch)
         self._prepare_s = PREPARE_DECAY * self._prepare_s + (1 - PREPARE_DECAY) * (time.perf_counter() - started)
         return prepared
 

@@ -81,8 +81,9 @@ def _options(request) -> dict:
     """The request options a message sets, as HTTP body fields (empty strings: not set)."""
     fields = request.DESCRIPTOR.fields_by_name
     body = {name: getattr(request, name) for name in _OPTIONS if name in fields and getattr(request, name)}
-    if request.HasField("timeout_ms"):
-        body["timeout_ms"] = request.timeout_ms
+    for name in ("timeout_ms", "deterministic"):
+        if name in fields and request.HasField(name):
+            body[name] = getattr(request, name)
     return body
 
 

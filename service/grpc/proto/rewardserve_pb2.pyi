@@ -64,7 +64,7 @@ class Item(_message.Message):
     def __init__(self, text: _Optional[_Union[TextItem, _Mapping]] = ..., chat: _Optional[_Union[ChatItem, _Mapping]] = ..., tokens: _Optional[_Union[TokensItem, _Mapping]] = ..., steps: _Optional[_Union[StepsItem, _Mapping]] = ..., ground_truth: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., data_source: _Optional[str] = ..., extra_info: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class ScoreRequest(_message.Message):
-    __slots__ = ("model", "items", "truncate", "aggregate", "priority", "timeout_ms", "request_id", "normalize", "cache", "on_item_error")
+    __slots__ = ("model", "items", "truncate", "aggregate", "priority", "timeout_ms", "request_id", "normalize", "cache", "on_item_error", "deterministic")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     TRUNCATE_FIELD_NUMBER: _ClassVar[int]
@@ -75,6 +75,7 @@ class ScoreRequest(_message.Message):
     NORMALIZE_FIELD_NUMBER: _ClassVar[int]
     CACHE_FIELD_NUMBER: _ClassVar[int]
     ON_ITEM_ERROR_FIELD_NUMBER: _ClassVar[int]
+    DETERMINISTIC_FIELD_NUMBER: _ClassVar[int]
     model: str
     items: _containers.RepeatedCompositeFieldContainer[Item]
     truncate: str
@@ -85,7 +86,8 @@ class ScoreRequest(_message.Message):
     normalize: str
     cache: str
     on_item_error: str
-    def __init__(self, model: _Optional[str] = ..., items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., truncate: _Optional[str] = ..., aggregate: _Optional[str] = ..., priority: _Optional[str] = ..., timeout_ms: _Optional[float] = ..., request_id: _Optional[str] = ..., normalize: _Optional[str] = ..., cache: _Optional[str] = ..., on_item_error: _Optional[str] = ...) -> None: ...
+    deterministic: bool
+    def __init__(self, model: _Optional[str] = ..., items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., truncate: _Optional[str] = ..., aggregate: _Optional[str] = ..., priority: _Optional[str] = ..., timeout_ms: _Optional[float] = ..., request_id: _Optional[str] = ..., normalize: _Optional[str] = ..., cache: _Optional[str] = ..., on_item_error: _Optional[str] = ..., deterministic: _Optional[bool] = ...) -> None: ...
 
 class ItemResult(_message.Message):
     __slots__ = ("index", "score", "dimensions", "gating_weights", "step_rewards", "num_tokens", "truncated", "cached", "error", "components", "uncertainty")
