@@ -19,3 +19,6 @@ class Lenient(BaseModel):
     truncate: Literal["left", "right"] | None = Field(None, description="cut inputs longer than max_length")
     priority: Priority | int | None = Field(None, description="'interactive' or 'bulk' (vLLM's integers: the default)")
     timeout_ms: float | None = Field(None, gt=0)
+    deterministic: bool | None = Field(None, description=(
+        "true: each item scored alone, its score bitwise the same whatever else is batched with it; default: the "
+        "model's `deterministic`"))

@@ -62,7 +62,8 @@ class GetRewardResponse(BaseModel):
 
 async def get_reward(scorer: Scorer, body: GetRewardRequest, model: str | None = None,
                      truncate: Truncate | None = None, normalize: Normalize | None = None,
-                     priority: Priority | None = None, mode: Mode | None = None) -> GetRewardResponse:
+                     priority: Priority | None = None, mode: Mode | None = None,
+                     deterministic: bool | None = None) -> GetRewardResponse:
     """OpenRLHF remote reward model. In mode `serve_rm` (the default for decoders' sequence
     scores) each query is scored as OpenRLHF's own server scores it: padding and EOS stripped from
     both ends, the model's EOS appended, the text tokenized as it is. In mode `split` each
@@ -80,7 +81,8 @@ async def get_reward(scorer: Scorer, body: GetRewardRequest, model: str | None =
     _one_per_query(body, "prompts")
     side = body.truncate or truncate or "left"
     job = ScoreJob(inputs=[], model=name, truncate=side,
-                   priority=chosen_priority(body.priority) or priority or Priority.bulk, timeout_ms=body.timeout_ms)
+                   priority=chosen_priority(body.priority) or priority or Priority.bulk, timeout_ms=body.timeout_ms,
+                   deterministic=body.deterministic if body.deterministic is not None else deterministic)
     mode = body.mode or mode
     pipeline = scorer.pipeline(name)
     if pipeline is not None:

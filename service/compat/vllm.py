@@ -78,7 +78,7 @@ async def scored_request(scorer: Scorer, body: VllmRequest,
     each of its models scores the inputs `build` makes for it and its rules read `texts`.
     Errors on item i name `whole[i]`."""
     job = ScoreJob(inputs=[], model=body.model, truncate=body.side(), priority=chosen_priority(body.priority),
-                   timeout_ms=body.timeout_ms, normalize=normalize)
+                   timeout_ms=body.timeout_ms, deterministic=body.deterministic, normalize=normalize)
 
     async def model_job(model: RewardModel) -> ScoreJob:
         return replace(job, inputs=await build(model), keep=body.kept_tokens(model.encoder.max_length))

@@ -35,8 +35,10 @@ async def get_reward(
     priority: Priority | None = Query(None, description="when the body says nothing; default: bulk"),
     mode: openrlhf.Mode | None = Query(None, description="when the body says nothing; default: serve_rm for decoders' "
                                         "sequence scores, else split"),
+    deterministic: bool | None = Query(None, description="when the body says nothing; default: the model's"),
 ) -> openrlhf.GetRewardResponse:
-    work = openrlhf.get_reward(request.app.state.scorer, body, model, truncate, normalize, priority, mode)
+    work = openrlhf.get_reward(request.app.state.scorer, body, model, truncate, normalize, priority, mode,
+                               deterministic)
     return await unless_disconnected(request, work)
 
 

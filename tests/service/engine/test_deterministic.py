@@ -113,3 +113,26 @@ def test_a_deterministic_that_is_not_a_boolean_is_refused_naming_it(server):
     reply = server.http.post("/v1/score", json={"items": TARGETS[:1], "deterministic": [True]})
     assert reply.status_code == 422
     assert "deterministic" in reply.text
+
+
+def test_trainers_routes_take_the_option(server):
+    """OpenRLHF's /get_reward (in the body or the query string) and vLLM's /classify: the
+    routes RL trainers call, which force one sequence at a time elsewhere to get this."""
+    model = "minilm-harmless"
+    alone = _alone(server, model)
+    texts = [f"{item['prompt']} {item['response']}" for item in TARGETS + FILLERS]
+    prompts = [item["prompt"] for item in TARGETS + FILLERS]
+    body = {"model": model, "query": texts, "prompts": prompts, "mode": "split"}
+    by_body = server.http.post("/get_reward", json={**body, "deterministic": True}).json()["scores"]
+    by_query = server.http.post("/get_reward?deterministic=true", json=body).json()["scores"]
+    assert by_body[:len(TARGETS)] == alone and by_query[:len(TARGETS)] == alone
+    single = [server.http.post("/get_reward", json={**body, "query": [t], "prompts": [p]}).json()["scores"][0]
+              for t, p in zip(texts[:len(TARGETS)], prompts, strict=False)]
+    assert single == alone  # one query per request is alone anyway
+    def classify(inputs: list[str]) -> list:
+        reply = server.http.post("/classify", json={"model": model, "input": inputs, "use_activation": False,
+                                                   "deterministic": True})
+        assert reply.status_code == 200, reply.text
+        return [row["probs"] for row in reply.json()["data"]]
+
+    assert classify(texts)[:len(TARGETS)] == [classify([text])[0] for text in texts[:len(TARGETS)]]
