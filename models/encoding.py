@@ -85,6 +85,10 @@ class Encoder:
         encoded = self._fit(encoded, truncate, min(keep, self.max_length) if keep and truncate else self.max_length)
         if self.gates_on_prompt:
             encoded.gate_position = self._gate_position(encoded, item)
+        if self.spec.kind == ModelKind.implicit and not 0 < (encoded.prompt_length or 0) < encoded.num_tokens:
+            field = "response" if isinstance(item, TextPair) else field_of(item)
+            raise InputError(field, "an implicit reward counts the response's tokens only: give the prompt "
+                             "(prompt_length with input_ids) and a response of at least one token")
         if is_process:
             expected = len(item.steps) if isinstance(item, StepsInput) else None
             encoded.marker_positions = self._markers(encoded, expected, field_of(item))

@@ -8,6 +8,8 @@ Outputs, by kind:
       + gating                  gating_weights [B, G], gated_score [B]
     process                     step_logits [B, T, C]: [bad, good] (or one) logits per position
                                 (packed: [M, C], at the M step markers only)
+    implicit                    token_logratios [B, T]: log pi - log pi_ref of each token given those
+                                before it (log pi alone without a reference; packed: [1, N])
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from torch import nn
 
 from models.dispatch import onloaded
 from models.heads import HeadFile
+from models.implicit import token_logps
 from models.spec import ModelKind, Pooling, RewardSpec
 
 # Every tensor the graph may take or give, by its axes: a named axis is dynamic (batch,
@@ -31,6 +34,7 @@ AXES: dict[str, tuple[str | None, ...]] = {
     "gating_weights": ("batch", None),
     "gated_score": ("batch",),
     "step_logits": ("batch", "sequence", None),
+    "token_logratios": ("batch", "sequence"),
 }
 
 
@@ -42,6 +46,8 @@ def contract_shape(name: str, example: tuple[int, ...]) -> list[int]:
 def output_names(spec: RewardSpec, gated: bool) -> tuple[str, ...]:
     if spec.kind == ModelKind.process:
         return ("step_logits",)
+    if spec.kind == ModelKind.implicit:
+        return ("token_logratios",)
     return ("values", "gating_weights", "gated_score") if gated else ("values",)
 
 
@@ -53,9 +59,10 @@ def input_names(is_encoder: bool, gated: bool) -> tuple[str, ...]:
 class RewardGraph(nn.Module):
     def __init__(self, model: nn.Module, head: HeadFile | None, spec: RewardSpec, is_encoder: bool,
                  pooling: Pooling, step_tag_ids: list[int] | None, pad_token_id: int | None,
-                 label_ids: list[int] | None = None):
+                 label_ids: list[int] | None = None, reference: nn.Module | None = None):
         super().__init__()
         self.model = model
+        self.reference = reference  # implicit models: the reference causal LM, or None (reference-free)
         self.head = head
         self.kind = spec.kind
         self.is_encoder = is_encoder
@@ -75,6 +82,8 @@ class RewardGraph(nn.Module):
             backbone["token_type_ids"] = token_type_ids
         if self.kind == ModelKind.process:
             return (self._step_logits(input_ids, backbone),)
+        if self.kind == ModelKind.implicit:
+            return (self.logratios(input_ids, backbone),)
         if self.is_encoder and self.head is None:  # through its own [CLS] pooler
             return (self.model(input_ids=input_ids, **backbone, **self.call_options).logits,)
         return self.read_sequence(self.hidden(input_ids, backbone), attention_mask, input_ids, prompt_end)
@@ -90,14 +99,17 @@ class RewardGraph(nn.Module):
         backbone = {"position_ids": position_ids, **self._varlen(seq_starts, input_ids.shape[1])}
         if self.kind == ModelKind.process:
             return (self._step_logits(input_ids, backbone)[0, step_positions],)
+        if self.kind == ModelKind.implicit:
+            return (self.logratios(input_ids, backbone),)
         hidden = self.hidden(input_ids, backbone)[0]
         gate_states = hidden[prompt_end] if self.gated else None
         return self._read(self._pool_packed(hidden, input_ids[0], position_ids[0], seq_starts), gate_states)
 
     @property
     def output_width(self) -> int | None:
-        """Head outputs per item; None for a step-tag LM, read at its candidate tokens."""
-        if self.step_tag_ids is not None:
+        """Head outputs per item; None for a step-tag LM, read at its candidate tokens, and
+        for an implicit model, read at every response token."""
+        if self.step_tag_ids is not None or self.kind == ModelKind.implicit:
             return None
         if self.reward_logit_index is not None or self.label_ids is not None:
             return 1
@@ -179,6 +191,14 @@ class RewardGraph(nn.Module):
             return (values,)
         weights = self.head.gate(gate_states)
         return values, weights, self.head.gated_score(values, weights)
+
+    def logratios(self, ids, backbone: dict) -> torch.Tensor:
+        """An implicit model's per-token log-ratios: the policy's and then the reference's
+        forward on the same inputs (models.implicit)."""
+        logps = on_device_of(ids, token_logps(self.model, ids, backbone, self.call_options))
+        if self.reference is None:
+            return logps
+        return logps - on_device_of(ids, token_logps(self.reference, ids, backbone, self.call_options))
 
     def _step_logits(self, ids, backbone: dict) -> torch.Tensor:
         """Per-position logits; the runner keeps those at step markers. For a step-tag LM

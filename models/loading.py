@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 from transformers import (
+    AutoConfig,
     AutoModel,
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
@@ -37,11 +38,19 @@ def is_encoder_config(config) -> bool:
 
 
 def build_graph(backbone_dir: Path, model_dir: Path, spec: RewardSpec, config, tokenizer, device: str,
-                dtype: str, device_map: DeviceMap | None = None) -> RewardGraph:
-    """The torch graph of a model directory: backbone weights, our head file if any. With a
-    `device_map` the backbone stays where transformers dispatched it (`device` is unused)
-    and gives its final states back on its input device, where the head file goes."""
+                dtype: str, device_map: DeviceMap | None = None, reference_dir: Path | None = None) -> RewardGraph:
+    """The torch graph of a model directory: backbone weights, our head file if any, an
+    implicit model's reference LM from `reference_dir`. With a `device_map` the backbone
+    stays where transformers dispatched it (`device` is unused) and gives its final states
+    back on its input device, where the head file goes."""
     model = _load_backbone(backbone_dir, spec, config, DTYPES[dtype], device, device_map).eval()
+    reference = None
+    if reference_dir is not None:
+        if device_map is not None:
+            raise ModelLoadError(f"{model_dir}: an implicit model's reference is not spread by a device_map")
+        reference_config = AutoConfig.from_pretrained(reference_dir, trust_remote_code=spec.trust_remote_code)
+        reference = _load_backbone(reference_dir, spec, reference_config, DTYPES[dtype], device, None)
+        reference = reference.eval().to(device)
     if spec.backbone_weights:
         if device_map is not None:
             raise ModelLoadError(f"{model_dir}: backbone_weights are not applied to a model spread by a device_map")
@@ -66,7 +75,7 @@ def build_graph(backbone_dir: Path, model_dir: Path, spec: RewardSpec, config, t
     encoder = is_encoder_config(config)
     pooling = spec.pooling or default_pooling(spec, encoder)
     pad_token_id = config.get_text_config().pad_token_id
-    graph = RewardGraph(model, head, spec, encoder, pooling, step_tag_ids, pad_token_id, label_ids).eval()
+    graph = RewardGraph(model, head, spec, encoder, pooling, step_tag_ids, pad_token_id, label_ids, reference).eval()
     _check_readable(graph, spec)
     return graph
 
@@ -101,7 +110,7 @@ def _check_readable(graph: RewardGraph, spec: RewardSpec) -> None:
         rows = lm_head.weight.shape[0] if lm_head is not None else 0
         if max(token_ids) >= rows:
             raise ModelLoadError(f"{type(model).__name__}: no LM head row {max(token_ids)} to read a logit from")
-    elif graph.head is None and not graph.is_encoder and spec.kind != ModelKind.process:
+    elif graph.head is None and not graph.is_encoder and spec.kind in (ModelKind.scalar, ModelKind.multi_objective):
         if not isinstance(getattr(model, "score", None), torch.nn.Module):
             raise ModelLoadError(
                 f"{type(model).__name__} has no `score` layer to read a sequence score from; for a custom "
@@ -132,7 +141,7 @@ def _load_backbone(directory: Path, spec: RewardSpec, config, dtype: torch.dtype
         auto = AutoModel
     elif spec.kind == ModelKind.process:
         auto = AutoModelForCausalLM if spec.process.convention == "step_tag" else AutoModelForTokenClassification
-    elif spec.reward_logit_index is not None or spec.label_tokens:
+    elif spec.reward_logit_index is not None or spec.label_tokens or spec.kind == ModelKind.implicit:
         auto = AutoModelForCausalLM
     else:
         auto = AutoModelForSequenceClassification

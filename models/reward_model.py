@@ -27,6 +27,7 @@ from models.heads import (
     step_probabilities,
     weighted_score,
 )
+from models.implicit import check_same_tokenizer, implicit_output
 from models.inputs import Encoded, ScoreInput, StepsInput, TextPair, Truncate
 from models.loading import DTYPES, is_encoder_config
 from models.packing import pack
@@ -102,7 +103,12 @@ class RewardModel:
         remote = reward_spec.trust_remote_code
         tokenizer = AutoTokenizer.from_pretrained(backbone_dir, trust_remote_code=remote)
         config = AutoConfig.from_pretrained(backbone_dir, trust_remote_code=remote)
-        source = ModelSource(name, model_dir, backbone_dir, reward_spec, config, tokenizer, device, dtype)
+        reference = reward_spec.implicit.reference if reward_spec.implicit else None
+        reference_dir = resolve_dir(reference, model_dir) if reference else None
+        if reference_dir is not None:
+            check_same_tokenizer(tokenizer, reference_dir)
+        source = ModelSource(name, model_dir, backbone_dir, reward_spec, config, tokenizer, device, dtype,
+                             reference_dir)
         compute = load_backend(backend or TorchConfig(), source)
         packs = compute.packing.chosen(packed, f"{name}: packed: true, but this model cannot run packed")
         shares = compute.prefix_sharing.chosen(
@@ -110,14 +116,15 @@ class RewardModel:
         own_files = [
             model_dir / f for f in (reward_spec.head_file, reward_spec.backbone_weights) if f
         ]  # may lie elsewhere
-        revision = fingerprint([backbone_dir, model_dir], reward_spec.canonical_json() + compute.identity,
+        revision = fingerprint([backbone_dir, model_dir, *filter(None, [reference_dir])],
+                               reward_spec.canonical_json() + compute.identity,
                                [*own_files, *compute.files])
         return cls(name, reward_spec, config, tokenizer, compute, revision, dtype, packs,
                    PrefixSharing() if shares else None)
 
     def _check_head_width(self) -> None:
         width = self.backend.output_width
-        if width is None:  # a step-tag LM, read at its good/bad candidate tokens
+        if width is None:  # a step-tag LM, read at its good/bad candidate tokens; an implicit model
             return
         spec = self.spec
         allowed = {
@@ -208,8 +215,13 @@ class RewardModel:
         """The batch as one forward, packed or padded."""
         if self.packed:
             inputs = pack(batch, self.encoder.gates_on_prompt, self.spec.kind == ModelKind.process)
+            if self.spec.kind == ModelKind.implicit:  # one row: item i's log-ratios from where it starts
+                return lambda: self._implicit_outputs(batch, self.backend.packed(inputs), [0] * len(batch),
+                                                      inputs["seq_starts"].tolist())
             return lambda: self.read_outputs(batch, self.backend.packed(inputs), at_markers=True)
         inputs = self.model_inputs(batch)
+        if self.spec.kind == ModelKind.implicit:
+            return lambda: self._implicit_outputs(batch, self.backend(inputs), range(len(batch)), [0] * len(batch))
         return lambda: self.read_outputs(batch, self.backend(inputs), at_markers=False)
 
     def read_outputs(self, batch: list[Encoded], tensors: dict[str, torch.Tensor], at_markers: bool):
@@ -264,6 +276,12 @@ class RewardModel:
         rows = torch.tensor([r for r, enc in enumerate(batch) for _ in enc.marker_positions], dtype=torch.long)
         cols = torch.tensor([p for enc in batch for p in enc.marker_positions], dtype=torch.long)
         return rows, cols
+
+    def _implicit_outputs(self, batch: list[Encoded], tensors: dict[str, torch.Tensor], rows, starts):
+        """Item i's log-ratios are row rows[i] of the output from offset starts[i] on."""
+        logratios = tensors["token_logratios"]
+        return [implicit_output(enc, logratios[row, start:start + enc.num_tokens], self.spec.implicit)
+                for enc, row, start in zip(batch, rows, starts)]
 
     def _process_output(self, enc: Encoded, logits: torch.Tensor) -> RewardOutput:
         rewards = step_probabilities(logits).tolist()

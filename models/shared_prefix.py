@@ -92,6 +92,8 @@ def why_not_shared(graph: RewardGraph) -> str | None:
     final states the graph can make itself."""
     if graph.is_encoder:
         return "an encoder attends both ways, so a prompt's states depend on what follows it"
+    if graph.kind == ModelKind.implicit:
+        return "an implicit model reads every response token's log-probability, which the shared forward does not give"
     reason = why_not_packed(graph)
     if reason:
         return reason

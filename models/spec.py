@@ -163,6 +163,27 @@ class ReferenceStats(_Strict):
     source: str = Field("", description="what the reference set was")
 
 
+class ImplicitSpec(_Strict):
+    """A DPO-trained policy read as a reward model (models.implicit): with a reference model,
+    the reward is beta * sum over the response tokens of (log pi - log pi_ref); without one, the
+    policy's own log-probabilities of the response tokens, reduced as RewardBench does."""
+
+    reference: str | None = Field(None, description=(
+        "the reference (usually the SFT model the policy was trained from): a causal LM directory, a path relative "
+        "to the spec or 'package:<python package>/<subdir>', with the policy's tokenizer; null: reference-free"))
+    beta: float = Field(0.1, gt=0, description="the DPO beta the policy was trained with; scales the log-ratios")
+    reduction: Literal["sum", "avg", "norm"] = Field("sum", description=(
+        "reference-free only: sum of the response tokens' log-probabilities, their mean, or `norm`, minus their "
+        "L2 norm (RewardBench's names); with a reference the reward is always beta times the sum"))
+
+    @model_validator(mode="after")
+    def _reduction_without_reference(self) -> ImplicitSpec:
+        if self.reference is not None and self.reduction != "sum":
+            raise ValueError("implicit.reduction applies without a reference only; with one the reward is "
+                             "beta * sum of the log-ratios")
+        return self
+
+
 class RewardSpec(_Strict):
     """Everything about a reward model that is not in its Hugging Face files."""
 
@@ -207,6 +228,7 @@ class RewardSpec(_Strict):
     trust_remote_code: bool = False
     multi_objective: MultiObjectiveSpec | None = None
     process: ProcessSpec | None = None
+    implicit: ImplicitSpec | None = None
     reference_stats: ReferenceStats | None = Field(None, description="for normalize='zscore'")
 
     @model_validator(mode="after")
@@ -217,6 +239,12 @@ class RewardSpec(_Strict):
             raise ValueError("kind 'multi_objective' needs a multi_objective section")
         if self.kind == ModelKind.process and self.process is None:
             raise ValueError("kind 'process' needs a process section")
+        if (self.kind == ModelKind.implicit) != (self.implicit is not None):
+            raise ValueError("kind 'implicit' needs an implicit section, and the section is for that kind only")
+        if self.kind == ModelKind.implicit and (self.head_file or self.value_head or self.label_tokens
+                                                or self.reward_logit_index is not None):
+            raise ValueError("kind 'implicit' reads a causal LM's own log-probabilities: no head_file, value_head, "
+                             "label_tokens or reward_logit_index")
         if self.multi_objective and self.multi_objective.aggregate == "gating" and not self.head_file:
             raise ValueError("multi_objective gating needs a head_file holding the gating network")
         if self.reward_logit_index is not None and (self.kind != ModelKind.scalar or self.head_file):
@@ -240,7 +268,7 @@ class RewardSpec(_Strict):
     def canonical_json(self) -> str:
         data = self.model_dump(mode="json")
         # specs without the fields added later keep the revision they had
-        for later in ("reference_stats", "backbone_weights", "value_head", "label_tokens"):
+        for later in ("reference_stats", "backbone_weights", "value_head", "label_tokens", "implicit"):
             if data[later] is None:
                 del data[later]
         if data["process"]:  # no score depends on it

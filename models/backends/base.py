@@ -25,7 +25,8 @@ Tensors = dict[str, "torch.Tensor"]
 @dataclass(frozen=True)
 class ModelSource:
     """What a backend is built from: the model directory read (spec, transformers config,
-    tokenizer), its backbone's directory, and the device and dtype it is to run in."""
+    tokenizer), its backbone's directory (and an implicit model's reference's), and the device
+    and dtype it is to run in."""
 
     name: str
     model_dir: Path
@@ -35,6 +36,7 @@ class ModelSource:
     tokenizer: Any
     device: str
     dtype: str
+    reference_dir: Path | None = None  # an implicit model's reference LM (models.implicit)
 
 
 @dataclass(frozen=True)

@@ -20,11 +20,11 @@ from models.shared_prefix import shared_forward, why_not_shared
 
 def load(config: TorchConfig, source: ModelSource) -> TorchBackend:
     dispatch = device_map_of(source.name, config.device_map, config.max_memory, config.offload_folder)
-    if not any(source.backbone_dir.glob("*.safetensors")):
-        raise ModelLoadError(
-            f"{source.backbone_dir} has no safetensors weights; pickle checkpoints (.bin/.pt) are refused")
+    for directory in filter(None, (source.backbone_dir, source.reference_dir)):
+        if not any(directory.glob("*.safetensors")):
+            raise ModelLoadError(f"{directory} has no safetensors weights; pickle checkpoints (.bin/.pt) are refused")
     graph = build_graph(source.backbone_dir, source.model_dir, source.spec, source.config, source.tokenizer,
-                        source.device, source.dtype, dispatch)
+                        source.device, source.dtype, dispatch, source.reference_dir)
     return TorchBackend(graph, placement_of(graph.model) if dispatch else source.device)
 
 

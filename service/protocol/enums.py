@@ -11,6 +11,7 @@ class ModelKind(str, Enum):
     scalar = "scalar"
     multi_objective = "multi_objective"
     process = "process"
+    implicit = "implicit"  # a DPO-trained policy scored against its reference (models.implicit)
     pipeline = "pipeline"  # served pipelines only: no model has this kind
 
 
