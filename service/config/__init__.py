@@ -9,7 +9,7 @@ import os
 from contextvars import ContextVar
 from pathlib import Path
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 from service.config.flat import ENV_NESTED_DELIMITER, ENV_PREFIX, FlatEnv, Nested
@@ -102,6 +102,12 @@ class Settings(BaseSettings):
         yaml_file = _config_file.get() or os.environ.get(CONFIG_ENV)
         return (Nested(settings_cls, init_settings), Nested(settings_cls, env_settings, EnvSettingsSource(FlatEnv)),
                 Nested(settings_cls, YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file)))
+
+
+# The settings' sections ({name: its model}), in the order Settings declares them.
+SECTIONS: dict[str, type[BaseModel]] = {
+    name: field.annotation for name, field in Settings.model_fields.items()
+    if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)}
 
 
 def load_settings(config_file: str | Path | None = None, **overrides) -> Settings:

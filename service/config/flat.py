@@ -17,17 +17,16 @@ from service.config.sections import (
     CanarySettings,
     DriftSettings,
     QueueSettings,
-    RulesSettings,
     ServerSettings,
     TlsSettings,
 )
 
 ENV_PREFIX = "REWARDSERVE_"
 ENV_NESTED_DELIMITER = "__"
-SECTIONS: dict[str, type[BaseModel]] = {
+# The sections earlier releases had keys of, flat.
+FLAT_SECTIONS: dict[str, type[BaseModel]] = {
     "server": ServerSettings, "tls": TlsSettings, "auth": AuthSettings, "batching": BatchingSettings,
     "queue": QueueSettings, "cache": CacheSettings, "drift": DriftSettings, "canary": CanarySettings,
-    "rules": RulesSettings,
 }
 log = logging.getLogger("rewardserve")
 
@@ -84,7 +83,7 @@ class _FlatEnv(BaseSettings):
 # The flat keys as settings of their own, so pydantic-settings reads their environment
 # variables as it always did (a JSON list for api_keys, ...).
 FlatEnv = create_model("FlatEnv", __base__=_FlatEnv, **{
-    key: (SECTIONS[section].model_fields[name].annotation, None) for key, (section, name) in FLAT_KEYS.items()})
+    key: (FLAT_SECTIONS[section].model_fields[name].annotation, None) for key, (section, name) in FLAT_KEYS.items()})
 
 
 class Nested(PydanticBaseSettingsSource):

@@ -15,8 +15,8 @@ from pydantic import BaseModel, SecretStr, TypeAdapter
 from pydantic.fields import FieldInfo
 
 from models.backends.config import BackendConfig
-from service.config import DEFAULT_MODELS, ModelConfig, Settings
-from service.config.flat import FLAT_KEYS, SECTIONS, env_name
+from service.config import DEFAULT_MODELS, SECTIONS, ModelConfig, Settings
+from service.config.flat import FLAT_KEYS, env_name
 from service.config.model import FLAT_BACKEND_KEYS
 from service.config.pipeline import Component, Gate, PipelineConfig, Transform
 from service.config.sections import ServerSettings

@@ -86,8 +86,11 @@ class Pipeline:
         on_component_error 'fail' gets its ComponentFailed. `items` are the texts rules read
         (None where a pipeline reads none)."""
         model_task = asyncio.gather(*(self._timed_model(call, score_model) for call in self.calls))
-        rule_tasks = [asyncio.gather(*(self._rule(c, item) for item in items))
-                      for c in self.config.components if isinstance(c, (RuleComponent, PythonComponent))]
+        rule_tasks = []
+        for c in self.config.components:
+            if isinstance(c, (RuleComponent, PythonComponent)):
+                params = self._params(c)
+                rule_tasks.append(asyncio.gather(*(self._rule(c, params, item) for item in items)))
         try:
             scored = dict(zip(self.calls, await model_task, strict=True))
             ruled = iter(await asyncio.gather(*rule_tasks))
@@ -112,13 +115,20 @@ class Pipeline:
         self.observer.model_call(call.model, time.perf_counter() - started)
         return outputs
 
-    async def _rule(self, component: RuleComponent | PythonComponent, item: RuleInput) -> Outcome:
+    def _params(self, component: RuleComponent | PythonComponent) -> dict:
+        """A rule's parameters as its worker reads them, once per request: `length` gets the
+        directory of the tokenizer it counts in."""
+        if not isinstance(component, RuleComponent):
+            return {}
+        params = dict(component.params)
+        if component.rule == "length":
+            params["tokenizer"] = self.tokenizer_path(params.get("tokenizer") or self.calls[0].model)
+        return params
+
+    async def _rule(self, component: RuleComponent | PythonComponent, params: dict, item: RuleInput) -> Outcome:
         timeout_s = component.timeout_s or self.default_timeout_s
         started = time.perf_counter()
         if isinstance(component, RuleComponent):
-            params = dict(component.params)
-            if component.rule == "length":
-                params["tokenizer"] = self.tokenizer_path(params.get("tokenizer") or self.calls[0].model)
             outcome = await self.pool.rule(component.rule, params, item, timeout_s)
         else:
             outcome = await self.pool.python(component.function, item, timeout_s)

@@ -31,6 +31,8 @@ class PipelineSet:
             except ValueError as err:
                 self.errors[config.name] = str(err)
         self.started = False
+        self._checked: dict[str, tuple] = {}  # pipeline -> the model revisions it was found fit with
+        self._revisions: dict[tuple, str] = {}
 
     def tokenizer_path(self, name: str) -> str:
         """Where the served model `name` loaded its tokenizer from (a rule's worker loads it
@@ -66,11 +68,17 @@ class PipelineSet:
             return "failed"
         if not (self.started and all(s == "ready" for s in models)):
             return "loading"
-        if (problem := self._unfit_model(name)) is not None:
-            self.errors[name] = problem
-            log.error("pipeline %s failed: %s", name, problem)
-            return "failed"
+        revisions = self._model_revisions(name)
+        if self._checked.get(name) != revisions:  # checked once per set of loaded models
+            if (problem := self._unfit_model(name)) is not None:
+                self.errors[name] = problem
+                log.error("pipeline %s failed: %s", name, problem)
+                return "failed"
+            self._checked[name] = revisions
         return "ready"
+
+    def _model_revisions(self, name: str) -> tuple[tuple[str, str], ...]:
+        return tuple((m, self.models.runners[m].model.revision) for m in sorted(self.configs[name].served_models))
 
     def _unfit_model(self, name: str) -> str | None:
         """What a loaded model lacks that a component reads of it: a dimension, step rewards
@@ -98,11 +106,12 @@ class PipelineSet:
     def revision(self, name: str) -> str:
         """sha256 over the pipeline's configuration and its models' revisions: a change to
         either (its drift baseline's path aside) is a new revision."""
-        config = self.configs[name]
-        models = {m: self.models.runners[m].model.revision for m in sorted(config.served_models)}
-        scoring = config.model_dump(mode="json", exclude={"drift_baseline"})  # where drift is watched changes no score
-        text = json.dumps([scoring, models], sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()
+        key = (name, self._model_revisions(name))
+        if key not in self._revisions:
+            scoring = self.configs[name].model_dump(mode="json", exclude={"drift_baseline"})  # drift changes no score
+            text = json.dumps([scoring, dict(key[1])], sort_keys=True)
+            self._revisions[key] = hashlib.sha256(text.encode()).hexdigest()
+        return self._revisions[key]
 
     async def close(self) -> None:
         if self.pool is not None:

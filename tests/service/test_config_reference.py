@@ -9,8 +9,8 @@ import typing
 import yaml
 from paths import ROOT
 
-from service.config import ModelConfig, PipelineConfig, Settings
-from service.config.flat import FLAT_KEYS, SECTIONS
+from service.config import SECTIONS, ModelConfig, PipelineConfig, Settings
+from service.config.flat import FLAT_KEYS
 from service.config.pipeline import Component, Gate
 from service.config.reference import render
 
