@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from models.backends.config import BackendConfig, TorchConfig
+from models.hub import hub_snapshot, is_hub_id
 
 BUILTIN_DIR = Path(__file__).resolve().parents[2] / "models" / "builtin"
 log = logging.getLogger("rewardserve")
@@ -32,7 +33,9 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="the name requests give as `model`")
-    path: str = Field(description="model directory, or `builtin:<name>` for an embedded model")
+    path: str = Field(description=(
+        "model directory, `builtin:<name>` for an embedded model, or a Hugging Face Hub id `org/name[@revision]` "
+        "(fetched into the hub cache, or read from it alone under HF_HUB_OFFLINE=1)"))
     aliases: list[str] = Field(default_factory=list, description=(
         "other names a request may give for this model (like vLLM's --served-model-name, e.g. the hub "
         "path a trainer was configured with); the configured `path` is accepted too"))
@@ -108,9 +111,14 @@ class ModelConfig(BaseModel):
         """The KServe v2 model name its raw graph is served under when `serve_graph` is on."""
         return f"{self.name}-graph"
 
-    def resolved_path(self) -> Path:
+    def resolved_path(self, download: bool = False) -> Path:
+        """The model's directory: an embedded model's inside the package; a hub id's snapshot
+        in the hub cache (models.hub), fetched first with `download` (loading does), else a
+        load error while it is not there."""
         if self.path.startswith("builtin:"):
             return BUILTIN_DIR / self.path.removeprefix("builtin:")
+        if is_hub_id(self.path):
+            return hub_snapshot(self.path, download)
         return Path(self.path).expanduser()
 
     def resolved_device(self) -> str:

@@ -102,9 +102,9 @@ class ModelRunner:
         started = time.perf_counter()
         try:
             config = self.config
-            model = RewardModel.load(self.name, config.resolved_path(), config.spec, device=config.resolved_device(),
-                                     dtype=config.resolved_dtype(), backend=config.backend, packed=config.packed,
-                                     share_prefix=config.share_prefix)
+            model = RewardModel.load(self.name, config.resolved_path(download=True), config.spec,
+                                     device=config.resolved_device(), dtype=config.resolved_dtype(),
+                                     backend=config.backend, packed=config.packed, share_prefix=config.share_prefix)
             model.score(warmup_inputs(model.spec.kind), truncate="right")
             self._measure_warm_forward(model)
             if config.serve_graph:  # its tensors' shapes, read off one forward before any request runs

@@ -10,6 +10,7 @@ import contextlib
 from collections.abc import Awaitable
 from pathlib import Path
 
+from models.errors import ModelLoadError
 from service.config import Settings
 from service.engine.registry import ModelRegistry
 from service.monitoring.baseline import BASELINE_FILENAME
@@ -30,7 +31,8 @@ class Monitoring:
         self.canary = CanaryMonitor(registry, settings.canary.tolerance, settings.canary.tolerance_half,
                                     settings.canary.min_spearman)
         for name, runner in registry.runners.items():
-            self.drift.add_model(name, runner.config.resolved_path() / BASELINE_FILENAME)
+            directory = _model_dir(runner)
+            self.drift.add_model(name, directory and directory / BASELINE_FILENAME)
             runner.observer = ModelMetrics(name, self.metrics, self.drift)
         families = PipelineFamilies(self.metrics.registry)
         for name, pipeline in pipelines.pipelines.items():
@@ -61,3 +63,12 @@ class Monitoring:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+def _model_dir(runner) -> Path | None:
+    """Where a model's baseline lies: its directory; none for a hub model not in the hub
+    cache yet (it is fetched as it loads, after this; a restart reads its baseline)."""
+    try:
+        return runner.config.resolved_path()
+    except ModelLoadError:
+        return None
