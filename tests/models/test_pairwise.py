@@ -110,7 +110,8 @@ def test_a_pairrm_checkpoint_without_its_head_tensors_fails_the_load(pairrm_dir,
     broken = tmp_path / "pairrm"
     shutil.copytree(pairrm_dir, broken)
     tensors = load_file(str(broken / "model.safetensors"))
-    save_file({k: v for k, v in tensors.items() if not k.startswith("head_layer.4.")}, str(broken / "model.safetensors"))
+    kept = {k: v for k, v in tensors.items() if not k.startswith("head_layer.4.")}
+    save_file(kept, str(broken / "model.safetensors"))
     with pytest.raises(ModelLoadError, match=r"PairRM head: missing head_layer\.4\.weight, head_layer\.4\.bias"):
         RewardModel.load("pairrm", broken, spec=PAIRRM_SPEC)
 
