@@ -15,7 +15,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Debert
 
 PAIRRM_INSTRUCTION = "Finish the following coversation in each i-th turn by filling in <Response i> with your response."
 PAIRPM_CONTEXT = ("\n{% for message in messages %}{% if loop.index0 % 2 == 0 %}"
-                  "\n\n<turn> user\n {{ message['content'] }}{% else %}\n\n<turn> assistant\n {{ message['content'] }}{% endif %}{% endfor %}\n\n\n")
+                  "\n\n<turn> user\n {{ message['content'] }}{% else %}"
+                  "\n\n<turn> assistant\n {{ message['content'] }}{% endif %}{% endfor %}\n\n\n")
 
 
 class PairRM(nn.Module):
