@@ -13,7 +13,7 @@ from __future__ import annotations
 from jinja2 import TemplateError
 
 from models.errors import InputError, ModelLoadError
-from models.inputs import Chat, Encoded, RenderedText, ScoreInput, StepsInput, TextPair, TokenIds, Truncate
+from models.inputs import Chat, Encoded, PairInput, RenderedText, ScoreInput, StepsInput, TextPair, TokenIds, Truncate
 from models.spec import ModelKind, RewardSpec
 
 CHAT_ROLES = frozenset({"system", "user", "assistant", "tool"})
@@ -60,6 +60,9 @@ class Encoder:
     def encode(self, item: ScoreInput, truncate: Truncate | None = None, keep: int | None = None) -> Encoded:
         """`item` as token ids; with `truncate`, cut to `keep` tokens (default, and at most:
         max_length), keeping the leading and closing special tokens."""
+        if isinstance(item, PairInput):
+            raise InputError(None, "a pair of responses to compare is for pairwise models; this one scores each "
+                             "response on its own")
         for field, text in texts_of(item):
             check_text(field, text)
         item = self._cut_long_texts(item, truncate)
@@ -330,7 +333,17 @@ def texts_of(item: ScoreInput) -> list[tuple[str, str]]:
         return [(f"messages[{i}].content", content) for i, (_, content) in enumerate(item.messages)]
     if isinstance(item, RenderedText):
         return [("text", item.text)]
+    if isinstance(item, PairInput):
+        field = context_field(item)
+        context = [(field if field == "prompt" else f"messages[{k}].content", c)
+                   for k, (_, c) in enumerate(item.context)]
+        return [*context, ("first", item.first), ("second", item.second)]
     return []
+
+
+def context_field(item: PairInput) -> str:
+    """The request field of a pair's prompt: `prompt` for a lone user turn, else `messages`."""
+    return "prompt" if len(item.context) == 1 and item.context[0][0] == "user" else "messages"
 
 
 def check_text(field: str, text: str) -> None:
@@ -362,9 +375,12 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 
 def max_length_for(spec: RewardSpec, config, tokenizer) -> int:
-    """The spec's limit, else the smaller of the model's positions and the tokenizer's."""
+    """The spec's limit, else PairRM's parts together, else the smaller of the model's positions
+    and the tokenizer's."""
     if spec.max_length:
         return spec.max_length
+    if spec.pairwise and spec.pairwise.convention == "pairrm":  # relative positions: PairRM reads 2048 tokens
+        return spec.pairwise.max_length
     limits = [getattr(config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
     usable = [x for x in limits if isinstance(x, int) and 0 < x < 10_000_000]
     if not usable:

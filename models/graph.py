@@ -5,6 +5,7 @@ so every backend computes the same function. The torch backend may run decoders 
 
 Outputs, by kind:
     scalar / multi-objective    values [B, K] (a label-token judge: [B, 1], P(labels[0]) of the two)
+    pairwise                    values [B, 1] per ordered pair: PairRM's logit, or an A/B judge's P(A)
       + gating                  gating_weights [B, G], gated_score [B]
     process                     step_logits [B, T, C]: [bad, good] (or one) logits per position
                                 (packed: [M, C], at the M step markers only)
@@ -59,9 +60,11 @@ def input_names(is_encoder: bool, gated: bool) -> tuple[str, ...]:
 class RewardGraph(nn.Module):
     def __init__(self, model: nn.Module, head: HeadFile | None, spec: RewardSpec, is_encoder: bool,
                  pooling: Pooling, step_tag_ids: list[int] | None, pad_token_id: int | None,
-                 label_ids: list[int] | None = None, reference: nn.Module | None = None):
+                 label_ids: list[int] | None = None, reference: nn.Module | None = None,
+                 pair_head: nn.Module | None = None):
         super().__init__()
         self.model = model
+        self.pair_head = pair_head  # PairRM's head on its prefix tokens' states (models.pairrm)
         self.reference = reference  # implicit models: the reference causal LM, or None (reference-free)
         self.head = head
         self.kind = spec.kind
@@ -84,6 +87,8 @@ class RewardGraph(nn.Module):
             return (self._step_logits(input_ids, backbone),)
         if self.kind == ModelKind.implicit:
             return (self.logratios(input_ids, backbone),)
+        if self.pair_head is not None:
+            return (self.pair_head(self.hidden(input_ids, backbone), input_ids),)
         if self.is_encoder and self.head is None:  # through its own [CLS] pooler
             return (self.model(input_ids=input_ids, **backbone, **self.call_options).logits,)
         return self.read_sequence(self.hidden(input_ids, backbone), attention_mask, input_ids, prompt_end)
@@ -111,7 +116,7 @@ class RewardGraph(nn.Module):
         for an implicit model, read at every response token."""
         if self.step_tag_ids is not None or self.kind == ModelKind.implicit:
             return None
-        if self.reward_logit_index is not None or self.label_ids is not None:
+        if self.reward_logit_index is not None or self.label_ids is not None or self.pair_head is not None:
             return 1
         return self.head.reward.out_features if self.head is not None else self.model.config.num_labels
 

@@ -50,7 +50,18 @@ class RenderedText:
     prompt: str | None = None
 
 
-ScoreInput = TextPair | Chat | TokenIds | StepsInput | RenderedText
+@dataclass(frozen=True)
+class PairInput:
+    """One ordered comparison for a pairwise model: `first` (response A) against `second`
+    (response B), both answering `context`, the conversation before them ((role, content)
+    turns; a text prompt is one user turn). Each order of a pair is an input of its own."""
+
+    context: tuple[tuple[str, str], ...]
+    first: str
+    second: str
+
+
+ScoreInput = TextPair | Chat | TokenIds | StepsInput | RenderedText | PairInput
 
 
 @dataclass

@@ -26,6 +26,8 @@ from models.encoding import single_token_id
 from models.errors import ModelLoadError
 from models.graph import RewardGraph
 from models.heads import HeadFile
+from models.pair_encoding import PairEncoder
+from models.pairrm import PairRMHead
 from models.spec import ModelKind, Pooling, RewardSpec
 
 hf_logging.disable_progress_bar()
@@ -68,14 +70,22 @@ def build_graph(backbone_dir: Path, model_dir: Path, spec: RewardSpec, config, t
         p = spec.process
         step_tag_ids = [single_token_id(tokenizer, p.bad_token, "process.bad_token"),
                         single_token_id(tokenizer, p.good_token, "process.good_token")]
-    label_ids = None
+    label_ids, pair_head = None, None
     if spec.label_tokens:
         label_ids = [single_token_id(tokenizer, label, f"label_tokens.labels[{i}]")
                      for i, label in enumerate(spec.label_tokens.labels)]
+    if _is_pairrm(spec):
+        head_device = input_device(model) if device_map else device
+        pair_head = PairRMHead.load(backbone_dir, config, PairEncoder.prefix_ids_of(tokenizer, spec.pairwise))
+        pair_head = pair_head.to(device=head_device, dtype=DTYPES[dtype]).eval()
+    elif spec.pairwise:
+        label_ids = [single_token_id(tokenizer, label, f"pairwise.labels[{i}]")
+                     for i, label in enumerate(spec.pairwise.labels)]
     encoder = is_encoder_config(config)
     pooling = spec.pooling or default_pooling(spec, encoder)
     pad_token_id = config.get_text_config().pad_token_id
-    graph = RewardGraph(model, head, spec, encoder, pooling, step_tag_ids, pad_token_id, label_ids, reference).eval()
+    graph = RewardGraph(model, head, spec, encoder, pooling, step_tag_ids, pad_token_id, label_ids, reference,
+                        pair_head).eval()
     _check_readable(graph, spec)
     return graph
 
@@ -94,7 +104,7 @@ def default_pooling(spec: RewardSpec, is_encoder: bool) -> Pooling:
     classification head is read, else the last real token (OpenRLHF's value head's rule too)."""
     if is_encoder:
         return Pooling.cls
-    if spec.head_file or spec.value_head or spec.reward_logit_index is not None or spec.label_tokens:
+    if spec.head_file or spec.value_head or spec.reward_logit_index is not None or spec.label_tokens or spec.pairwise:
         return Pooling.last
     return Pooling.last_non_pad
 
@@ -137,11 +147,15 @@ def _load_backbone(directory: Path, spec: RewardSpec, config, dtype: torch.dtype
     kwargs = dict(dtype=dtype, use_safetensors=True, trust_remote_code=remote, output_loading_info=True,
                   ignore_mismatched_sizes=True, **_attention(spec, dtype, on_cuda),
                   **(device_map.from_pretrained_kwargs() if device_map else {}))
-    if spec.head_file or spec.value_head:
+    if _is_pairrm(spec):  # the backbone's tensors under `pretrained_model.`, its head beside them
+        auto = AutoModel
+        kwargs["key_mapping"] = {r"^pretrained_model\.": ""}
+    elif spec.head_file or spec.value_head:
         auto = AutoModel
     elif spec.kind == ModelKind.process:
         auto = AutoModelForCausalLM if spec.process.convention == "step_tag" else AutoModelForTokenClassification
-    elif spec.reward_logit_index is not None or spec.label_tokens or spec.kind == ModelKind.implicit:
+    elif spec.reward_logit_index is not None or spec.label_tokens or spec.kind in (ModelKind.implicit,
+                                                                                   ModelKind.pairwise):
         auto = AutoModelForCausalLM
     else:
         auto = AutoModelForSequenceClassification
@@ -153,8 +167,13 @@ def _load_backbone(directory: Path, spec: RewardSpec, config, dtype: torch.dtype
         # remote-code reward models often register only AutoModel
         model, info = AutoModel.from_pretrained(directory, config=config, **kwargs)
     read_elsewhere = [f"{spec.value_head}."] if spec.value_head else []  # the graph's head reads it
+    read_elsewhere += ["head_layer."] if _is_pairrm(spec) else []
     _check_loading_info(directory, info, [*spec.unused_weights, *read_elsewhere])
     return model
+
+
+def _is_pairrm(spec: RewardSpec) -> bool:
+    return spec.pairwise is not None and spec.pairwise.convention == "pairrm"
 
 
 def replace_weights(model: torch.nn.Module, path: Path) -> None:

@@ -28,9 +28,10 @@ from models.heads import (
     weighted_score,
 )
 from models.implicit import check_same_tokenizer, implicit_output
-from models.inputs import Encoded, ScoreInput, StepsInput, TextPair, Truncate
+from models.inputs import Encoded, PairInput, ScoreInput, StepsInput, TextPair, Truncate
 from models.loading import DTYPES, is_encoder_config
 from models.packing import pack
+from models.pair_encoding import PairEncoder
 from models.revision import fingerprint
 from models.shared_prefix import PrefixSharing
 from models.spec import ModelKind, RewardSpec, load_spec
@@ -79,7 +80,8 @@ class RewardModel:
         self.packed = packed  # forwards run the batch as one row (models.packing), not padded
         self.prefix_sharing = prefix_sharing  # groups with a common prefix run it once (models.shared_prefix)
         self.is_encoder = is_encoder_config(config)
-        self.encoder = Encoder(tokenizer, spec, max_length_for(spec, config, tokenizer), config.vocab_size,
+        encoder = PairEncoder if spec.kind == ModelKind.pairwise else Encoder
+        self.encoder = encoder(tokenizer, spec, max_length_for(spec, config, tokenizer), config.vocab_size,
                                self.is_encoder)
         self.pad_id = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
         self._check_head_width()
@@ -131,6 +133,7 @@ class RewardModel:
             ModelKind.scalar: (1,),
             ModelKind.process: (1, 2),
             ModelKind.multi_objective: (len(spec.multi_objective.dimensions),) if spec.multi_objective else (),
+            ModelKind.pairwise: (1,),
         }[spec.kind]
         if width not in allowed:
             raise ModelLoadError(f"{self.name}: head has {width} outputs; a {spec.kind.value} model needs {allowed}")
@@ -311,6 +314,10 @@ class RewardModel:
 def warmup_inputs(kind: ModelKind, repeat: int = 1) -> list[ScoreInput]:
     """Two inputs of unequal lengths, small unless their answers `repeat`: for warm-up
     forwards and export tracing."""
+    if kind == ModelKind.pairwise:
+        return [PairInput((("user", "Hi"),), " ".join(["Hello!"] * repeat), "Hey."),
+                PairInput((("user", "What is the capital of France?"),),
+                          " ".join(["Paris is the capital of France."] * repeat), "Lyon.")]
     if kind == ModelKind.process:
         return [StepsInput("1 + 1 = ?", ("2",) * repeat),
                 StepsInput("What is 3 + 4?", ("3 + 4 = 7.", "The answer is 7.") * repeat)]

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from models.errors import ModelLoadError
 from models.openrlhf import reward_moments, value_head_name
-from service.protocol.enums import ModelKind, StepAggregate
+from service.protocol.enums import ModelKind, PairwiseMode, StepAggregate
 
 SPEC_FILENAME = "reward_spec.yaml"
 
@@ -184,6 +184,67 @@ class ImplicitSpec(_Strict):
         return self
 
 
+PAIR_JUDGE_TEMPLATE = "[CONTEXT] {context} [RESPONSE A] {response_a} [RESPONSE B] {response_b} \n"
+PAIR_JUDGE_FIELDS = frozenset({"context", "response_a", "response_b"})
+# RLHFlow's pair-preference models: the conversation written out with <turn> markers, by position
+PAIR_CONTEXT_TEMPLATE = (
+    "\n{% for message in messages %}{% if loop.index0 % 2 == 0 %}\n\n<turn> user\n {{ message['content'] }}"
+    "{% else %}\n\n<turn> assistant\n {{ message['content'] }}{% endif %}{% endfor %}\n\n\n")
+
+
+class PairwiseSpec(_Strict):
+    """A pairwise preference model (models.pairwise): it reads a prompt and two responses, A
+    and B, and says how much A beats B; every pair is read in both orders.
+
+    `pairrm`: a DeBERTa cross-encoder in PairRM's layout (llm-blender/PairRM-hf), its head on
+    the states of the source and candidate prefix tokens; P(A>B) = sigmoid(logit(A,B) -
+    logit(B,A)). `ab_judge`: a causal LM asked which response is better (RLHFlow's
+    pair-preference models), read at its "A" and "B" tokens; P(A>B) is the mean of P(A) with A
+    first and P(A) with A second."""
+
+    convention: Literal["pairrm", "ab_judge"]
+    score_mode: PairwiseMode = Field("vs_reference", description=(
+        "what /v1/score gives per item: `vs_reference`, P(response > the item's reference); `group`, the item's "
+        "mean P(item > other) over the other items of the request with its prompt; a request's pairwise_mode wins"))
+    source_prefix: str = Field("<|source|>", description="pairrm: the token put before the prompt")
+    candidate_prefixes: list[str] = Field(["<|candidate1|>", "<|candidate2|>"], min_length=2, max_length=2,
+                                          description="pairrm: the tokens put before responses A and B")
+    source_max_length: int = Field(1224, gt=2, description="pairrm: tokens of the prompt part, its specials included")
+    candidate_max_length: int = Field(412, gt=2, description=(
+        "pairrm: tokens of each response part; a response may use what a shorter prompt leaves, up to "
+        "(source_max_length + 2 * candidate_max_length - prompt tokens) // 2, as PairRM's tokenization does"))
+    conversation_layout: bool = Field(True, description=(
+        "pairrm: write the prompt and responses as RewardBench's PairRM does (an instruction, `USER:` turns with "
+        "<Response i> slots, responses as `<Response i>: ...`); false: the prompt's text and the responses as they "
+        "are (PairRM's model card)"))
+    labels: list[str] = Field(["A", "B"], min_length=2, max_length=2, description=(
+        "ab_judge: the answers naming the first and the second response; each one token"))
+    template: str = Field(PAIR_JUDGE_TEMPLATE, description=(
+        "ab_judge: the question, in Python format syntax: {context}, {response_a}, {response_b}; asked as a user "
+        "turn through the chat template without a generation prompt, BOS tokens removed, as RLHFlow's code does"))
+    context_template: str = Field(PAIR_CONTEXT_TEMPLATE, description=(
+        "ab_judge: the Jinja chat template that writes the conversation before the responses as {context}"))
+
+    @model_validator(mode="after")
+    def _fields(self) -> PairwiseSpec:
+        if len(set(self.labels)) != 2 or not all(self.labels):
+            raise ValueError(f"pairwise.labels must be two different non-empty texts, not {self.labels}")
+        if len(set(self.candidate_prefixes)) != 2 or self.source_prefix in self.candidate_prefixes:
+            raise ValueError("pairwise.source_prefix and candidate_prefixes must be three different tokens")
+        try:
+            fields = {name for _, name, _, _ in Formatter().parse(self.template) if name is not None}
+        except ValueError as err:
+            raise ValueError(f"pairwise.template: {err} (write {{{{ and }}}} for literal braces)") from None
+        if fields != PAIR_JUDGE_FIELDS:
+            raise ValueError(f"pairwise.template must use exactly {sorted(PAIR_JUDGE_FIELDS)}; "
+                             f"it uses {sorted(fields)}")
+        return self
+
+    @property
+    def max_length(self) -> int:
+        return self.source_max_length + 2 * self.candidate_max_length
+
+
 class RewardSpec(_Strict):
     """Everything about a reward model that is not in its Hugging Face files."""
 
@@ -229,6 +290,7 @@ class RewardSpec(_Strict):
     multi_objective: MultiObjectiveSpec | None = None
     process: ProcessSpec | None = None
     implicit: ImplicitSpec | None = None
+    pairwise: PairwiseSpec | None = None
     reference_stats: ReferenceStats | None = Field(None, description="for normalize='zscore'")
 
     @model_validator(mode="after")
@@ -245,6 +307,12 @@ class RewardSpec(_Strict):
                                                 or self.reward_logit_index is not None):
             raise ValueError("kind 'implicit' reads a causal LM's own log-probabilities: no head_file, value_head, "
                              "label_tokens or reward_logit_index")
+        if (self.kind == ModelKind.pairwise) != (self.pairwise is not None):
+            raise ValueError("kind 'pairwise' needs a pairwise section, and the section is for that kind only")
+        if self.kind == ModelKind.pairwise and (self.head_file or self.value_head or self.label_tokens
+                                                or self.reward_logit_index is not None):
+            raise ValueError("kind 'pairwise' reads the checkpoint's own pair head or LM head: no head_file, "
+                             "value_head, label_tokens or reward_logit_index")
         if self.multi_objective and self.multi_objective.aggregate == "gating" and not self.head_file:
             raise ValueError("multi_objective gating needs a head_file holding the gating network")
         if self.reward_logit_index is not None and (self.kind != ModelKind.scalar or self.head_file):
@@ -268,7 +336,7 @@ class RewardSpec(_Strict):
     def canonical_json(self) -> str:
         data = self.model_dump(mode="json")
         # specs without the fields added later keep the revision they had
-        for later in ("reference_stats", "backbone_weights", "value_head", "label_tokens", "implicit"):
+        for later in ("reference_stats", "backbone_weights", "value_head", "label_tokens", "implicit", "pairwise"):
             if data[later] is None:
                 del data[later]
         if data["process"]:  # no score depends on it

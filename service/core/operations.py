@@ -10,6 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 from models.inputs import ScoreInput, StepsInput
+from models.spec import RewardSpec
 from service.core.errors import APIError, in_list
 from service.core.inputs import candidate_inputs, item_input
 from service.core.normalize import default_aggregate
@@ -47,6 +48,15 @@ def ranking_job(body: RankingOptions, inputs: list[ScoreInput]) -> ScoreJob:
                     priority=chosen_priority(body.priority), timeout_ms=body.timeout_ms, normalize=body.normalize)
 
 
+def pointwise(spec: RewardSpec, name: str | None, route: str) -> RewardSpec:
+    """`spec`, unless it is a pairwise model's (422 on `model`): these routes score each
+    response on its own."""
+    if spec.kind == ModelKind.pairwise:
+        raise APIError(422, "invalid_request", f"model {name or 'default'!r} is a pairwise model; {route} scores "
+                       "each response on its own and needs a pointwise model", "model")
+    return spec
+
+
 # ---- /v1/compare ---------------------------------------------------------------------
 
 
@@ -61,7 +71,7 @@ def wants_pairwise(body: CompareRequest) -> bool:
 
 async def compare_responses(scorer: Scorer, body: CompareRequest) -> CompareResponse:
     """The responses scored as one job, then compared (`ranking.compare`)."""
-    spec = scorer.spec(body.model)
+    spec = pointwise(scorer.spec(body.model), body.model, "/v1/compare")
     pairwise = wants_pairwise(body)  # refuse before scoring anything
     inputs = candidate_inputs(spec, body.prompt, body.messages, body.responses)
     scored = await scorer.score_as(ranking_job(body, inputs), in_list("responses", shared_prompt="prompt"), "responses")
@@ -101,7 +111,7 @@ async def rerank_documents(scorer: Scorer, body: RerankRequest) -> RerankRespons
     """The documents scored as one job, then ranked (`ranking.rerank`); an aggregation the
     model cannot give is refused before anything is scored."""
     runner = scorer.runner(body.model)
-    spec = runner.model.spec
+    spec = pointwise(runner.model.spec, runner.name, "/v1/rerank")
     keep = kept_prompt_tokens(body.truncate_prompt_tokens, runner.model.encoder.max_length)
     inputs = candidate_inputs(spec, body.query, body.messages, body.documents, prompt_field="query")
     dimensions = spec.multi_objective.dimensions if spec.multi_objective else None

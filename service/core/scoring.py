@@ -13,11 +13,13 @@ from pydantic import ValidationError
 
 from models.heads import RewardOutput
 from models.inputs import ScoreInput
+from models.pairwise import preference
 from models.spec import RewardSpec
 from service.config import Settings
 from service.core.errors import APIError, ItemNamer, renamed, status_message, validation_error
 from service.core.inputs import input_for, item_input, rule_input
 from service.core.normalize import reference_stats_for, zscore
+from service.core.pairwise import PairJob, candidate_pairs, item_outputs, score_plan
 from service.engine.admission import QueueFull
 from service.engine.registry import ModelNotFound, ModelNotReady, ModelRegistry
 from service.engine.runner import ItemError, ModelRunner
@@ -26,7 +28,16 @@ from service.pipelines.registry import PipelineSet
 from service.pipelines.rules import RuleInput
 from service.pipelines.values import ComponentFailed, PipelineOutput
 from service.protocol.catalog import ModelCard, ModelDetail, ModelList, ModelObject
-from service.protocol.enums import CacheMode, ModelKind, Normalize, OnItemError, Priority, StepAggregate, Truncate
+from service.protocol.enums import (
+    CacheMode,
+    ModelKind,
+    Normalize,
+    OnItemError,
+    PairwiseMode,
+    Priority,
+    StepAggregate,
+    Truncate,
+)
 from service.protocol.scoring import (
     ComponentResult,
     FailedItem,
@@ -51,6 +62,8 @@ class ScoreJob:
     cache: CacheMode = CacheMode.use
     on_item_error: OnItemError = "request"
     deterministic: bool | None = None  # items scored alone (bitwise batch-invariant); None: the model's setting
+    pairwise_mode: PairwiseMode | None = None  # pairwise models: what an item's score is; None: the model's
+    references: tuple[str | None, ...] | None = None  # pairwise models, vs_reference: each item's other response
     texts: tuple[RuleInput | None, ...] | None = None  # what a pipeline's rules read, per item
 
 
@@ -157,21 +170,72 @@ class Scorer:
         model = runner.model
         if job.aggregate is not None and model.spec.kind != ModelKind.process:
             raise APIError(422, "invalid_request", "aggregate applies to process models only", "aggregate")
+        if model.spec.kind == ModelKind.pairwise:
+            return await self._score_pairwise(runner, job)
+        if job.pairwise_mode is not None or job.references:
+            field = "pairwise_mode" if job.pairwise_mode else \
+                f"items[{next(i for i, r in enumerate(job.references) if r is not None)}].reference"
+            raise APIError(422, "invalid_request", f"{field} is for pairwise models; {runner.name!r} is "
+                           f"{model.spec.kind.value}", field)
         stats = reference_stats_for(model.spec, job.aggregate) if job.normalize == "zscore" else None
-        priority = job.priority or Priority(self.settings.batching.default_priority)
-        deadline = None if job.timeout_ms is None else time.monotonic() + job.timeout_ms / 1000
-        alone = runner.config.deterministic if job.deterministic is None else job.deterministic
-        try:
-            results = await runner.score(job.inputs, job.truncate, priority, deadline, job.cache,
-                                         item_errors=job.on_item_error == "item", keep=job.keep, alone=alone)
-        except ItemError as err:
-            raise APIError.from_item_error(err) from err
-        except QueueFull as err:
-            raise APIError.from_queue_full(err) from err
+        results = await self._run(runner, job)
         errors = {i: APIError.from_item_error(r) for i, r in enumerate(results) if isinstance(r, ItemError)}
         outputs = [None if i in errors else _finished(out, job.aggregate, stats) for i, out in enumerate(results)]
         return Scored(runner.name, model.revision, model.spec.kind, outputs, normalized=stats is not None,
                       errors=errors)
+
+    async def _run(self, runner: ModelRunner, job: ScoreJob) -> list[RewardOutput | ItemError]:
+        """`job`'s inputs through the runner, under its priority, deadline, cache and determinism."""
+        priority = job.priority or Priority(self.settings.batching.default_priority)
+        deadline = None if job.timeout_ms is None else time.monotonic() + job.timeout_ms / 1000
+        alone = runner.config.deterministic if job.deterministic is None else job.deterministic
+        try:
+            return await runner.score(job.inputs, job.truncate, priority, deadline, job.cache,
+                                      item_errors=job.on_item_error == "item", keep=job.keep, alone=alone)
+        except ItemError as err:
+            raise APIError.from_item_error(err) from err
+        except QueueFull as err:
+            raise APIError.from_queue_full(err) from err
+
+    async def _score_pairwise(self, runner: ModelRunner, job: ScoreJob) -> Scored:
+        """One score per item of a pairwise model (service.core.pairwise): every ordered pair
+        the items make read in one runner call."""
+        refuse_per_request(normalize=job.normalize)
+        if job.on_item_error != "request":
+            raise APIError(422, "invalid_request", "a pairwise model's items are compared with each other: "
+                           "on_item_error 'item' is not available", "on_item_error")
+        spec = runner.model.spec.pairwise
+        mode = job.pairwise_mode or spec.score_mode
+        plan, reads = score_plan(job.inputs, job.references, mode)
+        try:
+            outputs = await self._run(runner, dataclasses.replace(job, inputs=plan.inputs, references=None))
+        except APIError as err:
+            raise renamed(err, plan.field, "items") from err
+        return Scored(runner.name, runner.model.revision, ModelKind.pairwise,
+                      item_outputs(spec.convention, mode, outputs, reads))
+
+    async def preferences(self, job: PairJob, prompt: str | Sequence[tuple[str, str]], candidates: Sequence[str],
+                          pairs: Sequence[tuple[int, int]]) -> list[float]:
+        """P(candidates[i] > candidates[j]) for each (i, j) of `pairs`, by the pairwise model
+        `job.model` names: `prompt` is the prompt text or the conversation before the
+        responses ((role, content) turns). Both orders of every pair are read as items of one
+        runner call, so they batch together (and a pair asked twice, or as (j, i), is read
+        once). Errors name `candidates[i]`, `pairs[k]`, `prompt` or `messages...`; 422 on
+        `model` for a model that is not pairwise."""
+        runner = self.runner(job.model)
+        spec = runner.model.spec
+        if spec.kind != ModelKind.pairwise:
+            raise APIError(422, "invalid_request", f"{runner.name!r} is a {spec.kind.value} model; comparing pairs "
+                           "needs a pairwise model", "model")
+        context = (("user", prompt),) if isinstance(prompt, str) else tuple(prompt)
+        plan, reads = candidate_pairs(context, candidates, pairs)
+        options = {name: getattr(job, name) for name in ("model", "truncate", "priority", "timeout_ms",
+                                                          "deterministic", "cache")}
+        try:
+            outputs = await self._run(runner, ScoreJob(inputs=plan.inputs, **options))
+        except APIError as err:
+            raise renamed(err, plan.field, "candidates") from err
+        return [preference(spec.pairwise.convention, outputs[ab].score, outputs[ba].score) for ab, ba in reads]
 
     async def _score_pipeline(self, pipeline: Pipeline, job: ScoreJob) -> Scored:
         """Every item's reward from `pipeline`, its model components scored as this job's
@@ -186,7 +250,8 @@ class Scorer:
         spec = self.spec(call.model)
         scored = await self.score(dataclasses.replace(
             job, inputs=[input_for(spec, item) for item in job.inputs], model=call.model, aggregate=call.aggregate,
-            normalize="zscore" if call.zscore else None, on_item_error="item", texts=None))
+            normalize="zscore" if call.zscore else None, on_item_error="item", texts=None, references=None,
+            pairwise_mode=None))
         return [scored.errors.get(i, out) for i, out in enumerate(scored.outputs)]
 
     async def run_pipeline(self, pipeline: Pipeline, texts: Sequence[RuleInput | None], score_model: ScoreModel,
@@ -270,7 +335,9 @@ def score_job(body: ScoreRequest, deadline_ms: float | None = None) -> ScoreJob:
     options = {name: getattr(body, name) for name in _JOB_OPTIONS if name in type(body).model_fields}
     if deadline_ms is not None and (options.get("timeout_ms") is None or deadline_ms < options["timeout_ms"]):
         options["timeout_ms"] = deadline_ms
+    references = tuple(getattr(item, "reference", None) for item in body.items)
     return ScoreJob(inputs=[item_input(item) for item in body.items],
+                    references=references if any(r is not None for r in references) else None,
                     texts=tuple(rule_input(item) for item in body.items), **options)
 
 

@@ -12,6 +12,7 @@ class ModelKind(str, Enum):
     multi_objective = "multi_objective"
     process = "process"
     implicit = "implicit"  # a DPO-trained policy scored against its reference (models.implicit)
+    pairwise = "pairwise"  # reads a prompt and two responses: how much the first beats the second (models.pairwise)
     pipeline = "pipeline"  # served pipelines only: no model has this kind
 
 
@@ -37,3 +38,4 @@ Truncate = Literal["left", "right"]
 Normalize = Literal["none", "zscore"]
 Aggregation = Literal["model", "weights", "pareto"]
 OnItemError = Literal["request", "item"]
+PairwiseMode = Literal["vs_reference", "group"]  # a pairwise model's one score per item (models.spec.PairwiseSpec)

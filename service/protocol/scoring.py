@@ -7,7 +7,16 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictInt, Tag
 
-from service.protocol.enums import CacheMode, ModelKind, Normalize, OnItemError, Priority, StepAggregate, Truncate
+from service.protocol.enums import (
+    CacheMode,
+    ModelKind,
+    Normalize,
+    OnItemError,
+    PairwiseMode,
+    Priority,
+    StepAggregate,
+    Truncate,
+)
 
 
 class Body(BaseModel):
@@ -25,11 +34,16 @@ class Context(Body):
     extra_info: dict[str, Any] | None = Field(None, description="anything else a user function reads")
 
 
+REFERENCE = Field(None, description=(
+    "pairwise models, pairwise_mode 'vs_reference': the response this one is compared with"))
+
+
 class TextItem(Context):
     """A prompt and the response to score."""
 
     prompt: str
     response: str
+    reference: str | None = REFERENCE
 
 
 class Message(Body):
@@ -42,6 +56,7 @@ class ChatItem(Context):
     model's chat template when it has one."""
 
     messages: list[Message] = Field(min_length=2)
+    reference: str | None = REFERENCE
 
 
 class TokensItem(Context):
@@ -109,6 +124,9 @@ class ScoreRequest(Body):
     on_item_error: OnItemError = Field("request", description=(
         "'request': an item that cannot be scored fails the request; 'item': it gets its own error in `results` "
         "and the other items their scores"))
+    pairwise_mode: PairwiseMode | None = Field(None, description=(
+        "pairwise models: 'vs_reference', each score is P(response > the item's reference); 'group', each score is "
+        "the item's mean P(item > other) over the other items with its prompt; default: the model's score_mode"))
     deterministic: bool | None = Field(None, description=(
         "true: every item is scored alone, so its score is the same bits whatever its batch-mates and batch "
         "size (slower); default: the model's `deterministic`"))

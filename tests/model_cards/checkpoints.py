@@ -16,6 +16,7 @@ from torch import nn
 from transformers import (
     DebertaV2Config,
     DebertaV2ForSequenceClassification,
+    DebertaV2Model,
     Gemma2Config,
     Gemma2ForSequenceClassification,
     GenerationConfig,
@@ -294,6 +295,50 @@ def qwen2_judge(out: Path) -> Path:
     _save(out, Qwen2ForCausalLM(config), tok)
     (out / "reward_spec.yaml").write_text("kind: scalar\nlabel_tokens:\n  labels: [\"Yes\", \"No\"]\n")
     return out
+
+
+# ---- pairwise preference models -----------------------------------------------------------
+
+PAIRRM_TOKENS = ["<|source|>", "<|candidate1|>", "<|candidate2|>", "<|candidate|>"]
+
+
+def pairrm(out: Path) -> Path:
+    """llm-blender/PairRM-hf: a DeBERTa-v3 backbone under `pretrained_model.` and the head MLP
+    `head_layer` (dropout, Linear(2H, H), tanh, dropout, Linear(H, n_tasks)) in one safetensors
+    file, config.json of architecture DebertaV2PairRM with the prefix tokens' ids, the
+    tokenizer with <|source|>, <|candidate1|>, <|candidate2|> and <|candidate|> added."""
+    tok = tokenizers.deberta_v3(out)
+    tok.add_special_tokens({"additional_special_tokens": PAIRRM_TOKENS})
+    ids = tok.convert_tokens_to_ids(PAIRRM_TOKENS)
+    config = DebertaV2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                             num_attention_heads=4, relative_attention=True, position_buckets=32,
+                             norm_rel_ebd="layer_norm", share_att_key=True, pos_att_type=["p2c", "c2p"],
+                             position_biased_input=False, type_vocab_size=0, max_position_embeddings=512,
+                             pad_token_id=0, initializer_range=0.2, architectures=["DebertaV2PairRM"], n_tasks=1,
+                             drop_out=0.05, source_prefix_id=ids[0], cand1_prefix_id=ids[1], cand2_prefix_id=ids[2],
+                             cand_prefix_id=ids[3], sep_token_id=tok.sep_token_id)
+    torch.manual_seed(5)
+    width = config.hidden_size
+    model = nn.Module()
+    model.pretrained_model = DebertaV2Model(config)
+    model.head_layer = nn.Sequential(nn.Dropout(0.05), nn.Linear(2 * width, width), nn.Tanh(), nn.Dropout(0.05),
+                                     nn.Linear(width, config.n_tasks))
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"),
+              metadata={"format": "pt"})
+    config.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def pair_judge_llama3(out: Path) -> Path:
+    """RLHFlow/pair-preference-model-LLaMA3-8B's layout: a LlamaForCausalLM asked which of two
+    responses is better, answered by its "A" and "B" tokens; the Llama 3 tokenizer and template."""
+    tok = tokenizers.llama3(template("llama-3"))
+    config = LlamaConfig(vocab_size=128256, bos_token_id=128000, eos_token_id=128009, max_position_embeddings=8192,
+                         tie_word_embeddings=False, **TINY)
+    torch.manual_seed(7)
+    return _save(out, LlamaForCausalLM(config), tok)
 
 
 BUILDERS = {

@@ -1,0 +1,121 @@
+"""Pairwise models served over real HTTP on loopback: /v1/score's two modes (vs_reference,
+group) against the published computations (tests/pairwise_reference.py) within 1e-5,
+several pairs per request and one per request all at once; `Scorer.preferences`, the call
+ranking code compares candidates with; and the 422s naming the field."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from http_helpers import assert_error
+from model_cards import checkpoints
+from pairwise_reference import PairPM, PairRM
+
+from service.config import ModelConfig
+from service.core.pairwise import PairJob
+
+TOL = 1e-5
+SPECS = {"pairrm": {"kind": "pairwise", "pairwise": {"convention": "pairrm"}},
+         "pairpm": {"kind": "pairwise", "pairwise": {"convention": "ab_judge", "score_mode": "group"}}}
+PROMPT = "Natalia sold clips to 48 of her friends in April, and then she sold half as many in May. How many in all?"
+RESPONSES = ["She sold 48 and then 24, so 72 clips.", "48 clips.", "The answer is 14.",
+             "Step 1: add 48 and 24 to get 72. The answer is 72."]
+REFERENCE = "72"
+
+
+@pytest.fixture(scope="module")
+def references(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pairwise")
+    dirs = {"pairrm": checkpoints.pairrm(root / "pairrm"), "pairpm": checkpoints.pair_judge_llama3(root / "pairpm")}
+    return dirs, {"pairrm": PairRM(dirs["pairrm"]), "pairpm": PairPM(dirs["pairpm"])}
+
+
+@pytest.fixture(scope="module")
+def server(served, references):
+    dirs, _ = references
+    models = [ModelConfig(name=name, path=str(dirs[name]), spec=spec) for name, spec in SPECS.items()]
+    with served(models + ["llama-scalar"], grpc=False, cache={"max_bytes": 0}, batching={"max_wait_ms": 50},
+                timeout=120) as running:
+        yield running
+
+
+def want(references, name: str, a: str, b: str) -> float:
+    return references[1][name].preference([{"role": "user", "content": PROMPT}], a, b)
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_vs_reference_scores_match_the_published_computation(server, references, name):
+    items = [{"prompt": PROMPT, "response": r, "reference": REFERENCE} for r in RESPONSES]
+    response = server.http.post("/v1/score", json={"model": name, "items": items, "pairwise_mode": "vs_reference"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["kind"] == "pairwise"
+    for result, r in zip(body["results"], RESPONSES, strict=True):
+        assert result["score"] == pytest.approx(want(references, name, r, REFERENCE), abs=TOL, rel=0)
+        assert result["num_tokens"] > 0
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_group_scores_are_win_rates_within_each_prompt(server, references, name):
+    other = {"prompt": "What is 3 + 4?", "response": "7"}
+    items = [{"prompt": PROMPT, "response": r} for r in RESPONSES] + [other, {**other, "response": "14"}]
+    body = {"model": name, "items": items} | ({"pairwise_mode": "group"} if name == "pairrm" else {})
+    response = server.http.post("/v1/score", json=body)
+    assert response.status_code == 200, response.text
+    scores = [r["score"] for r in response.json()["results"]]
+    for i, r in enumerate(RESPONSES):
+        rates = [want(references, name, r, o) for j, o in enumerate(RESPONSES) if j != i]
+        assert scores[i] == pytest.approx(sum(rates) / len(rates), abs=TOL, rel=0)
+    assert scores[-2] + scores[-1] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_one_pair_per_request_all_at_once(server, references):
+    jobs = [(name, r) for name in SPECS for r in RESPONSES]
+
+    def post(job):
+        item = {"prompt": PROMPT, "response": job[1], "reference": REFERENCE}
+        return server.http.post("/v1/score", json={"model": job[0], "items": [item], "pairwise_mode": "vs_reference"})
+
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        responses = list(pool.map(post, jobs))
+    for (name, r), response in zip(jobs, responses):
+        assert response.status_code == 200, response.text
+        assert response.json()["results"][0]["score"] == pytest.approx(want(references, name, r, REFERENCE),
+                                                                        abs=TOL, rel=0)
+
+
+def test_preferences_compares_index_pairs_in_one_call(server, references):
+    scorer = server.app.state.scorer
+    loop = server.app.state.loading.get_loop()
+    pairs = [(0, 1), (1, 0), (2, 3), (0, 3)]
+    for name in SPECS:
+        call = scorer.preferences(PairJob(model=name), PROMPT, RESPONSES, pairs)
+        got = asyncio.run_coroutine_threadsafe(call, loop).result(timeout=120)
+        assert got == pytest.approx([want(references, name, RESPONSES[i], RESPONSES[j]) for i, j in pairs],
+                                    abs=TOL, rel=0)
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"model": "pairrm", "items": [{"prompt": PROMPT, "response": "72"}]}, "items[0].reference"),
+    ({"model": "pairrm", "pairwise_mode": "group", "items": [{"prompt": PROMPT, "response": "72"}]}, "items[0]"),
+    ({"model": "pairrm", "items": [{"input_ids": [1, 2, 3]}]}, "items[0]"),
+    ({"model": "pairrm", "items": [{"prompt": PROMPT, "response": "72 <|candidate1|>", "reference": "7"}]},
+     "items[0]"),
+    ({"model": "pairrm", "items": [{"prompt": PROMPT, "response": "72", "reference": "7"}],
+      "on_item_error": "item"}, "on_item_error"),
+    ({"model": "llama-scalar", "items": [{"prompt": PROMPT, "response": "72", "reference": "7"}]},
+     "items[0].reference"),
+    ({"model": "llama-scalar", "items": [{"prompt": PROMPT, "response": "72"}], "pairwise_mode": "group"},
+     "pairwise_mode"),
+])
+def test_what_a_mode_cannot_read_is_a_422_naming_the_field(server, body, field):
+    assert_error(server.http.post("/v1/score", json=body), 422, field=field)
+
+
+def test_compare_and_rerank_refuse_a_pairwise_model(server):
+    compare = server.http.post("/v1/compare", json={"model": "pairrm", "prompt": PROMPT, "responses": ["a", "b"]})
+    assert "is a pairwise model" in assert_error(compare, 422, field="model")["message"]
+    rerank = server.http.post("/v1/rerank", json={"model": "pairpm", "query": PROMPT, "documents": ["a", "b"]})
+    assert "is a pairwise model" in assert_error(rerank, 422, field="model")["message"]
