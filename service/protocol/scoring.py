@@ -109,6 +109,8 @@ class ScoreRequest(Body):
     on_item_error: OnItemError = Field("request", description=(
         "'request': an item that cannot be scored fails the request; 'item': it gets its own error in `results` "
         "and the other items their scores"))
+    adapter: str | None = Field(None, description=(
+        "a LoRA adapter of the model (its card lists them, `adapters`); default: the base model"))
     deterministic: bool | None = Field(None, description=(
         "true: every item is scored alone, so its score is the same bits whatever its batch-mates and batch "
         "size (slower); default: the model's `deterministic`"))
