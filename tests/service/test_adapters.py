@@ -5,9 +5,12 @@ revision; an unknown adapter is refused naming the field and the model's adapter
 
 from __future__ import annotations
 
+import json
+import shlex
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import yaml
 from http_helpers import assert_error, free_port, serve
 from lora_helpers import make_adapter, peft_forward, sequence_score
 from tiny_models import _llama_config, _llama_tokenizer, _save
@@ -115,3 +118,18 @@ def test_headless_base_needs_an_adapter(lora):
     assert "'rm'" in assert_error(served.http.post("/v1/score", json=body), 422, "adapter_required", "adapter")[
         "message"]
     assert served.http.post("/v1/score", json=body | {"adapter": "rm"}).status_code == 200
+
+
+def test_the_docs_examples_are_valid():
+    """docs/adapters.md's config and request are what the server accepts."""
+    from doc_examples import blocks
+    from paths import ROOT
+
+    from service.protocol.scoring import ScoreRequest
+
+    (config, *_), (curl, *_) = [[text for lang, text in blocks(ROOT / "docs/adapters.md") if lang == want]
+                                for want in ("yaml", "bash")]
+    entry = ModelConfig(**yaml.safe_load(config)["models"][0])
+    assert set(entry.adapters) == {"helpful", "harmless"}
+    body = json.loads(shlex.split(curl)[shlex.split(curl).index("-d") + 1])
+    assert ScoreRequest.model_validate(body).adapter == "helpful"
