@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from models.adapters import Adapters
 from models.dispatch import onloaded
 from models.heads import HeadFile
 from models.implicit import token_logps
@@ -61,11 +62,12 @@ class RewardGraph(nn.Module):
     def __init__(self, model: nn.Module, head: HeadFile | None, spec: RewardSpec, is_encoder: bool,
                  pooling: Pooling, step_tag_ids: list[int] | None, pad_token_id: int | None,
                  label_ids: list[int] | None = None, reference: nn.Module | None = None,
-                 pair_head: nn.Module | None = None):
+                 pair_head: nn.Module | None = None, adapters: Adapters | None = None):
         super().__init__()
         self.model = model
         self.pair_head = pair_head  # PairRM's head on its prefix tokens' states (models.pairrm)
         self.reference = reference  # implicit models: the reference causal LM, or None (reference-free)
+        self.adapters = adapters  # LoRA adapters over `model` (models.adapters), off unless a forward turns one on
         self.head = head
         self.kind = spec.kind
         self.is_encoder = is_encoder

@@ -74,6 +74,7 @@ class Encoded:
     truncated: bool = False
     marker_positions: list[int] = field(default_factory=list)
     gate_position: int | None = None  # gating models: where the gating network reads
+    adapter: str | None = None  # the LoRA adapter that scores it (models.adapters); None: the base model
 
     @property
     def num_tokens(self) -> int:

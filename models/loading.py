@@ -20,6 +20,7 @@ from transformers import (
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 from transformers.utils import logging as hf_logging
 
+from models.adapters import attach_adapters, check_adapter_dir, check_untrained
 from models.convert import checkpoint_tensors
 from models.dispatch import DeviceMap, input_device
 from models.encoding import single_token_id
@@ -40,18 +41,27 @@ def is_encoder_config(config) -> bool:
 
 
 def build_graph(backbone_dir: Path, model_dir: Path, spec: RewardSpec, config, tokenizer, device: str,
-                dtype: str, device_map: DeviceMap | None = None, reference_dir: Path | None = None) -> RewardGraph:
+                dtype: str, device_map: DeviceMap | None = None, reference_dir: Path | None = None,
+                adapters: dict[str, Path] | None = None) -> RewardGraph:
     """The torch graph of a model directory: backbone weights, our head file if any, an
-    implicit model's reference LM from `reference_dir`. With a `device_map` the backbone
-    stays where transformers dispatched it (`device` is unused) and gives its final states
-    back on its input device, where the head file goes."""
-    model = _load_backbone(backbone_dir, spec, config, DTYPES[dtype], device, device_map).eval()
+    implicit model's reference LM from `reference_dir`, LoRA `adapters` (name -> directory)
+    over the backbone (models.adapters). With a `device_map` the backbone stays where
+    transformers dispatched it (`device` is unused) and gives its final states back on its
+    input device, where the head file goes."""
+    adapters = adapters or {}
+    if adapters and device_map is not None:
+        raise ModelLoadError(f"{model_dir}: adapters are not applied to a model spread by a device_map")
+    for name, directory in adapters.items():
+        check_adapter_dir(name, directory)
+    model, untrained = _load_backbone(backbone_dir, spec, config, DTYPES[dtype], device, device_map,
+                                      missing_ok=bool(adapters))
+    model.eval()
     reference = None
     if reference_dir is not None:
         if device_map is not None:
             raise ModelLoadError(f"{model_dir}: an implicit model's reference is not spread by a device_map")
         reference_config = AutoConfig.from_pretrained(reference_dir, trust_remote_code=spec.trust_remote_code)
-        reference = _load_backbone(reference_dir, spec, reference_config, DTYPES[dtype], device, None)
+        reference, _ = _load_backbone(reference_dir, spec, reference_config, DTYPES[dtype], device, None)
         reference = reference.eval().to(device)
     if spec.backbone_weights:
         if device_map is not None:
@@ -59,6 +69,7 @@ def build_graph(backbone_dir: Path, model_dir: Path, spec: RewardSpec, config, t
         replace_weights(model, model_dir / spec.backbone_weights)
     if device_map is None:
         model = model.to(device)
+    check_untrained(untrained, adapters)
     head = None
     if spec.head_file or spec.value_head:
         head_device = input_device(model) if device_map else device
@@ -84,8 +95,10 @@ def build_graph(backbone_dir: Path, model_dir: Path, spec: RewardSpec, config, t
     encoder = is_encoder_config(config)
     pooling = spec.pooling or default_pooling(spec, encoder)
     pad_token_id = config.get_text_config().pad_token_id
+    reads_lm_rows = head is None and bool(step_tag_ids or label_ids or spec.reward_logit_index is not None)
+    loaded = attach_adapters(model, adapters, untrained, reads_lm_rows) if adapters else None
     graph = RewardGraph(model, head, spec, encoder, pooling, step_tag_ids, pad_token_id, label_ids, reference,
-                        pair_head).eval()
+                        pair_head, loaded).eval()
     _check_readable(graph, spec)
     return graph
 
@@ -137,10 +150,12 @@ def _attention(spec: RewardSpec, dtype: torch.dtype, on_cuda: bool) -> dict:
 
 
 def _load_backbone(directory: Path, spec: RewardSpec, config, dtype: torch.dtype, device: str,
-                   device_map: DeviceMap | None):
+                   device_map: DeviceMap | None, missing_ok: bool = False) -> tuple[torch.nn.Module, list[str]]:
     """The checkpoint as the transformers class the spec implies, every tensor accounted
     for: a missing, unexpected or mis-shaped weight is a load error naming it, never a
-    randomly initialised layer (tensors left unread on purpose are named in unused_weights)."""
+    randomly initialised layer (tensors left unread on purpose are named in unused_weights).
+    With `missing_ok` (adapters are loaded over it), missing tensors are returned instead, for
+    every adapter to bring whole (models.adapters)."""
     remote = spec.trust_remote_code
     on_cuda = device_map.uses_cuda if device_map else str(device).startswith("cuda")
     # mismatched shapes are reported in the loading info (and refused below), not raised
@@ -168,8 +183,12 @@ def _load_backbone(directory: Path, spec: RewardSpec, config, dtype: torch.dtype
         model, info = AutoModel.from_pretrained(directory, config=config, **kwargs)
     read_elsewhere = [f"{spec.value_head}."] if spec.value_head else []  # the graph's head reads it
     read_elsewhere += ["head_layer."] if _is_pairrm(spec) else []
-    _check_loading_info(directory, info, [*spec.unused_weights, *read_elsewhere])
-    return model
+    untrained = sorted(info["missing_keys"]) if missing_ok else []
+    if untrained:  # a causal LM under the adapters' head: its LM head is not read
+        read_elsewhere.append("lm_head.")
+    _check_loading_info(directory, info | {"missing_keys": [] if missing_ok else info["missing_keys"]},
+                        [*spec.unused_weights, *read_elsewhere])
+    return model, untrained
 
 
 def _is_pairrm(spec: RewardSpec) -> bool:

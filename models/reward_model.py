@@ -9,6 +9,7 @@ import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from transformers import AutoConfig, AutoTokenizer
@@ -36,6 +37,8 @@ from models.revision import fingerprint
 from models.shared_prefix import PrefixSharing
 from models.spec import ModelKind, RewardSpec, load_spec
 
+T = TypeVar("T")
+
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -48,6 +51,7 @@ class ModelInfo:
     step_aggregate: str | None
     device: str  # as configured ('cpu', 'cuda:1'); with a device_map its devices ('cuda:0,cuda:1', 'cpu,disk')
     dtype: str
+    adapters: dict[str, str] | None = None  # LoRA adapters: name -> revision (sha256 of its files)
 
 
 def resolve_dir(reference: str, base: Path) -> Path:
@@ -91,9 +95,10 @@ class RewardModel:
     @classmethod
     def load(cls, name: str, path: str | Path, spec: dict | None = None, device: str = "cpu",
              dtype: str = "float32", backend: BackendConfig | None = None, packed: bool | None = None,
-             share_prefix: bool | None = None) -> RewardModel:
+             share_prefix: bool | None = None, adapters: dict[str, str | Path] | None = None) -> RewardModel:
         """`backend` (default: torch on `device`) runs the graph (models.backends); every
         backend needs the directory's tokenizer, config and spec, only torch its weights.
+        `adapters`: LoRA adapters (name -> directory) loaded over it (models.adapters).
         `packed`: run batches packed, padded, or (None) packed where the backend does by
         default (models.packing). `share_prefix`: items of a batch with a common prefix
         compute it once: always, never, or (None) where supported (models.shared_prefix)."""
@@ -102,6 +107,8 @@ class RewardModel:
         backbone_dir = resolve_dir(reward_spec.backbone, model_dir) if reward_spec.backbone else model_dir
         if dtype not in DTYPES:
             raise ModelLoadError(f"dtype must be one of {sorted(DTYPES)}, not {dtype!r}")
+        if adapters and not isinstance(backend or TorchConfig(), TorchConfig):
+            raise ModelLoadError(f"{name}: adapters are served by the torch backend only")
         remote = reward_spec.trust_remote_code
         tokenizer = AutoTokenizer.from_pretrained(backbone_dir, trust_remote_code=remote)
         config = AutoConfig.from_pretrained(backbone_dir, trust_remote_code=remote)
@@ -110,7 +117,7 @@ class RewardModel:
         if reference_dir is not None:
             check_same_tokenizer(tokenizer, reference_dir)
         source = ModelSource(name, model_dir, backbone_dir, reward_spec, config, tokenizer, device, dtype,
-                             reference_dir)
+                             reference_dir, {n: Path(d).resolve() for n, d in (adapters or {}).items()})
         compute = load_backend(backend or TorchConfig(), source)
         packs = compute.packing.chosen(packed, f"{name}: packed: true, but this model cannot run packed")
         shares = compute.prefix_sharing.chosen(
@@ -153,7 +160,14 @@ class RewardModel:
             step_aggregate=spec.process.aggregate.value if spec.process else None,
             device=self.placement,
             dtype=self.dtype,
+            adapters=dict(self.backend.adapters.revisions) if self.backend.adapters else None,
         )
+
+    @property
+    def base_scores(self) -> bool:
+        """Whether the base model scores without an adapter: not where its head comes from
+        the adapters only (models.adapters)."""
+        return self.backend.adapters is None or self.backend.adapters.base_scores
 
     @property
     def torch_graph(self) -> RewardGraph:
@@ -194,8 +208,26 @@ class RewardModel:
         """The batch's inputs built (prefix groups found, rows padded or packed), returned as
         the forward that runs them: a server builds the next batch while this one runs."""
         if self.prefix_sharing is not None and len(batch) > 1:
-            return self.prefix_sharing.prepare(self, batch)
-        return self.prepare_unshared(batch)
+            return self._on_adapter(batch, self.prefix_sharing.prepare(self, batch))
+        return self._on_adapter(batch, self.prepare_unshared(batch))
+
+    def _on_adapter(self, batch: list[Encoded], forward: Callable[[], T]) -> Callable[[], T]:
+        """`forward`, run with its items' adapter on (the base's weights are the rest state).
+        The adapter is switched when the forward runs, on the forward thread, not while it is
+        prepared beside another forward."""
+        adapter = batch[0].adapter
+        if any(enc.adapter != adapter for enc in batch):
+            raise ValueError("a batch's items are scored by one adapter")
+        if adapter is None:
+            return forward
+        if self.backend.adapters is None or adapter not in self.backend.adapters.revisions:
+            raise ValueError(f"{self.name} has no adapter {adapter!r}")
+
+        def run() -> T:
+            with self.backend.adapters.active(adapter):
+                return forward()
+
+        return run
 
     def prepare_alone(self, batch: list[Encoded]) -> Callable[[], list[RewardOutput]]:
         """One item's forward on its own (no batch-mates, padding or shared prefix): the same
@@ -203,7 +235,7 @@ class RewardModel:
         switches that keeps its kernels deterministic (models.determinism)."""
         if len(batch) != 1:
             raise ValueError(f"an item scored alone is a batch of one, not {len(batch)}")
-        forward = self.prepare_unshared(batch)
+        forward = self._on_adapter(batch, self.prepare_unshared(batch))
 
         def run() -> list[RewardOutput]:
             with batch_invariant(self.device):
@@ -212,7 +244,7 @@ class RewardModel:
         return run
 
     def forward_unshared(self, batch: list[Encoded]) -> list[RewardOutput]:
-        return self.prepare_unshared(batch)()
+        return self._on_adapter(batch, self.prepare_unshared(batch))()
 
     def prepare_unshared(self, batch: list[Encoded]) -> Callable[[], list[RewardOutput]]:
         """The batch as one forward, packed or padded."""

@@ -16,6 +16,7 @@ from models.errors import ModelLoadError
 if TYPE_CHECKING:
     import torch
 
+    from models.adapters import Adapters
     from models.graph import RewardGraph
     from models.spec import RewardSpec
 
@@ -26,7 +27,7 @@ Tensors = dict[str, "torch.Tensor"]
 class ModelSource:
     """What a backend is built from: the model directory read (spec, transformers config,
     tokenizer), its backbone's directory (and an implicit model's reference's), and the device
-    and dtype it is to run in."""
+    and dtype it is to run in, and the LoRA adapters to load over it (name -> directory)."""
 
     name: str
     model_dir: Path
@@ -37,6 +38,7 @@ class ModelSource:
     device: str
     dtype: str
     reference_dir: Path | None = None  # an implicit model's reference LM (models.implicit)
+    adapters: dict[str, Path] | None = None  # LoRA adapters (models.adapters): the torch backend's only
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ class Backend(Protocol):
     graph: RewardGraph | None  # the torch module, for what reads inside it; None where a copy runs elsewhere
     packing: Support  # runs a batch as one row (`packed`)
     prefix_sharing: Support  # runs a group's common prefix once (`shared`)
+    adapters: Adapters | None  # LoRA adapters loaded over the model, switched per forward
 
     def __call__(self, inputs: Tensors) -> Tensors:
         """The right-padded batch's forward."""
@@ -87,6 +90,7 @@ class ExportedGraphBackend:
     by the calling thread, so its cost is wall time."""
 
     graph = None
+    adapters = None
     packing = Support("only the torch backend runs packed")
     prefix_sharing = Support("only the torch backend shares prefixes")
 

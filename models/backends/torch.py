@@ -24,7 +24,7 @@ def load(config: TorchConfig, source: ModelSource) -> TorchBackend:
         if not any(directory.glob("*.safetensors")):
             raise ModelLoadError(f"{directory} has no safetensors weights; pickle checkpoints (.bin/.pt) are refused")
     graph = build_graph(source.backbone_dir, source.model_dir, source.spec, source.config, source.tokenizer,
-                        source.device, source.dtype, dispatch, source.reference_dir)
+                        source.device, source.dtype, dispatch, source.reference_dir, source.adapters)
     return TorchBackend(graph, placement_of(graph.model) if dispatch else source.device)
 
 
@@ -34,6 +34,7 @@ class TorchBackend:
 
     def __init__(self, graph: RewardGraph, placement: str):
         self.graph = graph
+        self.adapters = graph.adapters
         self.device = input_device(graph.model)  # with a device_map: where its input embeddings run
         self.placement = placement
         self.architecture = type(graph.model).__name__

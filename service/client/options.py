@@ -20,6 +20,7 @@ class ItemScoring(TypedDict, total=False):
     cache: CacheMode | str
     on_item_error: OnItemError
     deterministic: bool | None
+    adapter: str | None
 
 
 class ScoreOptions(ItemScoring, total=False):
@@ -33,6 +34,7 @@ class RankingOptions(TypedDict, total=False):
     normalize: Normalize
     priority: Priority | str | None
     timeout_ms: float | None
+    adapter: str | None
 
 
 class CompareOptions(RankingOptions, total=False):

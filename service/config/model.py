@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from models.backends.config import BackendConfig, TorchConfig
 from models.hub import hub_snapshot, is_hub_id
 
 BUILTIN_DIR = Path(__file__).resolve().parents[2] / "models" / "builtin"
 log = logging.getLogger("rewardserve")
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # a model's or an adapter's
 
 # The flat per-model keys `backend:` replaced: old key -> (backend type, its key in `backend:`).
 FLAT_BACKEND_KEYS = {
@@ -32,7 +33,7 @@ FLAT_BACKEND_KEYS = {
 class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="the name requests give as `model`")
+    name: str = Field(pattern=NAME_PATTERN, description="the name requests give as `model`")
     path: str = Field(description=(
         "model directory, `builtin:<name>` for an embedded model, or a Hugging Face Hub id `org/name[@revision]` "
         "(fetched into the hub cache, or read from it alone under HF_HUB_OFFLINE=1)"))
@@ -66,6 +67,10 @@ class ModelConfig(BaseModel):
         "score every item alone (a batch of one: no batch-mates, padding, packing or shared prefix), so its "
         "score is the same bits whatever else is queued; a request's `deterministic` overrides it. On CUDA "
         "these forwards also run deterministic kernels without TF32 (docs/determinism.md)"))
+    adapters: dict[Annotated[str, StringConstraints(pattern=NAME_PATTERN)], str] = Field(
+        default_factory=dict, description=(
+            "LoRA adapters loaded over this model (torch backend): name -> directory in PEFT's layout "
+            "(adapter_config.json, adapter_model.safetensors); a request names one as `adapter` (docs/adapters.md)"))
     serve_graph: bool = Field(False, description="also serve the raw graph over KServe v2 as `<name>-graph`")
     cache: bool = Field(True, description="serve repeated inputs from the result cache")
     cache_ttl_s: float = Field(3600.0, gt=0, description="how long cached results live")
@@ -120,6 +125,9 @@ class ModelConfig(BaseModel):
         if is_hub_id(self.path):
             return hub_snapshot(self.path, download)
         return Path(self.path).expanduser()
+
+    def resolved_adapters(self) -> dict[str, Path]:
+        return {name: Path(directory).expanduser() for name, directory in self.adapters.items()}
 
     def resolved_device(self) -> str:
         """'auto' is cuda when present, unless a device_map puts every module on the CPU or

@@ -45,7 +45,8 @@ def chosen_priority(value: Any) -> Priority | None:
 def ranking_job(body: RankingOptions, inputs: list[ScoreInput]) -> ScoreJob:
     """The job a ranking request makes of its candidates' inputs."""
     return ScoreJob(inputs=inputs, model=body.model, truncate=body.truncate, aggregate=body.aggregate,
-                    priority=chosen_priority(body.priority), timeout_ms=body.timeout_ms, normalize=body.normalize)
+                    priority=chosen_priority(body.priority), timeout_ms=body.timeout_ms, normalize=body.normalize,
+                    adapter=body.adapter)
 
 
 def pointwise(spec: RewardSpec, name: str | None, route: str) -> RewardSpec:

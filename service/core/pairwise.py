@@ -31,6 +31,7 @@ class PairJob:
     timeout_ms: float | None = None
     deterministic: bool | None = None  # items scored alone; None: the model's setting
     cache: CacheMode = CacheMode.use
+    adapter: str | None = None  # the LoRA adapter that reads the pairs; None: the base model
 
 
 @dataclass

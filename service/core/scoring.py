@@ -64,6 +64,7 @@ class ScoreJob:
     deterministic: bool | None = None  # items scored alone (bitwise batch-invariant); None: the model's setting
     pairwise_mode: PairwiseMode | None = None  # pairwise models: what an item's score is; None: the model's
     references: tuple[str | None, ...] | None = None  # pairwise models, vs_reference: each item's other response
+    adapter: str | None = None  # the LoRA adapter that scores the items; None: the base model
     texts: tuple[RuleInput | None, ...] | None = None  # what a pipeline's rules read, per item
 
 
@@ -189,9 +190,11 @@ class Scorer:
         priority = job.priority or Priority(self.settings.batching.default_priority)
         deadline = None if job.timeout_ms is None else time.monotonic() + job.timeout_ms / 1000
         alone = runner.config.deterministic if job.deterministic is None else job.deterministic
+        check_adapter(runner, job.adapter)
         try:
             return await runner.score(job.inputs, job.truncate, priority, deadline, job.cache,
-                                      item_errors=job.on_item_error == "item", keep=job.keep, alone=alone)
+                                      item_errors=job.on_item_error == "item", keep=job.keep, alone=alone,
+                                      adapter=job.adapter)
         except ItemError as err:
             raise APIError.from_item_error(err) from err
         except QueueFull as err:
@@ -230,7 +233,7 @@ class Scorer:
         context = (("user", prompt),) if isinstance(prompt, str) else tuple(prompt)
         plan, reads = candidate_pairs(context, candidates, pairs)
         options = {name: getattr(job, name) for name in ("model", "truncate", "priority", "timeout_ms",
-                                                          "deterministic", "cache")}
+                                                          "deterministic", "cache", "adapter")}
         try:
             outputs = await self._run(runner, ScoreJob(inputs=plan.inputs, **options))
         except APIError as err:
@@ -241,6 +244,9 @@ class Scorer:
         """Every item's reward from `pipeline`, its model components scored as this job's
         items by each model."""
         refuse_per_request(aggregate=job.aggregate, normalize=job.normalize)
+        if job.adapter is not None:
+            raise APIError(422, "invalid_request", f"{pipeline.name!r} is a pipeline; adapter applies to a model",
+                           "adapter")
         texts = job.texts or (None,) * len(job.inputs)
         return await self.run_pipeline(pipeline, texts, lambda call: self.score_call(job, call), job.on_item_error)
 
@@ -288,6 +294,18 @@ def _finished(out: RewardOutput, aggregate: StepAggregate | None, stats) -> Rewa
     if aggregate is not None:
         out = out.with_step_aggregate(aggregate)
     return zscore(out, stats) if stats is not None else out
+
+
+def check_adapter(runner: ModelRunner, adapter: str | None) -> None:
+    """404 for an adapter the model does not have, 422 for none where its base scores
+    nothing without one (its head comes from the adapters only); both list its adapters."""
+    adapters = sorted(runner.info.adapters or {})
+    if adapter is not None and adapter not in adapters:
+        raise APIError(404, "adapter_not_found", f"model {runner.name!r} has no adapter {adapter!r}; "
+                       f"its adapters: {adapters}", "adapter")
+    if adapter is None and not runner.model.base_scores:
+        raise APIError(422, "adapter_required", f"model {runner.name!r} has no head of its own, only its adapters' "
+                       f"(modules_to_save): name one of {adapters}", "adapter")
 
 
 def refuse_per_request(**options) -> None:

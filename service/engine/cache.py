@@ -28,13 +28,17 @@ KEY_PREFIX = b"rewardserve:v1:"
 ENTRY_OVERHEAD_BYTES = 96  # dict slot, OrderedDict links, bytes headers: keeps the byte bound honest
 
 
-def cache_key(model: str, revision: str, enc: Encoded, alone: bool = False) -> bytes:
+def cache_key(model: str, revision: str, enc: Encoded, alone: bool = False,
+              adapter: tuple[str, str] | None = None) -> bytes:
     """The entry of an item's result; one scored `alone` (bitwise batch-invariant) is kept apart
-    from batched ones, whose last bits depend on their batch-mates."""
+    from batched ones, whose last bits depend on their batch-mates; one scored by a LoRA
+    `adapter` (its name and revision) from the base's and every other adapter's."""
     fields = [model, revision, enc.input_ids, enc.token_type_ids, enc.prompt_length, enc.truncated,
               enc.marker_positions]
     if alone:
         fields.append("alone")
+    if adapter is not None:
+        fields.append(list(adapter))
     return KEY_PREFIX + hashlib.sha256(msgpack.packb(fields)).hexdigest().encode()
 
 

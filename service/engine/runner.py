@@ -10,6 +10,7 @@ which holds every item up front, cuts length-sorted batches directly.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import time
@@ -104,7 +105,8 @@ class ModelRunner:
             config = self.config
             model = RewardModel.load(self.name, config.resolved_path(download=True), config.spec,
                                      device=config.resolved_device(), dtype=config.resolved_dtype(),
-                                     backend=config.backend, packed=config.packed, share_prefix=config.share_prefix)
+                                     backend=config.backend, packed=config.packed, share_prefix=config.share_prefix,
+                                     adapters=config.resolved_adapters())
             model.score(warmup_inputs(model.spec.kind), truncate="right")
             self._measure_warm_forward(model)
             if config.serve_graph:  # its tensors' shapes, read off one forward before any request runs
@@ -137,14 +139,15 @@ class ModelRunner:
         for batch, seconds in zip(batches, fastest):
             self.scheduler.admission.forwarded(sum(e.num_tokens for e in batch), seconds)
 
-    def encode_all(self, inputs: list[ScoreInput], truncate: Truncate | None,
-                   item_errors: bool = False, keep: int | None = None) -> list[Encoded | ItemError]:
-        """Every item tokenized (cut to `keep` tokens with `truncate`: Encoder.encode); one
-        that cannot be raises its ItemError, or with `item_errors` stands in the list in its place."""
+    def encode_all(self, inputs: list[ScoreInput], truncate: Truncate | None, item_errors: bool = False,
+                   keep: int | None = None, adapter: str | None = None) -> list[Encoded | ItemError]:
+        """Every item tokenized (cut to `keep` tokens with `truncate`: Encoder.encode), to be
+        scored by `adapter`; one that cannot be raises its ItemError, or with `item_errors`
+        stands in the list in its place."""
         encoded: list[Encoded | ItemError] = []
         for index, item in enumerate(inputs):
             try:
-                encoded.append(self.model.encode(item, truncate, keep))
+                encoded.append(dataclasses.replace(self.model.encode(item, truncate, keep), adapter=adapter))
             except InputError as err:
                 if not item_errors:
                     raise ItemError(index, err) from err
@@ -183,7 +186,8 @@ class ModelRunner:
     async def score(self, inputs: list[ScoreInput], truncate: Truncate | None,
                     priority: Priority = Priority.interactive, deadline: float | None = None,
                     cache_mode: CacheMode = CacheMode.use, item_errors: bool = False,
-                    keep: int | None = None, alone: bool = False) -> list[RewardOutput | ItemError]:
+                    keep: int | None = None, alone: bool = False,
+                    adapter: str | None = None) -> list[RewardOutput | ItemError]:
         """Every item scored, in request order: cache hits answered at once, the rest
         through the scheduler. `deadline` is a time.monotonic() instant; `keep`: what
         `truncate` cuts to (default max_length). The request is
@@ -191,7 +195,9 @@ class ModelRunner:
         ItemError, or with `item_errors` is answered by it while the rest are scored. With
         `alone`, each item is forwarded in a batch of its own (Scheduler.submit), so its score
         is the same bits whatever else is queued; the cache keeps those results apart, so an
-        item scored alone is never answered by a batched result nor a batched one by it."""
+        item scored alone is never answered by a batched result nor a batched one by it.
+        `adapter`: the LoRA adapter that scores every item (None: the base model); items of
+        different adapters never share a forward, a cache entry or an in-flight computation."""
         self.observer.request()
         try:
             ticket = self.scheduler.admission.admit(len(inputs), self.estimated_tokens(inputs), priority)
@@ -200,22 +206,24 @@ class ModelRunner:
             raise
         try:
             return await self._score(inputs, truncate, priority, deadline, cache_mode, item_errors, ticket, keep,
-                                     alone)
+                                     alone, adapter)
         finally:
             self.scheduler.admission.release(ticket)
 
     async def _score(self, inputs: list[ScoreInput], truncate: Truncate | None, priority: Priority,
                      deadline: float | None, cache_mode: CacheMode, item_errors: bool,
-                     ticket: Ticket, keep: int | None, alone: bool) -> list[RewardOutput | ItemError]:
+                     ticket: Ticket, keep: int | None, alone: bool,
+                     adapter: str | None) -> list[RewardOutput | ItemError]:
         started = time.perf_counter()
-        encoded = await asyncio.to_thread(self.encode_all, inputs, truncate, item_errors, keep)
+        encoded = await asyncio.to_thread(self.encode_all, inputs, truncate, item_errors, keep, adapter)
         self._measure_chars_per_token(inputs, encoded)
         results: list[RewardOutput | ItemError | None] = [e if isinstance(e, ItemError) else None for e in encoded]
         todo = [i for i, result in enumerate(results) if result is None]
         self.observer.tokenized([encoded[i] for i in todo], time.perf_counter() - started)
         keys = {}
         if self.cache is not None and cache_mode != CacheMode.bypass:
-            keys = {i: cache_key(self.name, self.model.revision, encoded[i], alone) for i in todo}
+            scorer = None if adapter is None else (adapter, self.model.info.adapters[adapter])
+            keys = {i: cache_key(self.name, self.model.revision, encoded[i], alone, scorer) for i in todo}
             if cache_mode == CacheMode.use:
                 dimensions = self.model.info.dimensions
                 for index, (blob, _) in zip(

@@ -15,6 +15,8 @@ thread is free, the scheduler forms the next batch:
 - alone: an item submitted `alone` (a deterministic request's) is a batch of its own, never
   joined by another, so its score is the same bits whatever else is queued (on this CPU, even
   batch-mates of its own length change the last bits);
+- adapter: a batch's items are scored by one LoRA adapter (or all by the base model), the
+  anchor's (models.adapters);
 - fill: a `bulk` batch that is not full waits at most `max_wait_ms` (from the anchor's
   arrival) for more items, so one-rollout-per-request trainers still fill batches when
   the model is idle. An `interactive` batch goes at once: a ranker's request arrives
@@ -79,7 +81,7 @@ class _Work:
 
 def dedup_key(enc: Encoded) -> tuple:
     types = tuple(enc.token_type_ids) if enc.token_type_ids else None
-    return (tuple(enc.input_ids), types, enc.prompt_length, enc.truncated, tuple(enc.marker_positions))
+    return (tuple(enc.input_ids), types, enc.prompt_length, enc.truncated, tuple(enc.marker_positions), enc.adapter)
 
 
 class Scheduler:
@@ -270,11 +272,13 @@ class Scheduler:
     def _form(self, priority: Priority, slice_s: float | None = None) -> tuple[list[_Work], bool]:
         """The class's next batch (service.engine.batching), and whether it is full: nothing
         more could join, or items that could were left for a better batch. An anchor that goes
-        alone is its own full batch; otherwise items that go alone are left out."""
+        alone is its own full batch; otherwise items that go alone, and those of another LoRA
+        adapter than the anchor's, are left out."""
         queue = self._queues[priority]
         if queue[0].alone:
             return [queue[0]], True
-        ordered = sorted((w for w in queue if not w.alone), key=lambda w: w.tokens)
+        adapter = queue[0].encoded.adapter
+        ordered = sorted((w for w in queue if not w.alone and w.encoded.adapter == adapter), key=lambda w: w.tokens)
         start, end = best_run([w.tokens for w in ordered], ordered.index(queue[0]),
                               Budgets(self.max_batch_size, self.max_batch_tokens, slice_s), self.admission.cost)
         best = ordered[start:end]

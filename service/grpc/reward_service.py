@@ -87,7 +87,7 @@ def _options(request) -> dict:
     return body
 
 
-_OPTIONS = ("model", "truncate", "aggregate", "normalize", "priority", "cache", "on_item_error")
+_OPTIONS = ("model", "truncate", "aggregate", "normalize", "priority", "cache", "on_item_error", "adapter")
 
 
 def score_request(request: pb.ScoreRequest) -> ScoreRequest:

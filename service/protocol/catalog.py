@@ -23,6 +23,8 @@ class ModelCard(BaseModel):
     step_aggregate: StepAggregate | None = None
     device: str | None = None
     dtype: str | None = None
+    adapters: dict[str, str] | None = Field(None, description=(
+        "LoRA adapters a request may name as `adapter`: name -> revision (sha256 of the adapter's files)"))
     error: str | None = Field(None, description="why a failed model failed to load")
 
 

@@ -67,6 +67,8 @@ class RankingOptions(Body):
     normalize: Normalize = Field("none", description="'zscore': against the model's reference_stats")
     priority: Priority | None = Field(None, description="'interactive' or 'bulk'; default: the server's")
     timeout_ms: float | None = Field(None, gt=0)
+    adapter: str | None = Field(None, description=(
+        "a LoRA adapter of the model (its card lists them, `adapters`); default: the base model"))
 
 
 # ---- /v1/compare ---------------------------------------------------------------------

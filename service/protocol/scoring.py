@@ -127,6 +127,8 @@ class ScoreRequest(Body):
     pairwise_mode: PairwiseMode | None = Field(None, description=(
         "pairwise models: 'vs_reference', each score is P(response > the item's reference); 'group', each score is "
         "the item's mean P(item > other) over the other items with its prompt; default: the model's score_mode"))
+    adapter: str | None = Field(None, description=(
+        "a LoRA adapter of the model (its card lists them, `adapters`); default: the base model"))
     deterministic: bool | None = Field(None, description=(
         "true: every item is scored alone, so its score is the same bits whatever its batch-mates and batch "
         "size (slower); default: the model's `deterministic`"))

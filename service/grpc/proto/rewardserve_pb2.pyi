@@ -64,7 +64,7 @@ class Item(_message.Message):
     def __init__(self, text: _Optional[_Union[TextItem, _Mapping]] = ..., chat: _Optional[_Union[ChatItem, _Mapping]] = ..., tokens: _Optional[_Union[TokensItem, _Mapping]] = ..., steps: _Optional[_Union[StepsItem, _Mapping]] = ..., ground_truth: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., data_source: _Optional[str] = ..., extra_info: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class ScoreRequest(_message.Message):
-    __slots__ = ("model", "items", "truncate", "aggregate", "priority", "timeout_ms", "request_id", "normalize", "cache", "on_item_error", "deterministic")
+    __slots__ = ("model", "items", "truncate", "aggregate", "priority", "timeout_ms", "request_id", "normalize", "cache", "on_item_error", "deterministic", "adapter")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     TRUNCATE_FIELD_NUMBER: _ClassVar[int]
@@ -76,6 +76,7 @@ class ScoreRequest(_message.Message):
     CACHE_FIELD_NUMBER: _ClassVar[int]
     ON_ITEM_ERROR_FIELD_NUMBER: _ClassVar[int]
     DETERMINISTIC_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
     model: str
     items: _containers.RepeatedCompositeFieldContainer[Item]
     truncate: str
@@ -87,7 +88,8 @@ class ScoreRequest(_message.Message):
     cache: str
     on_item_error: str
     deterministic: bool
-    def __init__(self, model: _Optional[str] = ..., items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., truncate: _Optional[str] = ..., aggregate: _Optional[str] = ..., priority: _Optional[str] = ..., timeout_ms: _Optional[float] = ..., request_id: _Optional[str] = ..., normalize: _Optional[str] = ..., cache: _Optional[str] = ..., on_item_error: _Optional[str] = ..., deterministic: _Optional[bool] = ...) -> None: ...
+    adapter: str
+    def __init__(self, model: _Optional[str] = ..., items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., truncate: _Optional[str] = ..., aggregate: _Optional[str] = ..., priority: _Optional[str] = ..., timeout_ms: _Optional[float] = ..., request_id: _Optional[str] = ..., normalize: _Optional[str] = ..., cache: _Optional[str] = ..., on_item_error: _Optional[str] = ..., deterministic: _Optional[bool] = ..., adapter: _Optional[str] = ...) -> None: ...
 
 class ItemResult(_message.Message):
     __slots__ = ("index", "score", "dimensions", "gating_weights", "step_rewards", "num_tokens", "truncated", "cached", "error", "components", "uncertainty")
@@ -203,7 +205,14 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelCard(_message.Message):
-    __slots__ = ("name", "status", "kind", "revision", "max_length", "architecture", "dimensions", "step_aggregate", "device", "dtype")
+    __slots__ = ("name", "status", "kind", "revision", "max_length", "architecture", "dimensions", "step_aggregate", "device", "dtype", "adapters")
+    class AdaptersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -214,6 +223,7 @@ class ModelCard(_message.Message):
     STEP_AGGREGATE_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
+    ADAPTERS_FIELD_NUMBER: _ClassVar[int]
     name: str
     status: str
     kind: str
@@ -224,7 +234,8 @@ class ModelCard(_message.Message):
     step_aggregate: str
     device: str
     dtype: str
-    def __init__(self, name: _Optional[str] = ..., status: _Optional[str] = ..., kind: _Optional[str] = ..., revision: _Optional[str] = ..., max_length: _Optional[int] = ..., architecture: _Optional[str] = ..., dimensions: _Optional[_Iterable[str]] = ..., step_aggregate: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ...) -> None: ...
+    adapters: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., status: _Optional[str] = ..., kind: _Optional[str] = ..., revision: _Optional[str] = ..., max_length: _Optional[int] = ..., architecture: _Optional[str] = ..., dimensions: _Optional[_Iterable[str]] = ..., step_aggregate: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., adapters: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)
@@ -249,7 +260,7 @@ class Candidate(_message.Message):
     def __init__(self, text: _Optional[str] = ..., steps: _Optional[_Union[StepList, _Mapping]] = ..., tokens: _Optional[_Union[TokensItem, _Mapping]] = ...) -> None: ...
 
 class CompareRequest(_message.Message):
-    __slots__ = ("model", "prompt", "messages", "responses", "tie_margin", "truncate", "aggregate", "normalize", "priority", "timeout_ms", "pairwise")
+    __slots__ = ("model", "prompt", "messages", "responses", "tie_margin", "truncate", "aggregate", "normalize", "priority", "timeout_ms", "pairwise", "adapter")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
@@ -261,6 +272,7 @@ class CompareRequest(_message.Message):
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     PAIRWISE_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
     model: str
     prompt: str
     messages: _containers.RepeatedCompositeFieldContainer[Message]
@@ -272,7 +284,8 @@ class CompareRequest(_message.Message):
     priority: str
     timeout_ms: float
     pairwise: bool
-    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., responses: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., tie_margin: _Optional[float] = ..., truncate: _Optional[str] = ..., aggregate: _Optional[str] = ..., normalize: _Optional[str] = ..., priority: _Optional[str] = ..., timeout_ms: _Optional[float] = ..., pairwise: _Optional[bool] = ...) -> None: ...
+    adapter: str
+    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., responses: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., tie_margin: _Optional[float] = ..., truncate: _Optional[str] = ..., aggregate: _Optional[str] = ..., normalize: _Optional[str] = ..., priority: _Optional[str] = ..., timeout_ms: _Optional[float] = ..., pairwise: _Optional[bool] = ..., adapter: _Optional[str] = ...) -> None: ...
 
 class Verdict(_message.Message):
     __slots__ = ("winner", "tied")
@@ -347,7 +360,7 @@ class CompareResponse(_message.Message):
     def __init__(self, model: _Optional[str] = ..., revision: _Optional[str] = ..., kind: _Optional[str] = ..., normalized: _Optional[bool] = ..., winner: _Optional[int] = ..., tied: _Optional[_Iterable[int]] = ..., dimension_winners: _Optional[_Mapping[str, Verdict]] = ..., pairwise: _Optional[_Iterable[_Union[Row, _Mapping]]] = ..., results: _Optional[_Iterable[_Union[CompareResult, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
 
 class RerankRequest(_message.Message):
-    __slots__ = ("model", "query", "messages", "documents", "top_n", "return_documents", "aggregation", "weights", "truncate", "aggregate", "normalize", "priority", "timeout_ms")
+    __slots__ = ("model", "query", "messages", "documents", "top_n", "return_documents", "aggregation", "weights", "truncate", "aggregate", "normalize", "priority", "timeout_ms", "adapter")
     class WeightsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -368,6 +381,7 @@ class RerankRequest(_message.Message):
     NORMALIZE_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
     model: str
     query: str
     messages: _containers.RepeatedCompositeFieldContainer[Message]
@@ -381,7 +395,8 @@ class RerankRequest(_message.Message):
     normalize: str
     priority: str
     timeout_ms: float
-    def __init__(self, model: _Optional[str] = ..., query: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., documents: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., top_n: _Optional[int] = ..., return_documents: _Optional[bool] = ..., aggregation: _Optional[str] = ..., weights: _Optional[_Mapping[str, float]] = ..., truncate: _Optional[str] = ..., aggregate: _Optional[str] = ..., normalize: _Optional[str] = ..., priority: _Optional[str] = ..., timeout_ms: _Optional[float] = ...) -> None: ...
+    adapter: str
+    def __init__(self, model: _Optional[str] = ..., query: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., documents: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., top_n: _Optional[int] = ..., return_documents: _Optional[bool] = ..., aggregation: _Optional[str] = ..., weights: _Optional[_Mapping[str, float]] = ..., truncate: _Optional[str] = ..., aggregate: _Optional[str] = ..., normalize: _Optional[str] = ..., priority: _Optional[str] = ..., timeout_ms: _Optional[float] = ..., adapter: _Optional[str] = ...) -> None: ...
 
 class RerankDocument(_message.Message):
     __slots__ = ("text",)
@@ -460,7 +475,7 @@ class RerankUsage(_message.Message):
     def __init__(self, total_tokens: _Optional[int] = ..., prompt_tokens: _Optional[int] = ...) -> None: ...
 
 class StepsRequest(_message.Message):
-    __slots__ = ("model", "items", "threshold", "truncate", "aggregate", "normalize", "priority", "timeout_ms")
+    __slots__ = ("model", "items", "threshold", "truncate", "aggregate", "normalize", "priority", "timeout_ms", "adapter")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
@@ -469,6 +484,7 @@ class StepsRequest(_message.Message):
     NORMALIZE_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
     model: str
     items: _containers.RepeatedCompositeFieldContainer[Item]
     threshold: float
@@ -477,7 +493,8 @@ class StepsRequest(_message.Message):
     normalize: str
     priority: str
     timeout_ms: float
-    def __init__(self, model: _Optional[str] = ..., items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., threshold: _Optional[float] = ..., truncate: _Optional[str] = ..., aggregate: _Optional[str] = ..., normalize: _Optional[str] = ..., priority: _Optional[str] = ..., timeout_ms: _Optional[float] = ...) -> None: ...
+    adapter: str
+    def __init__(self, model: _Optional[str] = ..., items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., threshold: _Optional[float] = ..., truncate: _Optional[str] = ..., aggregate: _Optional[str] = ..., normalize: _Optional[str] = ..., priority: _Optional[str] = ..., timeout_ms: _Optional[float] = ..., adapter: _Optional[str] = ...) -> None: ...
 
 class StepsResult(_message.Message):
     __slots__ = ("index", "score", "step_rewards", "first_below", "step_offset", "num_tokens", "truncated")
