@@ -1,7 +1,8 @@
 """The ranking operations, whichever transport carries them: compare (`/v1/compare`),
 rerank (`/v1/rerank`, Cohere/vLLM-shaped) and steps (`/v1/steps`). Each turns its request
 (service.protocol.ranking) into one `ScoreJob` for the scorer, then applies the pure
-functions of `service.core.ranking` to the outputs; errors name the request's own fields."""
+functions of `service.core.ranking` to the outputs; errors name the request's own fields.
+Pairwise models compare and rerank by their pairs instead (service.core.pairwise_ranking)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ from dataclasses import replace
 from typing import Any
 
 from models.inputs import ScoreInput, StepsInput
-from models.spec import RewardSpec
 from service.core.errors import APIError, in_list
 from service.core.inputs import candidate_inputs, item_input
 from service.core.normalize import default_aggregate
+from service.core.pairwise import PairJob
+from service.core.pairwise_ranking import compare_pairwise, rerank_pairwise
 from service.core.ranking import compare, first_below, rerank, resolve_aggregation
 from service.core.scoring import ScoreJob, Scorer
 from service.protocol.enums import ModelKind, Priority
@@ -49,13 +51,10 @@ def ranking_job(body: RankingOptions, inputs: list[ScoreInput]) -> ScoreJob:
                     adapter=body.adapter)
 
 
-def pointwise(spec: RewardSpec, name: str | None, route: str) -> RewardSpec:
-    """`spec`, unless it is a pairwise model's (422 on `model`): these routes score each
-    response on its own."""
-    if spec.kind == ModelKind.pairwise:
-        raise APIError(422, "invalid_request", f"model {name or 'default'!r} is a pairwise model; {route} scores "
-                       "each response on its own and needs a pointwise model", "model")
-    return spec
+def pair_job(body: RankingOptions) -> PairJob:
+    """The options a ranking request compares pairs under (a pairwise model's)."""
+    return PairJob(model=body.model, truncate=body.truncate, priority=chosen_priority(body.priority),
+                   timeout_ms=body.timeout_ms, adapter=body.adapter)
 
 
 # ---- /v1/compare ---------------------------------------------------------------------
@@ -72,7 +71,9 @@ def wants_pairwise(body: CompareRequest) -> bool:
 
 async def compare_responses(scorer: Scorer, body: CompareRequest) -> CompareResponse:
     """The responses scored as one job, then compared (`ranking.compare`)."""
-    spec = pointwise(scorer.spec(body.model), body.model, "/v1/compare")
+    spec = scorer.spec(body.model)
+    if spec.kind == ModelKind.pairwise:
+        return await compare_pairwise(scorer, body, pair_job(body))
     pairwise = wants_pairwise(body)  # refuse before scoring anything
     inputs = candidate_inputs(spec, body.prompt, body.messages, body.responses)
     scored = await scorer.score_as(ranking_job(body, inputs), in_list("responses", shared_prompt="prompt"), "responses")
@@ -112,7 +113,13 @@ async def rerank_documents(scorer: Scorer, body: RerankRequest) -> RerankRespons
     """The documents scored as one job, then ranked (`ranking.rerank`); an aggregation the
     model cannot give is refused before anything is scored."""
     runner = scorer.runner(body.model)
-    spec = pointwise(runner.model.spec, runner.name, "/v1/rerank")
+    spec = runner.model.spec
+    if spec.kind == ModelKind.pairwise:
+        return await rerank_pairwise(scorer, body, pair_job(body))
+    for name in ("schedule", "rounds"):
+        if getattr(body, name) is not None:
+            raise APIError(422, "invalid_request", f"{name} applies to pairwise models; {runner.name!r} is "
+                           f"{spec.kind.value}", name)
     keep = kept_prompt_tokens(body.truncate_prompt_tokens, runner.model.encoder.max_length)
     inputs = candidate_inputs(spec, body.query, body.messages, body.documents, prompt_field="query")
     dimensions = spec.multi_objective.dimensions if spec.multi_objective else None

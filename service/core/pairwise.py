@@ -34,6 +34,35 @@ class PairJob:
     adapter: str | None = None  # the LoRA adapter that reads the pairs; None: the base model
 
 
+@dataclass(frozen=True)
+class Preferences:
+    """What comparing candidates gave: P(i > j) per asked pair, the model that read them,
+    and per candidate the tokens of the reads it comes first in (so every read counts once)
+    and whether any read with it was cut."""
+
+    probabilities: list[float]
+    model: str
+    revision: str
+    tokens: list[int]
+    truncated: list[bool]
+
+
+def preferences_read(convention: Convention, outputs: Sequence[RewardOutput], pairs: Sequence[tuple[int, int]],
+                     reads: Sequence[tuple[int, int]], n: int, model: str, revision: str) -> Preferences:
+    """The Preferences of `pairs` from their ordered reads' outputs (read (i, j) first has i)."""
+    first: dict[int, int] = {}
+    for (i, j), (ab, ba) in zip(pairs, reads):
+        first[ab], first[ba] = i, j
+    tokens, truncated = [0] * n, [False] * n
+    for read, candidate in first.items():
+        tokens[candidate] += outputs[read].num_tokens
+    for (i, j), (ab, ba) in zip(pairs, reads):
+        cut = outputs[ab].truncated or outputs[ba].truncated
+        truncated[i], truncated[j] = truncated[i] or cut, truncated[j] or cut
+    probabilities = [preference(convention, outputs[ab].score, outputs[ba].score) for ab, ba in reads]
+    return Preferences(probabilities, model, revision, tokens, truncated)
+
+
 @dataclass
 class PairPlan:
     """The ordered pairs to read (`inputs`) and, per pair, the request fields of its first

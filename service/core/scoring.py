@@ -13,13 +13,12 @@ from pydantic import ValidationError
 
 from models.heads import RewardOutput
 from models.inputs import ScoreInput
-from models.pairwise import preference
 from models.spec import RewardSpec
 from service.config import Settings
 from service.core.errors import APIError, ItemNamer, renamed, status_message, validation_error
 from service.core.inputs import input_for, item_input, rule_input
 from service.core.normalize import reference_stats_for, zscore
-from service.core.pairwise import PairJob, candidate_pairs, item_outputs, score_plan
+from service.core.pairwise import PairJob, Preferences, candidate_pairs, item_outputs, preferences_read, score_plan
 from service.engine.admission import QueueFull
 from service.engine.registry import ModelNotFound, ModelNotReady, ModelRegistry
 from service.engine.runner import ItemError, ModelRunner
@@ -218,8 +217,8 @@ class Scorer:
                       item_outputs(spec.convention, mode, outputs, reads))
 
     async def preferences(self, job: PairJob, prompt: str | Sequence[tuple[str, str]], candidates: Sequence[str],
-                          pairs: Sequence[tuple[int, int]]) -> list[float]:
-        """P(candidates[i] > candidates[j]) for each (i, j) of `pairs`, by the pairwise model
+                          pairs: Sequence[tuple[int, int]]) -> Preferences:
+        """P(candidates[i] > candidates[j]) for each (i, j) of `pairs` (in `Preferences`), by the model
         `job.model` names: `prompt` is the prompt text or the conversation before the
         responses ((role, content) turns). Both orders of every pair are read as items of one
         runner call, so they batch together (and a pair asked twice, or as (j, i), is read
@@ -238,7 +237,8 @@ class Scorer:
             outputs = await self._run(runner, ScoreJob(inputs=plan.inputs, **options))
         except APIError as err:
             raise renamed(err, plan.field, "candidates") from err
-        return [preference(spec.pairwise.convention, outputs[ab].score, outputs[ba].score) for ab, ba in reads]
+        return preferences_read(spec.pairwise.convention, outputs, pairs, reads, len(candidates), runner.name,
+                                runner.model.revision)
 
     async def _score_pipeline(self, pipeline: Pipeline, job: ScoreJob) -> Scored:
         """Every item's reward from `pipeline`, its model components scored as this job's

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -138,6 +138,11 @@ class RerankRequest(RankingOptions):
     truncate_prompt_tokens: int | None = Field(
         None, ge=-1, description="vLLM's: k cuts each input to k tokens (at most the model's max_length; -1: "
         "max_length), from the side `truncate` names (default left), its leading and closing special tokens kept")
+    schedule: Literal["auto", "all_pairs", "knockout", "swiss"] | None = Field(None, description=(
+        "pairwise models: which pairs are compared: every pair, a knockout (n - 1 pairs; with top_n 1, best-of-n) "
+        "or Swiss rounds; default 'auto': every pair up to 8 documents, else Swiss"))
+    rounds: int | None = Field(None, ge=1, le=64, description="pairwise models, schedule 'swiss': rounds; "
+                               "default ceil(log2 n)")
 
 
 class RerankDocument(BaseModel):
@@ -171,6 +176,8 @@ class RerankResponse(_DropNone):
     aggregation: Aggregation
     weights: dict[str, float] | None = None
     pareto_front: list[int] | None = Field(None, description="pareto: indices of the documents on the first front")
+    schedule: str | None = Field(None, description="pairwise models: the schedule the documents were compared on")
+    comparisons: int | None = Field(None, description="pairwise models: the pairs compared (each read in both orders)")
     results: list[RerankResult]
     usage: RerankUsage
 

@@ -6,6 +6,7 @@ ranking code compares candidates with; and the 422s naming the field."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -15,6 +16,7 @@ from pairwise_reference import PairPM, PairRM
 
 from service.config import ModelConfig
 from service.core.pairwise import PairJob
+from service.core.tournament import Game, bradley_terry
 
 TOL = 1e-5
 SPECS = {"pairrm": {"kind": "pairwise", "pairwise": {"convention": "pairrm"}},
@@ -93,8 +95,10 @@ def test_preferences_compares_index_pairs_in_one_call(server, references):
     for name in SPECS:
         call = scorer.preferences(PairJob(model=name), PROMPT, RESPONSES, pairs)
         got = asyncio.run_coroutine_threadsafe(call, loop).result(timeout=120)
-        assert got == pytest.approx([want(references, name, RESPONSES[i], RESPONSES[j]) for i, j in pairs],
-                                    abs=TOL, rel=0)
+        assert got.probabilities == pytest.approx(
+            [want(references, name, RESPONSES[i], RESPONSES[j]) for i, j in pairs], abs=TOL, rel=0)
+        # (0, 1) and (1, 0) share their reads: each read's tokens counted once, on the candidate it shows first
+        assert got.model == name and all(t > 0 for t in got.tokens) and not any(got.truncated)
 
 
 @pytest.mark.parametrize(("body", "field"), [
@@ -114,8 +118,71 @@ def test_what_a_mode_cannot_read_is_a_422_naming_the_field(server, body, field):
     assert_error(server.http.post("/v1/score", json=body), 422, field=field)
 
 
-def test_compare_and_rerank_refuse_a_pairwise_model(server):
-    compare = server.http.post("/v1/compare", json={"model": "pairrm", "prompt": PROMPT, "responses": ["a", "b"]})
-    assert "is a pairwise model" in assert_error(compare, 422, field="model")["message"]
-    rerank = server.http.post("/v1/rerank", json={"model": "pairpm", "query": PROMPT, "documents": ["a", "b"]})
-    assert "is a pairwise model" in assert_error(rerank, 422, field="model")["message"]
+def test_compare_reads_every_pair_into_the_models_win_matrix(server, references):
+    n = len(RESPONSES)
+    for name in SPECS:
+        response = server.http.post("/v1/compare", json={"model": name, "prompt": PROMPT, "responses": RESPONSES})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["kind"] == "pairwise"
+        matrix = body["pairwise"]
+        for i, j in itertools.product(range(n), range(n)):
+            expected = 0.5 if i == j else want(references, name, RESPONSES[i], RESPONSES[j])
+            assert matrix[i][j] == pytest.approx(expected, abs=TOL, rel=0)
+        games = [Game(i, j, matrix[i][j]) for i, j in itertools.combinations(range(n), 2)]
+        strengths = bradley_terry(n, games)
+        assert [r["score"] for r in body["results"]] == pytest.approx(strengths, abs=1e-9)
+        assert body["winner"] == max(range(n), key=lambda i: strengths[i])
+        assert sum(r["win_probability"] for r in body["results"]) == pytest.approx(1.0)
+        assert body["usage"]["total_tokens"] == sum(r["num_tokens"] for r in body["results"]) > 0
+
+
+@pytest.mark.parametrize(("schedule", "comparisons"), [("all_pairs", 6), ("knockout", 3), ("swiss", 4)])
+def test_rerank_ranks_by_the_strengths_of_the_pairs_its_schedule_reads(server, references, schedule, comparisons):
+    response = server.http.post("/v1/rerank", json={"model": "pairrm", "query": PROMPT, "documents": RESPONSES,
+                                                     "schedule": schedule})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["schedule"] == schedule and body["comparisons"] == comparisons
+    strengths = {r["index"]: r["relevance_score"] for r in body["results"]}
+    assert [r["index"] for r in body["results"]] == sorted(strengths, key=lambda i: (-strengths[i], i))
+    if schedule == "all_pairs":  # the same strengths as compare's
+        compare = server.http.post("/v1/compare", json={"model": "pairrm", "prompt": PROMPT, "responses": RESPONSES})
+        assert [strengths[i] for i in range(len(RESPONSES))] == pytest.approx(
+            [r["score"] for r in compare.json()["results"]], abs=1e-9)
+    if schedule == "knockout":  # the bracket's champion first: best-of-n
+        p = lambda a, b: want(references, "pairrm", RESPONSES[a], RESPONSES[b])  # noqa: E731
+        semis = [0 if p(0, 1) >= 0.5 else 1, 2 if p(2, 3) >= 0.5 else 3]
+        champion = semis[0] if p(*semis) >= 0.5 else semis[1]
+        assert body["results"][0]["index"] == champion
+
+
+def test_best_of_n_with_top_n_and_the_auto_schedule(server):
+    documents = [f"The answer is {k}." for k in range(12)]
+    response = server.http.post("/v1/rerank", json={"model": "pairpm", "query": PROMPT, "documents": documents,
+                                                     "top_n": 1})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["schedule"] == "swiss" and len(body["results"]) == 1  # past 8 documents, auto is Swiss
+    assert body["comparisons"] == 4 * 6
+    one = server.http.post("/v1/rerank", json={"model": "pairpm", "query": PROMPT, "documents": ["only"]})
+    assert one.status_code == 200 and one.json()["comparisons"] == 0
+
+
+@pytest.mark.parametrize(("path", "body", "field"), [
+    ("/v1/compare", {"responses": ["a", {"steps": ["b"]}]}, "responses[1]"),
+    ("/v1/compare", {"responses": ["a"] * 65}, "responses"),
+    ("/v1/compare", {"responses": ["a", "b"], "normalize": "zscore"}, "normalize"),
+    ("/v1/rerank", {"documents": ["a", "b"], "aggregation": "pareto"}, "aggregation"),
+    ("/v1/rerank", {"documents": ["a", "b"], "truncate_prompt_tokens": 8}, "truncate_prompt_tokens"),
+    ("/v1/rerank", {"documents": ["a", "b <|candidate2|>"]}, "documents[1]"),
+])
+def test_ranking_a_pairwise_model_refuses_what_it_cannot_read(server, path, body, field):
+    prompt = {"prompt": PROMPT} if path == "/v1/compare" else {"query": PROMPT}
+    assert_error(server.http.post(path, json={"model": "pairrm", **prompt, **body}), 422, field=field)
+
+
+def test_schedule_is_for_pairwise_models(server):
+    response = server.http.post("/v1/rerank", json={"model": "llama-scalar", "query": PROMPT, "documents": ["a", "b"],
+                                                     "schedule": "knockout"})
+    assert_error(response, 422, field="schedule")
