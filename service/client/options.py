@@ -20,6 +20,7 @@ class ItemScoring(TypedDict, total=False):
     cache: CacheMode | str
     on_item_error: OnItemError
     deterministic: bool | None
+    token_rewards: bool
 
 
 class ScoreOptions(ItemScoring, total=False):

@@ -34,6 +34,7 @@ from service.protocol.scoring import (
     ItemResult,
     ScoreRequest,
     ScoreResponse,
+    TokenRewards,
     Usage,
 )
 
@@ -51,6 +52,7 @@ class ScoreJob:
     cache: CacheMode = CacheMode.use
     on_item_error: OnItemError = "request"
     deterministic: bool | None = None  # items scored alone (bitwise batch-invariant); None: the model's setting
+    token_rewards: bool = False  # implicit models: each response token's reward too
     texts: tuple[RuleInput | None, ...] | None = None  # what a pipeline's rules read, per item
 
 
@@ -152,9 +154,11 @@ class Scorer:
             raise APIError(422, "too_many_items", f"{len(job.inputs)} items; at most {limit} per request", "items")
         pipeline = self.pipeline(job.model)
         if pipeline is not None:
+            refuse_token_rewards(job, ModelKind.pipeline)
             return await self._score_pipeline(pipeline, job)
         runner = self.runner(job.model)
         model = runner.model
+        refuse_token_rewards(job, model.spec.kind)
         if job.aggregate is not None and model.spec.kind != ModelKind.process:
             raise APIError(422, "invalid_request", "aggregate applies to process models only", "aggregate")
         stats = reference_stats_for(model.spec, job.aggregate) if job.normalize == "zscore" else None
@@ -163,7 +167,8 @@ class Scorer:
         alone = runner.config.deterministic if job.deterministic is None else job.deterministic
         try:
             results = await runner.score(job.inputs, job.truncate, priority, deadline, job.cache,
-                                         item_errors=job.on_item_error == "item", keep=job.keep, alone=alone)
+                                         item_errors=job.on_item_error == "item", keep=job.keep, alone=alone,
+                                         token_rewards=job.token_rewards)
         except ItemError as err:
             raise APIError.from_item_error(err) from err
         except QueueFull as err:
@@ -223,6 +228,19 @@ def _finished(out: RewardOutput, aggregate: StepAggregate | None, stats) -> Rewa
     if aggregate is not None:
         out = out.with_step_aggregate(aggregate)
     return zscore(out, stats) if stats is not None else out
+
+
+def refuse_token_rewards(job: ScoreJob, kind: ModelKind) -> None:
+    """422 for token rewards where there are none: they are an implicit model's terms of its
+    raw score, which a z-score is not."""
+    if not job.token_rewards:
+        return
+    if kind != ModelKind.implicit:
+        raise APIError(422, "invalid_request", f"token_rewards applies to implicit models only, not to a {kind.value} "
+                       "model", "token_rewards")
+    if job.normalize == "zscore":
+        raise APIError(422, "invalid_request", "token_rewards are the terms of the raw score: ask them without "
+                       "normalize", "token_rewards")
 
 
 def refuse_per_request(**options) -> None:
@@ -285,8 +303,11 @@ def score_response(scored: Scored) -> ScoreResponse:
 
 def item_result(index: int, out: RewardOutput) -> ItemResult:
     pipeline = out if isinstance(out, PipelineOutput) else None
+    dense = out.token_rewards
     return ItemResult(index=index, score=out.score, dimensions=out.dimensions, gating_weights=out.gating_weights,
                       step_rewards=out.step_rewards, num_tokens=out.num_tokens, truncated=out.truncated,
+                      token_rewards=dense and TokenRewards(start=dense.start, token_ids=dense.token_ids,
+                                                           values=dense.values),
                       cached=out.cached or None,
                       components=pipeline and {name: ComponentResult(value=v.value, status=v.status, message=v.message,
                                                                      spread=v.spread, extras=v.extras)

@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import TypeVar
 
 from models.encoding import texts_of
@@ -183,7 +184,8 @@ class ModelRunner:
     async def score(self, inputs: list[ScoreInput], truncate: Truncate | None,
                     priority: Priority = Priority.interactive, deadline: float | None = None,
                     cache_mode: CacheMode = CacheMode.use, item_errors: bool = False,
-                    keep: int | None = None, alone: bool = False) -> list[RewardOutput | ItemError]:
+                    keep: int | None = None, alone: bool = False,
+                    token_rewards: bool = False) -> list[RewardOutput | ItemError]:
         """Every item scored, in request order: cache hits answered at once, the rest
         through the scheduler. `deadline` is a time.monotonic() instant; `keep`: what
         `truncate` cuts to (default max_length). The request is
@@ -191,7 +193,10 @@ class ModelRunner:
         ItemError, or with `item_errors` is answered by it while the rest are scored. With
         `alone`, each item is forwarded in a batch of its own (Scheduler.submit), so its score
         is the same bits whatever else is queued; the cache keeps those results apart, so an
-        item scored alone is never answered by a batched result nor a batched one by it."""
+        item scored alone is never answered by a batched result nor a batched one by it. An
+        implicit model's token rewards are returned and cached only with `token_rewards`, so
+        entries stay small where they are not asked for and a request asking for them reads
+        entries that have them."""
         self.observer.request()
         try:
             ticket = self.scheduler.admission.admit(len(inputs), self.estimated_tokens(inputs), priority)
@@ -200,13 +205,14 @@ class ModelRunner:
             raise
         try:
             return await self._score(inputs, truncate, priority, deadline, cache_mode, item_errors, ticket, keep,
-                                     alone)
+                                     alone, token_rewards)
         finally:
             self.scheduler.admission.release(ticket)
 
     async def _score(self, inputs: list[ScoreInput], truncate: Truncate | None, priority: Priority,
                      deadline: float | None, cache_mode: CacheMode, item_errors: bool,
-                     ticket: Ticket, keep: int | None, alone: bool) -> list[RewardOutput | ItemError]:
+                     ticket: Ticket, keep: int | None, alone: bool,
+                     token_rewards: bool) -> list[RewardOutput | ItemError]:
         started = time.perf_counter()
         encoded = await asyncio.to_thread(self.encode_all, inputs, truncate, item_errors, keep)
         self._measure_chars_per_token(inputs, encoded)
@@ -215,7 +221,7 @@ class ModelRunner:
         self.observer.tokenized([encoded[i] for i in todo], time.perf_counter() - started)
         keys = {}
         if self.cache is not None and cache_mode != CacheMode.bypass:
-            keys = {i: cache_key(self.name, self.model.revision, encoded[i], alone) for i in todo}
+            keys = {i: cache_key(self.name, self.model.revision, encoded[i], alone, token_rewards) for i in todo}
             if cache_mode == CacheMode.use:
                 dimensions = self.model.info.dimensions
                 for index, (blob, _) in zip(
@@ -237,6 +243,8 @@ class ModelRunner:
                 output = ItemError(index, output)
                 if not item_errors:
                     raise output
+            elif output.token_rewards is not None and not token_rewards:
+                output = replace(output, token_rewards=None)
             results[index] = output
         if keys:
             self.cache.put_many([(keys[i], encode_output(results[i])) for i in misses

@@ -78,7 +78,7 @@ def _whole(value):
 
 
 def _options(request) -> dict:
-    """The request options a message sets, as HTTP body fields (empty strings: not set)."""
+    """The request options a message sets, as HTTP body fields (empty strings and false: not set)."""
     fields = request.DESCRIPTOR.fields_by_name
     body = {name: getattr(request, name) for name in _OPTIONS if name in fields and getattr(request, name)}
     for name in ("timeout_ms", "deterministic"):
@@ -87,7 +87,7 @@ def _options(request) -> dict:
     return body
 
 
-_OPTIONS = ("model", "truncate", "aggregate", "normalize", "priority", "cache", "on_item_error")
+_OPTIONS = ("model", "truncate", "aggregate", "normalize", "priority", "cache", "on_item_error", "token_rewards")
 
 
 def score_request(request: pb.ScoreRequest) -> ScoreRequest:
@@ -106,6 +106,10 @@ def item_result(index: int, out: RewardOutput) -> pb.ItemResult:
         result.gating_weights.extend(out.gating_weights)
     if out.step_rewards is not None:
         result.step_rewards.extend(out.step_rewards)
+    if out.token_rewards is not None:
+        dense = out.token_rewards
+        result.token_rewards.CopyFrom(pb.TokenRewards(start=dense.start, token_ids=dense.token_ids,
+                                                      values=dense.values))
     for name, value in (getattr(out, "components", None) or {}).items():  # a pipeline's
         result.components[name].CopyFrom(pb.ComponentResult(
             value=value.value, status=value.status, message=value.message or "", spread=value.spread,

@@ -64,7 +64,7 @@ class Item(_message.Message):
     def __init__(self, text: _Optional[_Union[TextItem, _Mapping]] = ..., chat: _Optional[_Union[ChatItem, _Mapping]] = ..., tokens: _Optional[_Union[TokensItem, _Mapping]] = ..., steps: _Optional[_Union[StepsItem, _Mapping]] = ..., ground_truth: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., data_source: _Optional[str] = ..., extra_info: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class ScoreRequest(_message.Message):
-    __slots__ = ("model", "items", "truncate", "aggregate", "priority", "timeout_ms", "request_id", "normalize", "cache", "on_item_error", "deterministic")
+    __slots__ = ("model", "items", "truncate", "aggregate", "priority", "timeout_ms", "request_id", "normalize", "cache", "on_item_error", "deterministic", "token_rewards")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     TRUNCATE_FIELD_NUMBER: _ClassVar[int]
@@ -76,6 +76,7 @@ class ScoreRequest(_message.Message):
     CACHE_FIELD_NUMBER: _ClassVar[int]
     ON_ITEM_ERROR_FIELD_NUMBER: _ClassVar[int]
     DETERMINISTIC_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_REWARDS_FIELD_NUMBER: _ClassVar[int]
     model: str
     items: _containers.RepeatedCompositeFieldContainer[Item]
     truncate: str
@@ -87,10 +88,11 @@ class ScoreRequest(_message.Message):
     cache: str
     on_item_error: str
     deterministic: bool
-    def __init__(self, model: _Optional[str] = ..., items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., truncate: _Optional[str] = ..., aggregate: _Optional[str] = ..., priority: _Optional[str] = ..., timeout_ms: _Optional[float] = ..., request_id: _Optional[str] = ..., normalize: _Optional[str] = ..., cache: _Optional[str] = ..., on_item_error: _Optional[str] = ..., deterministic: _Optional[bool] = ...) -> None: ...
+    token_rewards: bool
+    def __init__(self, model: _Optional[str] = ..., items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., truncate: _Optional[str] = ..., aggregate: _Optional[str] = ..., priority: _Optional[str] = ..., timeout_ms: _Optional[float] = ..., request_id: _Optional[str] = ..., normalize: _Optional[str] = ..., cache: _Optional[str] = ..., on_item_error: _Optional[str] = ..., deterministic: _Optional[bool] = ..., token_rewards: _Optional[bool] = ...) -> None: ...
 
 class ItemResult(_message.Message):
-    __slots__ = ("index", "score", "dimensions", "gating_weights", "step_rewards", "num_tokens", "truncated", "cached", "error", "components", "uncertainty")
+    __slots__ = ("index", "score", "dimensions", "gating_weights", "step_rewards", "num_tokens", "truncated", "cached", "error", "components", "uncertainty", "token_rewards")
     class DimensionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -116,6 +118,7 @@ class ItemResult(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     COMPONENTS_FIELD_NUMBER: _ClassVar[int]
     UNCERTAINTY_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_REWARDS_FIELD_NUMBER: _ClassVar[int]
     index: int
     score: float
     dimensions: _containers.ScalarMap[str, float]
@@ -127,7 +130,18 @@ class ItemResult(_message.Message):
     error: Error
     components: _containers.MessageMap[str, ComponentResult]
     uncertainty: float
-    def __init__(self, index: _Optional[int] = ..., score: _Optional[float] = ..., dimensions: _Optional[_Mapping[str, float]] = ..., gating_weights: _Optional[_Iterable[float]] = ..., step_rewards: _Optional[_Iterable[float]] = ..., num_tokens: _Optional[int] = ..., truncated: _Optional[bool] = ..., cached: _Optional[bool] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., components: _Optional[_Mapping[str, ComponentResult]] = ..., uncertainty: _Optional[float] = ...) -> None: ...
+    token_rewards: TokenRewards
+    def __init__(self, index: _Optional[int] = ..., score: _Optional[float] = ..., dimensions: _Optional[_Mapping[str, float]] = ..., gating_weights: _Optional[_Iterable[float]] = ..., step_rewards: _Optional[_Iterable[float]] = ..., num_tokens: _Optional[int] = ..., truncated: _Optional[bool] = ..., cached: _Optional[bool] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., components: _Optional[_Mapping[str, ComponentResult]] = ..., uncertainty: _Optional[float] = ..., token_rewards: _Optional[_Union[TokenRewards, _Mapping]] = ...) -> None: ...
+
+class TokenRewards(_message.Message):
+    __slots__ = ("start", "token_ids", "values")
+    START_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    start: int
+    token_ids: _containers.RepeatedScalarFieldContainer[int]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, start: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ComponentResult(_message.Message):
     __slots__ = ("value", "status", "message", "spread", "extras")
