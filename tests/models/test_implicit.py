@@ -23,8 +23,11 @@ from model_cards.checkpoints import TINY
 from pydantic import ValidationError
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
+from models.backends.config import OnnxRuntimeConfig
+from models.backends.onnx import ONNX_FILENAME
 from models.errors import ModelLoadError
 from models.inputs import TextPair
+from models.onnx_export import export_onnx
 from models.reward_model import RewardModel
 from models.shared_prefix import GROUP_COST
 from models.spec import RewardSpec
@@ -227,6 +230,22 @@ def test_token_rewards_are_the_terms_of_the_score(dirs, rewardbench, name):
             terms = BETA * (rewardbench.response_logps(rewardbench.policy, ids, start)
                             - rewardbench.response_logps(rewardbench.reference, ids, start))
         assert list(rewards.values) == pytest.approx(terms.tolist(), abs=TOL)
+
+
+def test_the_exported_onnx_graph_holds_both_lms_and_scores_as_torch(dirs, tmp_path):
+    """`export-onnx` writes policy and reference into one graph of token_logratios; ONNX
+    Runtime's scores and token rewards are torch's within the exported backends' 1e-4."""
+    pytest.importorskip("onnxruntime")
+    spec = specs(dirs)["dpo"]
+    policy = shutil.copytree(dirs["policy"], tmp_path / "policy")
+    torch_model = RewardModel.load("dpo", policy, spec=spec)
+    export_onnx(torch_model, policy / ONNX_FILENAME)
+    onnx_model = RewardModel.load("dpo", policy, spec=spec, backend=OnnxRuntimeConfig())
+    assert onnx_model.info.architecture == "onnx:Qwen2ForCausalLM" and onnx_model.prefix_sharing is None
+    for got, want in zip(onnx_model.score(GROUP), torch_model.score(GROUP), strict=True):
+        assert got.score == pytest.approx(want.score, abs=1e-4)
+        assert got.token_rewards.token_ids == want.token_rewards.token_ids
+        assert list(got.token_rewards.values) == pytest.approx(want.token_rewards.values, abs=1e-4)
 
 
 @pytest.mark.parametrize(("spec", "reason"), [
