@@ -62,9 +62,14 @@ def ours_settings(model_name: str, model_path: str, onnx_file: Path | None = Non
 
 def ours(model_name: str, model_path: str, workdir: Path, system: str = "rewardserve", **options) -> ServerSpec:
     """`rewardserve serve` with a config from `ours_settings(**options)`."""
+    return ours_with(ours_settings(model_name, model_path, **options), workdir, system)
+
+
+def ours_with(settings: dict, workdir: Path, system: str = "rewardserve") -> ServerSpec:
+    """`rewardserve serve` with these settings (written to `<workdir>/<system>.yaml`)."""
     port = free_port()
     config = workdir / f"{system}.yaml"
-    config.write_text(yaml.safe_dump(ours_settings(model_name, model_path, **options)))
+    config.write_text(yaml.safe_dump(settings))
     rewardserve = Path(sys.executable).with_name("rewardserve")
     return ServerSpec(system, [str(rewardserve), "serve", "--config", str(config), "--port", str(port)],
                       port, "/health/ready", padding_from="metrics")

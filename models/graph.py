@@ -127,6 +127,11 @@ class RewardGraph(nn.Module):
         """The backbone whose final states the heads read (a head file's model is one)."""
         return self.model if self.head is not None else self.model.base_model
 
+    @property
+    def lms(self) -> tuple[nn.Module, ...]:
+        """An implicit model's causal LMs: the policy, then its reference if it has one."""
+        return (self.model,) if self.reference is None else (self.model, self.reference)
+
     def hidden(self, ids, backbone: dict) -> torch.Tensor:
         return on_device_of(ids, self.base(input_ids=ids, **backbone, **self.call_options).last_hidden_state)
 
@@ -202,10 +207,8 @@ class RewardGraph(nn.Module):
     def logratios(self, ids, backbone: dict) -> torch.Tensor:
         """An implicit model's per-token log-ratios: the policy's and then the reference's
         forward on the same inputs (models.implicit)."""
-        logps = on_device_of(ids, token_logps(self.model, ids, backbone, self.call_options))
-        if self.reference is None:
-            return logps
-        return logps - on_device_of(ids, token_logps(self.reference, ids, backbone, self.call_options))
+        logps = [on_device_of(ids, token_logps(lm, ids, backbone, self.call_options)) for lm in self.lms]
+        return logps[0] if len(logps) == 1 else logps[0] - logps[1]
 
     def _step_logits(self, ids, backbone: dict) -> torch.Tensor:
         """Per-position logits; the runner keeps those at step markers. For a step-tag LM

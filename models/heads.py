@@ -29,6 +29,16 @@ from models.spec import MultiObjectiveSpec, StepAggregate
 
 
 @dataclass(frozen=True)
+class TokenRewards:
+    """An implicit model's reward of each response token: the terms its score reduces (their
+    sum, mean or minus their L2 norm), for credit assignment token by token."""
+
+    start: int  # the first response token's position among the item's tokens (its prompt length)
+    token_ids: tuple[int, ...]  # the response's tokens
+    values: tuple[float, ...]  # each one's reward, in the same order
+
+
+@dataclass(frozen=True)
 class RewardOutput:
     """What one scored item yields. `score` is the aggregate for every kind."""
 
@@ -36,6 +46,7 @@ class RewardOutput:
     dimensions: dict[str, float] | None = None
     gating_weights: list[float] | None = None
     step_rewards: list[float] | None = None
+    token_rewards: TokenRewards | None = None  # implicit models
     num_tokens: int = 0
     truncated: bool = False
     cached: bool = False

@@ -15,7 +15,7 @@ from torch import nn
 from transformers import AutoTokenizer
 
 from models.errors import ModelLoadError
-from models.heads import RewardOutput
+from models.heads import RewardOutput, TokenRewards
 from models.inputs import Encoded
 from models.spec import ImplicitSpec
 
@@ -24,10 +24,15 @@ def token_logps(model: nn.Module, ids: torch.Tensor, backbone: dict, options: di
     """[B, T] log-probability of each token given those before it, in float32 (position 0,
     which nothing predicts, is 0). Packed rows' item starts get the previous item's guess:
     nothing reads them, since a prompt is at least one token."""
-    logits = model(input_ids=ids, **backbone, **options).logits[:, :-1].float()
-    target = ids[:, 1:].to(logits.device).unsqueeze(-1)
-    logps = logits.log_softmax(-1).gather(-1, target).squeeze(-1)
-    return nn.functional.pad(logps, (1, 0))
+    logits = model(input_ids=ids, **backbone, **options).logits
+    return nn.functional.pad(next_token_logps(logits[:, :-1], ids[:, 1:]), (1, 0))
+
+
+def next_token_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """[B, N] log-probability, in float32, of each target token under the logits [B, N, V]
+    that predict it."""
+    logps = logits.float().log_softmax(-1)
+    return logps.gather(-1, targets.to(logps.device).unsqueeze(-1)).squeeze(-1)
 
 
 def check_same_tokenizer(tokenizer, reference_dir: Path) -> None:
@@ -54,6 +59,7 @@ def response_values(enc: Encoded, logratios: torch.Tensor, spec: ImplicitSpec) -
 
 
 def implicit_output(enc: Encoded, logratios: torch.Tensor, spec: ImplicitSpec) -> RewardOutput:
+    """The score reduced in float64 from the response's values, which the output keeps too."""
     values = response_values(enc, logratios.double(), spec)
     if spec.reduction == "avg":
         score = values.mean()
@@ -61,4 +67,6 @@ def implicit_output(enc: Encoded, logratios: torch.Tensor, spec: ImplicitSpec) -
         score = -torch.linalg.vector_norm(values)
     else:
         score = values.sum()
-    return RewardOutput(score=float(score), num_tokens=enc.num_tokens, truncated=enc.truncated)
+    rewards = TokenRewards(enc.prompt_length, tuple(enc.input_ids[enc.prompt_length:]), tuple(values.tolist()))
+    return RewardOutput(score=float(score), token_rewards=rewards, num_tokens=enc.num_tokens,
+                        truncated=enc.truncated)

@@ -255,13 +255,14 @@ class RewardModel:
                                                       inputs["seq_starts"].tolist())
             return lambda: self.read_outputs(batch, self.backend.packed(inputs), at_markers=True)
         inputs = self.model_inputs(batch)
-        if self.spec.kind == ModelKind.implicit:
-            return lambda: self._implicit_outputs(batch, self.backend(inputs), range(len(batch)), [0] * len(batch))
         return lambda: self.read_outputs(batch, self.backend(inputs), at_markers=False)
 
     def read_outputs(self, batch: list[Encoded], tensors: dict[str, torch.Tensor], at_markers: bool):
-        """The backend's outputs as one RewardOutput per item; `at_markers`: step logits are
-        given at the step markers only (packed, shared prefix), not at every position."""
+        """The backend's outputs for right-padded rows (the padded batch, a shared-prefix group)
+        as one RewardOutput per item; `at_markers`: step logits are given at the step markers
+        only (packed, shared prefix), not at every position."""
+        if self.spec.kind == ModelKind.implicit:
+            return self._implicit_outputs(batch, tensors, range(len(batch)), [0] * len(batch))
         if self.spec.kind == ModelKind.process:
             logits = tensors["step_logits"] if at_markers else tensors["step_logits"][self.marker_index(batch)]
             per_item = logits.split([len(enc.marker_positions) for enc in batch])

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from models.graph import RewardGraph, on_device_of
+from models.implicit import next_token_logps
 from models.inputs import Encoded
 from models.packing import why_not_packed
 from models.spec import ModelKind
@@ -92,16 +93,15 @@ def why_not_shared(graph: RewardGraph) -> str | None:
     final states the graph can make itself."""
     if graph.is_encoder:
         return "an encoder attends both ways, so a prompt's states depend on what follows it"
-    if graph.kind == ModelKind.implicit:
-        return "an implicit model reads every response token's log-probability, which the shared forward does not give"
     reason = why_not_packed(graph)
     if reason:
         return reason
-    other = set(getattr(graph.model.config.get_text_config(), "layer_types", None) or ()) - CACHED_LAYERS
-    if other:
-        return f"its {sorted(other)} layers keep no plain KV cache"
-    if not {"cache", "past_key_values"} & set(inspect.signature(type(graph.base).forward).parameters):
-        return f"{type(graph.base).__name__} takes no KV cache"
+    for module in graph.lms if graph.kind == ModelKind.implicit else (graph.base,):  # what runs on a KV cache
+        other = set(getattr(module.config.get_text_config(), "layer_types", None) or ()) - CACHED_LAYERS
+        if other:
+            return f"its {sorted(other)} layers keep no plain KV cache"
+        if not {"cache", "past_key_values"} & set(inspect.signature(type(module).forward).parameters):
+            return f"{type(module).__name__} takes no KV cache"
     token_classifier = graph.kind == ModelKind.process and graph.head is None and graph.step_tag_ids is None
     if token_classifier and not isinstance(getattr(graph.model, "score", None), nn.Module):
         return f"{type(graph.model).__name__} has no `score` layer to read its final states with"
@@ -156,16 +156,46 @@ def shared_forward(graph: RewardGraph, prefix_length: int, input_ids, attention_
     """One group's outputs (step logits at the markers only, as packed): `input_ids` and
     `attention_mask` are its right-padded rows [n, T], all beginning with the same
     `prefix_length` ids; `prompt_end` and the step positions index those rows."""
-    base, n = graph.base, input_ids.shape[0]
-    name = "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
-    prefix = base(input_ids=input_ids[:1, :prefix_length], use_cache=True)
-    cache = getattr(prefix, name)  # transformers' DynamicCache (sliding-window layers too), for one row
-    cache.batch_repeat_interleave(n)
-    positions = torch.arange(prefix_length, input_ids.shape[1], device=input_ids.device).expand(n, -1)
-    suffix = base(input_ids=input_ids[:, prefix_length:], attention_mask=attention_mask, position_ids=positions,
-                  use_cache=True, **{name: cache}).last_hidden_state
-    states = [on_device_of(input_ids, s) for s in (prefix.last_hidden_state.expand(n, -1, -1), suffix)]
+    if graph.kind == ModelKind.implicit:
+        return (shared_logratios(graph, prefix_length, input_ids, attention_mask),)
+    prefix, suffix = cached_forward(graph.base, prefix_length, input_ids, attention_mask)
+    n = input_ids.shape[0]
+    states = [on_device_of(input_ids, s) for s in (prefix.last_hidden_state.expand(n, -1, -1),
+                                                   suffix.last_hidden_state)]
     hidden = torch.cat(states, dim=1)  # the unshared rows' states
     if graph.kind == ModelKind.process:
         return (graph.step_read(hidden[step_rows, step_positions]),)
     return graph.read_sequence(hidden, attention_mask, input_ids, prompt_end)
+
+
+def cached_forward(module: nn.Module, prefix_length: int, input_ids, attention_mask) -> tuple:
+    """`module`'s outputs for the prefix (one row) and for the rows' own tokens after it,
+    run against the prefix's KV cache repeated to the rows, positions continuing from it."""
+    n = input_ids.shape[0]
+    name = "cache" if "cache" in inspect.signature(type(module).forward).parameters else "past_key_values"
+    prefix = module(input_ids=input_ids[:1, :prefix_length], use_cache=True)
+    cache = getattr(prefix, name)  # transformers' DynamicCache (sliding-window layers too), for one row
+    cache.batch_repeat_interleave(n)
+    positions = torch.arange(prefix_length, input_ids.shape[1], device=input_ids.device).expand(n, -1)
+    suffix = module(input_ids=input_ids[:, prefix_length:], attention_mask=attention_mask, position_ids=positions,
+                    use_cache=True, **{name: cache})
+    return prefix, suffix
+
+
+def shared_logratios(graph: RewardGraph, prefix_length: int, input_ids, attention_mask) -> torch.Tensor:
+    """An implicit model's token_logratios [n, T] with the prefix run once by each LM: the
+    prefix's log-probabilities computed on its one row, each row's own from the prefix's last
+    logits on (graph.logratios' values, row by row)."""
+    logps = [shared_token_logps(lm, prefix_length, input_ids, attention_mask) for lm in graph.lms]
+    return logps[0] if len(logps) == 1 else logps[0] - logps[1]
+
+
+def shared_token_logps(lm: nn.Module, prefix_length: int, input_ids, attention_mask) -> torch.Tensor:
+    """implicit.token_logps of the group's rows from a prefix-cached forward of the causal LM."""
+    prefix, suffix = cached_forward(lm, prefix_length, input_ids, attention_mask)
+    n, ids = input_ids.shape[0], input_ids
+    own_logits = torch.cat([on_device_of(ids, prefix.logits[:, -1:]).expand(n, -1, -1),
+                            on_device_of(ids, suffix.logits[:, :-1])], dim=1)  # predict positions P..T-1
+    in_prefix = next_token_logps(on_device_of(ids, prefix.logits[:, :-1]), ids[:1, 1:prefix_length])
+    in_prefix = nn.functional.pad(in_prefix, (1, 0)).expand(n, -1)
+    return torch.cat([in_prefix, next_token_logps(own_logits, ids[:, prefix_length:])], dim=1)

@@ -6,7 +6,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TypedDict
 
-from service.protocol.enums import Aggregation, CacheMode, Normalize, OnItemError, Priority, StepAggregate, Truncate
+from service.protocol.enums import (
+    Aggregation,
+    CacheMode,
+    Normalize,
+    OnItemError,
+    PairwiseMode,
+    Priority,
+    StepAggregate,
+    Truncate,
+)
 
 
 class ItemScoring(TypedDict, total=False):
@@ -21,6 +30,8 @@ class ItemScoring(TypedDict, total=False):
     on_item_error: OnItemError
     deterministic: bool | None
     adapter: str | None
+    token_rewards: bool
+    pairwise_mode: PairwiseMode | str | None
 
 
 class ScoreOptions(ItemScoring, total=False):
@@ -50,6 +61,8 @@ class RerankOptions(RankingOptions, total=False):
     aggregation: Aggregation | None
     weights: Mapping[str, float] | None
     truncate_prompt_tokens: int | None
+    schedule: str | None
+    rounds: int | None
 
 
 class StepsOptions(RankingOptions, total=False):

@@ -44,6 +44,7 @@ from service.protocol.scoring import (
     ItemResult,
     ScoreRequest,
     ScoreResponse,
+    TokenRewards,
     Usage,
 )
 
@@ -64,6 +65,7 @@ class ScoreJob:
     pairwise_mode: PairwiseMode | None = None  # pairwise models: what an item's score is; None: the model's
     references: tuple[str | None, ...] | None = None  # pairwise models, vs_reference: each item's other response
     adapter: str | None = None  # the LoRA adapter that scores the items; None: the base model
+    token_rewards: bool = False  # implicit models: each response token's reward too
     texts: tuple[RuleInput | None, ...] | None = None  # what a pipeline's rules read, per item
 
 
@@ -165,9 +167,11 @@ class Scorer:
             raise APIError(422, "too_many_items", f"{len(job.inputs)} items; at most {limit} per request", "items")
         pipeline = self.pipeline(job.model)
         if pipeline is not None:
+            refuse_token_rewards(job, ModelKind.pipeline)
             return await self._score_pipeline(pipeline, job)
         runner = self.runner(job.model)
         model = runner.model
+        refuse_token_rewards(job, model.spec.kind)
         if job.aggregate is not None and model.spec.kind != ModelKind.process:
             raise APIError(422, "invalid_request", "aggregate applies to process models only", "aggregate")
         if model.spec.kind == ModelKind.pairwise:
@@ -193,7 +197,7 @@ class Scorer:
         try:
             return await runner.score(job.inputs, job.truncate, priority, deadline, job.cache,
                                       item_errors=job.on_item_error == "item", keep=job.keep, alone=alone,
-                                      adapter=job.adapter)
+                                      adapter=job.adapter, token_rewards=job.token_rewards)
         except ItemError as err:
             raise APIError.from_item_error(err) from err
         except QueueFull as err:
@@ -308,6 +312,19 @@ def check_adapter(runner: ModelRunner, adapter: str | None) -> None:
                        f"(modules_to_save): name one of {adapters}", "adapter")
 
 
+def refuse_token_rewards(job: ScoreJob, kind: ModelKind) -> None:
+    """422 for token rewards where there are none: they are an implicit model's terms of its
+    raw score, which a z-score is not."""
+    if not job.token_rewards:
+        return
+    if kind != ModelKind.implicit:
+        raise APIError(422, "invalid_request", f"token_rewards applies to implicit models only, not to a {kind.value} "
+                       "model", "token_rewards")
+    if job.normalize == "zscore":
+        raise APIError(422, "invalid_request", "token_rewards are the terms of the raw score: ask them without "
+                       "normalize", "token_rewards")
+
+
 def refuse_per_request(**options) -> None:
     """422 for a request option a pipeline's configuration sets per component instead."""
     for option, value in options.items():
@@ -370,8 +387,11 @@ def score_response(scored: Scored) -> ScoreResponse:
 
 def item_result(index: int, out: RewardOutput) -> ItemResult:
     pipeline = out if isinstance(out, PipelineOutput) else None
+    dense = out.token_rewards
     return ItemResult(index=index, score=out.score, dimensions=out.dimensions, gating_weights=out.gating_weights,
                       step_rewards=out.step_rewards, num_tokens=out.num_tokens, truncated=out.truncated,
+                      token_rewards=dense and TokenRewards(start=dense.start, token_ids=dense.token_ids,
+                                                           values=dense.values),
                       cached=out.cached or None,
                       components=pipeline and {name: ComponentResult(value=v.value, status=v.status, message=v.message,
                                                                      spread=v.spread, extras=v.extras)

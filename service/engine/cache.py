@@ -19,47 +19,55 @@ from dataclasses import dataclass, field
 
 import msgpack
 
-from models.heads import RewardOutput
+from models.heads import RewardOutput, TokenRewards
 from models.inputs import Encoded
 
 log = logging.getLogger("rewardserve")
-CODEC_VERSION = 1
+CODEC_VERSION = 2
 KEY_PREFIX = b"rewardserve:v1:"
 ENTRY_OVERHEAD_BYTES = 96  # dict slot, OrderedDict links, bytes headers: keeps the byte bound honest
 
 
 def cache_key(model: str, revision: str, enc: Encoded, alone: bool = False,
-              adapter: tuple[str, str] | None = None) -> bytes:
+              adapter: tuple[str, str] | None = None, token_rewards: bool = False) -> bytes:
     """The entry of an item's result; one scored `alone` (bitwise batch-invariant) is kept apart
     from batched ones, whose last bits depend on their batch-mates; one scored by a LoRA
-    `adapter` (its name and revision) from the base's and every other adapter's."""
+    `adapter` (its name and revision) from the base's and every other adapter's; one with its
+    token rewards from one without (the smaller entry most requests read)."""
     fields = [model, revision, enc.input_ids, enc.token_type_ids, enc.prompt_length, enc.truncated,
               enc.marker_positions]
     if alone:
         fields.append("alone")
     if adapter is not None:
         fields.append(list(adapter))
+    if token_rewards:
+        fields.append("token_rewards")
     return KEY_PREFIX + hashlib.sha256(msgpack.packb(fields)).hexdigest().encode()
 
 
 def encode_output(out: RewardOutput) -> bytes:
     dims = list(out.dimensions.values()) if out.dimensions is not None else None
+    dense = out.token_rewards
+    dense = [dense.start, dense.token_ids, dense.values] if dense is not None else None
     return msgpack.packb([CODEC_VERSION, out.score, dims, out.gating_weights, out.step_rewards,
-                          out.num_tokens, out.truncated])
+                          out.num_tokens, out.truncated, dense])
 
 
 def decode_output(blob: bytes, dimension_names: list[str] | None) -> RewardOutput | None:
     """The stored output, or None for anything that is not a well-formed entry of this
     model (garbage, another codec version, a different dimension count)."""
     try:
-        version, score, dims, gating, steps, num_tokens, truncated = msgpack.unpackb(blob)
+        version, score, dims, gating, steps, num_tokens, truncated, dense = msgpack.unpackb(blob)
         if version != CODEC_VERSION or not isinstance(score, float):
             return None
         if (dims is None) != (dimension_names is None) or (dims is not None and len(dims) != len(dimension_names)):
             return None
         named = dict(zip(dimension_names, map(float, dims))) if dims is not None else None
+        if dense is not None:
+            start, token_ids, values = dense
+            dense = TokenRewards(int(start), tuple(token_ids), tuple(map(float, values)))
         return RewardOutput(score=score, dimensions=named, gating_weights=gating, step_rewards=steps,
-                            num_tokens=int(num_tokens), truncated=bool(truncated), cached=True)
+                            token_rewards=dense, num_tokens=int(num_tokens), truncated=bool(truncated), cached=True)
     except (ValueError, TypeError, msgpack.UnpackException):
         return None
 

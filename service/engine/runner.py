@@ -16,6 +16,7 @@ import math
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import TypeVar
 
 from models.encoding import texts_of
@@ -187,7 +188,7 @@ class ModelRunner:
                     priority: Priority = Priority.interactive, deadline: float | None = None,
                     cache_mode: CacheMode = CacheMode.use, item_errors: bool = False,
                     keep: int | None = None, alone: bool = False,
-                    adapter: str | None = None) -> list[RewardOutput | ItemError]:
+                    adapter: str | None = None, token_rewards: bool = False) -> list[RewardOutput | ItemError]:
         """Every item scored, in request order: cache hits answered at once, the rest
         through the scheduler. `deadline` is a time.monotonic() instant; `keep`: what
         `truncate` cuts to (default max_length). The request is
@@ -197,7 +198,10 @@ class ModelRunner:
         is the same bits whatever else is queued; the cache keeps those results apart, so an
         item scored alone is never answered by a batched result nor a batched one by it.
         `adapter`: the LoRA adapter that scores every item (None: the base model); items of
-        different adapters never share a forward, a cache entry or an in-flight computation."""
+        different adapters never share a forward, a cache entry or an in-flight computation. An
+        implicit model's token rewards are returned and cached only with `token_rewards`, so
+        entries stay small where they are not asked for and a request asking for them reads
+        entries that have them."""
         self.observer.request()
         try:
             ticket = self.scheduler.admission.admit(len(inputs), self.estimated_tokens(inputs), priority)
@@ -206,14 +210,14 @@ class ModelRunner:
             raise
         try:
             return await self._score(inputs, truncate, priority, deadline, cache_mode, item_errors, ticket, keep,
-                                     alone, adapter)
+                                     alone, adapter, token_rewards)
         finally:
             self.scheduler.admission.release(ticket)
 
     async def _score(self, inputs: list[ScoreInput], truncate: Truncate | None, priority: Priority,
                      deadline: float | None, cache_mode: CacheMode, item_errors: bool,
                      ticket: Ticket, keep: int | None, alone: bool,
-                     adapter: str | None) -> list[RewardOutput | ItemError]:
+                     adapter: str | None, token_rewards: bool) -> list[RewardOutput | ItemError]:
         started = time.perf_counter()
         encoded = await asyncio.to_thread(self.encode_all, inputs, truncate, item_errors, keep, adapter)
         self._measure_chars_per_token(inputs, encoded)
@@ -223,7 +227,8 @@ class ModelRunner:
         keys = {}
         if self.cache is not None and cache_mode != CacheMode.bypass:
             scorer = None if adapter is None else (adapter, self.model.info.adapters[adapter])
-            keys = {i: cache_key(self.name, self.model.revision, encoded[i], alone, scorer) for i in todo}
+            keys = {i: cache_key(self.name, self.model.revision, encoded[i], alone, scorer, token_rewards)
+                    for i in todo}
             if cache_mode == CacheMode.use:
                 dimensions = self.model.info.dimensions
                 for index, (blob, _) in zip(
@@ -245,6 +250,8 @@ class ModelRunner:
                 output = ItemError(index, output)
                 if not item_errors:
                     raise output
+            elif output.token_rewards is not None and not token_rewards:
+                output = replace(output, token_rewards=None)
             results[index] = output
         if keys:
             self.cache.put_many([(keys[i], encode_output(results[i])) for i in misses

@@ -40,10 +40,13 @@ def _item_body(index: int, item: pb.Item) -> dict:
 
 def _form_body(index: int, item: pb.Item) -> dict:
     form = item.WhichOneof("form")
-    if form == "text":
-        return {"prompt": item.text.prompt, "response": item.text.response}
-    if form == "chat":
-        return {"messages": [{"role": m.role, "content": m.content} for m in item.chat.messages]}
+    if form in ("text", "chat"):
+        body = ({"prompt": item.text.prompt, "response": item.text.response} if form == "text" else
+                {"messages": [{"role": m.role, "content": m.content} for m in item.chat.messages]})
+        form_message = getattr(item, form)
+        if form_message.HasField("reference"):
+            body["reference"] = form_message.reference
+        return body
     if form == "tokens":
         body = {"input_ids": list(item.tokens.input_ids)}
         if item.tokens.HasField("prompt_length"):
@@ -78,7 +81,7 @@ def _whole(value):
 
 
 def _options(request) -> dict:
-    """The request options a message sets, as HTTP body fields (empty strings: not set)."""
+    """The request options a message sets, as HTTP body fields (empty strings and false: not set)."""
     fields = request.DESCRIPTOR.fields_by_name
     body = {name: getattr(request, name) for name in _OPTIONS if name in fields and getattr(request, name)}
     for name in ("timeout_ms", "deterministic"):
@@ -87,7 +90,8 @@ def _options(request) -> dict:
     return body
 
 
-_OPTIONS = ("model", "truncate", "aggregate", "normalize", "priority", "cache", "on_item_error", "adapter")
+_OPTIONS = ("model", "truncate", "aggregate", "normalize", "priority", "cache", "on_item_error", "adapter",
+            "token_rewards", "pairwise_mode", "schedule")
 
 
 def score_request(request: pb.ScoreRequest) -> ScoreRequest:
@@ -106,6 +110,10 @@ def item_result(index: int, out: RewardOutput) -> pb.ItemResult:
         result.gating_weights.extend(out.gating_weights)
     if out.step_rewards is not None:
         result.step_rewards.extend(out.step_rewards)
+    if out.token_rewards is not None:
+        dense = out.token_rewards
+        result.token_rewards.CopyFrom(pb.TokenRewards(start=dense.start, token_ids=dense.token_ids,
+                                                      values=dense.values))
     for name, value in (getattr(out, "components", None) or {}).items():  # a pipeline's
         result.components[name].CopyFrom(pb.ComponentResult(
             value=value.value, status=value.status, message=value.message or "", spread=value.spread,
@@ -204,6 +212,8 @@ async def rerank(scorer: Scorer, request: pb.RerankRequest, deadline: float | No
         fields["aggregation"] = request.aggregation
     if request.weights:
         fields["weights"] = dict(request.weights)
+    if request.HasField("rounds"):
+        fields["rounds"] = request.rounds
     body = _validated(RerankRequest, _ranking_body(request, deadline, **fields))
     return _to_message(await operations.rerank_documents(scorer, body), pb.RerankResponse)
 

@@ -132,6 +132,9 @@ class ScoreRequest(Body):
     deterministic: bool | None = Field(None, description=(
         "true: every item is scored alone, so its score is the same bits whatever its batch-mates and batch "
         "size (slower); default: the model's `deterministic`"))
+    token_rewards: bool = Field(False, description=(
+        "implicit models: also return each response token's reward (`token_rewards` in each result), the terms "
+        "the score reduces; not with normalize"))
 
 
 class ComponentResult(BaseModel):
@@ -145,12 +148,23 @@ class ComponentResult(BaseModel):
     extras: dict[str, float] | None = Field(None, description="a user function's other numbers (a dict's keys)")
 
 
+class TokenRewards(BaseModel):
+    """An implicit model's reward of each response token (asked by `token_rewards: true`)."""
+
+    start: int = Field(description="the response's first token's position among the item's tokens (its prompt "
+                       "length): the reward values[i] is of the item's token start + i")
+    token_ids: list[int] = Field(description="the response's tokens, in order")
+    values: list[float] = Field(description="each token's reward: beta * (log pi - log pi_ref), or log pi without "
+                                "a reference; the score is their sum (avg: their mean, norm: minus their L2 norm)")
+
+
 class ItemResult(BaseModel):
     index: int
     score: float = Field(description="the aggregate reward")
     dimensions: dict[str, float] | None = Field(None, description="multi-objective: score per named dimension")
     gating_weights: list[float] | None = Field(None, description="gated multi-objective: the prompt's weights")
     step_rewards: list[float] | None = Field(None, description="process: P(step is good) per step")
+    token_rewards: TokenRewards | None = Field(None, description="implicit, when asked: each response token's reward")
     num_tokens: int
     truncated: bool
     cached: bool | None = Field(None, description="true when served from the result cache (else absent)")

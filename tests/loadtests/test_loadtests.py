@@ -16,7 +16,7 @@ import httpx
 import pytest
 from paths import DATA, ROOT
 
-from loadtests import cache_scenario, loadgen, naive_server, pipelines, raw, report, servers, workloads
+from loadtests import cache_scenario, implicit, loadgen, naive_server, pipelines, raw, report, servers, workloads
 from loadtests.run import QUICK, References, Run, Workloads
 from service.app import create_app
 from service.config import Settings
@@ -344,3 +344,23 @@ def test_pairwise_run_sets_each_schedule_against_pointwise():
     assert {mode: pairs for mode, (pairs, _) in rows.items()} == {
         "pointwise": 0, "all_pairs": 120, "swiss": 32, "knockout (top 1)": 15}
     assert rows["pointwise"][1] == 1.0 and all(ratio > 0 for _, ratio in rows.values())
+
+
+def test_implicit_quick_run_sets_each_model_against_its_baseline(tmp_path):
+    """`loadtests.implicit --quick`: every model measured (items/s > 0), implicit set against
+    the scalar model and the shared-prefix implicit path against the unshared one, as the
+    ratio of their best rounds; the shared and unshared scores agree."""
+    out = tmp_path / "RESULTS.implicit.md"
+    done = subprocess.run([sys.executable, "-m", "loadtests.implicit", "--quick", "--out", str(out)], check=False,
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    text = out.read_text()
+    best = {name: _number(cells[2]) for name, cells in _rows(text, "| model | per round | best |").items()}
+    assert sorted(best) == sorted(name for name, _, _ in implicit.MODELS) and min(best.values()) > 0
+    ratios = _rows(text, "| ratio | best items/s |")
+    assert sorted(ratios) == sorted(f"{measured} vs {baseline}" for measured, baseline in implicit.COMPARISONS)
+    for measured, baseline in implicit.COMPARISONS:
+        ratio = _number(ratios[f"{measured} vs {baseline}"][1])
+        assert ratio == pytest.approx(best[measured] / best[baseline], abs=0.005 + 0.06 / best[baseline])
+    difference = float(re.search(r"implicit score on one group: (\S+)\.\n", text).group(1))
+    assert difference <= 1e-5

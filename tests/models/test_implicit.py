@@ -23,9 +23,13 @@ from model_cards.checkpoints import TINY
 from pydantic import ValidationError
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
+from models.backends.config import OnnxRuntimeConfig
+from models.backends.onnx import ONNX_FILENAME
 from models.errors import ModelLoadError
 from models.inputs import TextPair
+from models.onnx_export import export_onnx
 from models.reward_model import RewardModel
+from models.shared_prefix import GROUP_COST
 from models.spec import RewardSpec
 from service.config import ModelConfig
 
@@ -183,9 +187,65 @@ def test_a_reference_with_another_tokenizer_fails_the_load_naming_it(dirs):
         RewardModel.load("dpo", dirs["policy"], spec=spec)
 
 
-def test_a_shared_prefix_is_refused_with_the_reason(dirs):
-    with pytest.raises(ModelLoadError, match="share_prefix: true, but .*every response token"):
-        RewardModel.load("dpo", dirs["policy"], spec=specs(dirs)["free-sum"], share_prefix=True)
+LONG_PROMPT = ("Jane has 12 apples. She gives 4 to Tom, buys 1 at the market, then halves what is left with her "
+               "sister and eats one of hers. How many apples does Jane have now? Show the steps.")
+GROUP = [TextPair(LONG_PROMPT, answer) for answer in (
+    "Nine.", "12 - 4 = 8, 8 + 1 = 9, 9 / 2 = 4.5, and 4.5 - 1 = 3.5: she has 3.5 apples.", "3.5",
+    "She has 3 and a half apples left.")] + [TextPair("What is 2 + 2?", "4")]
+
+
+@pytest.mark.parametrize("name", ["dpo", "free-sum", "free-norm"])
+def test_shared_prompts_equal_the_packed_and_padded_forwards(dirs, name):
+    """n responses to one prompt run the prompt once through each LM (the counters say so),
+    in float32 within 1e-5 of the unshared forwards, an item of another prompt beside them."""
+    spec = specs(dirs)[name]
+    shared = RewardModel.load(name, dirs["policy"], spec=spec, share_prefix=True, packed=False)
+    prompt_tokens = shared.encode(GROUP[0]).prompt_length
+    assert 3 * prompt_tokens > GROUP_COST  # four responses save three prompts: enough for the group to pay
+    want = [[o.score for o in RewardModel.load(name, dirs["policy"], spec=spec, share_prefix=False,
+                                               packed=packed).score(GROUP)] for packed in (False, True)]
+    got = [o.score for o in shared.score(GROUP)]
+    assert shared.prefix_sharing.groups == 1 and shared.prefix_sharing.tokens_saved >= 3 * prompt_tokens
+    for unshared in want:
+        assert got == pytest.approx(unshared, abs=TOL, rel=TOL)
+
+
+@pytest.mark.parametrize("name", ["dpo", "free-sum", "free-avg", "free-norm"])
+def test_token_rewards_are_the_terms_of_the_score(dirs, rewardbench, name):
+    """Each response token's reward, with its id and the response's start: summed (or averaged,
+    or minus their L2 norm) they are the score; with a reference they are beta times the
+    per-token log-ratios RewardBench masks to the response."""
+    spec = specs(dirs)[name]
+    model = RewardModel.load(name, dirs["policy"], spec=spec, share_prefix=True)
+    item = GROUP[1]
+    ids, start = rewardbench.ids_and_start({"prompt": item.prompt, "response": item.response})
+    for out in (model.score([item])[0], model.score(GROUP)[1]):  # alone, and in a shared-prefix group
+        rewards = out.token_rewards
+        assert rewards.start == start and rewards.token_ids == tuple(ids[0, start:].tolist())
+        values = torch.tensor(rewards.values, dtype=torch.float64)
+        reduced = {"sum": values.sum(), "avg": values.mean(), "norm": -torch.linalg.vector_norm(values)}
+        assert float(reduced[spec["implicit"].get("reduction", "sum")]) == pytest.approx(out.score, rel=1e-5)
+    if name == "dpo":
+        with torch.no_grad():
+            terms = BETA * (rewardbench.response_logps(rewardbench.policy, ids, start)
+                            - rewardbench.response_logps(rewardbench.reference, ids, start))
+        assert list(rewards.values) == pytest.approx(terms.tolist(), abs=TOL)
+
+
+def test_the_exported_onnx_graph_holds_both_lms_and_scores_as_torch(dirs, tmp_path):
+    """`export-onnx` writes policy and reference into one graph of token_logratios; ONNX
+    Runtime's scores and token rewards are torch's within the exported backends' 1e-4."""
+    pytest.importorskip("onnxruntime")
+    spec = specs(dirs)["dpo"]
+    policy = shutil.copytree(dirs["policy"], tmp_path / "policy")
+    torch_model = RewardModel.load("dpo", policy, spec=spec)
+    export_onnx(torch_model, policy / ONNX_FILENAME)
+    onnx_model = RewardModel.load("dpo", policy, spec=spec, backend=OnnxRuntimeConfig())
+    assert onnx_model.info.architecture == "onnx:Qwen2ForCausalLM" and onnx_model.prefix_sharing is None
+    for got, want in zip(onnx_model.score(GROUP), torch_model.score(GROUP), strict=True):
+        assert got.score == pytest.approx(want.score, abs=1e-4)
+        assert got.token_rewards.token_ids == want.token_rewards.token_ids
+        assert list(got.token_rewards.values) == pytest.approx(want.token_rewards.values, abs=1e-4)
 
 
 @pytest.mark.parametrize(("spec", "reason"), [

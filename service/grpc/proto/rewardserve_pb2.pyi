@@ -8,12 +8,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class TextItem(_message.Message):
-    __slots__ = ("prompt", "response")
+    __slots__ = ("prompt", "response", "reference")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     response: str
-    def __init__(self, prompt: _Optional[str] = ..., response: _Optional[str] = ...) -> None: ...
+    reference: str
+    def __init__(self, prompt: _Optional[str] = ..., response: _Optional[str] = ..., reference: _Optional[str] = ...) -> None: ...
 
 class Message(_message.Message):
     __slots__ = ("role", "content")
@@ -24,10 +26,12 @@ class Message(_message.Message):
     def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
 class ChatItem(_message.Message):
-    __slots__ = ("messages",)
+    __slots__ = ("messages", "reference")
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
     messages: _containers.RepeatedCompositeFieldContainer[Message]
-    def __init__(self, messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ...) -> None: ...
+    reference: str
+    def __init__(self, messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., reference: _Optional[str] = ...) -> None: ...
 
 class TokensItem(_message.Message):
     __slots__ = ("input_ids", "prompt_length")
@@ -64,7 +68,7 @@ class Item(_message.Message):
     def __init__(self, text: _Optional[_Union[TextItem, _Mapping]] = ..., chat: _Optional[_Union[ChatItem, _Mapping]] = ..., tokens: _Optional[_Union[TokensItem, _Mapping]] = ..., steps: _Optional[_Union[StepsItem, _Mapping]] = ..., ground_truth: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., data_source: _Optional[str] = ..., extra_info: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class ScoreRequest(_message.Message):
-    __slots__ = ("model", "items", "truncate", "aggregate", "priority", "timeout_ms", "request_id", "normalize", "cache", "on_item_error", "deterministic", "adapter")
+    __slots__ = ("model", "items", "truncate", "aggregate", "priority", "timeout_ms", "request_id", "normalize", "cache", "on_item_error", "deterministic", "adapter", "token_rewards", "pairwise_mode")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     TRUNCATE_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +81,8 @@ class ScoreRequest(_message.Message):
     ON_ITEM_ERROR_FIELD_NUMBER: _ClassVar[int]
     DETERMINISTIC_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_REWARDS_FIELD_NUMBER: _ClassVar[int]
+    PAIRWISE_MODE_FIELD_NUMBER: _ClassVar[int]
     model: str
     items: _containers.RepeatedCompositeFieldContainer[Item]
     truncate: str
@@ -89,10 +95,12 @@ class ScoreRequest(_message.Message):
     on_item_error: str
     deterministic: bool
     adapter: str
-    def __init__(self, model: _Optional[str] = ..., items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., truncate: _Optional[str] = ..., aggregate: _Optional[str] = ..., priority: _Optional[str] = ..., timeout_ms: _Optional[float] = ..., request_id: _Optional[str] = ..., normalize: _Optional[str] = ..., cache: _Optional[str] = ..., on_item_error: _Optional[str] = ..., deterministic: _Optional[bool] = ..., adapter: _Optional[str] = ...) -> None: ...
+    token_rewards: bool
+    pairwise_mode: str
+    def __init__(self, model: _Optional[str] = ..., items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., truncate: _Optional[str] = ..., aggregate: _Optional[str] = ..., priority: _Optional[str] = ..., timeout_ms: _Optional[float] = ..., request_id: _Optional[str] = ..., normalize: _Optional[str] = ..., cache: _Optional[str] = ..., on_item_error: _Optional[str] = ..., deterministic: _Optional[bool] = ..., adapter: _Optional[str] = ..., token_rewards: _Optional[bool] = ..., pairwise_mode: _Optional[str] = ...) -> None: ...
 
 class ItemResult(_message.Message):
-    __slots__ = ("index", "score", "dimensions", "gating_weights", "step_rewards", "num_tokens", "truncated", "cached", "error", "components", "uncertainty")
+    __slots__ = ("index", "score", "dimensions", "gating_weights", "step_rewards", "num_tokens", "truncated", "cached", "error", "components", "uncertainty", "token_rewards")
     class DimensionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -118,6 +126,7 @@ class ItemResult(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     COMPONENTS_FIELD_NUMBER: _ClassVar[int]
     UNCERTAINTY_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_REWARDS_FIELD_NUMBER: _ClassVar[int]
     index: int
     score: float
     dimensions: _containers.ScalarMap[str, float]
@@ -129,7 +138,18 @@ class ItemResult(_message.Message):
     error: Error
     components: _containers.MessageMap[str, ComponentResult]
     uncertainty: float
-    def __init__(self, index: _Optional[int] = ..., score: _Optional[float] = ..., dimensions: _Optional[_Mapping[str, float]] = ..., gating_weights: _Optional[_Iterable[float]] = ..., step_rewards: _Optional[_Iterable[float]] = ..., num_tokens: _Optional[int] = ..., truncated: _Optional[bool] = ..., cached: _Optional[bool] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., components: _Optional[_Mapping[str, ComponentResult]] = ..., uncertainty: _Optional[float] = ...) -> None: ...
+    token_rewards: TokenRewards
+    def __init__(self, index: _Optional[int] = ..., score: _Optional[float] = ..., dimensions: _Optional[_Mapping[str, float]] = ..., gating_weights: _Optional[_Iterable[float]] = ..., step_rewards: _Optional[_Iterable[float]] = ..., num_tokens: _Optional[int] = ..., truncated: _Optional[bool] = ..., cached: _Optional[bool] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., components: _Optional[_Mapping[str, ComponentResult]] = ..., uncertainty: _Optional[float] = ..., token_rewards: _Optional[_Union[TokenRewards, _Mapping]] = ...) -> None: ...
+
+class TokenRewards(_message.Message):
+    __slots__ = ("start", "token_ids", "values")
+    START_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    start: int
+    token_ids: _containers.RepeatedScalarFieldContainer[int]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, start: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ComponentResult(_message.Message):
     __slots__ = ("value", "status", "message", "spread", "extras")
@@ -360,7 +380,7 @@ class CompareResponse(_message.Message):
     def __init__(self, model: _Optional[str] = ..., revision: _Optional[str] = ..., kind: _Optional[str] = ..., normalized: _Optional[bool] = ..., winner: _Optional[int] = ..., tied: _Optional[_Iterable[int]] = ..., dimension_winners: _Optional[_Mapping[str, Verdict]] = ..., pairwise: _Optional[_Iterable[_Union[Row, _Mapping]]] = ..., results: _Optional[_Iterable[_Union[CompareResult, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
 
 class RerankRequest(_message.Message):
-    __slots__ = ("model", "query", "messages", "documents", "top_n", "return_documents", "aggregation", "weights", "truncate", "aggregate", "normalize", "priority", "timeout_ms", "adapter")
+    __slots__ = ("model", "query", "messages", "documents", "top_n", "return_documents", "aggregation", "weights", "truncate", "aggregate", "normalize", "priority", "timeout_ms", "adapter", "schedule", "rounds")
     class WeightsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -382,6 +402,8 @@ class RerankRequest(_message.Message):
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
     model: str
     query: str
     messages: _containers.RepeatedCompositeFieldContainer[Message]
@@ -396,7 +418,9 @@ class RerankRequest(_message.Message):
     priority: str
     timeout_ms: float
     adapter: str
-    def __init__(self, model: _Optional[str] = ..., query: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., documents: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., top_n: _Optional[int] = ..., return_documents: _Optional[bool] = ..., aggregation: _Optional[str] = ..., weights: _Optional[_Mapping[str, float]] = ..., truncate: _Optional[str] = ..., aggregate: _Optional[str] = ..., normalize: _Optional[str] = ..., priority: _Optional[str] = ..., timeout_ms: _Optional[float] = ..., adapter: _Optional[str] = ...) -> None: ...
+    schedule: str
+    rounds: int
+    def __init__(self, model: _Optional[str] = ..., query: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., documents: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., top_n: _Optional[int] = ..., return_documents: _Optional[bool] = ..., aggregation: _Optional[str] = ..., weights: _Optional[_Mapping[str, float]] = ..., truncate: _Optional[str] = ..., aggregate: _Optional[str] = ..., normalize: _Optional[str] = ..., priority: _Optional[str] = ..., timeout_ms: _Optional[float] = ..., adapter: _Optional[str] = ..., schedule: _Optional[str] = ..., rounds: _Optional[int] = ...) -> None: ...
 
 class RerankDocument(_message.Message):
     __slots__ = ("text",)
@@ -436,7 +460,7 @@ class RerankResult(_message.Message):
     def __init__(self, index: _Optional[int] = ..., relevance_score: _Optional[float] = ..., document: _Optional[_Union[RerankDocument, _Mapping]] = ..., score: _Optional[float] = ..., dimensions: _Optional[_Mapping[str, float]] = ..., gating_weights: _Optional[_Iterable[float]] = ..., step_rewards: _Optional[_Iterable[float]] = ..., pareto_rank: _Optional[int] = ..., num_tokens: _Optional[int] = ..., truncated: _Optional[bool] = ...) -> None: ...
 
 class RerankResponse(_message.Message):
-    __slots__ = ("id", "model", "revision", "kind", "normalized", "aggregation", "weights", "pareto_front", "results", "usage")
+    __slots__ = ("id", "model", "revision", "kind", "normalized", "aggregation", "weights", "pareto_front", "results", "usage", "schedule", "comparisons")
     class WeightsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -454,6 +478,8 @@ class RerankResponse(_message.Message):
     PARETO_FRONT_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    COMPARISONS_FIELD_NUMBER: _ClassVar[int]
     id: str
     model: str
     revision: str
@@ -464,7 +490,9 @@ class RerankResponse(_message.Message):
     pareto_front: _containers.RepeatedScalarFieldContainer[int]
     results: _containers.RepeatedCompositeFieldContainer[RerankResult]
     usage: RerankUsage
-    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., revision: _Optional[str] = ..., kind: _Optional[str] = ..., normalized: _Optional[bool] = ..., aggregation: _Optional[str] = ..., weights: _Optional[_Mapping[str, float]] = ..., pareto_front: _Optional[_Iterable[int]] = ..., results: _Optional[_Iterable[_Union[RerankResult, _Mapping]]] = ..., usage: _Optional[_Union[RerankUsage, _Mapping]] = ...) -> None: ...
+    schedule: str
+    comparisons: int
+    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., revision: _Optional[str] = ..., kind: _Optional[str] = ..., normalized: _Optional[bool] = ..., aggregation: _Optional[str] = ..., weights: _Optional[_Mapping[str, float]] = ..., pareto_front: _Optional[_Iterable[int]] = ..., results: _Optional[_Iterable[_Union[RerankResult, _Mapping]]] = ..., usage: _Optional[_Union[RerankUsage, _Mapping]] = ..., schedule: _Optional[str] = ..., comparisons: _Optional[int] = ...) -> None: ...
 
 class RerankUsage(_message.Message):
     __slots__ = ("total_tokens", "prompt_tokens")
