@@ -14,7 +14,7 @@ from models.errors import InputError
 from models.heads import RewardOutput
 from service.config import Settings, load_settings
 from service.core.inputs import item_input
-from service.core.scoring import item_result
+from service.core.score_request import item_result
 from service.engine.runner import ModelRunner
 from service.protocol.enums import ModelKind, StepAggregate
 from service.protocol.errors import field_path

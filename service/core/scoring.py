@@ -9,14 +9,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from pydantic import ValidationError
-
 from models.heads import RewardOutput
 from models.inputs import ScoreInput
 from models.spec import RewardSpec
 from service.config import Settings
-from service.core.errors import APIError, ItemNamer, renamed, status_message, validation_error
-from service.core.inputs import input_for, item_input, rule_input
+from service.core.errors import APIError, ItemNamer, renamed
+from service.core.inputs import input_for
 from service.core.normalize import reference_stats_for, zscore
 from service.core.pairwise import PairJob, Preferences, candidate_pairs, item_outputs, preferences_read, score_plan
 from service.engine.admission import QueueFull
@@ -25,7 +23,7 @@ from service.engine.runner import ItemError, ModelRunner
 from service.pipelines.pipeline import ModelCall, Pipeline, ScoreModel
 from service.pipelines.registry import PipelineSet
 from service.pipelines.rules import RuleInput
-from service.pipelines.values import ComponentFailed, PipelineOutput
+from service.pipelines.values import ComponentFailed
 from service.protocol.catalog import ModelCard, ModelDetail, ModelList, ModelObject
 from service.protocol.enums import (
     CacheMode,
@@ -36,16 +34,6 @@ from service.protocol.enums import (
     Priority,
     StepAggregate,
     Truncate,
-)
-from service.protocol.scoring import (
-    ComponentResult,
-    FailedItem,
-    ItemErrorDetail,
-    ItemResult,
-    ScoreRequest,
-    ScoreResponse,
-    TokenRewards,
-    Usage,
 )
 
 
@@ -351,54 +339,3 @@ def model_card(runner: ModelRunner) -> ModelCard:
 
 
 # ---- /v1/score, whichever transport carries it ------------------------------------------
-
-_JOB_OPTIONS = [f.name for f in dataclasses.fields(ScoreJob) if f.name != "inputs"]
-
-
-def parse_score_request(body: dict) -> ScoreRequest:
-    """`body` (a /v1/score JSON body as Python values) validated as HTTP validates it; an
-    invalid one raises the APIError HTTP would answer with."""
-    try:
-        return ScoreRequest.model_validate(body)
-    except ValidationError as err:
-        raise validation_error(err.errors()) from None
-
-
-def score_job(body: ScoreRequest, deadline_ms: float | None = None) -> ScoreJob:
-    """The job a request with this body makes (every option ScoreJob and the request share
-    is carried over), its timeout cut to `deadline_ms` when that is sooner."""
-    options = {name: getattr(body, name) for name in _JOB_OPTIONS if name in type(body).model_fields}
-    if deadline_ms is not None and (options.get("timeout_ms") is None or deadline_ms < options["timeout_ms"]):
-        options["timeout_ms"] = deadline_ms
-    references = tuple(getattr(item, "reference", None) for item in body.items)
-    return ScoreJob(inputs=[item_input(item) for item in body.items],
-                    references=references if any(r is not None for r in references) else None,
-                    texts=tuple(rule_input(item) for item in body.items), **options)
-
-
-def score_response(scored: Scored) -> ScoreResponse:
-    return ScoreResponse(
-        model=scored.model, revision=scored.revision, kind=scored.kind, normalized=scored.normalized or None,
-        results=[failed_item(i, scored.errors[i]) if out is None else item_result(i, out)
-                 for i, out in enumerate(scored.outputs)],
-        usage=Usage(total_tokens=scored.total_tokens),
-    )
-
-
-def item_result(index: int, out: RewardOutput) -> ItemResult:
-    pipeline = out if isinstance(out, PipelineOutput) else None
-    dense = out.token_rewards
-    return ItemResult(index=index, score=out.score, dimensions=out.dimensions, gating_weights=out.gating_weights,
-                      step_rewards=out.step_rewards, num_tokens=out.num_tokens, truncated=out.truncated,
-                      token_rewards=dense and TokenRewards(start=dense.start, token_ids=dense.token_ids,
-                                                           values=dense.values),
-                      cached=out.cached or None,
-                      components=pipeline and {name: ComponentResult(value=v.value, status=v.status, message=v.message,
-                                                                     spread=v.spread, extras=v.extras)
-                                               for name, v in pipeline.components.items()},
-                      uncertainty=pipeline and pipeline.uncertainty)
-
-
-def failed_item(index: int, err: APIError) -> FailedItem:
-    return FailedItem(index=index, error=ItemErrorDetail(http_status=err.status, code=err.code,
-                                                         message=status_message(err), field=err.field))

@@ -13,7 +13,8 @@ from pydantic import ValidationError
 from models.heads import RewardOutput
 from service.core import operations
 from service.core.errors import APIError, status_message, validation_error
-from service.core.scoring import Scored, Scorer, parse_score_request, score_job
+from service.core.score_request import parse_score_request, score_job
+from service.core.scoring import Scored, Scorer
 from service.grpc.calls import (
     abort,
     deadline_ms,

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import Discriminator, Tag
 
 from service.compat import vllm
-from service.core.scoring import score_job, score_response
+from service.core.score_request import score_job, score_response
 from service.http.disconnect import unless_disconnected
 from service.http.errors import ERROR_RESPONSES
 from service.protocol.catalog import Health, ModelDetail, ModelList

@@ -39,7 +39,8 @@ import re
 import numpy as np
 
 from service.core.errors import APIError
-from service.core.scoring import Scored, ScoreJob, Scorer, parse_score_request, score_job
+from service.core.score_request import parse_score_request, score_job
+from service.core.scoring import Scored, ScoreJob, Scorer
 from service.kserve.models import CONTEXT_INPUTS, Served, dimensions, input_specs, output_specs
 from service.kserve.tensors import TensorSpec, bad_input, parse_json
 from service.kserve.types import InferRequest

@@ -14,6 +14,7 @@ from http_helpers import assert_error
 from model_cards import checkpoints
 from pairwise_reference import PairPM, PairRM
 
+from service.client import RewardClient
 from service.config import ModelConfig
 from service.core.pairwise import PairJob
 from service.core.tournament import Game, bradley_terry
@@ -38,7 +39,7 @@ def references(tmp_path_factory):
 def server(served, references):
     dirs, _ = references
     models = [ModelConfig(name=name, path=str(dirs[name]), spec=spec) for name, spec in SPECS.items()]
-    with served(models + ["llama-scalar"], grpc=False, cache={"max_bytes": 0}, batching={"max_wait_ms": 50},
+    with served(models + ["llama-scalar"], cache={"max_bytes": 0}, batching={"max_wait_ms": 50},
                 timeout=120) as running:
         yield running
 
@@ -186,3 +187,19 @@ def test_schedule_is_for_pairwise_models(server):
     response = server.http.post("/v1/rerank", json={"model": "llama-scalar", "query": PROMPT, "documents": ["a", "b"],
                                                      "schedule": "knockout"})
     assert_error(response, 422, field="schedule")
+
+
+def test_the_client_over_grpc_and_http_gives_the_same_pairwise_answers(server, references):
+    items = [{"prompt": PROMPT, "response": r, "reference": REFERENCE} for r in RESPONSES]
+    expected = [want(references, "pairrm", r, REFERENCE) for r in RESPONSES]
+    for target in (server.url, f"grpc://{server.grpc_target}"):
+        with RewardClient(target, timeout_s=120) as client:
+            scored = client.score(items, model="pairrm", pairwise_mode="vs_reference")
+            assert [r.score for r in scored.results] == pytest.approx(expected, abs=TOL, rel=0)
+            group = client.score([{"prompt": PROMPT, "response": r} for r in RESPONSES], model="pairrm",
+                                 pairwise_mode="group")
+            assert len(group.results) == len(RESPONSES)
+            ranked = client.rerank(PROMPT, RESPONSES, model="pairrm", schedule="knockout", top_n=1)
+            assert ranked.schedule == "knockout" and ranked.comparisons == 3 and len(ranked.results) == 1
+            swiss = client.rerank(PROMPT, RESPONSES, model="pairrm", schedule="swiss", rounds=1)
+            assert swiss.comparisons == 2
