@@ -36,7 +36,7 @@ from service.monitoring.monitor import Monitoring
 def create_app(settings: Settings) -> FastAPI:
     registry = ModelRegistry(settings)
     scorer = Scorer(registry, settings)
-    monitor = Monitoring(registry, settings, scorer.pipelines)
+    monitor = Monitoring(registry, settings, scorer.pipelines, scorer.shadows)
     keys = KeyRing(settings.auth)
 
     @asynccontextmanager
@@ -55,6 +55,7 @@ def create_app(settings: Settings) -> FastAPI:
             await grpc_server.start(app.state.loading)
             app.state.grpc_port = grpc_server.port
         monitor.start(app.state.loading)
+        scorer.shadows.start()
 
         async def drain(grace_s: float) -> None:
             """Stop serving: HTTP requests cancelled from now on are answered `shutting_down`
@@ -66,6 +67,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.drain = drain
         yield
         await monitor.stop()
+        await scorer.shadows.close()
         await scorer.pipelines.close()
         if grpc_server is not None:
             await grpc_server.stop(settings.server.drain_grace_s)

@@ -91,6 +91,15 @@ class Settings(BaseSettings):
                                  f"models {sorted(models)}")
         return self
 
+    @model_validator(mode="after")
+    def _shadows_are_served(self) -> Settings:
+        models = {m.name for m in self.models}
+        for model in self.models:
+            if model.shadow is not None and model.shadow.model not in models:
+                raise ValueError(f"model {model.name!r}: shadow.model {model.shadow.model!r} is not among the "
+                                 f"configured models {sorted(models)}")
+        return self
+
     @property
     def default_model_name(self) -> str:
         return self.default_model or self.models[0].name

@@ -30,6 +30,20 @@ FLAT_BACKEND_KEYS = {
 }
 
 
+class ShadowConfig(BaseModel):
+    """A candidate model scored off the hot path on a share of this model's /v1/score and gRPC
+    Score items, to compare with it before it goes live (docs/shadow.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(pattern=NAME_PATTERN, description="the candidate: another configured model's name")
+    share: float = Field(0.1, gt=0, le=1, description=(
+        "the share of items mirrored, picked by a hash of each item's content (an item is always in or always out)"))
+    queue_items: int = Field(1000, ge=1, description=(
+        "items waiting for the candidate at most; past it mirrored items are dropped (and counted), never waited for"))
+    window: int = Field(1000, ge=2, description="the recent (live, candidate) pairs the agreement statistics cover")
+
+
 class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -74,6 +88,9 @@ class ModelConfig(BaseModel):
     serve_graph: bool = Field(False, description="also serve the raw graph over KServe v2 as `<name>-graph`")
     cache: bool = Field(True, description="serve repeated inputs from the result cache")
     cache_ttl_s: float = Field(3600.0, gt=0, description="how long cached results live")
+    shadow: ShadowConfig | None = Field(None, description=(
+        "a candidate model mirrored a share of this model's items, its agreement with it reported "
+        "(`{model, share?, queue_items?, window?}`, below; docs/shadow.md)"))
 
     @model_validator(mode="before")
     @classmethod
@@ -104,6 +121,12 @@ class ModelConfig(BaseModel):
     def _one_placement(self) -> ModelConfig:
         if self.device_map is not None and self.device != "auto":
             raise ValueError(f"model {self.name!r}: backend.device_map places the model; leave device at 'auto'")
+        return self
+
+    @model_validator(mode="after")
+    def _shadow_is_another(self) -> ModelConfig:
+        if self.shadow is not None and self.shadow.model == self.name:
+            raise ValueError(f"model {self.name!r}: shadow.model names the model itself; name a candidate")
         return self
 
     @property

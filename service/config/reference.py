@@ -17,7 +17,7 @@ from pydantic.fields import FieldInfo
 from models.backends.config import BackendConfig
 from service.config import DEFAULT_MODELS, SECTIONS, ModelConfig, Settings
 from service.config.flat import FLAT_KEYS, env_name
-from service.config.model import FLAT_BACKEND_KEYS
+from service.config.model import FLAT_BACKEND_KEYS, ShadowConfig
 from service.config.pipeline import Component, Gate, PipelineConfig, Transform
 from service.config.sections import ServerSettings
 
@@ -153,6 +153,8 @@ def render() -> str:
         parts += [f"### `type: {kind}`\n\n{inspect.getdoc(backend)}\n",
                   table(field_rows(backend, "backend.", False, skip=("type",)), ("key", "type", "default",
                                                                                   "description"))]
+    parts += [f"## A model's `shadow`\n\n{inspect.getdoc(ShadowConfig)}\n",
+              table(field_rows(ShadowConfig, "shadow.", False), ("key", "type", "default", "description"))]
     parts += pipeline_parts()
     parts += ["## Keys of earlier releases\n\nThe flat keys of earlier releases still work for this release, in the "
               "file and in the environment, each logging a warning that names its new key. A key given both ways "

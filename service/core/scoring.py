@@ -17,6 +17,7 @@ from service.core.errors import APIError, ItemNamer, renamed
 from service.core.inputs import input_for
 from service.core.normalize import reference_stats_for, zscore
 from service.core.pairwise import PairJob, Preferences, candidate_pairs, item_outputs, preferences_read, score_plan
+from service.core.shadow import Shadows
 from service.engine.admission import QueueFull
 from service.engine.registry import ModelNotFound, ModelNotReady, ModelRegistry
 from service.engine.runner import ItemError, ModelRunner
@@ -79,6 +80,7 @@ class Scorer:
         self.registry = registry
         self.settings = settings
         self.pipelines = PipelineSet(settings, registry)
+        self.shadows = Shadows(registry, settings)
 
     def pipeline(self, name: str | None) -> Pipeline | None:
         """The pipeline a request names (the default when None and the default is one), ready
@@ -149,7 +151,8 @@ class Scorer:
 
     async def score(self, job: ScoreJob) -> Scored:
         """Every item of `job` scored by one model, in order; cancelling the caller drops
-        its queued items."""
+        its queued items. A share of a model's items goes to its shadow candidate after
+        (service.core.shadow), never delaying the answer."""
         limit = self.settings.server.max_items_per_request
         if len(job.inputs) > limit:
             raise APIError(422, "too_many_items", f"{len(job.inputs)} items; at most {limit} per request", "items")
@@ -171,6 +174,8 @@ class Scorer:
                            f"{model.spec.kind.value}", field)
         stats = reference_stats_for(model.spec, job.aggregate) if job.normalize == "zscore" else None
         results = await self._run(runner, job)
+        if job.adapter is None:  # an adapter's scores are not the model's own
+            self.shadows.offer(runner.name, job.inputs, results)
         errors = {i: APIError.from_item_error(r) for i, r in enumerate(results) if isinstance(r, ItemError)}
         outputs = [None if i in errors else _finished(out, job.aggregate, stats) for i, out in enumerate(results)]
         return Scored(runner.name, model.revision, model.spec.kind, outputs, normalized=stats is not None,

@@ -1,6 +1,7 @@
 """HTTP routes for monitoring: `GET /metrics` (Prometheus text format), `GET /v1/drift`
-(each model's latest drift report) and the golden-set canary (`GET /v1/admin/canary`: the
-latest results; `POST /v1/admin/canary`: run it now)."""
+(each model's latest drift report), `GET /v1/shadow` (each shadow candidate's agreement with
+its live model) and the golden-set canary (`GET /v1/admin/canary`: the latest results;
+`POST /v1/admin/canary`: run it now)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,13 @@ async def drift(request: Request) -> dict:
     for name, report in body["models"].items():
         report["revision"] = monitoring.revision(name)
     return body
+
+
+@router.get("/v1/shadow")
+async def shadow(request: Request) -> dict:
+    """Per live model with a shadow candidate: the candidate, its items mirrored, dropped and
+    failed, and per dimension the agreement statistics over the window of recent pairs."""
+    return _monitoring(request).shadow.as_json()
 
 
 class CanaryRequest(BaseModel):

@@ -1,7 +1,7 @@
 """A server's monitoring, assembled in one place: the Prometheus metrics, each model's
-runner hooks and each pipeline's hooks, reward drift and the golden-set canary, and the
-background tasks that keep drift and canary results current. Transports only expose what
-this holds."""
+runner hooks and each pipeline's hooks, reward drift, the golden-set canary, shadow scoring's
+agreement, and the background tasks that keep drift and canary results current. Transports
+only expose what this holds."""
 
 from __future__ import annotations
 
@@ -12,17 +12,19 @@ from pathlib import Path
 
 from models.errors import ModelLoadError
 from service.config import Settings
+from service.core.shadow import Shadows
 from service.engine.registry import ModelRegistry
 from service.monitoring.baseline import BASELINE_FILENAME
 from service.monitoring.canary import CanaryMonitor
 from service.monitoring.drift import DriftMonitor
 from service.monitoring.metrics import Metrics, ModelMetrics, StateCollector
 from service.monitoring.pipeline_metrics import PipelineFamilies, PipelineMetrics
+from service.monitoring.shadow import ShadowCollector, ShadowMonitor
 from service.pipelines.registry import PipelineSet
 
 
 class Monitoring:
-    def __init__(self, registry: ModelRegistry, settings: Settings, pipelines: PipelineSet):
+    def __init__(self, registry: ModelRegistry, settings: Settings, pipelines: PipelineSet, shadows: Shadows):
         self.registry = registry
         self.settings = settings
         self.pipelines = pipelines
@@ -40,6 +42,8 @@ class Monitoring:
             self.drift.add_model(name, baseline and Path(baseline).expanduser(), required=True)
             pipeline.observer = PipelineMetrics(pipeline, families, self.drift)
         self.metrics.registry.register(StateCollector(registry, self.drift, self.canary))
+        self.shadow = ShadowMonitor(shadows)
+        self.metrics.registry.register(ShadowCollector(self.shadow))
         self._tasks: list[asyncio.Task] = []
 
     def revision(self, name: str) -> str | None:
