@@ -1,14 +1,18 @@
 """Helpers shared by the monitoring tests: a parsed scrape of a live server's /metrics, a
-bounded wait for a sample to reach a value, and config files for the monitoring settings."""
+bounded wait for a sample to reach a value, and the Grafana dashboard's queries."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 
 import httpx
 import pytest
+from paths import DEPLOY
 from prometheus_client.parser import text_string_to_metric_families
+
+DASHBOARD = DEPLOY / "grafana" / "rewardserve.json"
 
 
 class Scrape:
@@ -50,3 +54,14 @@ def wait_for_sample(client: httpx.Client, done: Callable[[Scrape], bool], what: 
         if time.monotonic() > deadline:
             pytest.fail(f"gave up waiting for {what}")
         time.sleep(0.1)
+
+
+def dashboard_queries(row: str | None = None) -> list[str]:
+    """Every query of the dashboard, or of the panels under the row titled `row`."""
+    panels, under = json.loads(DASHBOARD.read_text())["panels"], None
+    queries = []
+    for panel in panels:
+        under = panel["title"] if panel["type"] == "row" else under
+        if row is None or under == row:
+            queries += [target["expr"] for target in panel.get("targets", [])]
+    return queries

@@ -164,6 +164,22 @@ def test_invalid_model_entries_are_rejected(entry, tmp_path):
         load_settings(path)
 
 
+def test_a_shadow_names_another_configured_model_and_a_share_in_0_1(tmp_path):
+    def models(**shadow) -> list[dict]:
+        return [{"name": "live", "path": "/x", "shadow": shadow}, {"name": "next", "path": "/y"}]
+
+    shadow = Settings(models=models(model="next", share=0.25, queue_items=8)).models[0].shadow
+    assert (shadow.model, shadow.share, shadow.queue_items, shadow.window) == ("next", 0.25, 8, 1000)
+    assert Settings(models=models(model="next")).models[0].shadow.share == 0.1
+    for shadow, message in [({"model": "gone"}, "not among the configured models"),
+                            ({"model": "live"}, "names the model itself"),
+                            ({"model": "next", "share": 0}, "greater than 0"),
+                            ({"model": "next", "share": 1.5}, "less than or equal to 1"),
+                            ({"model": "next", "queue_items": 0}, "greater than or equal to 1")]:
+        with pytest.raises(ValidationError, match=message):
+            Settings(models=models(**shadow))
+
+
 def test_inline_spec_overrides_the_directory_spec(tmp_path, tiny_model_dirs, load_tiny):
     """qwen2-prm's reward_spec.yaml aggregates steps by min over 256 tokens; an inline
     spec in the config makes it aggregate by last with max_length 64."""

@@ -16,8 +16,7 @@ import shutil
 import httpx
 import pytest
 from http_helpers import live_server, sample_items, wait_until_loaded, write_config
-from metrics_helpers import scrape, wait_for_sample
-from paths import DEPLOY
+from metrics_helpers import DASHBOARD, dashboard_queries, scrape, wait_for_sample
 from prometheus_client.parser import text_string_to_metric_families
 from replica_helpers import ALERTS, Prometheus, bounded_wait, query, scalar
 
@@ -25,7 +24,6 @@ from service.app import create_app
 from service.cli import main
 from service.config import ModelConfig, Settings, load_settings
 
-DASHBOARD = DEPLOY / "grafana" / "rewardserve.json"
 MODEL = "scalar"
 PIPELINE = "graded"
 FORMAT_RULE = r"\\boxed\{"
@@ -61,17 +59,6 @@ def server(tiny_model_dirs, load_tiny, tmp_path_factory):
     with live_server(app) as url, httpx.Client(base_url=url, timeout=WAIT_S) as client:
         assert wait_until_loaded(client).status_code == 200
         yield client
-
-
-def dashboard_queries(row: str | None = None) -> list[str]:
-    """Every query of the dashboard, or of the panels under the row titled `row`."""
-    panels, under = json.loads(DASHBOARD.read_text())["panels"], None
-    queries = []
-    for panel in panels:
-        under = panel["title"] if panel["type"] == "row" else under
-        if row is None or under == row:
-            queries += [target["expr"] for target in panel.get("targets", [])]
-    return queries
 
 
 def pipeline_traffic(client: httpx.Client, tag: str) -> list[dict]:
