@@ -9,19 +9,24 @@ counters and agreement gauges, and the dashboard's "Shadow scoring" row runs on 
 from __future__ import annotations
 
 import itertools
+import json
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
 import pytest
+import yaml
+from doc_examples import blocks
 from http_helpers import assert_result_matches, poll, reference
 from metrics_helpers import dashboard_queries, scrape
+from paths import ROOT
 from protocol_helpers import to_request
 from replica_helpers import Prometheus, bounded_wait, query, scalar
 from tiny_models import HELPSTEER
 
-from service.config import ModelConfig
+from service.config import ModelConfig, Settings
+from service.config.model import ShadowConfig
 from service.grpc.proto import rewardserve_pb2_grpc as pb_grpc
 from service.monitoring.baseline import compare, dimension_baseline
 
@@ -30,6 +35,7 @@ DIMENSIONS = ["score", *(f"dim:{name}" for name in sorted(HELPSTEER))]
 METRIC_NAMES = ("rewardserve_shadow_items_total", "rewardserve_shadow_queue_items", "rewardserve_shadow_window_pairs",
                 "rewardserve_shadow_agreement")
 WAIT_S = 60
+PAGE = ROOT / "docs" / "shadow.md"
 
 
 def models(tiny_model_dirs, **shadow) -> list[ModelConfig]:
@@ -137,6 +143,24 @@ def test_a_full_queue_drops_items_never_the_live_answers(served, tiny_model_dirs
         assert lane["items"]["failed"] == 0 and lane["items"]["dropped"] > 0
         assert lane["items"]["mirrored"] + lane["items"]["dropped"] == 64
         assert lane["dimensions"]["score"]["pairs"] == lane["items"]["mirrored"]
+
+
+def shape(value):
+    """A JSON value's keys, nested, with every leaf left out."""
+    return {key: shape(v) for key, v in value.items()} if isinstance(value, dict) else None
+
+
+def test_the_pages_examples_are_a_valid_config_and_the_served_shape(server, mirrored):
+    (config,), (shown,) = ([text for lang, text in blocks(PAGE) if lang == kind] for kind in ("yaml", "json"))
+    settings = Settings(**yaml.safe_load(config))
+    shadow = settings.models[0].shadow
+    defaults = ShadowConfig(model=shadow.model)
+    assert (shadow.model, shadow.share, shadow.queue_items, shadow.window) == \
+        ("rm-v4", defaults.share, defaults.queue_items, defaults.window)  # the page shows the defaults
+    (example,) = json.loads(shown)["models"].values()
+    lane = server.http.get("/v1/shadow").json()["models"][LIVE]
+    served = shape(lane) | {"dimensions": {"score": shape(lane["dimensions"]["score"])}}
+    assert shape(example) == served
 
 
 needs_prometheus = pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus is not installed")
