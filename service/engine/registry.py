@@ -71,7 +71,8 @@ class ModelRegistry:
             watcher(name, runner, replaced)
 
     def load_all(self) -> None:
-        for runner in self.runners.values():
+        """Blocking, at start-up: every configured model (those a control call adds load on their own)."""
+        for runner in list(self.runners.values()):
             runner.load()
 
     @property
