@@ -21,7 +21,7 @@ from service.core.auth import KeyRing
 from service.core.scoring import Scorer
 from service.engine.registry import ModelRegistry
 from service.grpc.server import GrpcServer, server_credentials
-from service.http import compat, kserve, monitoring, ranking, scoring
+from service.http import compat, kserve, model_control, monitoring, ranking, scoring
 from service.http.auth import ApiKeyAuth
 from service.http.content_type import JsonBodies
 from service.http.encoding import RequestEncoding
@@ -94,7 +94,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=settings.server.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["authorization", "x-api-key", "content-type"])
     app.add_middleware(MetricsMiddleware, metrics=monitor.metrics)
-    for module in (scoring, ranking, compat, kserve, monitoring):
+    for module in (scoring, ranking, compat, kserve, monitoring, model_control):
         app.include_router(module.router)
     return app
 

@@ -1,7 +1,7 @@
 """API keys, whichever transport carries them: a request presents one (HTTP
 `Authorization: Bearer KEY` or `x-api-key: KEY`, the same as gRPC metadata) and gets the
 scope of the key it matches, `api` (scoring, ranking, models) or `admin` (also
-/v1/admin/*). With no key configured, auth is off. Keys are compared as SHA-256 digests,
+/v1/admin/* and loading or unloading models). With no key configured, auth is off. Keys are compared as SHA-256 digests,
 each with `hmac.compare_digest`, and every configured key is compared, so the time a check
 takes says nothing about how much of a key was right."""
 

@@ -13,6 +13,7 @@ from models.heads import RewardOutput
 from models.inputs import ScoreInput
 from models.spec import RewardSpec
 from service.config import Settings
+from service.core.control import ModelControl
 from service.core.errors import APIError, ItemNamer, renamed
 from service.core.inputs import input_for
 from service.core.normalize import reference_stats_for, zscore
@@ -81,6 +82,7 @@ class Scorer:
         self.settings = settings
         self.pipelines = PipelineSet(settings, registry)
         self.shadows = Shadows(registry, settings)
+        self.control = ModelControl(registry, self.pipelines, settings)
 
     def pipeline(self, name: str | None) -> Pipeline | None:
         """The pipeline a request names (the default when None and the default is one), ready

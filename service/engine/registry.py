@@ -1,10 +1,12 @@
-"""The set of served models, looked up by name."""
+"""The set of served models, looked up by name, and the models unloaded from it."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import NamedTuple
 
-from service.config import Settings
+from service.config import ModelConfig, Settings
 from service.engine.cache import LRUCache, RedisTier, ResultCache
 from service.engine.runner import ModelRunner
 
@@ -26,16 +28,51 @@ class ModelNotReady(Exception):
         self.runner = runner
 
 
+class Unloaded(NamedTuple):
+    """A model no longer served: how it was configured (a load without a path reuses it) and why."""
+
+    config: ModelConfig
+    reason: str
+
+
+# Told of each change to the set: (name, the runner now serving it or None, the one it replaced or None).
+Watcher = Callable[[str, ModelRunner | None, ModelRunner | None], None]
+
+
 class ModelRegistry:
     def __init__(self, settings: Settings):
         self.default_name = settings.default_model_name
         self.cache = build_cache(settings)
         self.runners = {m.name: ModelRunner(m, settings, self.cache) for m in settings.models}
-        self.aliases = model_aliases(settings)
+        self.unloaded: dict[str, Unloaded] = {}
+        self.aliases = model_aliases(settings.models)
+        self.watchers: list[Watcher] = []
         self.created = int(time.time())
 
+    def put(self, runner: ModelRunner) -> ModelRunner | None:
+        """Serves `runner` under its name from now on (one step on the event loop, so every
+        lookup after it finds the new runner); the runner it replaces, if any."""
+        replaced = self.runners.get(runner.name)
+        self.runners[runner.name] = runner
+        self.unloaded.pop(runner.name, None)
+        self._changed(runner.name, runner, replaced)
+        return replaced
+
+    def remove(self, name: str, reason: str) -> ModelRunner:
+        """Stops serving `name` (its lookups answer ModelNotFound from now on); its runner."""
+        runner = self.runners.pop(name)
+        self.unloaded[name] = Unloaded(runner.config, reason)
+        self._changed(name, None, runner)
+        return runner
+
+    def _changed(self, name: str, runner: ModelRunner | None, replaced: ModelRunner | None) -> None:
+        self.aliases = model_aliases([r.config for r in self.runners.values()])
+        for watcher in self.watchers:
+            watcher(name, runner, replaced)
+
     def load_all(self) -> None:
-        for runner in self.runners.values():
+        """Blocking, at start-up: every configured model (those a control call adds load on their own)."""
+        for runner in list(self.runners.values()):
             runner.load()
 
     @property
@@ -68,14 +105,14 @@ class ModelRegistry:
             await self.cache.close()
 
 
-def model_aliases(settings: Settings) -> dict[str, str]:
+def model_aliases(models: list[ModelConfig]) -> dict[str, str]:
     """Alias -> model name: each model's aliases, and its configured path where no other
     model has that path and no model or alias is called so (a trainer often names the
     reward model by the path it was configured with)."""
-    names = {m.name for m in settings.models}
-    aliases = {alias: m.name for m in settings.models for alias in m.aliases}
-    paths = [m.path for m in settings.models]
-    for m in settings.models:
+    names = {m.name for m in models}
+    aliases = {alias: m.name for m in models for alias in m.aliases}
+    paths = [m.path for m in models]
+    for m in models:
         if paths.count(m.path) == 1 and m.path not in names and m.path not in aliases:
             aliases[m.path] = m.name
     return aliases

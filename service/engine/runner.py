@@ -10,6 +10,7 @@ which holds every item up front, cuts length-sorted batches directly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import math
@@ -77,6 +78,9 @@ class ModelRunner:
         self.load_seconds: float | None = None
         self.chars_per_token = 4.0  # measured as items are tokenized; sizes requests before they are
         self.observer = RunnerObserver()  # service.monitoring installs the real one
+        self._active = 0  # requests and graph forwards admitted and not yet answered
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._forward_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"forward-{config.name}")
         self._prepare_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"prepare-{config.name}")
         self.scheduler = Scheduler(
@@ -202,17 +206,18 @@ class ModelRunner:
         implicit model's token rewards are returned and cached only with `token_rewards`, so
         entries stay small where they are not asked for and a request asking for them reads
         entries that have them."""
-        self.observer.request()
-        try:
-            ticket = self.scheduler.admission.admit(len(inputs), self.estimated_tokens(inputs), priority)
-        except QueueFull:
-            self.observer.rejected(len(inputs))
-            raise
-        try:
-            return await self._score(inputs, truncate, priority, deadline, cache_mode, item_errors, ticket, keep,
-                                     alone, adapter, token_rewards)
-        finally:
-            self.scheduler.admission.release(ticket)
+        with self._serving():
+            self.observer.request()
+            try:
+                ticket = self.scheduler.admission.admit(len(inputs), self.estimated_tokens(inputs), priority)
+            except QueueFull:
+                self.observer.rejected(len(inputs))
+                raise
+            try:
+                return await self._score(inputs, truncate, priority, deadline, cache_mode, item_errors, ticket, keep,
+                                         alone, adapter, token_rewards)
+            finally:
+                self.scheduler.admission.release(ticket)
 
     async def _score(self, inputs: list[ScoreInput], truncate: Truncate | None, priority: Priority,
                      deadline: float | None, cache_mode: CacheMode, item_errors: bool,
@@ -265,15 +270,37 @@ class ModelRunner:
         never runs beside another forward of the same model. It is admitted like a
         request of `items` items of `tokens` tokens (or QueueFull), and its room is held
         until it has run, so the queue's bounds count it."""
+        with self._serving():
+            try:
+                ticket = self.scheduler.admission.admit(items, tokens, priority)
+            except QueueFull:
+                self.observer.rejected(items)
+                raise
+            try:
+                return await asyncio.get_running_loop().run_in_executor(self._forward_thread, forward)
+            finally:
+                self.scheduler.admission.release(ticket)
+
+    @contextlib.contextmanager
+    def _serving(self):
+        """Counts a call in flight from its first (synchronous) step: a caller that looked this
+        runner up and called it before the registry replaced it is waited for by `drained`."""
+        self._active += 1
+        self._idle.clear()
         try:
-            ticket = self.scheduler.admission.admit(items, tokens, priority)
-        except QueueFull:
-            self.observer.rejected(items)
-            raise
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._forward_thread, forward)
+            yield
         finally:
-            self.scheduler.admission.release(ticket)
+            self._active -= 1
+            if not self._active:
+                self._idle.set()
+
+    async def drained(self, timeout_s: float) -> bool:
+        """Waits until no call is in flight (at most `timeout_s`); whether none is."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
 
     def close(self) -> None:
         self.scheduler.close()

@@ -133,11 +133,16 @@ OPEN_METHODS = frozenset({
     "/inference.GRPCInferenceService/ServerLive", "/inference.GRPCInferenceService/ServerReady",
 })
 
+ADMIN_METHODS = frozenset({  # what an admin key alone may call, as /v1/admin/* over HTTP
+    "/inference.GRPCInferenceService/RepositoryModelLoad", "/inference.GRPCInferenceService/RepositoryModelUnload",
+})
+
 
 class Authentication(grpc.aio.ServerInterceptor):
     """API keys in call metadata (`authorization: Bearer KEY` or `x-api-key: KEY`) on every
-    method but health and KServe's server liveness and readiness; a refused call ends with
-    UNAUTHENTICATED (INVALID_ARGUMENT for a key entry sent twice) before its method runs."""
+    method but health and KServe's server liveness and readiness, admin keys on loading and
+    unloading models; a refused call ends with UNAUTHENTICATED (PERMISSION_DENIED for an api
+    key on an admin method, INVALID_ARGUMENT for a key entry sent twice) before its method runs."""
 
     def __init__(self, keys: KeyRing):
         self.keys = keys
@@ -148,7 +153,8 @@ class Authentication(grpc.aio.ServerInterceptor):
             return handler
         try:
             sent = key_headers(handler_call_details.invocation_metadata or ())
-            self.keys.check(presented_key(sent.get("authorization"), sent.get("x-api-key")), admin=False)
+            self.keys.check(presented_key(sent.get("authorization"), sent.get("x-api-key")),
+                            admin=handler_call_details.method in ADMIN_METHODS)
         except APIError as err:
             return _refusing(handler, err)
         return handler

@@ -1,10 +1,10 @@
 """KServe v2 / Triton gRPC (`inference.GRPCInferenceService`), so unmodified
-`tritonclient.grpc` clients can check health, read metadata and configuration and score.
+`tritonclient.grpc` clients can check health, read metadata and configuration, load and
+unload models and score.
 The service definition is the one tritonclient ships (its generated `service_pb2`). Every
 answer is the data plane's (service/kserve/dataplane.py), as over HTTP: this module only
 decodes the messages and encodes the answers. Methods beyond health, metadata, config, the
-repository index and inference (shared memory, statistics, tracing, loading) answer
-UNIMPLEMENTED."""
+model repository and inference (shared memory, statistics, tracing) answer UNIMPLEMENTED."""
 
 from __future__ import annotations
 
@@ -129,6 +129,20 @@ class KServeService(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def RepositoryIndex(self, request, context):
         index = {"models": self.plane.repository_index(request.ready)}
         return json_format.ParseDict(index, service_pb2.RepositoryIndexResponse())
+
+    async def RepositoryModelLoad(self, request, context):
+        try:
+            await self.plane.load(request.model_name, _parameters(request.parameters))
+        except APIError as err:
+            await abort(context, err)
+        return service_pb2.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(self, request, context):
+        try:
+            await self.plane.unload(request.model_name, _parameters(request.parameters))
+        except APIError as err:
+            await abort(context, err)
+        return service_pb2.RepositoryModelUnloadResponse()
 
     # ---- inference -----------------------------------------------------------------
 

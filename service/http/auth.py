@@ -1,5 +1,5 @@
 """API keys on every HTTP route but the open ones (probes, the scrape: `auth.open_paths`);
-/v1/admin/* needs an admin key (service.core.auth)."""
+/v1/admin/* and loading or unloading a model over KServe need an admin key (service.core.auth)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from service.core.auth import KeyRing, key_headers, presented_key
 from service.core.errors import APIError
 from service.http.errors import error_response
 
-ADMIN_PREFIX = "/v1/admin/"
+ADMIN_PREFIXES = ("/v1/admin/", "/v2/repository/models/")
 
 
 class ApiKeyAuth:
@@ -23,7 +23,7 @@ class ApiKeyAuth:
                 headers = key_headers((name.decode("latin-1"), value.decode("latin-1"))
                                       for name, value in scope.get("headers") or [])
                 key = presented_key(headers.get("authorization"), headers.get("x-api-key"))
-                self.keys.check(key, admin=scope["path"].startswith(ADMIN_PREFIX))
+                self.keys.check(key, admin=scope["path"].startswith(ADMIN_PREFIXES))
             except APIError as err:
                 response = error_response(err.status, err.code, err.message, err.field, err.headers)
                 return await response(scope, receive, send)

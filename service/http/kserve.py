@@ -101,6 +101,33 @@ async def repository_index(request: Request):
         return kserve_error(err)
 
 
+@router.post("/repository/models/{name}/load")
+async def load_model(name: str, request: Request):
+    """Triton's load (or reload): the optional body is `{"parameters": {"config": "{...}"}}`,
+    the model's configuration fields as a JSON string (service.kserve.dataplane)."""
+    try:
+        await plane(request).load(name, await _parameters(request))
+    except APIError as err:
+        return kserve_error(err)
+    return {}
+
+
+@router.post("/repository/models/{name}/unload")
+async def unload_model(name: str, request: Request):
+    try:
+        await plane(request).unload(name, await _parameters(request))
+    except APIError as err:
+        return kserve_error(err)
+    return {}
+
+
+async def _parameters(request: Request) -> dict:
+    """The `parameters` of a repository call's optional JSON body."""
+    body = await request.body()
+    options = _object(parse_json(body, "request body"), "request body") if body.strip() else {}
+    return _object(options.get("parameters"), "parameters")
+
+
 @router.post("/models/{name}/infer")
 @router.post("/models/{name}/versions/{version}/infer")
 async def infer(name: str, request: Request, version: str | None = None):

@@ -1,7 +1,8 @@
 """The one KServe v2 data plane: server live, ready and metadata, model ready, metadata and
-config, the repository index and inference, answered the same whichever transport asks.
-The HTTP routes (service/http/kserve.py) and the gRPC service (service/grpc/kserve_service.py)
-only decode their requests into calls here and encode the answers; its errors are
+config, the repository index, loading and unloading (service/core/control.py) and
+inference, answered the same whichever transport asks. The HTTP routes
+(service/http/kserve.py) and the gRPC service (service/grpc/kserve_service.py) only decode
+their requests into calls here and encode the answers; its errors are
 `APIError`s, which leave each transport with the status `STATUSES` gives them.
 
 A KServe model is a served reward model (by its name or an alias: service/kserve/inference.py),
@@ -11,6 +12,7 @@ served graph (`<model>-graph`: service/kserve/graph.py). Each has the one versio
 
 from __future__ import annotations
 
+import json
 import logging
 from importlib.metadata import PackageNotFoundError, version
 
@@ -34,6 +36,7 @@ REPOSITORY_STATES = {"ready": "READY", "loading": "LOADING", "failed": "UNAVAILA
 STATUSES = {
     400: (400, "INVALID_ARGUMENT"),
     404: (404, "NOT_FOUND"),
+    409: (409, "FAILED_PRECONDITION"),
     422: (400, "INVALID_ARGUMENT"),
     429: (429, "RESOURCE_EXHAUSTED"),
     499: (499, "CANCELLED"),
@@ -80,7 +83,8 @@ class DataPlane:
         return {"name": SERVER_NAME, "version": server_version(), "extensions": EXTENSIONS}
 
     def repository_index(self, ready: bool = False) -> list[dict]:
-        """Every KServe model (with `ready`, those ready), its state and why it failed."""
+        """Every KServe model (with `ready`, those ready), its state and why it failed; the
+        models unloaded after it (UNAVAILABLE, and why)."""
         index = []
         for name, runner in graphs.repository(self.registry):
             if ready and runner.status != "ready":
@@ -92,7 +96,33 @@ class DataPlane:
             if not ready or pipeline.status == "ready":
                 entry = {"name": name, "version": VERSION, "state": REPOSITORY_STATES[pipeline.status]}
                 index.append({**entry, "reason": pipeline.error} if pipeline.error else entry)
+        if not ready:
+            index += [{"name": name, "version": VERSION, "state": "UNAVAILABLE", "reason": unloaded.reason}
+                      for name, unloaded in sorted(self.registry.unloaded.items())]
         return index
+
+    async def load(self, name: str, parameters: dict) -> None:
+        """Triton's load: loads the model, or reloads it (service/core/control.py). Its
+        `config` parameter, when sent, is a JSON object of the model's configuration fields
+        (`path`, `spec`, ...: rewardserve's, not Triton's model_config.proto) to load it with;
+        override files (`file:...`) are not taken."""
+        _only(parameters, "config")
+        changes = parameters.get("config", {})
+        if isinstance(changes, str):  # as Triton's clients send it
+            try:
+                changes = json.loads(changes)
+            except ValueError as err:
+                raise APIError(400, "invalid_request", f"is not JSON: {err}", "parameters.config") from None
+        if not isinstance(changes, dict):
+            raise APIError(400, "invalid_request", "must be a JSON object of the model's configuration fields",
+                           "parameters.config")
+        await self.scorer.control.load(name, changes)
+
+    async def unload(self, name: str, parameters: dict) -> None:
+        """Triton's unload. A model a pipeline uses is not unloaded (409), so there are no
+        dependents to unload with it: `unload_dependents` changes nothing."""
+        _only(parameters, "unload_dependents")
+        await self.scorer.control.unload(name)
 
     # ---- one model -----------------------------------------------------------------
 
@@ -151,6 +181,14 @@ class DataPlane:
             detail = f": {runner.error}" if runner.error else ""
             raise APIError(503, f"model_{runner.status}", f"model {served.name!r} is {runner.status}{detail}", "model")
         return served
+
+
+def _only(parameters: dict, known: str) -> None:
+    """400 naming a control parameter rewardserve does not take."""
+    for key in parameters:
+        if key != known:
+            raise APIError(400, "invalid_request", f"unsupported parameter; this call takes {known!r}",
+                           f"parameters.{key}")
 
 
 def _runner(served: Served | GraphModel) -> Served:

@@ -125,7 +125,9 @@ class DriftMonitor:
 
     def add_model(self, name: str, baseline_file: Path | None, required: bool = False) -> None:
         """A model's (or pipeline's) window and baseline; `required`: a baseline file that is
-        not there is an error (one the operator named), not a model without a baseline."""
+        not there is an error (one the operator named), not a model without a baseline.
+        A model added again starts afresh."""
+        self.remove_model(name)
         self.windows[name] = ModelWindow(self.window)
         try:
             if required and baseline_file is not None and not baseline_file.is_file():
@@ -135,6 +137,10 @@ class DriftMonitor:
             self.baselines[name] = {}
             self.baseline_errors[name] = str(err)
             log.error("drift baseline of %s not loaded: %s", name, err)
+
+    def remove_model(self, name: str) -> None:
+        for held in (self.windows, self.baselines, self.reports, self.baseline_errors):
+            held.pop(name, None)
 
     def observe(self, model: str, outputs: list[RewardOutput]) -> None:
         self.windows[model].observe(outputs)

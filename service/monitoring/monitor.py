@@ -14,6 +14,7 @@ from models.errors import ModelLoadError
 from service.config import Settings
 from service.core.shadow import Shadows
 from service.engine.registry import ModelRegistry
+from service.engine.runner import ModelRunner
 from service.monitoring.baseline import BASELINE_FILENAME
 from service.monitoring.canary import CanaryMonitor
 from service.monitoring.drift import DriftMonitor
@@ -33,9 +34,8 @@ class Monitoring:
         self.canary = CanaryMonitor(registry, settings.canary.tolerance, settings.canary.tolerance_half,
                                     settings.canary.min_spearman)
         for name, runner in registry.runners.items():
-            directory = _model_dir(runner)
-            self.drift.add_model(name, directory and directory / BASELINE_FILENAME)
-            runner.observer = ModelMetrics(name, self.metrics, self.drift)
+            self.follow(name, runner, None)
+        registry.watchers.append(self.follow)
         families = PipelineFamilies(self.metrics.registry)
         for name, pipeline in pipelines.pipelines.items():
             baseline = pipeline.config.drift_baseline
@@ -45,6 +45,21 @@ class Monitoring:
         self.shadow = ShadowMonitor(shadows)
         self.metrics.registry.register(ShadowCollector(self.shadow))
         self._tasks: list[asyncio.Task] = []
+
+    def follow(self, name: str, runner: ModelRunner | None, replaced: ModelRunner | None) -> None:
+        """A model put in service, reloaded or unloaded: a new runner gets the hooks, a fresh
+        drift window and the baseline of its own directory, and the canary's last result (of
+        the revision before) is dropped. The replaced runner's last calls still count in the
+        metrics, not in the new revision's drift window."""
+        self.canary.results.pop(name, None)
+        if replaced is not None:
+            replaced.observer = ModelMetrics(name, self.metrics)
+        if runner is None:
+            self.drift.remove_model(name)
+            return
+        directory = _model_dir(runner)
+        self.drift.add_model(name, directory and directory / BASELINE_FILENAME)
+        runner.observer = ModelMetrics(name, self.metrics, self.drift)
 
     def revision(self, name: str) -> str | None:
         """What a drift window's values come from: the model's revision, or the pipeline's

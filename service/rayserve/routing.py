@@ -30,7 +30,7 @@ class Routes:
     def __init__(self, settings: Settings):
         self.default = settings.default_model_name
         self.max_bytes = settings.server.max_request_bytes
-        self.names = {m.name: m.name for m in settings.models} | model_aliases(settings)
+        self.names = {m.name: m.name for m in settings.models} | model_aliases(settings.models)
         self.names |= {m.graph_name: m.name for m in settings.models if m.serve_graph}
 
     def model_for(self, request: Call) -> str:

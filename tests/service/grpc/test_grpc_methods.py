@@ -3,9 +3,10 @@ health), enumerated from the service descriptors, so a method added without a ca
 fails: each is called through a grpc.aio channel to the real server on a loopback port with
 API keys on, and must answer a valid request (UNIMPLEMENTED for the KServe methods
 rewardserve does not implement), refuse a call without a key (UNAUTHENTICATED) unless it is
-deliberately open, refuse a key entry sent twice (INVALID_ARGUMENT naming it), and land in
-the latency metric under its method and status. Health's Watch streams every status change:
-NOT_SERVING while loading, SERVING once loaded, NOT_SERVING when the server stops."""
+deliberately open, refuse an api key on loading and unloading models (PERMISSION_DENIED),
+refuse a key entry sent twice (INVALID_ARGUMENT naming it), and land in the latency metric
+under its method and status. Health's Watch streams every status change: NOT_SERVING while
+loading, SERVING once loaded, NOT_SERVING when the server stops."""
 
 from __future__ import annotations
 
@@ -24,11 +25,11 @@ from tritonclient.grpc import service_pb2
 from service.app import create_app
 from service.config import ModelConfig, Settings
 from service.engine.registry import ModelRegistry
-from service.grpc.interceptor import OPEN_METHODS
+from service.grpc.interceptor import ADMIN_METHODS, OPEN_METHODS
 from service.grpc.proto import rewardserve_pb2 as pb
 
 SCALAR, PRM = "llama-scalar", "qwen2-prm"
-API_KEY = "k-grpc-methods"
+API_KEY, ADMIN_KEY = "k-grpc-methods", "k-grpc-admin"
 WAIT_S = 30
 SERVICES = [pb.DESCRIPTOR.services_by_name["RewardService"],
             service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"],
@@ -79,6 +80,9 @@ CASES = {
     kserve("ModelConfig"): (service_pb2.ModelConfigRequest(name=SCALAR), lambda r: r[0].config.name == SCALAR),
     kserve("RepositoryIndex"): (service_pb2.RepositoryIndexRequest(),
                                 lambda r: {m.name for m in r[0].models} >= {SCALAR, PRM}),
+    kserve("RepositoryModelLoad"): (service_pb2.RepositoryModelLoadRequest(model_name=SCALAR), lambda r: len(r) == 1),
+    kserve("RepositoryModelUnload"): (service_pb2.RepositoryModelUnloadRequest(model_name=PRM),  # after the others
+                                      lambda r: len(r) == 1),
     kserve("ModelInfer"): (infer_request(), lambda r: "score" in [o.name for o in r[0].outputs]),
     kserve("ModelStreamInfer"): ([infer_request(), infer_request()],
                                  lambda r: len(r) == 2 and not any(x.error_message for x in r)),
@@ -86,7 +90,7 @@ CASES = {
     WATCH: (health_pb2.HealthCheckRequest(), lambda r: r[0].status == SERVING),  # then cancelled
 }
 UNIMPLEMENTED = {kserve(name) for name in (
-    "ModelStatistics", "RepositoryModelLoad", "RepositoryModelUnload", "SystemSharedMemoryStatus",
+    "ModelStatistics", "SystemSharedMemoryStatus",
     "SystemSharedMemoryRegister", "SystemSharedMemoryUnregister", "CudaSharedMemoryStatus",
     "CudaSharedMemoryRegister", "CudaSharedMemoryUnregister", "TraceSetting", "LogSettings")}
 
@@ -138,7 +142,8 @@ async def refusal(channel: grpc.aio.Channel, path: str, metadata: tuple) -> tupl
 @pytest.fixture(scope="module")
 def server(served):
     """A scalar and a process model, gRPC and API keys on; (HTTP client, gRPC target)."""
-    with served([SCALAR, PRM], auth={"api_keys": [API_KEY]}, cache={"max_bytes": 0}, timeout=WAIT_S) as server:
+    with served([SCALAR, PRM], auth={"api_keys": [API_KEY], "admin_api_keys": [ADMIN_KEY]}, cache={"max_bytes": 0},
+                timeout=WAIT_S) as server:
         yield server.http, server.grpc_target
 
 
@@ -149,13 +154,18 @@ def test_every_method_has_a_case():
 
 def test_every_method_through_the_interceptors(server):
     http, target = server
-    keyed = (("authorization", f"Bearer {API_KEY}"),)
+    api_key = (("authorization", f"Bearer {API_KEY}"),)
 
     async def main() -> dict[str, str]:
         """{method: the status its keyed call ended with}"""
         statuses = {}
         async with grpc.aio.insecure_channel(target) as channel:
             for path in METHODS:
+                keyed = api_key
+                if path in ADMIN_METHODS:
+                    code, details, _ = await refusal(channel, path, api_key)
+                    assert code == grpc.StatusCode.PERMISSION_DENIED and "admin" in details, (path, details)
+                    keyed = (("authorization", f"Bearer {ADMIN_KEY}"),)
                 if path in UNIMPLEMENTED:
                     code, details, _ = await refusal(channel, path, keyed)
                     assert code == grpc.StatusCode.UNIMPLEMENTED and "does not implement" in details, (path, details)
