@@ -14,7 +14,7 @@ from pathlib import Path
 
 from models.convert import CONVERTERS, convert
 from models.errors import ModelLoadError
-from service.cli.gate import gate
+from service.cli.gate import run_gate
 from service.cli.gate_data import FORMATS
 from service.cli.reference import baseline, calibrate, canary_record
 from service.cli.scoring import cli_settings, loaded_runner, score_file
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--truncate", choices=["left", "right"],
                    help="default: left (keep the latest turns), right for step labels (keep the first steps)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(run=gate)
+    p.set_defaults(run=run_gate)
 
     p = sub.add_parser("convert", help="turn a checkpoint with a custom (remote-code) head into a head file and "
                                        "reward spec, served without trust_remote_code")

@@ -118,7 +118,7 @@ def golden_set(live: ModelRunner, candidate: ModelRunner) -> dict | None:
             "recorded_revision": items[0].revision}
 
 
-def gate(args) -> None:
+def run_gate(args) -> None:
     from service.cli.gate_report import print_report
 
     settings = cli_settings(args)
