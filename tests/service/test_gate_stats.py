@@ -1,13 +1,19 @@
 """The launch gate's statistics against hand computation: Wilson intervals, the paired
-difference's interval, DeLong's AUC intervals, and the verdict with its exit rule."""
+difference's interval, DeLong's AUC intervals, and the verdict with its exit rule; and the
+commands and configuration of its docs page parse."""
 
 from __future__ import annotations
 
 import math
+import re
+import shlex
 
 import numpy as np
 import pytest
+import yaml
+from paths import ROOT
 
+import service.cli
 from service.cli.gate_data import bucket_names, detect_format, records, split_dialogue
 from service.cli.gate_stats import Comparison, Estimate, compare_auc, compare_hits, verdict, wilson
 
@@ -90,3 +96,22 @@ def test_formats_and_length_terciles():
     assert names == ["length<=2", "length<=2", "length 3-4", "length 3-4", "length>4", "length>4"]
     assert bucket_names([{**r, "source": r["response"][:2]} for r in rows], records(rows, "scalar"),
                         "source")[1] == ["x", "xx"]
+
+
+def test_the_docs_page_commands_and_config_parse(monkeypatch, tmp_path):
+    page = (ROOT / "docs" / "gate.md").read_text()
+    config = tmp_path / "gate.yaml"
+    config.write_text(re.search(r"```yaml\n(.*?)```", page, re.S).group(1))
+    assert [m["name"] for m in yaml.safe_load(config.read_text())["models"]] == ["minilm-harmless",
+                                                                                "minilm-harmless-256"]
+    parsed = []
+    monkeypatch.setattr(service.cli, "run_gate", parsed.append)
+    commands = re.findall(r"^rewardserve gate (--config.*?)$", page.replace("\\\n", " "), re.M)
+    assert len(commands) == 2
+    for command in commands:
+        service.cli.main(["gate", *shlex.split(command)])
+    assert [(a.live, a.candidate, a.limit) for a in parsed] == [("minilm-harmless", "minilm-harmless-256", 300),
+                                                               ("minilm-prm", "minilm-prm-bf16", None)]
+    from service.config import load_settings
+
+    assert load_settings(str(config)).models[1].spec["max_length"] == 256
