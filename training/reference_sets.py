@@ -19,18 +19,21 @@ minilm-harmless's drift baseline is the chosen responses alone: the traffic it w
 policy's responses, and a policy whose answers turn from chosen-like to rejected-like is the
 shift to flag. minilm-multi's set mixes both of its domains: HH-RLHF responses and whole
 ProcessBench solutions. A z-score is an affine map of the score, so calibrating changes no
-ordering and no accuracy figure in models/README.md.
+ordering and no accuracy figure in models/README.md. `hh-rlhf-heldout.jsonl` and
+`processbench-heldout.jsonl` are the held-out records themselves, labels and all, for
+`rewardserve gate` (docs/gate.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 from itertools import zip_longest
 from pathlib import Path
 
 from training.heldout import as_text
-from training.reward_data import by_split, load_hh, load_processbench
+from training.reward_data import HH_FILE, PROCESSBENCH_FILE, by_split, load_hh, load_processbench, split_of
 from training.train_default import HARMLESS, MULTI, PRM
 
 HARMLESS_PAIRS = 300  # both responses of each: 600 items
@@ -51,6 +54,16 @@ def prm_items(data: Path) -> list[dict]:
     ]
 
 
+def heldout_pairs(data: Path) -> list[dict]:
+    with gzip.open(data / HH_FILE, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for i, line in enumerate(f) if split_of(f"hh-{i}") == "heldout"]
+
+
+def heldout_solutions(data: Path) -> list[dict]:
+    rows = json.loads((data / PROCESSBENCH_FILE).read_text(encoding="utf-8"))
+    return [row for row in rows if split_of(row["id"]) == "heldout"]
+
+
 def multi_items(data: Path) -> list[dict]:
     """HH-RLHF responses and solutions taking turns while both last (a golden set of the
     first N items covers both domains)."""
@@ -65,7 +78,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    sets = {HARMLESS: harmless_items, f"{HARMLESS}-chosen": chosen_items, PRM: prm_items, MULTI: multi_items}
+    sets = {HARMLESS: harmless_items, f"{HARMLESS}-chosen": chosen_items, PRM: prm_items, MULTI: multi_items,
+            "hh-rlhf-heldout": heldout_pairs, "processbench-heldout": heldout_solutions}
     for name, items in sets.items():
         path = args.out / f"{name}.jsonl"
         rows = items(args.data)

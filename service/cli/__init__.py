@@ -1,7 +1,8 @@
 """`rewardserve serve | score FILE.jsonl | calibrate FILE.jsonl | baseline FILE.jsonl |
-canary-record [FILE.jsonl] | models | export-onnx | convert FAMILY SRC DST`: the parser and
-the commands of a line or two; offline scoring is service.cli.scoring, the reference-set
-commands service.cli.reference."""
+canary-record [FILE.jsonl] | gate --live A --candidate B --data FILE | models | export-onnx |
+convert FAMILY SRC DST`: the parser and the commands of a line or two; offline scoring is
+service.cli.scoring, the reference-set commands service.cli.reference, the launch gate
+service.cli.gate."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from pathlib import Path
 
 from models.convert import CONVERTERS, convert
 from models.errors import ModelLoadError
+from service.cli.gate import run_gate
+from service.cli.gate_data import FORMATS
 from service.cli.reference import baseline, calibrate, canary_record
 from service.cli.scoring import cli_settings, loaded_runner, score_file
 
@@ -117,6 +120,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--write", action="store_true", help="write canary.jsonl into the model directory")
     p.add_argument("--truncate", choices=["left", "right"])
     p.set_defaults(run=canary_record)
+
+    p = sub.add_parser("gate", help="compare a candidate model with the live one on a labelled set; exit 1 when "
+                                    "it regresses (docs/gate.md)")
+    p.add_argument("--live", required=True, help="the served model's name")
+    p.add_argument("--candidate", required=True, help="the new version's name")
+    p.add_argument("--data", required=True, help="labelled set: JSONL or a JSON array, gzipped or not (pairwise "
+                                                 "chosen/rejected, scalar labels or ProcessBench step labels)")
+    p.add_argument("--format", choices=FORMATS, help="the data's format (default: told from its fields)")
+    p.add_argument("--buckets", help="group records by this field (default: terciles of response length)")
+    p.add_argument("--max-regression", type=float, default=1.0,
+                   help="points a dimension or bucket may drop, beyond its interval, before the gate fails "
+                        "(default 1.0)")
+    p.add_argument("--limit", type=int, help="the first N records only")
+    p.add_argument("--json", help="write the whole report as JSON to this file")
+    p.add_argument("--config")
+    p.add_argument("--truncate", choices=["left", "right"],
+                   help="default: left (keep the latest turns), right for step labels (keep the first steps)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run_gate)
 
     p = sub.add_parser("convert", help="turn a checkpoint with a custom (remote-code) head into a head file and "
                                        "reward spec, served without trust_remote_code")

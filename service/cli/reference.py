@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from itertools import islice
 from pathlib import Path
 
 import yaml
@@ -15,23 +14,19 @@ import yaml
 from models.heads import RewardOutput
 from models.spec import SPEC_FILENAME, load_spec
 from service.cli.pipeline_reference import PipelineRefused, score_pipeline_reference
-from service.cli.scoring import CHUNK, cli_settings, line_count, loaded_runner, refusal, score_chunk_outputs
+from service.cli.scoring import cli_settings, line_count, loaded_runner, refusal, score_chunk_outputs, score_lines
 from service.engine.runner import ModelRunner
 
 
 def _score_reference(runner: ModelRunner, source: Path, truncate: str | None, quiet: bool) -> list[RewardOutput]:
     """Every line of a reference file scored, in order; exits naming the first bad line
     (a reference set with holes would describe something else)."""
-    from tqdm import tqdm
-
     outputs: list[RewardOutput] = []
-    with source.open() as lines, tqdm(total=line_count(source), unit="item", file=sys.stderr, disable=quiet) as bar:
-        while chunk := list(islice(lines, CHUNK)):
-            for result in score_chunk_outputs(runner, chunk, len(outputs), truncate):
-                if not isinstance(result, RewardOutput):
-                    sys.exit(refusal(source, result))
-                outputs.append(result)
-            bar.update(len(chunk))
+    with source.open() as lines:
+        for result in score_lines(runner, lines, line_count(source), truncate, quiet):
+            if not isinstance(result, RewardOutput):
+                sys.exit(refusal(source, result))
+            outputs.append(result)
     return outputs
 
 

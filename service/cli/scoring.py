@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterable, Iterator
 from itertools import islice
 from pathlib import Path
 
@@ -44,35 +45,36 @@ def loaded_runner(settings: Settings, name: str) -> ModelRunner:
 def score_file(args) -> None:
     """Offline bulk scoring: one item per input line, one result (or error) per output line,
     in input order. A bad line is reported on its own line and does not stop the run."""
-    from tqdm import tqdm
-
     settings = cli_settings(args)
     runner = loaded_runner(settings, args.model or settings.default_model_name)
     if args.aggregate and runner.model.spec.kind != ModelKind.process:
         sys.exit(f"--aggregate applies to process models only; {runner.name} is {runner.model.spec.kind.value}")
     source = Path(args.file)
-    total = sum(1 for _ in source.open())
     out = open(args.output, "w") if args.output else sys.stdout
-    with source.open() as lines, tqdm(total=total, unit="item", file=sys.stderr, disable=args.quiet) as bar:
-        index = 0
-        while chunk := list(islice(lines, CHUNK)):
-            for record in _score_chunk(runner, chunk, index, args):
-                out.write(json.dumps(record) + "\n")
-            index += len(chunk)
-            bar.update(len(chunk))
+    with source.open() as lines:
+        for index, output in enumerate(score_lines(runner, lines, line_count(source), args.truncate, args.quiet)):
+            if isinstance(output, RewardOutput):
+                if args.aggregate:
+                    output = output.with_step_aggregate(StepAggregate(args.aggregate))
+                output = item_result(index, output).model_dump(exclude_none=True)
+            out.write(json.dumps(output) + "\n")
     if out is not sys.stdout:
         out.close()
 
 
-def _score_chunk(runner: ModelRunner, lines: list[str], first: int, args) -> list[dict]:
-    records = []
-    for offset, output in enumerate(score_chunk_outputs(runner, lines, first, args.truncate)):
-        if isinstance(output, RewardOutput):
-            if args.aggregate:
-                output = output.with_step_aggregate(StepAggregate(args.aggregate))
-            output = item_result(first + offset, output).model_dump(exclude_none=True)
-        records.append(output)
-    return records
+def score_lines(runner: ModelRunner, lines: Iterable[str], total: int, truncate: str | None,
+                quiet: bool) -> Iterator[RewardOutput | dict]:
+    """Per line of /v1/score items, in order, the model's output or an error record naming
+    the line's index; scored a chunk at a time, with a progress bar on stderr."""
+    from tqdm import tqdm
+
+    lines = iter(lines)
+    with tqdm(total=total, unit="item", file=sys.stderr, disable=quiet) as bar:
+        index = 0
+        while chunk := list(islice(lines, CHUNK)):
+            yield from score_chunk_outputs(runner, chunk, index, truncate)
+            index += len(chunk)
+            bar.update(len(chunk))
 
 
 def score_chunk_outputs(runner: ModelRunner, lines: list[str], first: int,
