@@ -19,6 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from models.errors import ModelLoadError
+from models.families import ARMORM, QWEN_MATH_PRM
 from models.spec import SPEC_FILENAME, RewardSpec
 
 HEAD_FILENAME = "reward_head.safetensors"
@@ -119,8 +120,8 @@ def _all_read(left: dict[str, torch.Tensor]) -> None:
 
 
 CONVERTERS: dict[str, Callable[[Path], tuple[dict, dict[str, torch.Tensor]]]] = {
-    "armorm": convert_armorm,
-    "qwen2.5-math-prm": convert_qwen_math_prm,
+    ARMORM: convert_armorm,
+    QWEN_MATH_PRM: convert_qwen_math_prm,
 }
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from jinja2 import TemplateError
 
-from models.errors import InputError, ModelLoadError
+from models.errors import TRUNCATE_HINT, InputError, ModelLoadError
 from models.inputs import Chat, Encoded, PairInput, RenderedText, ScoreInput, StepsInput, TextPair, TokenIds, Truncate
 from models.spec import ModelKind, RewardSpec
 
@@ -121,7 +121,7 @@ class Encoder:
                 continue
             if truncate is None:
                 raise InputError(field, f"{field} alone is more than the model's max_length {self.max_length} tokens; "
-                                 "send truncate='left' or 'right' to cut it", code="input_too_long")
+                                 + TRUNCATE_HINT, code="input_too_long")
             cut[field] = piece
         if not cut or isinstance(item, StepsInput):
             return item
@@ -244,8 +244,7 @@ class Encoder:
         if truncate is None:
             raise InputError(
                 None,
-                f"input is {n} tokens, longer than the model's max_length {self.max_length}; "
-                "send truncate='left' or 'right' to cut it",
+                f"input is {n} tokens, longer than the model's max_length {self.max_length}; " + TRUNCATE_HINT,
                 code="input_too_long",
             )
         ids = enc.input_ids

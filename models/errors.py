@@ -1,5 +1,8 @@
 """Errors the model layer raises; the transport maps them to status codes."""
 
+# How an input too long for the model ends its message; the CLI says it with its own flag.
+TRUNCATE_HINT = "send truncate='left' or 'right' to cut it"
+
 
 class InputError(ValueError):
     """A request item the model cannot score. `field` names the offending part of the

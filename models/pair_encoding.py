@@ -24,7 +24,7 @@ from models.encoding import (
     single_token_id,
     texts_of,
 )
-from models.errors import InputError
+from models.errors import TRUNCATE_HINT, InputError
 from models.inputs import Encoded, PairInput, ScoreInput, Truncate
 
 # RewardBench's PairRM instruction, spelled as the model was trained with it
@@ -103,7 +103,7 @@ class PairEncoder(Encoder):
             return ids, False
         if truncate is None:
             raise InputError(field, f"{field} is {len(ids)} tokens with its markers, more than the {limit} PairRM "
-                             "reads of it; send truncate='left' or 'right' to cut it", code="input_too_long")
+                             f"reads of it; {TRUNCATE_HINT}", code="input_too_long")
         body = ids[2:-1]
         keep = max(limit - 3, 0)
         kept = body[len(body) - keep:] if truncate == "left" else body[:keep]

@@ -2,26 +2,34 @@
 canary-record [FILE.jsonl] | gate --live A --candidate B --data FILE | models | export-onnx |
 convert FAMILY SRC DST`: the parser and the commands of a line or two; offline scoring is
 service.cli.scoring, the reference-set commands service.cli.reference, the launch gate
-service.cli.gate."""
+service.cli.gate. Each command's implementation is imported when it runs, so building the
+parser (`--help`, `--version`) loads no torch, transformers or server module."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from models.convert import CONVERTERS, convert
-from models.errors import ModelLoadError
-from service.cli.gate import run_gate
-from service.cli.gate_data import FORMATS
-from service.cli.reference import baseline, calibrate, canary_record
-from service.cli.scoring import cli_settings, loaded_runner, score_file
+import service
+from models.families import FAMILIES
+from service.cli.choices import FORMATS
+
+
+def _lazy(module: str, name: str) -> Callable:
+    """A command whose module (and the model stack it loads) is imported only when it runs."""
+    def run(args) -> None:
+        getattr(importlib.import_module(module), name)(args)
+    return run
 
 
 def serve(args) -> None:
     from service.app import DrainingServer, create_app
+    from service.cli.scoring import cli_settings
 
     settings = cli_settings(args)
     logging.basicConfig(level=settings.server.log_level.upper(),
@@ -30,6 +38,8 @@ def serve(args) -> None:
 
 
 def list_models(args) -> None:
+    from service.cli.scoring import cli_settings, loaded_runner
+
     settings = cli_settings(args)
     for config in settings.models:
         info = loaded_runner(settings, config.name).info
@@ -44,6 +54,7 @@ def export_onnx(args) -> None:
     from models.backends.onnx import ONNX_FILENAME
     from models.onnx_export import export_onnx as export
     from models.reward_model import RewardModel
+    from service.cli.scoring import cli_settings
 
     settings = cli_settings(args)
     name = args.model or settings.default_model_name
@@ -57,6 +68,9 @@ def export_onnx(args) -> None:
 
 def convert_checkpoint(args) -> None:
     """A published checkpoint with a custom head -> our head file and reward spec."""
+    from models.convert import convert
+    from models.errors import ModelLoadError
+
     try:
         print(convert(args.family, Path(args.src), Path(args.dst)))
     except ModelLoadError as err:
@@ -78,6 +92,7 @@ def _reference_run_parser(sub, name: str, help_text: str, write_help: str,
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="rewardserve", description="Reward-model inference server.")
+    parser.add_argument("--version", action="version", version=f"rewardserve {service.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="serve the configured models over HTTP (default: the embedded models)")
@@ -94,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--truncate", choices=["left", "right"])
     p.add_argument("--aggregate", choices=["min", "product", "last", "mean"])
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(run=score_file)
+    p.set_defaults(run=_lazy("service.cli.scoring", "score_file"))
 
     p = sub.add_parser("export-onnx", help="export a model (backbone and reward head) to ONNX")
     p.add_argument("--config")
@@ -104,13 +119,13 @@ def main(argv: list[str] | None = None) -> None:
 
     p = _reference_run_parser(sub, "calibrate", "reference statistics of a model's scores, for normalize='zscore'",
                               "write them into the model directory's reward_spec.yaml")
-    p.set_defaults(run=calibrate, aggregate=None)
+    p.set_defaults(run=_lazy("service.cli.reference", "calibrate"), aggregate=None)
 
     p = _reference_run_parser(sub, "baseline", "a model's or pipeline's drift baseline, from a reference scoring run",
                               "write drift_baseline.jsonl into the model directory (a pipeline's: the file its "
                               "drift_baseline names)", model_help="model or pipeline name")
     p.add_argument("--bins", type=int, default=10, help="equal-share reference bins for PSI and JS (default 10)")
-    p.set_defaults(run=baseline)
+    p.set_defaults(run=_lazy("service.cli.reference", "baseline"))
 
     p = sub.add_parser("canary-record", help="record a model's golden set: fixed items and the scores it gives them")
     p.add_argument("file", nargs="?", help="JSONL items (default: re-record the model's existing canary.jsonl)")
@@ -119,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--limit", type=int, help="the first N lines of the file only")
     p.add_argument("--write", action="store_true", help="write canary.jsonl into the model directory")
     p.add_argument("--truncate", choices=["left", "right"])
-    p.set_defaults(run=canary_record)
+    p.set_defaults(run=_lazy("service.cli.reference", "canary_record"))
 
     p = sub.add_parser("gate", help="compare a candidate model with the live one on a labelled set; exit 1 when "
                                     "it regresses (docs/gate.md)")
@@ -138,11 +153,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--truncate", choices=["left", "right"],
                    help="default: left (keep the latest turns), right for step labels (keep the first steps)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(run=run_gate)
+    p.set_defaults(run=_lazy("service.cli.gate", "run_gate"))
 
     p = sub.add_parser("convert", help="turn a checkpoint with a custom (remote-code) head into a head file and "
                                        "reward spec, served without trust_remote_code")
-    p.add_argument("family", choices=sorted(CONVERTERS))
+    p.add_argument("family", choices=FAMILIES)
     p.add_argument("src", help="the published checkpoint's directory (left untouched; becomes the backbone)")
     p.add_argument("dst", help="directory for reward_spec.yaml and reward_head.safetensors: serve this one")
     p.set_defaults(run=convert_checkpoint)

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-FORMATS = ("pairwise", "scalar", "steps")
 # HH dialogues keep their latest turns when too long; a solution keeps its problem and first steps.
 DEFAULT_TRUNCATE = {"pairwise": "left", "scalar": "left", "steps": "right"}
 ASSISTANT = "\n\nAssistant:"

@@ -15,6 +15,7 @@ from models.heads import RewardOutput
 from models.spec import SPEC_FILENAME, load_spec
 from service.cli.pipeline_reference import PipelineRefused, score_pipeline_reference
 from service.cli.scoring import cli_settings, line_count, loaded_runner, refusal, score_chunk_outputs, score_lines
+from service.config.model import BUILTIN_DIR
 from service.engine.runner import ModelRunner
 
 
@@ -28,6 +29,15 @@ def _score_reference(runner: ModelRunner, source: Path, truncate: str | None, qu
                 sys.exit(refusal(source, result))
             outputs.append(result)
     return outputs
+
+
+def _refuse_package_write(target: Path) -> None:
+    """Exits when a --write would land inside the installed package (an embedded model's
+    directory): that would change the package itself, and the next install would undo it."""
+    if target.resolve().is_relative_to(BUILTIN_DIR.resolve()):
+        model_dir = target.parent
+        sys.exit(f"{target} is inside the installed rewardserve package: copy {model_dir} to a directory of "
+                 f"your own, point the model's `path` at the copy in a config file, and rerun with --config")
 
 
 def _described(source: Path, truncate: str | None) -> str:
@@ -48,6 +58,8 @@ def calibrate(args) -> None:
     config = runner.config
     if args.write and config.spec is not None:
         sys.exit(f"model {runner.name} has an inline spec in the config: put the reference_stats there instead")
+    if args.write:
+        _refuse_package_write(config.resolved_path() / SPEC_FILENAME)
     source = Path(args.file)
     outputs = _score_reference(runner, source, args.truncate, args.quiet)
     scores = [out.score for out in outputs]
@@ -124,8 +136,11 @@ def baseline(args) -> None:
     pipeline = next((p for p in settings.pipelines if p.name == name), None)
     if pipeline is None:
         runner = loaded_runner(settings, name)
+        target = runner.config.resolved_path() / BASELINE_FILENAME
+        if args.write:
+            _refuse_package_write(target)
         outputs = _score_reference(runner, source, args.truncate, args.quiet)
-        revision, target = runner.model.revision, runner.config.resolved_path() / BASELINE_FILENAME
+        revision = runner.model.revision
     else:
         if args.write and pipeline.drift_baseline is None:
             sys.exit(f"pipeline {name} names no file to write: set its `drift_baseline` key "
@@ -164,6 +179,8 @@ def canary_record(args) -> None:
     settings = cli_settings(args)
     runner = loaded_runner(settings, args.model or settings.default_model_name)
     target = runner.config.resolved_path() / CANARY_FILENAME
+    if args.write:
+        _refuse_package_write(target)
     if args.file:
         source = Path(args.file)
         items = []

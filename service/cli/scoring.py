@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import TypeAdapter, ValidationError
 
-from models.errors import InputError
+from models.errors import TRUNCATE_HINT, InputError
 from models.heads import RewardOutput
 from service.config import Settings, load_settings
 from service.core.inputs import item_input
@@ -22,6 +22,8 @@ from service.protocol.errors import field_path
 from service.protocol.scoring import ScoreItem
 
 CHUNK = 256
+# The model layer's hint for an input too long, in the flag's spelling the CLI takes.
+CLI_TRUNCATE_HINT = "rerun with --truncate left (keep the end) or --truncate right (keep the start) to cut it"
 parse_item = TypeAdapter(ScoreItem).validate_json
 
 
@@ -44,22 +46,29 @@ def loaded_runner(settings: Settings, name: str) -> ModelRunner:
 
 def score_file(args) -> None:
     """Offline bulk scoring: one item per input line, one result (or error) per output line,
-    in input order. A bad line is reported on its own line and does not stop the run."""
+    in input order. A bad line is reported on its own line and does not stop the run; the
+    exit status is 1 when any line failed, so a script notices the holes."""
     settings = cli_settings(args)
     runner = loaded_runner(settings, args.model or settings.default_model_name)
     if args.aggregate and runner.model.spec.kind != ModelKind.process:
         sys.exit(f"--aggregate applies to process models only; {runner.name} is {runner.model.spec.kind.value}")
     source = Path(args.file)
     out = open(args.output, "w") if args.output else sys.stdout
+    total, failed = line_count(source), 0
     with source.open() as lines:
-        for index, output in enumerate(score_lines(runner, lines, line_count(source), args.truncate, args.quiet)):
+        for index, output in enumerate(score_lines(runner, lines, total, args.truncate, args.quiet)):
             if isinstance(output, RewardOutput):
                 if args.aggregate:
                     output = output.with_step_aggregate(StepAggregate(args.aggregate))
                 output = item_result(index, output).model_dump(exclude_none=True)
+            else:
+                failed += 1
             out.write(json.dumps(output) + "\n")
     if out is not sys.stdout:
         out.close()
+    if failed:
+        where = args.output or "the output"
+        sys.exit(f"{failed} of {total} lines failed; see the records with an \"error\" in {where}")
 
 
 def score_lines(runner: ModelRunner, lines: Iterable[str], total: int, truncate: str | None,
@@ -90,7 +99,8 @@ def score_chunk_outputs(runner: ModelRunner, lines: list[str], first: int,
         except ValidationError as err:
             results[offset] = error_record(index, *parse_error(err))
         except InputError as err:
-            results[offset] = error_record(index, err.code, err.message, err.field)
+            results[offset] = error_record(index, err.code, err.message.replace(TRUNCATE_HINT, CLI_TRUNCATE_HINT),
+                                           err.field)
     for offset, output in zip(good, runner.forward_all(encoded)):
         results[offset] = output
     return results

@@ -9,6 +9,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
+from importlib.metadata import version
 from pathlib import Path
 
 import httpx
@@ -24,6 +26,7 @@ from http_helpers import (
 )
 
 from service.cli import main
+from service.config.model import BUILTIN_DIR
 
 CLI_MODELS = ["llama-helpsteer", "qwen2-prm", "llama-scalar"]
 CHUNK_CROSSING_LINES = 270  # more than the CLI's 256-line chunk
@@ -80,8 +83,10 @@ def test_score_file_writes_one_result_per_line_in_order(config_file, load_tiny, 
     done = run_cli("score", str(_write_lines(tmp_path / "in.jsonl", lines)), "--config", str(config_file),
                    "--model", "llama-helpsteer", "-o", str(output), "--quiet")
 
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1, done.stderr
     assert done.stdout == ""
+    assert done.stderr.splitlines()[-1] == (f'{len(bad)} of {len(lines)} lines failed; see the records with an '
+                                            f'"error" in {output}')
     records = _read_jsonl(output)
     assert [r["index"] for r in records] == list(range(len(lines)))
     expected = {line: reference(model, json.loads(line)) for line in good}
@@ -91,9 +96,26 @@ def test_score_file_writes_one_result_per_line_in_order(config_file, load_tiny, 
             assert set(record) == {"index", "error"}, record
             assert (record["error"]["code"], record["error"]["field"]) == (code, field), record
             assert record["error"]["message"]
+            assert "truncate='" not in record["error"]["message"], record
         else:
             assert "error" not in record, record
             assert_result_matches({k: v for k, v in record.items() if k != "index"}, expected[line])
+
+
+def test_score_file_hint_names_the_flag_and_stdout_run_exits_1(config_file, tmp_path):
+    """A line too long says how to cut it with the CLI's own flag; written to stdout, the
+    good line's result still comes out and the summary names the output."""
+    lines = [json.dumps({"prompt": "Hi", "response": "Hello!"}),
+             json.dumps({"prompt": "Hi", "response": " ".join([LONG_TEXT] * 6)})]
+    done = run_cli("score", str(_write_lines(tmp_path / "in.jsonl", lines)), "--config", str(config_file),
+                   "--model", "llama-scalar", "--quiet")
+
+    assert done.returncode == 1, done.stderr
+    good, too_long = _read_jsonl(done.stdout)
+    assert "score" in good and too_long["error"]["code"] == "input_too_long"
+    assert "rerun with --truncate left" in too_long["error"]["message"]
+    assert "--truncate right" in too_long["error"]["message"]
+    assert done.stderr.splitlines()[-1] == '1 of 2 lines failed; see the records with an "error" in the output'
 
 
 def test_score_file_aggregate_mean_on_process_model(config_file, load_tiny, tmp_path):
@@ -169,6 +191,39 @@ def test_serve_becomes_ready_and_stops_cleanly(config_file, load_tiny, tmp_path)
             process.kill()
             process.wait(timeout=30)
         log.close()
+
+
+def test_help_and_version_load_no_model_stack():
+    """`--help` and `--version` answer from the parser alone: neither torch, transformers nor
+    numpy is imported while it is built, so they come back at once."""
+    for flag in ("--help", "--version"):
+        start = time.perf_counter()
+        done = run_cli(flag, timeout=60)
+        print(f"rewardserve {flag}: {time.perf_counter() - start:.2f}s")
+        assert done.returncode == 0, done.stderr
+    assert done.stdout == f"rewardserve {version('rewardserve')}\n"
+    script = ("import json, sys; from service.cli import main\n"
+              "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+              "print(json.dumps(sorted(sys.modules)))")
+    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=_env())
+    modules = json.loads(loaded.stdout.splitlines()[-1])
+    assert "usage: rewardserve" in loaded.stdout
+    assert not [m for m in modules if m.split(".")[0] in ("torch", "transformers", "numpy", "fastapi")
+                or m.startswith(("service.app", "service.engine", "models.convert"))]
+
+
+def test_canary_record_refuses_to_write_into_the_package(tmp_path):
+    """The embedded models live inside the installed package: --write there is refused in one
+    line before anything is written (the bad line behind it would stop the run anyway)."""
+    canary = BUILTIN_DIR / "minilm-harmless" / "canary.jsonl"
+    before = canary.read_bytes()
+    source = _write_lines(tmp_path / "items.jsonl", ["not json"])
+    done = run_cli("canary-record", str(source), "--model", "minilm-harmless", "--write")
+
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert "inside the installed rewardserve package: copy" in done.stderr and "--config" in done.stderr
+    assert canary.read_bytes() == before
 
 
 def test_console_script_is_installed():
