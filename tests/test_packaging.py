@@ -47,7 +47,8 @@ def test_pip_finds_no_broken_requirement():
 
 def test_the_wheel_holds_the_served_packages_alone(tmp_path):
     """Built from a copy of the whole tree (training/, tests/ and loadtests/ beside the served
-    packages), the wheel holds service/ and models/ and no training or test-builder module."""
+    packages), the wheel holds service/ and models/ and no training or test-builder module, and
+    its metadata the license text."""
     source = tmp_path / "source"
     shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
         ".git", ".venv*", "__pycache__", "*.egg-info", "build", "dist", ".pytest_cache", ".cache"))
@@ -56,7 +57,9 @@ def test_the_wheel_holds_the_served_packages_alone(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     (wheel,) = (tmp_path / "dist").glob("rewardserve-*.whl")
-    names = [n for n in zipfile.ZipFile(wheel).namelist() if ".dist-info/" not in n]
+    every = zipfile.ZipFile(wheel).namelist()
+    assert any(Path(n).name == "LICENSE" and ".dist-info/" in n for n in every), "LICENSE not in the metadata"
+    names = [n for n in every if ".dist-info/" not in n]
     assert {n.split("/")[0] for n in names} == {"service", "models"}
     unshipped = {p.stem for p in (ROOT / "training").glob("*.py")} | {p.stem for p in (ROOT / "tests").glob("*.py")}
     shipped = {Path(n).stem for n in names if n.endswith(".py")}
