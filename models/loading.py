@@ -156,7 +156,6 @@ def _load_backbone(directory: Path, spec: RewardSpec, config, dtype: torch.dtype
     randomly initialised layer (tensors left unread on purpose are named in unused_weights).
     With `missing_ok` (adapters are loaded over it), missing tensors are returned instead, for
     every adapter to bring whole (models.adapters)."""
-    _check_safetensors(directory)
     remote = spec.trust_remote_code
     on_cuda = device_map.uses_cuda if device_map else str(device).startswith("cuda")
     # mismatched shapes are reported in the loading info (and refused below), not raised
@@ -190,15 +189,6 @@ def _load_backbone(directory: Path, spec: RewardSpec, config, dtype: torch.dtype
     _check_loading_info(directory, info | {"missing_keys": [] if missing_ok else info["missing_keys"]},
                         [*spec.unused_weights, *read_elsewhere])
     return model, untrained
-
-
-def _check_safetensors(directory: Path) -> None:
-    """Weights are read from safetensors only (use_safetensors=True): unpickling a checkpoint
-    can run code, so a pickled one is refused with how to convert it."""
-    pickled = sorted(p.name for p in directory.glob("pytorch_model*.bin"))
-    if pickled and not any(directory.glob("model*.safetensors")):
-        raise ModelLoadError(f"{directory}: the checkpoint is pickled ({', '.join(pickled[:3])}); re-save as "
-                             "safetensors: model.save_pretrained(dir, safe_serialization=True)")
 
 
 def _is_pairrm(spec: RewardSpec) -> bool:
