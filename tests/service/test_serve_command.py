@@ -23,6 +23,7 @@ from sched_helpers import wait_for
 from tiny_models import build_llama_scalar
 
 from models.reward_model import RewardModel
+from service.cli.serve import default_name
 
 START_S = 180  # a bound on start-up and loading, never a measured time
 TRACEBACK = "Traceback"
@@ -139,3 +140,13 @@ def test_a_busy_port_says_which_and_what_to_do(scalar_dir):
     assert done.returncode == 1
     assert f"port {port} is in use: pass --port or stop what holds it" in done.stderr
     assert TRACEBACK not in done.stderr + done.stdout
+
+
+@pytest.mark.parametrize(("path", "name"), [
+    ("builtin:minilm-prm", "minilm-prm"),
+    ("org/some-rm@v2", "some-rm"),
+    ("/models/my rm (final)/", "my-rm-final-"),
+    ("/models/.hidden", "hidden"),
+])
+def test_a_model_is_named_by_the_last_part_of_its_path(path, name):
+    assert default_name(path) == name
