@@ -79,10 +79,10 @@ class AnnouncingServer(DrainingServer):
         await super().startup(sockets)
         state, settings = self.app.state, self.app.state.settings
         scheme = "https" if settings.tls.cert_file is not None else "http"
-        host, port = sockets[0].getsockname()[:2] if sockets else (settings.server.host, settings.server.port)
+        host, port = sockets[0].getsockname()[:2]  # run with the HTTP socket serve() bound
         grpc = f"gRPC on {settings.server.host}:{state.grpc_port}" if settings.server.grpc_port else "gRPC off"
         print(f"rewardserve: listening on {scheme}://{host}:{port}, {grpc}", flush=True)
-        state.loading.add_done_callback(lambda _: self.report_models())
+        state.loading.add_done_callback(lambda done: done.cancelled() or self.report_models())
 
     def report_models(self) -> None:
         for name, runner in self.app.state.registry.runners.items():

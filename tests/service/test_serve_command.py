@@ -133,12 +133,14 @@ def test_a_config_typo_names_the_key(tmp_path, debug):
         assert "config: server.prot: unknown key" in done.stderr and TRACEBACK not in done.stderr, done.stderr
 
 
-def test_a_busy_port_says_which_and_what_to_do(scalar_dir):
+@pytest.mark.parametrize("flag", ["--port", "--grpc-port"])
+def test_a_busy_port_says_which_and_what_to_do(scalar_dir, flag):
     with socket.create_server(("127.0.0.1", 0)) as held:
         port = held.getsockname()[1]
-        done = run_serve(str(scalar_dir), "--port", str(port), "--grpc-port", "0")
+        ports = {"--port": str(free_port()), "--grpc-port": str(free_port())} | {flag: str(port)}
+        done = run_serve(str(scalar_dir), *[part for item in ports.items() for part in item])
     assert done.returncode == 1
-    assert f"port {port} is in use: pass --port or stop what holds it" in done.stderr
+    assert f"port {port} is in use: pass {flag} or stop what holds it" in done.stderr
     assert TRACEBACK not in done.stderr + done.stdout
 
 
