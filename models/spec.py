@@ -25,6 +25,7 @@ from models.openrlhf import reward_moments, value_head_name
 from service.protocol.enums import ModelKind, PairwiseMode, StepAggregate
 
 SPEC_FILENAME = "reward_spec.yaml"
+SPEC_DOCS = "models/README.md#reward-spec-reward_specyaml"
 
 
 class Pooling(str, Enum):
@@ -349,6 +350,8 @@ def load_spec(model_dir: Path, inline: dict | None = None) -> RewardSpec:
     which wins over what config.json implies."""
     if inline is not None:
         return RewardSpec.model_validate(inline)
+    if not model_dir.is_dir():
+        raise ModelLoadError(f"no such directory {model_dir}")
     spec_file = model_dir / SPEC_FILENAME
     if spec_file.is_file():
         return RewardSpec.model_validate(yaml.safe_load(spec_file.read_text()) or {})
@@ -370,7 +373,6 @@ def _infer_from_config(model_dir: Path) -> RewardSpec:
     value_head = value_head_name(model_dir, config)
     if value_head is not None:
         return RewardSpec(kind=ModelKind.scalar, value_head=value_head, reference_stats=stats)
-    raise ModelLoadError(
-        f"{model_dir}: cannot tell what kind of reward model this is from config.json "
-        f"(architectures={architectures}, num_labels={num_labels}); add a {SPEC_FILENAME}"
-    )
+    what = f"a {num_labels}-label head" if num_labels > 1 else "what kind of reward model this is"
+    raise ModelLoadError(f"{model_dir}: config.json does not say how to read {what} (architectures={architectures}, "
+                         f"num_labels={num_labels}); add a {SPEC_FILENAME}: {SPEC_DOCS}")

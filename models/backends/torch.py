@@ -22,7 +22,9 @@ def load(config: TorchConfig, source: ModelSource) -> TorchBackend:
     dispatch = device_map_of(source.name, config.device_map, config.max_memory, config.offload_folder)
     for directory in filter(None, (source.backbone_dir, source.reference_dir)):
         if not any(directory.glob("*.safetensors")):
-            raise ModelLoadError(f"{directory} has no safetensors weights; pickle checkpoints (.bin/.pt) are refused")
+            raise ModelLoadError(f"{directory} has no safetensors weights; pickle checkpoints (.bin/.pt) are refused "
+                                 "(unpickling can run code): re-save as safetensors: "
+                                 "model.save_pretrained(dir, safe_serialization=True)")
     graph = build_graph(source.backbone_dir, source.model_dir, source.spec, source.config, source.tokenizer,
                         source.device, source.dtype, dispatch, source.reference_dir, source.adapters)
     return TorchBackend(graph, placement_of(graph.model) if dispatch else source.device)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
 import sys
 from collections.abc import Callable
@@ -28,13 +27,9 @@ def _lazy(module: str, name: str) -> Callable:
 
 
 def serve(args) -> None:
-    from service.app import DrainingServer, create_app
-    from service.cli.scoring import cli_settings
+    from service.cli.serve import serve as serve_models
 
-    settings = cli_settings(args)
-    logging.basicConfig(level=settings.server.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    DrainingServer(create_app(settings), settings).run()
+    serve_models(args)
 
 
 def list_models(args) -> None:
@@ -95,10 +90,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--version", action="version", version=f"rewardserve {service.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("serve", help="serve the configured models over HTTP (default: the embedded models)")
+    p = sub.add_parser("serve", help="serve models over HTTP and gRPC (default: the configured or embedded models)")
+    p.add_argument("paths", nargs="*", metavar="PATH_OR_HUB_ID", help="models to serve instead of the configured "
+                   "ones: a directory, builtin:<name> or a hub id org/name[@revision]")
+    p.add_argument("--name", action="append", help="a model's name, once per path (default: its last part)")
     p.add_argument("--config", help="YAML config file (also REWARDSERVE_CONFIG)")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
+    p.add_argument("--grpc-port", type=int, help="gRPC port (0 turns gRPC off)")
+    p.add_argument("--debug", action="store_true", help="tracebacks and debug logs instead of short errors")
     p.set_defaults(run=serve)
 
     p = sub.add_parser("score", help="score a JSONL file of items offline, one result per line")

@@ -27,10 +27,11 @@ CLI_TRUNCATE_HINT = "rerun with --truncate left (keep the end) or --truncate rig
 parse_item = TypeAdapter(ScoreItem).validate_json
 
 
-def cli_settings(args) -> Settings:
-    """The settings, `serve`'s --host and --port over server.host and server.port."""
-    flags = {"host": getattr(args, "host", None), "port": getattr(args, "port", None)}
-    return load_settings(args.config, server={k: v for k, v in flags.items() if v is not None})
+def cli_settings(args, **overrides) -> Settings:
+    """The settings, `serve`'s --host, --port and --grpc-port over the server section's, and
+    `overrides` (None: not overridden) over the rest."""
+    flags = {key: getattr(args, key, None) for key in ("host", "port", "grpc_port")}
+    return load_settings(args.config, server={k: v for k, v in flags.items() if v is not None}, **overrides)
 
 
 def loaded_runner(settings: Settings, name: str) -> ModelRunner:

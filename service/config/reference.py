@@ -31,8 +31,9 @@ INTRO = """\
 `python -m service.config.reference > docs/configuration.md`. -->
 
 The server reads a YAML file (`rewardserve serve --config FILE`, or the path in
-`REWARDSERVE_CONFIG`); environment variables override it, and `serve`'s `--host` and
-`--port` override both. Every key is optional: with none, the server serves the embedded
+`REWARDSERVE_CONFIG`); environment variables override it, and `serve`'s `--host`, `--port`
+and `--grpc-port` override both, as the model paths it is given replace `models`. Every key
+is optional: with none, the server serves the embedded
 models on {server.host}:{server.port} (HTTP) and {server.grpc_port} (gRPC). In the file, a
 section's keys nest under its name:
 

@@ -116,9 +116,10 @@ class ModelRunner:
             self._measure_warm_forward(model)
             if config.serve_graph:  # its tensors' shapes, read off one forward before any request runs
                 _ = model.graph_contract
-        except Exception as err:  # noqa: BLE001 - a model that fails to load must not take the others down
+        except Exception as err:  # a model that fails to load must not take the others down
             self.status, self.error = "failed", f"{type(err).__name__}: {err}"
-            log.error("model %s failed to load: %s", self.name, self.error)
+            log.error("model %s failed to load: %s", self.name, self.error,
+                      exc_info=log.isEnabledFor(logging.DEBUG))  # the traceback under --debug
             return
         self.load_seconds = time.perf_counter() - started
         self.model, self.status = model, "ready"

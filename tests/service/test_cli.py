@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cli_helpers import cli_env, rewardserve_command
 from http_helpers import (
     LONG_TEXT,
     assert_result_matches,
@@ -32,19 +33,9 @@ CLI_MODELS = ["llama-helpsteer", "qwen2-prm", "llama-scalar"]
 CHUNK_CROSSING_LINES = 270  # more than the CLI's 256-line chunk
 
 
-def _command() -> list[str]:
-    script = Path(sys.executable).with_name("rewardserve")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "service.cli"]
-
-
-def _env() -> dict[str, str]:
-    """The test's environment without REWARDSERVE_* settings that could leak in."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REWARDSERVE_")}
-    return {**env, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-
-
 def run_cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([*_command(), *args], capture_output=True, text=True, timeout=timeout, env=_env())
+    return subprocess.run([*rewardserve_command(), *args], capture_output=True, text=True, timeout=timeout,
+                          env=cli_env())
 
 
 @pytest.fixture(scope="module")
@@ -167,8 +158,8 @@ def test_serve_becomes_ready_and_stops_cleanly(config_file, load_tiny, tmp_path)
     scores, and shuts down gracefully on SIGTERM."""
     port = free_port()
     log = (tmp_path / "serve.log").open("w")
-    process = subprocess.Popen([*_command(), "serve", "--config", str(config_file), "--port", str(port)],
-                               stdout=log, stderr=subprocess.STDOUT, env=_env())
+    process = subprocess.Popen([*rewardserve_command(), "serve", "--config", str(config_file), "--port", str(port)],
+                               stdout=log, stderr=subprocess.STDOUT, env=cli_env())
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
             def ready_or_dead() -> httpx.Response:
@@ -205,7 +196,7 @@ def test_help_and_version_load_no_model_stack():
     script = ("import json, sys; from service.cli import main\n"
               "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
               "print(json.dumps(sorted(sys.modules)))")
-    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=_env())
+    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=cli_env())
     modules = json.loads(loaded.stdout.splitlines()[-1])
     assert "usage: rewardserve" in loaded.stdout
     assert not [m for m in modules if m.split(".")[0] in ("torch", "transformers", "numpy", "fastapi")
@@ -258,7 +249,7 @@ def test_without_the_server_dependencies_the_command_names_the_serve_extra():
     without a traceback, what to install (the real install is in test_client_install.py)."""
     script = ("import sys; sys.modules['torch'] = None; sys.argv = ['rewardserve', 'serve']; "
               "from service.launcher import main; main()")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=_env())
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=cli_env())
     assert (result.returncode, result.stdout) == (1, "")
     assert result.stderr.count("\n") == 1, result.stderr
     assert "(torch)" in result.stderr and "pip install 'rewardserve[serve]'" in result.stderr
