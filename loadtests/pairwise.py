@@ -48,8 +48,8 @@ def build_minilm_pairrm(out: Path) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(source)
     tokenizer.add_special_tokens({"additional_special_tokens": PREFIXES})
     encoder = AutoModel.from_pretrained(source)
+    torch.manual_seed(0)  # the prefix tokens' new embeddings and the head: the same model every run
     encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    torch.manual_seed(0)
     width = encoder.config.hidden_size
     head = nn.Sequential(nn.Dropout(0.05), nn.Linear(2 * width, width), nn.Tanh(), nn.Dropout(0.05),
                          nn.Linear(width, 1))

@@ -335,14 +335,16 @@ def test_pipelines_quick_run_sets_each_system_against_the_model_alone(tmp_path):
 @pytest.mark.skipif(not DATA.is_dir(), reason="needs ../shared/data")
 def test_pairwise_run_sets_each_schedule_against_pointwise():
     """`loadtests.pairwise` on one query: a row per mode, the pairs each schedule reads for 16
-    candidates (every pair, 4 Swiss rounds, a knockout), and pointwise at 1x."""
+    candidates (every pair, up to 4 Swiss rounds of 8, a knockout), and pointwise at 1x."""
     done = subprocess.run([sys.executable, "-m", "loadtests.pairwise", "--queries", "1", "--rounds", "1"],
                           check=False, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = {mode: (float(pairs), float(ratio)) for mode, pairs, ratio in
             re.findall(r"^\s*(.+?): .*?([\d.]+) pairs/query, ([\d.]+)x pointwise$", done.stdout, re.M)}
-    assert {mode: pairs for mode, (pairs, _) in rows.items()} == {
-        "pointwise": 0, "all_pairs": 120, "swiss": 32, "knockout (top 1)": 15}
+    pairs = {mode: count for mode, (count, _) in rows.items()}
+    # a Swiss round pairs at most 8 of 16, fewer when all who are left have met
+    assert pairs == {"pointwise": 0, "all_pairs": 120, "swiss": pairs["swiss"], "knockout (top 1)": 15}
+    assert 24 <= pairs["swiss"] <= 32
     assert rows["pointwise"][1] == 1.0 and all(ratio > 0 for _, ratio in rows.values())
 
 
