@@ -13,7 +13,7 @@ import pytest
 import yaml
 from paths import ROOT
 
-import service.cli
+import service.cli.gate
 from service.cli.gate_data import bucket_names, detect_format, records, split_dialogue
 from service.cli.gate_stats import Comparison, Estimate, compare_auc, compare_hits, verdict, wilson
 
@@ -105,7 +105,7 @@ def test_the_docs_page_commands_and_config_parse(monkeypatch, tmp_path):
     assert [m["name"] for m in yaml.safe_load(config.read_text())["models"]] == ["minilm-harmless",
                                                                                 "minilm-harmless-256"]
     parsed = []
-    monkeypatch.setattr(service.cli, "run_gate", parsed.append)
+    monkeypatch.setattr(service.cli.gate, "run_gate", parsed.append)  # what the gate command runs
     commands = re.findall(r"^rewardserve gate (--config.*?)$", page.replace("\\\n", " "), re.M)
     assert len(commands) == 2
     for command in commands:

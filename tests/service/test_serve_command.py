@@ -110,7 +110,7 @@ def failed_models(scalar_dir, tmp_path_factory) -> tuple[Path, str]:
 ])
 def test_a_model_that_cannot_load_says_why_on_its_status_line(failed_models, name, messages):
     root, output = failed_models
-    status = next(line for line in output.splitlines() if line.startswith(f"model {name} failed"))
+    status = next(line for line in output.splitlines() if f"model {name} failed" in line)
     for message in messages:
         assert message.format(root=root) in status, status
     assert TRACEBACK not in output
